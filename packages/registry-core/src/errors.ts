@@ -1,0 +1,88 @@
+/**
+ * Registry errors in two layers: {@link RegistryError} is the typed domain error that code throws, and
+ * {@link ERROR_CODES} is the one table that maps each code to its HTTP status and default message, used to
+ * build the OCI `{"errors":[...]}` envelope.
+ */
+
+/** One row of the error table: HTTP status and the default human-readable message. */
+export interface ErrorCodeDescriptor {
+  readonly status: number;
+  readonly message: string;
+  readonly description: string;
+}
+
+/**
+ * Every error code the registry API returns. The first group is the OCI Distribution Spec v1.1 table; the
+ * rest are distribution's extensions that clients already understand.
+ */
+export const ERROR_CODES = {
+  BLOB_UNKNOWN: { status: 404, message: 'blob unknown to registry', description: 'The blob is not known to the registry in this repository.' },
+  BLOB_UPLOAD_INVALID: { status: 400, message: 'blob upload invalid', description: 'The upload failed; the client may restart it.' },
+  BLOB_UPLOAD_UNKNOWN: { status: 404, message: 'blob upload unknown to registry', description: 'The upload session is unknown, finished or cancelled.' },
+  DIGEST_INVALID: { status: 400, message: 'provided digest did not match uploaded content', description: 'The digest is malformed, or does not match the content.' },
+  MANIFEST_BLOB_UNKNOWN: { status: 400, message: 'manifest references a manifest or blob unknown to registry', description: 'A blob or manifest that the manifest references is not in the repository.' },
+  MANIFEST_INVALID: { status: 400, message: 'manifest invalid', description: 'The manifest failed validation: bad JSON, unknown media type, or a missing field.' },
+  MANIFEST_UNKNOWN: { status: 404, message: 'manifest unknown to registry', description: 'The manifest named by tag or digest is not in the repository.' },
+  NAME_INVALID: { status: 400, message: 'invalid repository name', description: 'The repository name does not match the name grammar.' },
+  NAME_UNKNOWN: { status: 404, message: 'repository name not known to registry', description: 'The repository is not known to the registry.' },
+  SIZE_INVALID: { status: 400, message: 'provided length did not match content length', description: 'The content length does not match the declared size, or exceeds a limit.' },
+  UNAUTHORIZED: { status: 401, message: 'authentication required', description: 'The client must authenticate.' },
+  DENIED: { status: 403, message: 'requested access to the resource is denied', description: 'The client is authenticated but may not perform the operation.' },
+  UNSUPPORTED: { status: 405, message: 'the operation is unsupported', description: 'The method or operation is not supported here.' },
+  TOOMANYREQUESTS: { status: 429, message: 'too many requests', description: 'The client exceeded a rate limit.' },
+  // distribution extensions
+  TAG_INVALID: { status: 400, message: 'manifest tag did not match URI', description: 'The tag is malformed.' },
+  RANGE_INVALID: { status: 416, message: 'invalid content range', description: 'The range is malformed, out of order or beyond the content.' },
+  PAGINATION_NUMBER_INVALID: { status: 400, message: 'invalid number of results requested', description: 'The `n` query parameter is not a non-negative integer.' },
+  NOT_FOUND: { status: 404, message: 'not found', description: 'The path is not part of the registry API.' },
+  UNAVAILABLE: { status: 503, message: 'service unavailable', description: 'The registry or one of its upstreams is unavailable.' },
+  UNKNOWN: { status: 500, message: 'unknown error', description: 'An internal error; details are in the server log.' },
+} as const satisfies Record<string, ErrorCodeDescriptor>;
+
+/** An error code of the table. */
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** The body of one entry of the OCI error envelope. */
+export interface ErrorEntry {
+  code: ErrorCode;
+  message: string;
+  detail?: unknown;
+}
+
+/**
+ * A domain error with an OCI error code. `status` defaults to the code's row in {@link ERROR_CODES} and may
+ * be overridden where the spec asks for another one (for example 416 on an out-of-order chunk).
+ * `headers` are added to the response (for example `WWW-Authenticate`).
+ */
+export class RegistryError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly detail: unknown;
+  readonly headers: Record<string, string>;
+
+  constructor(code: ErrorCode, message?: string, options: { detail?: unknown; status?: number; headers?: Record<string, string>; cause?: unknown } = {}) {
+    super(message ?? ERROR_CODES[code].message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'RegistryError';
+    this.code = code;
+    this.status = options.status ?? ERROR_CODES[code].status;
+    this.detail = options.detail;
+    this.headers = options.headers ?? {};
+  }
+
+  /** The entry of this error in the OCI envelope. */
+  toEntry(): ErrorEntry {
+    const entry: ErrorEntry = { code: this.code, message: this.message };
+    if (this.detail !== undefined) entry.detail = this.detail;
+    return entry;
+  }
+}
+
+/** Builds the OCI error envelope for one or more errors. */
+export function errorEnvelope(...errors: RegistryError[]): { errors: ErrorEntry[] } {
+  return { errors: errors.map((e) => e.toEntry()) };
+}
+
+/** True when `err` is a {@link RegistryError}, optionally with the given code. */
+export function isRegistryError(err: unknown, code?: ErrorCode): err is RegistryError {
+  return err instanceof RegistryError && (code === undefined || err.code === code);
+}

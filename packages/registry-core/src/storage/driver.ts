@@ -1,0 +1,119 @@
+/**
+ * The storage driver contract, after distribution's `storagedriver.StorageDriver`: a small filesystem-like
+ * interface over paths. The registry's on-disk layout (see `store/paths.ts`) is built on it, so every driver
+ * holds the same tree and a folder written by one driver (or by distribution) is read by another.
+ *
+ * Paths are absolute, `/`-separated, each component of `[A-Za-z0-9._-]+`, e.g.
+ * `/docker/registry/v2/blobs/sha256/ab/abcd.../data`. Every driver passes the conformance suite in
+ * `storage/conformance.ts`.
+ */
+import type { Readable } from 'node:stream';
+
+/** What {@link StorageDriver.stat} and {@link StorageDriver.walk} report of a path. */
+export interface FileInfo {
+  readonly path: string;
+  /** Size in bytes; 0 for directories. */
+  readonly size: number;
+  readonly modTime: Date;
+  readonly isDir: boolean;
+}
+
+/** Options of {@link StorageDriver.reader}. */
+export interface ReadOptions {
+  /** First byte to read (default 0). */
+  offset?: number;
+  /** Last byte to read, inclusive (default: end of file). */
+  end?: number;
+}
+
+/**
+ * A writer of one file, from {@link StorageDriver.writer}. Writes are sequential. Exactly one of
+ * `commit`, `cancel` or `close` ends it; after that every call throws.
+ */
+export interface FileWriter {
+  /** Bytes in the file so far, including content that was there before an appending writer opened it. */
+  readonly size: number;
+  /** Appends `chunk`; resolves once the driver accepted it (backpressure). */
+  write(chunk: Uint8Array): Promise<void>;
+  /**
+   * Makes the content durable (fsync where the medium has it) and visible at the writer's path. A writer
+   * opened without `append` writes elsewhere and replaces the path atomically here: before `commit` readers
+   * see the old content or nothing, never a partial file.
+   */
+  commit(): Promise<void>;
+  /** Discards everything this writer wrote; a non-appending writer leaves the path as it was. */
+  cancel(): Promise<void>;
+  /**
+   * Appending writers only: flushes and releases the file without committing, so that a later
+   * `writer(path, {append: true})` resumes at `size` (chunked uploads across requests).
+   */
+  close(): Promise<void>;
+}
+
+/** The storage driver contract. Every method rejects with {@link PathNotFoundError} for a missing path. */
+export interface StorageDriver {
+  /** Driver name as used in config (`filesystem`, `inmemory`). */
+  readonly name: string;
+  /** The whole content of a file. Meant for small files (links, manifests). */
+  getContent(path: string): Promise<Buffer>;
+  /** Replaces the content of a file atomically, creating parent directories. */
+  putContent(path: string, content: Uint8Array): Promise<void>;
+  /** A stream of the file's bytes from `offset` to `end` inclusive. An offset at or past the size gives an empty stream. */
+  reader(path: string, options?: ReadOptions): Promise<Readable>;
+  /** A writer for `path`; with `append`, resumes an existing file (which must exist) at its end. */
+  writer(path: string, options?: { append?: boolean }): Promise<FileWriter>;
+  stat(path: string): Promise<FileInfo>;
+  /** Full paths of the direct children of a directory, sorted. */
+  list(path: string): Promise<string[]>;
+  /** Moves a file atomically, replacing `dest` if it exists and creating its parent directories. */
+  move(source: string, dest: string): Promise<void>;
+  /** Deletes a file, or a directory and everything below it. */
+  delete(path: string): Promise<void>;
+  /**
+   * Visits every file and directory below `path` in lexical order, depth first, a directory before its
+   * children. Returning `'skip'` for a directory skips its children.
+   */
+  walk(path: string, visit: (info: FileInfo) => Promise<void | 'skip'> | void | 'skip'): Promise<void>;
+  /**
+   * Sets a file's modification time (used for access-time bookkeeping). Drivers without times may no-op.
+   */
+  touch(path: string, time: Date): Promise<void>;
+  /** Removes leftovers of interrupted writes (temporary files); called once at start-up. */
+  recover(): Promise<void>;
+}
+
+/** The path does not exist. */
+export class PathNotFoundError extends Error {
+  readonly code = 'PATH_NOT_FOUND';
+  constructor(readonly path: string, options?: { cause?: unknown }) {
+    super(`path not found: ${path}`, options);
+    this.name = 'PathNotFoundError';
+  }
+}
+
+/** The path is not a valid driver path. */
+export class InvalidPathError extends Error {
+  readonly code = 'INVALID_PATH';
+  constructor(readonly path: string) {
+    super(`invalid storage path: ${JSON.stringify(path)}`);
+    this.name = 'InvalidPathError';
+  }
+}
+
+const PATH_GRAMMAR = /^(?:\/[A-Za-z0-9._-]+)+$/;
+
+/**
+ * Checks a driver path: absolute, no empty, `.` or `..` components.
+ * @throws InvalidPathError
+ */
+export function checkPath(path: string): string {
+  if (path !== '/' && (!PATH_GRAMMAR.test(path) || path.split('/').some((c) => c === '.' || c === '..'))) {
+    throw new InvalidPathError(path);
+  }
+  return path;
+}
+
+/** True when `err` is a {@link PathNotFoundError}. */
+export function isPathNotFound(err: unknown): err is PathNotFoundError {
+  return err instanceof PathNotFoundError;
+}
