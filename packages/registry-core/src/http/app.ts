@@ -1,0 +1,123 @@
+/**
+ * The `/v2/` HTTP application: access log, error envelope, configured headers and the dispatcher.
+ */
+import { randomUUID } from 'node:crypto';
+import Koa from 'koa';
+import type { Logger } from 'pino';
+import { allowAll, type Authorizer } from '../auth/authorizer.js';
+import { errorEnvelope, RegistryError } from '../errors.js';
+import type { Namespace } from '../registry.js';
+import { dispatch } from './dispatch.js';
+import { emptyResponse } from './respond.js';
+
+/** Options of {@link createRegistryApp}. */
+export interface RegistryAppOptions {
+  readonly namespace: Namespace;
+  readonly logger: Logger;
+  readonly authorizer?: Authorizer;
+  /** `storage.delete.enabled`. */
+  readonly deleteEnabled?: boolean;
+  /** `http.headers`: added to every response. */
+  readonly headers?: Record<string, string[]>;
+  /** `http.prefix`, e.g. `/registry`. */
+  readonly prefix?: string;
+  /** Default and largest `_catalog` page (default 1000). */
+  readonly catalogMaxEntries?: number;
+  /** `log.accesslog.disabled`. */
+  readonly accessLog?: boolean;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
+
+/** Builds the Koa application that serves the distribution API over `options.namespace`. */
+export function createRegistryApp(options: RegistryAppOptions): Koa {
+  const app = new Koa();
+  app.proxy = false;
+  const prefix = (options.prefix ?? '').replace(/\/+$/, '');
+  const dispatcherOptions = {
+    namespace: options.namespace,
+    authorizer: options.authorizer ?? allowAll,
+    deleteEnabled: options.deleteEnabled ?? false,
+    prefix,
+    catalogMaxEntries: options.catalogMaxEntries ?? 1000,
+  };
+  const log = options.logger;
+
+  // Errors escaping Koa's own handling (a stream that fails after the headers went out) are logged here.
+  app.on('error', (err: Error & { status?: number }, ctx?: Koa.Context) => {
+    if (err.status !== undefined && err.status < 500) return;
+    log.error({ err, reqId: ctx?.state.reqId }, 'response failed');
+  });
+
+  app.use(async (ctx, next) => {
+    const started = process.hrtime.bigint();
+    const incoming = ctx.get('x-request-id');
+    const reqId = REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    ctx.state.reqId = reqId;
+    ctx.set('X-Request-Id', reqId);
+    ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
+    for (const [name, values] of Object.entries(options.headers ?? {})) ctx.set(name, values);
+    const socket = ctx.req.socket;
+    const written0 = socket.bytesWritten;
+    if (options.accessLog !== false) {
+      ctx.res.once('close', () => {
+        const finished = ctx.res.writableFinished;
+        const declared = Number(ctx.res.getHeader('content-length'));
+        const bytes = ctx.method === 'HEAD' ? 0 : finished && Number.isFinite(declared) ? declared : socket.bytesWritten - written0;
+        log.info(
+          {
+            reqId,
+            method: ctx.method,
+            path: ctx.path,
+            query: ctx.querystring || undefined,
+            status: ctx.status,
+            bytes,
+            duration: Number(process.hrtime.bigint() - started) / 1e6,
+            user: ctx.state.user,
+            remote: ctx.req.socket.remoteAddress,
+            ...(finished ? {} : { aborted: true }),
+          },
+          'request',
+        );
+      });
+    }
+    await next();
+  });
+
+  app.use(async (ctx, next) => {
+    try {
+      await next();
+    } catch (err) {
+      const rerr = toRegistryError(err);
+      if (rerr.status >= 500) log.error({ err, reqId: ctx.state.reqId }, 'request failed');
+      // Drain what the client sent so the connection can be reused.
+      if (!ctx.req.readableEnded) ctx.req.resume();
+      if (ctx.method === 'HEAD') emptyResponse(ctx, rerr.status);
+      else {
+        ctx.body = errorEnvelope(rerr);
+        ctx.status = rerr.status;
+      }
+      for (const [name, value] of Object.entries(rerr.headers)) ctx.set(name, value);
+    }
+  });
+
+  app.use(async (ctx) => {
+    let path = ctx.path;
+    if (prefix) {
+      if (!path.startsWith(`${prefix}/`)) throw new RegistryError('NOT_FOUND', `${path.slice(0, 200)} is not part of the registry API`);
+      path = path.slice(prefix.length);
+    }
+    await dispatch(ctx, path, dispatcherOptions);
+  });
+
+  return app;
+}
+
+/** Maps any thrown value to a registry error (ENOSPC and friends become 507/503, the rest 500 UNKNOWN). */
+export function toRegistryError(err: unknown): RegistryError {
+  if (err instanceof RegistryError) return err;
+  const code = (err as { code?: string }).code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') return new RegistryError('UNAVAILABLE', 'insufficient storage', { status: 507 });
+  if (code === 'PATH_NOT_FOUND') return new RegistryError('NOT_FOUND', 'not found');
+  return new RegistryError('UNKNOWN', 'internal error; see the registry log');
+}

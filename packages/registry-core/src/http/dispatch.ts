@@ -1,0 +1,85 @@
+/** Maps a matched route and method to its handler, after name validation and authorization. */
+import type { Context } from 'koa';
+import type { Access, Action, Authorizer } from '../auth/authorizer.js';
+import { RegistryError } from '../errors.js';
+import { validateName } from '../names.js';
+import type { Namespace } from '../registry.js';
+import { cancelUpload, deleteBlob, getBlob, patchUpload, putUpload, startUpload, uploadStatus } from './handlers/blobs.js';
+import type { Handler, HandlerOptions } from './handlers/context.js';
+import { base, catalog, listTags, referrers } from './handlers/listing.js';
+import { deleteManifest, getManifest, putManifest } from './handlers/manifests.js';
+import { matchRoute, type RouteName } from './routes.js';
+
+/** One dispatcher per resource: method -> handler and the actions it needs. */
+const DISPATCH: Record<RouteName, Record<string, { handler: Handler; actions: Action[] }>> = {
+  base: { GET: { handler: base, actions: [] }, HEAD: { handler: base, actions: [] } },
+  catalog: { GET: { handler: catalog, actions: [] } },
+  tags: { GET: { handler: listTags, actions: ['pull'] } },
+  manifest: {
+    GET: { handler: getManifest, actions: ['pull'] },
+    HEAD: { handler: getManifest, actions: ['pull'] },
+    PUT: { handler: putManifest, actions: ['pull', 'push'] },
+    DELETE: { handler: deleteManifest, actions: ['delete'] },
+  },
+  upload: { POST: { handler: startUpload, actions: ['pull', 'push'] } },
+  'upload-session': {
+    GET: { handler: uploadStatus, actions: ['pull', 'push'] },
+    PATCH: { handler: patchUpload, actions: ['pull', 'push'] },
+    PUT: { handler: putUpload, actions: ['pull', 'push'] },
+    DELETE: { handler: cancelUpload, actions: ['pull', 'push'] },
+  },
+  blob: {
+    GET: { handler: getBlob, actions: ['pull'] },
+    HEAD: { handler: getBlob, actions: ['pull'] },
+    DELETE: { handler: deleteBlob, actions: ['delete'] },
+  },
+  referrers: { GET: { handler: referrers, actions: ['pull'] } },
+};
+
+/** What the dispatcher needs. */
+export interface DispatcherOptions extends HandlerOptions {
+  readonly namespace: Namespace;
+  readonly authorizer: Authorizer;
+}
+
+/** Serves one `/v2/` request: routes, validates the name, authorizes and runs the handler. */
+export async function dispatch(ctx: Context, path: string, options: DispatcherOptions): Promise<void> {
+  const match = matchRoute(path);
+  if (!match) throw new RegistryError('NOT_FOUND', `${path.slice(0, 200)} is not part of the registry API`);
+  const { route, params } = match;
+  const entry = DISPATCH[route.name][ctx.method];
+  if (!entry) {
+    throw new RegistryError('UNSUPPORTED', `${ctx.method} is not supported on this resource`, { headers: { Allow: Object.keys(DISPATCH[route.name]).join(', ') } });
+  }
+  const access: Access[] = [];
+  if (route.name === 'catalog') access.push({ type: 'registry', name: 'catalog', actions: ['*'] });
+  if (params.name !== undefined) {
+    validateName(params.name);
+    access.push({ type: 'repository', name: params.name, actions: entry.actions });
+    const from = ctx.query.from;
+    if (route.name === 'upload' && typeof from === 'string' && typeof ctx.query.mount === 'string') {
+      validateName(from);
+      access.push({ type: 'repository', name: from, actions: ['pull'] });
+    }
+  }
+  const identity = await options.authorizer.authorize(ctx.headers, access, path);
+  ctx.state.user = identity.user;
+  const controller = new AbortController();
+  ctx.req.once('close', () => controller.abort());
+  await entry.handler({
+    ctx,
+    params,
+    namespace: options.namespace,
+    repo: options.namespace.repository(params.name ?? ''),
+    identity,
+    request: { ...(identity.user ? { user: identity.user } : {}), forward: forwardHeaders(ctx), signal: controller.signal },
+    options,
+  });
+}
+
+function forwardHeaders(ctx: Context): Record<string, string> {
+  const out: Record<string, string> = {};
+  const auth = ctx.get('authorization');
+  if (auth) out.authorization = auth;
+  return out;
+}

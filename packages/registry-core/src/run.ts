@@ -1,0 +1,78 @@
+/**
+ * Starting a registry from a validated config: storage driver, recovery of interrupted writes, the
+ * namespace (optionally wrapped by registry middleware such as the downstream cache), auth, and the
+ * listener.
+ */
+import type { Logger } from 'pino';
+import { allowAll, type Authorizer } from './auth/authorizer.js';
+import { HtpasswdAuthenticator } from './auth/htpasswd.js';
+import { HtpasswdAuthorizer } from './auth/htpasswd-authorizer.js';
+import type { RegistryConfig } from './config/index.js';
+import { createRegistryApp } from './http/app.js';
+import { listen, type RunningServer } from './http/listen.js';
+import { createLogger } from './logger.js';
+import type { Namespace } from './registry.js';
+import type { StorageDriver } from './storage/driver.js';
+import { FilesystemDriver } from './storage/filesystem.js';
+import { InMemoryDriver } from './storage/inmemory.js';
+import { StorageNamespace } from './store/namespace.js';
+
+/** Wraps the storage namespace, e.g. to serve blobs from upstreams on a miss. */
+export type NamespaceMiddleware = (inner: StorageNamespace, deps: { config: RegistryConfig; logger: Logger; driver: StorageDriver }) => Namespace | Promise<Namespace>;
+
+/** Options of {@link startRegistry}. */
+export interface StartRegistryOptions {
+  readonly config: RegistryConfig;
+  readonly logger?: Logger;
+  /** Registry middleware, applied in order. */
+  readonly middleware?: NamespaceMiddleware[];
+  /** Overrides the authorizer chosen from `auth` (the server's grants plug in here). */
+  readonly authorizer?: Authorizer;
+  readonly role?: string;
+}
+
+/** A running registry. */
+export interface RunningRegistry extends RunningServer {
+  readonly namespace: Namespace;
+  readonly driver: StorageDriver;
+  readonly logger: Logger;
+}
+
+/** The storage driver a config selects. */
+export function createDriver(config: RegistryConfig): StorageDriver {
+  const storage = config.storage;
+  if (storage.filesystem) return new FilesystemDriver({ rootDirectory: storage.filesystem.rootdirectory });
+  if (storage.inmemory !== undefined) return new InMemoryDriver();
+  throw new Error('storage: no supported driver configured (filesystem or inmemory)');
+}
+
+/** The authorizer a config's `auth` section selects. */
+export function createAuthorizer(config: RegistryConfig): Authorizer {
+  const auth = config.auth;
+  if (!auth || auth.none !== undefined) return allowAll;
+  if (auth.htpasswd) return new HtpasswdAuthorizer(new HtpasswdAuthenticator({ realm: auth.htpasswd.realm, path: auth.htpasswd.path }));
+  throw new Error(`auth: only htpasswd is supported by this version (got ${Object.keys(auth).join(', ')})`);
+}
+
+/** Starts a registry and resolves once it listens. */
+export async function startRegistry(options: StartRegistryOptions): Promise<RunningRegistry> {
+  const { config } = options;
+  const logger = options.logger ?? createLogger({ level: config.log.level, fields: config.log.fields });
+  const driver = createDriver(config);
+  await driver.recover();
+  const storageNamespace = new StorageNamespace(driver);
+  let namespace: Namespace = storageNamespace;
+  for (const mw of options.middleware ?? []) namespace = await mw(storageNamespace, { config, logger, driver });
+  const app = createRegistryApp({
+    namespace,
+    logger,
+    authorizer: options.authorizer ?? createAuthorizer(config),
+    deleteEnabled: config.storage.delete.enabled,
+    headers: config.http.headers ?? {},
+    prefix: config.http.prefix ?? '',
+    accessLog: !config.log.accesslog?.disabled,
+  });
+  const tls = config.http.tls?.certificate && config.http.tls.key ? { certificate: config.http.tls.certificate, key: config.http.tls.key } : undefined;
+  const running = await listen(app.callback(), { addr: config.http.addr, net: config.http.net === 'unix' ? 'unix' : 'tcp', ...(tls ? { tls } : {}), role: options.role ?? 'registry' }, logger);
+  return { ...running, namespace, driver, logger };
+}

@@ -1,0 +1,92 @@
+/**
+ * The `cascade` command: one program, the role chosen by the command.
+ *
+ *     cascade registry [CONFIG.yml]   a registry (a cache node when the config has the downstream middleware)
+ *     cascade version
+ */
+import { readFileSync } from 'node:fs';
+import { ConfigError, createLogger, loadConfig, startRegistry, type RunningRegistry } from '@cascade/registry-core';
+
+const USAGE = `Usage: cascade <command> [options]
+
+Commands:
+  registry [CONFIG.yml]   Run a registry from a distribution-style config.yml
+                          (default: $REGISTRY_CONFIGURATION_PATH)
+  version                 Print the version
+  help                    Print this help
+
+Options:
+  --debug                 Print stack traces of errors
+`;
+
+/** A failure to report in one line, without a stack trace. */
+export class UsageError extends Error {}
+
+/** Runs the command line; resolves with the exit code, or undefined while a server keeps running. */
+export async function main(argv: string[]): Promise<number | undefined> {
+  const debug = argv.includes('--debug');
+  const args = argv.filter((a) => a !== '--debug');
+  try {
+    return await run(args);
+  } catch (err) {
+    if (debug) console.error(err);
+    else if (err instanceof ConfigError || err instanceof UsageError) console.error(`cascade: ${err.message}`);
+    else console.error(`cascade: ${(err as Error).message ?? String(err)} (run with --debug for details)`);
+    return err instanceof UsageError ? 64 : 1;
+  }
+}
+
+async function run(args: string[]): Promise<number | undefined> {
+  const [command, ...rest] = args;
+  switch (command) {
+    case 'registry':
+      return runRegistry(rest);
+    case 'version':
+    case '--version':
+      console.log(version());
+      return 0;
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(USAGE);
+      return command === undefined ? 64 : 0;
+    default:
+      throw new UsageError(`unknown command ${JSON.stringify(command)}; run "cascade help" for the list`);
+  }
+}
+
+async function runRegistry(args: string[]): Promise<number | undefined> {
+  const unknown = args.filter((a) => a.startsWith('-'));
+  if (unknown.length > 0) throw new UsageError(`unknown option ${unknown[0]} for "cascade registry"`);
+  if (args.length > 1) throw new UsageError('cascade registry takes one config file');
+  const file = args[0] ?? process.env.REGISTRY_CONFIGURATION_PATH;
+  if (!file) throw new UsageError('cascade registry needs a config file: cascade registry CONFIG.yml (or set REGISTRY_CONFIGURATION_PATH)');
+  const { config, warnings } = loadConfig(file, process.env);
+  const logger = createLogger({ level: config.log.level, fields: config.log.fields });
+  for (const warning of warnings) logger.warn({ file }, warning);
+  const registry = await startRegistry({ config, logger });
+  stopOnSignals(registry, config.http.draintimeout);
+  return undefined;
+}
+
+function stopOnSignals(registry: RunningRegistry, drain: unknown): void {
+  const drainMs = typeof drain === 'number' ? drain : 5000;
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    registry.logger.info({ signal }, 'shutting down');
+    void registry.close(drainMs).then(() => {
+      registry.logger.flush();
+      process.exit(0);
+    });
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return `cascade ${pkg.version}`;
+}

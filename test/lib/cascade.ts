@@ -1,0 +1,115 @@
+/**
+ * Test harness: runs the real `cascade` command as a child process on a free port and reads its JSON logs.
+ *
+ * Contract with the program: on start it prints one JSON (pino) log line with `msg: "listening"` and
+ * `url: "http://127.0.0.1:PORT"`; each request produces one access-log line with `msg: "request"` and
+ * `method`, `path`, `status`, `bytes`, `duration`, `reqId`.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { stringify } from 'yaml';
+
+/** The repository root. */
+export const ROOT = resolve(fileURLToPath(import.meta.url), '../../../..');
+/** The `cascade` executable. */
+export const CASCADE_BIN = join(ROOT, 'packages/server/bin/cascade.js');
+
+/** One parsed JSON log line. */
+export type LogLine = Record<string, unknown> & { msg?: string };
+
+/** A running cascade process. */
+export interface CascadeProcess {
+  /** Base URL, e.g. http://127.0.0.1:43111 */
+  readonly url: string;
+  /** host:port, for clients that want a registry host name. */
+  readonly host: string;
+  /** Every JSON log line so far. */
+  readonly logs: LogLine[];
+  /** Lines that were not JSON (stderr included). */
+  readonly text: string[];
+  readonly child: ChildProcess;
+  /** Access-log lines so far (`msg === "request"`). */
+  requests(): LogLine[];
+  /** Stops the process (SIGTERM, then SIGKILL after 5 s) and waits for it. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/** Makes a temporary directory, removed by the returned cleanup. */
+export async function tempDir(prefix = 'cascade-test-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * Writes `config` (an object, serialised as YAML) to `dir/config.yml` and starts `cascade <role> config.yml`.
+ * `http.addr` defaults to 127.0.0.1:0 (a free port).
+ */
+export async function startCascade(
+  dir: string,
+  config: Record<string, unknown>,
+  options: { role?: string; env?: Record<string, string>; args?: string[]; timeoutMs?: number } = {},
+): Promise<CascadeProcess> {
+  const http = { addr: '127.0.0.1:0', ...((config.http as Record<string, unknown> | undefined) ?? {}) };
+  const file = join(dir, 'config.yml');
+  await writeFile(file, stringify({ version: '0.1', ...config, http }));
+  return spawnCascade([options.role ?? 'registry', file, ...(options.args ?? [])], options);
+}
+
+/** Starts `cascade ARGS...` and waits for its "listening" log line. */
+export async function spawnCascade(args: string[], options: { env?: Record<string, string>; timeoutMs?: number } = {}): Promise<CascadeProcess> {
+  const child = spawn(process.execPath, [CASCADE_BIN, ...args], {
+    env: { ...process.env, ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: LogLine[] = [];
+  const text: string[] = [];
+  let exited: number | null | undefined;
+  const exitPromise = new Promise<number | null>((res) => child.on('exit', (code) => { exited = code; res(code); }));
+  const onData = (buf: string, onLine: (l: LogLine) => void) => {
+    for (const line of buf.split('\n')) {
+      if (!line.trim()) continue;
+      try {
+        const parsed = JSON.parse(line) as LogLine;
+        logs.push(parsed);
+        onLine(parsed);
+      } catch {
+        text.push(line);
+      }
+    }
+  };
+  const url = await new Promise<string>((resolveUrl, reject) => {
+    const timer = setTimeout(() => reject(new Error(`cascade ${args.join(' ')} did not start in time\n${text.join('\n')}\n${JSON.stringify(logs)}`)), options.timeoutMs ?? 15000);
+    let pending = '';
+    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+      pending += chunk;
+      const idx = pending.lastIndexOf('\n');
+      if (idx < 0) return;
+      const complete = pending.slice(0, idx);
+      pending = pending.slice(idx + 1);
+      onData(complete, (l) => {
+        if (l.msg === 'listening' && typeof l.url === 'string') { clearTimeout(timer); resolveUrl(l.url); }
+      });
+    });
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => text.push(...chunk.split('\n').filter(Boolean)));
+    void exitPromise.then((code) => { clearTimeout(timer); reject(new Error(`cascade ${args.join(' ')} exited with ${code} before listening\n${text.join('\n')}\n${JSON.stringify(logs)}`)); });
+  });
+  return {
+    url,
+    host: new URL(url).host,
+    logs,
+    text,
+    child,
+    requests: () => logs.filter((l) => l.msg === 'request'),
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (exited !== undefined) return exited;
+      child.kill(signal);
+      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+      const code = await exitPromise;
+      clearTimeout(t);
+      return code;
+    },
+  };
+}
