@@ -17,3 +17,5 @@ export * from './http/listen.js';
 export * from './http/routes.js';
 export * from './logger.js';
 export * from './run.js';
+export * from './config/index.js';
+export * from './auth/htpasswd.js';

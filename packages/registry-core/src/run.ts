@@ -49,9 +49,10 @@ export function createDriver(config: RegistryConfig): StorageDriver {
 /** The authorizer a config's `auth` section selects. */
 export function createAuthorizer(config: RegistryConfig): Authorizer {
   const auth = config.auth;
-  if (!auth || auth.none !== undefined) return allowAll;
-  if (auth.htpasswd) return new HtpasswdAuthorizer(new HtpasswdAuthenticator({ realm: auth.htpasswd.realm, path: auth.htpasswd.path }));
-  throw new Error(`auth: only htpasswd is supported by this version (got ${Object.keys(auth).join(', ')})`);
+  if (auth?.htpasswd) return new HtpasswdAuthorizer(new HtpasswdAuthenticator({ realm: auth.htpasswd.realm, path: auth.htpasswd.path }));
+  const other = Object.keys(auth ?? {}).filter((k) => k !== 'none');
+  if (other.length > 0) throw new Error(`auth.${other[0]}: not supported by this version of Cascade; use auth.htpasswd or no auth`);
+  return allowAll;
 }
 
 /** Starts a registry and resolves once it listens. */

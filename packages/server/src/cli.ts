@@ -5,18 +5,37 @@
  *     cascade version
  */
 import { readFileSync } from 'node:fs';
-import { ConfigError, createLogger, loadConfig, startRegistry, type RunningRegistry } from '@cascade/registry-core';
+import { ConfigError, createLogger, loadConfig, parseConfig, startRegistry, type RunningRegistry } from '@cascade/registry-core';
 
 const USAGE = `Usage: cascade <command> [options]
 
 Commands:
   registry [CONFIG.yml]   Run a registry from a distribution-style config.yml
-                          (default: $REGISTRY_CONFIGURATION_PATH)
+                          (default: $REGISTRY_CONFIGURATION_PATH, else the embedded
+                          defaults: 127.0.0.1:5000, storage in ./data)
   version                 Print the version
   help                    Print this help
 
 Options:
   --debug                 Print stack traces of errors
+`;
+
+/**
+ * The registry `cascade registry` runs without a config file: loopback only, storage in ./data, deletes
+ * on. `REGISTRY_*` variables still override it.
+ */
+export const EMBEDDED_REGISTRY_CONFIG = `version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: ./data
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:5000
+  headers:
+    X-Content-Type-Options: [nosniff]
 `;
 
 /** A failure to report in one line, without a stack trace. */
@@ -31,7 +50,7 @@ export async function main(argv: string[]): Promise<number | undefined> {
   } catch (err) {
     if (debug) console.error(err);
     else if (err instanceof ConfigError || err instanceof UsageError) console.error(`cascade: ${err.message}`);
-    else console.error(`cascade: ${(err as Error).message ?? String(err)} (run with --debug for details)`);
+    else console.error(`cascade: ${err instanceof Error ? err.message : String(err)} (run with --debug for details)`);
     return err instanceof UsageError ? 64 : 1;
   }
 }
@@ -61,10 +80,10 @@ async function runRegistry(args: string[]): Promise<number | undefined> {
   if (unknown.length > 0) throw new UsageError(`unknown option ${unknown[0]} for "cascade registry"`);
   if (args.length > 1) throw new UsageError('cascade registry takes one config file');
   const file = args[0] ?? process.env.REGISTRY_CONFIGURATION_PATH;
-  if (!file) throw new UsageError('cascade registry needs a config file: cascade registry CONFIG.yml (or set REGISTRY_CONFIGURATION_PATH)');
-  const { config, warnings } = loadConfig(file, process.env);
+  const { config, warnings } = file ? loadConfig(file, process.env) : parseConfig(EMBEDDED_REGISTRY_CONFIG, '<embedded defaults>', process.env);
   const logger = createLogger({ level: config.log.level, fields: config.log.fields });
   for (const warning of warnings) logger.warn({ file }, warning);
+  if (!file) logger.info({ rootdirectory: config.storage.filesystem?.rootdirectory }, 'no config file given: running on the embedded defaults');
   const registry = await startRegistry({ config, logger });
   stopOnSignals(registry, config.http.draintimeout);
   return undefined;

@@ -1,0 +1,24 @@
+/**
+ * The registry configuration: distribution's `config.yml`, validated once at start-up.
+ * See docs/configuration.md for every key.
+ */
+export {
+  registryConfigSchema,
+  LOG_LEVELS,
+  STORAGE_DRIVERS,
+  STORAGE_SECTIONS,
+  AUTH_SCHEMES,
+  MIDDLEWARE_POINTS,
+  UNIMPLEMENTED_SECTIONS,
+  type RegistryConfig,
+  type LogConfig,
+  type StorageConfig,
+  type HttpConfig,
+  type AuthConfig,
+  type MiddlewareConfig,
+  type ProxyConfig,
+  type HealthConfig,
+} from './schema.js';
+export { parseGoDuration, parseDtrDuration } from './duration.js';
+export { ConfigError, type ConfigIssue } from './errors.js';
+export { loadConfig, parseConfig, type LoadConfigOptions, type LoadedConfig, type MiddlewareOptionsValidator } from './load.js';

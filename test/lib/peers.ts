@@ -1,0 +1,305 @@
+/**
+ * Real peers and clients for end-to-end tests: distribution's `docker-registry`, `containerd` + `ctr`,
+ * and `skopeo`. Every server listens on 127.0.0.1 on a free port, keeps its files in its own temporary
+ * directory, and comes with a `stop()` that kills it and removes that directory; register it with
+ * `t.after(stop)` so it runs even when the test fails.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/** Result of running a command to completion. */
+export interface RunResult {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Error thrown by {@link run} when a command exits non-zero; carries its output. */
+export class CommandError extends Error {
+  constructor(
+    readonly command: string,
+    readonly result: RunResult,
+  ) {
+    super(`${command}\nexited with ${result.code}\n--- stderr ---\n${result.stderr.trim()}\n--- stdout ---\n${result.stdout.trim().slice(0, 4000)}`);
+    this.name = 'CommandError';
+  }
+}
+
+/**
+ * Runs `cmd args...` to completion. Throws a {@link CommandError} on a non-zero exit unless
+ * `allowFailure` is set.
+ */
+export function run(
+  cmd: string,
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; timeoutMs?: number; allowFailure?: boolean; cwd?: string } = {},
+): Promise<RunResult> {
+  const command = [cmd, ...args].map((a) => (/[\s"']/.test(a) ? JSON.stringify(a) : a)).join(' ');
+  return new Promise((resolve, reject) => {
+    execFile(
+      cmd,
+      args,
+      { env: options.env ?? process.env, timeout: options.timeoutMs ?? 120_000, maxBuffer: 64 << 20, cwd: options.cwd, encoding: 'utf8' },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
+        const result = { code, stdout, stderr: err && err.killed ? `${stderr}\n(killed: timeout or signal ${err.signal})` : stderr };
+        if (code !== 0 && !options.allowFailure) reject(new CommandError(command, result));
+        else resolve(result);
+      },
+    );
+  });
+}
+
+/** A free TCP port on 127.0.0.1 (bound and released; callers that race for it should retry). */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((res, rej) => server.once('error', rej).listen(0, '127.0.0.1', () => res()));
+  const address = server.address();
+  await new Promise<void>((res) => server.close(() => res()));
+  if (address === null || typeof address === 'string') throw new Error('freePort: no address');
+  return address.port;
+}
+
+/** A long-running child process whose output is kept for diagnostics. */
+interface Daemon {
+  readonly child: ChildProcess;
+  readonly output: string[];
+  /** Resolves with the exit code once the process has exited. */
+  readonly exited: Promise<number | null>;
+  hasExited(): boolean;
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves when the process is gone. */
+  kill(graceMs?: number): Promise<void>;
+}
+
+function daemon(cmd: string, args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string }): Daemon {
+  const child = spawn(cmd, args, { env: options.env ?? process.env, cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  const output: string[] = [];
+  const keep = (chunk: string) => {
+    for (const line of chunk.split('\n')) if (line.trim()) output.push(line);
+    if (output.length > 5000) output.splice(0, output.length - 5000);
+  };
+  child.stdout!.setEncoding('utf8').on('data', keep);
+  child.stderr!.setEncoding('utf8').on('data', keep);
+  let done = false;
+  const exited = new Promise<number | null>((res) => {
+    child.on('exit', (code) => { done = true; res(code); });
+    child.on('error', (err) => { done = true; output.push(`spawn error: ${err.message}`); res(null); });
+  });
+  return {
+    child,
+    output,
+    exited,
+    hasExited: () => done,
+    async kill(graceMs = 5000) {
+      if (done) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** Polls `probe` every 50 ms until it returns true, the daemon exits, or `timeoutMs` passes. */
+async function waitUntil(what: string, d: Daemon, probe: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (d.hasExited()) throw new Error(`${what} exited before it was ready:\n${d.output.slice(-40).join('\n')}`);
+    if (await probe().catch(() => false)) return;
+    await sleep(50);
+  }
+  await d.kill();
+  throw new Error(`${what} was not ready after ${timeoutMs} ms:\n${d.output.slice(-40).join('\n')}`);
+}
+
+/** The environment without `REGISTRY_*` overrides, so a developer's shell cannot reconfigure a peer. */
+function cleanEnv(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_')));
+}
+
+/** A running distribution `docker-registry`. */
+export interface Distribution {
+  /** `http://127.0.0.1:PORT` */
+  readonly url: string;
+  /** `127.0.0.1:PORT` */
+  readonly host: string;
+  readonly rootdirectory: string;
+  /** Its log lines (JSON) so far. */
+  readonly output: readonly string[];
+  /** Kills the registry and removes its config directory (not `rootdirectory`, which the caller owns). */
+  stop(): Promise<void>;
+}
+
+export interface DistributionOptions {
+  /** Filesystem storage root; the caller creates and removes it. */
+  rootdirectory: string;
+  deleteEnabled?: boolean;
+  /**
+   * Basic auth: either the path of an existing htpasswd file, or `{user: password}` written to one
+   * with `htpasswd -B` (distribution accepts bcrypt only).
+   */
+  htpasswd?: string | Record<string, string>;
+}
+
+/** Starts distribution's `docker-registry serve` on a free port and waits until `GET /v2/` answers. */
+export async function startDistribution(options: DistributionOptions): Promise<Distribution> {
+  const dir = await mkdtemp(join(tmpdir(), 'distribution-'));
+  try {
+    let htpasswdPath: string | undefined;
+    if (typeof options.htpasswd === 'string') htpasswdPath = options.htpasswd;
+    else if (options.htpasswd) {
+      htpasswdPath = join(dir, 'htpasswd');
+      let first = true;
+      for (const [user, password] of Object.entries(options.htpasswd)) {
+        await run('htpasswd', [first ? '-Bbc' : '-Bb', htpasswdPath, user, password]);
+        first = false;
+      }
+    }
+    for (let attempt = 1; ; attempt++) {
+      const port = await freePort();
+      const config = {
+        version: 0.1,
+        log: { level: 'info', formatter: 'json', accesslog: { disabled: false } },
+        storage: {
+          filesystem: { rootdirectory: options.rootdirectory },
+          delete: { enabled: options.deleteEnabled ?? false },
+          // never purge uploads under a test's feet (the default purges after 17 min, then daily)
+          maintenance: { uploadpurging: { enabled: false } },
+        },
+        http: { addr: `127.0.0.1:${port}`, secret: 'e2e-test-secret' },
+        ...(htpasswdPath ? { auth: { htpasswd: { realm: 'e2e', path: htpasswdPath } } } : {}),
+      };
+      // JSON is valid YAML, and distribution reads YAML
+      const configPath = join(dir, 'config.yml');
+      await writeFile(configPath, JSON.stringify(config, null, 2));
+      const d = daemon('docker-registry', ['serve', configPath], { env: cleanEnv(), cwd: dir });
+      const url = `http://127.0.0.1:${port}`;
+      try {
+        await waitUntil(`docker-registry on ${url}`, d, async () => {
+          const res = await fetch(`${url}/v2/`, { signal: AbortSignal.timeout(1000) });
+          await res.arrayBuffer();
+          return res.status === 200 || res.status === 401;
+        });
+      } catch (err) {
+        await d.kill();
+        if (attempt < 3 && d.output.some((l) => l.includes('address already in use'))) continue;
+        throw err;
+      }
+      return {
+        url,
+        host: `127.0.0.1:${port}`,
+        rootdirectory: options.rootdirectory,
+        output: d.output,
+        async stop() {
+          await d.kill();
+          await rm(dir, { recursive: true, force: true });
+        },
+      };
+    }
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+/** A running containerd with its own root, state and socket. */
+export interface Containerd {
+  /** The gRPC unix socket. */
+  readonly address: string;
+  /** Its `root` directory (content store under `io.containerd.content.v1.content`). */
+  readonly root: string;
+  readonly output: readonly string[];
+  /** Runs `ctr --address <socket> ARGS...`; throws on a non-zero exit. */
+  ctr(args: string[], options?: { timeoutMs?: number; allowFailure?: boolean }): Promise<RunResult>;
+  /** Kills containerd and removes its directory. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Plugins this containerd does not need, or that need things a test machine lacks: CRI (CNI, a
+ * pause image, a kubelet), the snapshotters that need special filesystems or devices, tracing.
+ * The content store, metadata, images, leases, diff and the overlayfs/native snapshotters stay.
+ */
+const CONTAINERD_DISABLED_PLUGINS = [
+  'io.containerd.grpc.v1.cri',
+  'io.containerd.snapshotter.v1.aufs',
+  'io.containerd.snapshotter.v1.btrfs',
+  'io.containerd.snapshotter.v1.devmapper',
+  'io.containerd.snapshotter.v1.zfs',
+  'io.containerd.internal.v1.opt',
+  'io.containerd.tracing.processor.v1.otlp',
+  'io.containerd.internal.v1.tracing',
+];
+
+/** Starts a private containerd (config, root, state and socket in a temp dir) and waits for its socket. */
+export async function startContainerd(): Promise<Containerd> {
+  // a short path: unix socket paths are limited to 107 bytes
+  const dir = await mkdtemp(join('/tmp', 'ctrd-'));
+  try {
+    const address = join(dir, 'containerd.sock');
+    const root = join(dir, 'root');
+    const toml = [
+      'version = 2',
+      `root = ${JSON.stringify(root)}`,
+      `state = ${JSON.stringify(join(dir, 'state'))}`,
+      `disabled_plugins = ${JSON.stringify(CONTAINERD_DISABLED_PLUGINS)}`,
+      '[grpc]',
+      `  address = ${JSON.stringify(address)}`,
+      '[ttrpc]',
+      `  address = ${JSON.stringify(`${address}.ttrpc`)}`,
+      '[debug]',
+      '  address = ""',
+      '  level = "info"',
+      '[metrics]',
+      '  address = ""',
+      '',
+    ].join('\n');
+    const configPath = join(dir, 'config.toml');
+    await writeFile(configPath, toml);
+    const d = daemon('containerd', ['--config', configPath], { cwd: dir });
+    const ctr: Containerd['ctr'] = (args, options = {}) => run('ctr', ['--address', address, ...args], options);
+    await waitUntil(`containerd at ${address}`, d, async () => {
+      await access(address);
+      return (await ctr(['version'], { timeoutMs: 5000, allowFailure: true })).code === 0;
+    });
+    return {
+      address,
+      root,
+      output: d.output,
+      ctr,
+      async stop() {
+        await d.kill();
+        await rm(dir, { recursive: true, force: true });
+      },
+    };
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+/**
+ * Runs `skopeo --insecure-policy SUBCOMMAND ...`, adding the flags plain http on loopback needs:
+ * `--src-tls-verify=false --dest-tls-verify=false` for `copy` and `sync`, `--tls-verify=false` for
+ * `inspect`, `delete` and `list-tags` (skopeo ignores them for non-registry transports).
+ * `global` options (`--override-arch` ...) go before the subcommand. Throws a {@link CommandError} on
+ * a non-zero exit unless `allowFailure` is set.
+ *
+ * @example
+ * await skopeo(['copy', 'oci:/tmp/img:v1', 'docker://127.0.0.1:5000/team/app:v1']);
+ */
+export function skopeo(
+  args: string[],
+  options: { timeoutMs?: number; allowFailure?: boolean; env?: NodeJS.ProcessEnv; global?: string[] } = {},
+): Promise<RunResult> {
+  const [sub, ...rest] = args;
+  if (sub === undefined) throw new Error('skopeo: no subcommand');
+  let tls: string[] = [];
+  if (sub === 'copy' || sub === 'sync') tls = ['--src-tls-verify=false', '--dest-tls-verify=false'];
+  else if (sub === 'inspect' || sub === 'delete' || sub === 'list-tags') tls = ['--tls-verify=false'];
+  return run('skopeo', ['--insecure-policy', ...(options.global ?? []), sub, ...tls, ...rest], options);
+}
