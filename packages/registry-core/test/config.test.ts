@@ -336,6 +336,13 @@ middleware:
     assert.deepEqual(config.log.fields, { service: 'cache' });
   });
 
+  test('storage driver parameters are free-form: unknown ones are lower-cased and warned about', () => {
+    const { options } = acceptingDownstream();
+    const { config, warnings } = parseConfig(base, FILE, { REGISTRY_STORAGE_FILESYSTEM_MAXTHREADS: '50', REGISTRY_STORAGE_FILESYSTEM_FLAVOUR: 'x' }, options);
+    assert.equal(config.storage.filesystem?.maxthreads, 50);
+    assert.deepEqual(warnings, ['storage.filesystem.flavour: not a parameter of the filesystem driver; ignored']);
+  });
+
   test('REGISTRY_STORAGE=inmemory selects the driver and keeps delete', () => {
     const { options } = acceptingDownstream();
     const text = base.replace('storage:\n', 'storage:\n  delete:\n    enabled: true\n');
@@ -355,6 +362,8 @@ middleware:
     assert.equal(fails(base, { REGISTRY_STORAGE_S3_BUCKET: 'b' }, options).key, 'storage.s3');
     assert.equal(fails(base, { REGISTRY_LOG_LEVEL_X: 'b' }, options).key, 'log.level');
     assert.equal(fails(base, { REGISTRY_MIDDLEWARE_REGISTRY_5_NAME: 'x' }, options).key, 'middleware.registry[5]');
+    const onlyOne = fails(base, { REGISTRY_AUTH_HTPASSWD_REAML: 'x' }, options);
+    assert.deepEqual(onlyOne.issues.map((i) => i.key), ['auth.htpasswd.reaml'], 'a bad variable leaves no half-made section behind');
   });
 
   test('a mistyped value names the key and the variable', () => {

@@ -148,3 +148,14 @@ describe('parseManifest', () => {
     }
   });
 });
+
+describe('documentation', () => {
+  it('docs/registry-api.md lists every error code with its status', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const { ERROR_CODES } = await import('../src/errors.js');
+    const doc = await readFile(new URL('../../../../docs/registry-api.md', import.meta.url), 'utf8');
+    for (const [code, { status }] of Object.entries(ERROR_CODES)) {
+      assert.match(doc, new RegExp(`\\| \`${code}\` \\| ${status} \\|`), `docs/registry-api.md is missing ${code} (${status})`);
+    }
+  });
+});

@@ -84,25 +84,38 @@ async function runRegistry(args: string[]): Promise<number | undefined> {
   const logger = createLogger({ level: config.log.level, fields: config.log.fields });
   for (const warning of warnings) logger.warn({ file }, warning);
   if (!file) logger.info({ rootdirectory: config.storage.filesystem?.rootdirectory }, 'no config file given: running on the embedded defaults');
-  const registry = await startRegistry({ config, logger });
-  stopOnSignals(registry, config.http.draintimeout);
+  // Signal handlers go in before the listener, so a SIGTERM right after "listening" is a clean stop.
+  const stopper = stopOnSignals(typeof config.http.draintimeout === 'number' ? config.http.draintimeout : 5000);
+  stopper.attach(await startRegistry({ config, logger }));
   return undefined;
 }
 
-function stopOnSignals(registry: RunningRegistry, drain: unknown): void {
-  const drainMs = typeof drain === 'number' ? drain : 5000;
-  let stopping = false;
-  const stop = (signal: NodeJS.Signals) => {
-    if (stopping) return;
-    stopping = true;
-    registry.logger.info({ signal }, 'shutting down');
-    void registry.close(drainMs).then(() => {
-      registry.logger.flush();
+/** Stops the running role on SIGTERM/SIGINT: drains open requests for at most `drainMs`, then exits 0. */
+function stopOnSignals(drainMs: number): { attach(registry: RunningRegistry): void } {
+  let registry: RunningRegistry | undefined;
+  let signalled: NodeJS.Signals | undefined;
+  const stop = () => {
+    if (!registry) return;
+    registry.logger.info({ signal: signalled }, 'shutting down');
+    const r = registry;
+    void r.close(drainMs).then(() => {
+      r.logger.flush();
       process.exit(0);
     });
   };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (signalled) return;
+    signalled = signal;
+    stop();
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  return {
+    attach(r) {
+      registry = r;
+      if (signalled) stop();
+    },
+  };
 }
 
 function version(): string {

@@ -63,7 +63,7 @@ function parseValue(text: string, isString: boolean): { value: unknown } | { err
 }
 
 /** The key of `container` that `segment` names case-insensitively, so an override replaces rather than duplicates it. */
-function existingKey(container: Record<string, unknown> | unknown[], segment: string): string | undefined {
+function existingKey(container: unknown, segment: string): string | undefined {
   return isRecord(container) ? Object.keys(container).find((k) => k.toLowerCase() === segment.toLowerCase()) : undefined;
 }
 
@@ -79,6 +79,52 @@ function setChild(container: Record<string, unknown> | unknown[], key: PathSegme
     if (value === undefined) delete container[key];
     else container[key] = value;
   }
+}
+
+/** A variable's name resolved against the schema: the configuration path it sets and the schema there. */
+type Resolved = { path: PathSegment[]; leaf: z.ZodType } | { error: { path: PathSegment[]; expected: string; got: string } };
+
+/**
+ * Matches the segments of a variable's name against the schema, looking at the document only to reuse the
+ * spelling of existing free-form keys and to bound list indexes. Changes nothing.
+ */
+function resolvePath(raw: Record<string, unknown>, segments: readonly string[], name: string): Resolved {
+  let schema: z.ZodType = registryConfigSchema;
+  let current: unknown = raw;
+  const path: PathSegment[] = [];
+  for (let i = 0; i < segments.length; i++) {
+    const seg = segments[i] ?? '';
+    if (seg === '') {
+      return { error: { path, expected: 'key names separated by single underscores, such as REGISTRY_HTTP_ADDR', got: `an empty segment in ${name}` } };
+    }
+    const node = nodeOf(schema);
+    let key: PathSegment;
+    let child: z.ZodType | undefined;
+    if (node.kind === 'object') {
+      const known = node.keys.find((k) => k.toLowerCase() === seg.toLowerCase());
+      key = known ?? existingKey(current, seg) ?? seg.toLowerCase();
+      child = known === undefined ? node.catchall : node.child(known);
+      if (child === undefined) {
+        const { expected, known: keys } = expectedKeysAt(path);
+        return { error: { path: [...path, seg.toLowerCase()], expected, got: unknownKeyGot(seg.toLowerCase(), path, keys) } };
+      }
+    } else if (node.kind === 'record') {
+      key = existingKey(current, seg) ?? seg.toLowerCase();
+      child = node.value;
+    } else if (node.kind === 'array') {
+      const length = Array.isArray(current) ? current.length : 0;
+      if (!/^\d+$/.test(seg)) return { error: { path, expected: `a list index (0 to ${length})`, got: JSON.stringify(seg) } };
+      key = Number(seg);
+      if (key > length) return { error: { path: [...path, key], expected: `a list index from 0 to ${length} (the next new item)`, got: String(key) } };
+      child = node.element;
+    } else {
+      return { error: { path, expected: `nothing after ${formatKey(path)}, which is a value, not a section`, got: JSON.stringify(segments.slice(i).join('_')) } };
+    }
+    path.push(key);
+    current = Array.isArray(current) && typeof key === 'number' ? current[key] : isRecord(current) && typeof key === 'string' && Object.hasOwn(current, key) ? current[key] : undefined;
+    schema = child;
+  }
+  return { path, leaf: schema };
 }
 
 /**
@@ -102,94 +148,51 @@ export function applyEnvOverrides(raw: Record<string, unknown>, env: NodeJS.Proc
     const fail = (path: readonly PathSegment[], expected: string, got: string): void => {
       issues.push(configIssue(file, { key: formatKey(path), expected, got, env: name }));
     };
-    const segments = name.slice(ENV_PREFIX.length).split('_');
-    let container: Record<string, unknown> | unknown[] = raw;
-    let schema: z.ZodType = registryConfigSchema;
-    const path: PathSegment[] = [];
-
-    for (let i = 0; i < segments.length; i++) {
-      const seg = segments[i] ?? '';
-      const last = i === segments.length - 1;
-      if (seg === '') {
-        fail(path, 'key names separated by single underscores, such as REGISTRY_HTTP_ADDR', `an empty segment in ${name}`);
-        break;
-      }
-      const node = nodeOf(schema);
-      let key: PathSegment;
-      let child: z.ZodType | undefined;
-      if (node.kind === 'object') {
-        const known =
-          node.keys.find((k) => k.toLowerCase() === seg.toLowerCase()) ??
-          (node.catchall === undefined ? undefined : existingKey(container, seg) ?? seg.toLowerCase());
-        if (known === undefined) {
-          const { expected, known: keys } = expectedKeysAt(path);
-          fail([...path, seg.toLowerCase()], expected, unknownKeyGot(seg.toLowerCase(), path, keys));
-          break;
-        }
-        key = known;
-        child = node.child(known);
-      } else if (node.kind === 'record') {
-        key = existingKey(container, seg) ?? seg.toLowerCase();
-        child = node.value;
-      } else if (node.kind === 'array') {
-        const length = Array.isArray(container) ? container.length : 0;
-        if (!/^\d+$/.test(seg)) {
-          fail(path, `a list index (0 to ${length})`, JSON.stringify(seg));
-          break;
-        }
-        const index = Number(seg);
-        if (index > length) {
-          fail([...path, index], `a list index from 0 to ${length} (the next new item)`, String(index));
-          break;
-        }
-        key = index;
-        child = node.element;
-      } else {
-        fail(path, `nothing after ${formatKey(path)}, which is a value, not a section`, `${JSON.stringify(segments.slice(i).join('_'))}`);
-        break;
-      }
-      path.push(key);
-      if (child === undefined) break;
-
-      if (!last) {
-        let next = getChild(container, key);
-        const childKind = nodeOf(child).kind;
-        if (childKind === 'array' && !Array.isArray(next)) {
-          next = [];
-          setChild(container, key, next);
-        } else if (childKind !== 'array' && !isRecord(next)) {
-          next = {};
-          setChild(container, key, next);
-        }
-        if (!Array.isArray(next) && !isRecord(next)) break;
-        container = next;
-        schema = child;
-        continue;
-      }
-
-      const target = nodeOf(child);
-      const parsed = parseValue(text, target.kind === 'leaf' && target.isString);
-      if ('error' in parsed) {
-        fail(path, 'a YAML value', parsed.error);
-        break;
-      }
-      let value = parsed.value;
-      const top = path[0];
-      if (path.length === 1 && top === 'storage' && typeof value === 'string') {
-        // REGISTRY_STORAGE=<driver> selects the driver; unlike distribution, which replaces the whole
-        // section, the delete/maintenance/... sections of the file are kept.
-        const sections: readonly string[] = STORAGE_SECTIONS;
-        const kept = isRecord(raw['storage']) ? Object.entries(raw['storage']).filter(([k]) => sections.includes(k)) : [];
-        value = { ...Object.fromEntries(kept), [value]: {} };
-      } else if (path.length === 1 && top === 'auth' && typeof value === 'string') {
-        value = { [value]: {} };
-      } else if (value === null) {
-        // An empty variable unsets the key, except a bare driver or scheme name, whose presence is the setting.
-        value = path.length === 2 && (top === 'storage' || top === 'auth') ? {} : undefined;
-      }
-      setChild(container, key, value);
-      origins.push({ key: formatKey(path), env: name });
+    const resolved = resolvePath(raw, name.slice(ENV_PREFIX.length).split('_'), name);
+    if ('error' in resolved) {
+      fail(resolved.error.path, resolved.error.expected, resolved.error.got);
+      continue;
     }
+    const { path, leaf } = resolved;
+
+    // Only now, with the whole name resolved, create the sections it goes through: a bad variable must not
+    // leave an empty section behind that would add errors of its own.
+    let container: Record<string, unknown> | unknown[] = raw;
+    for (let i = 0; i < path.length - 1; i++) {
+      const key = path[i] ?? '';
+      let next = getChild(container, key);
+      const wantList = typeof path[i + 1] === 'number';
+      if (wantList ? !Array.isArray(next) : !isRecord(next)) {
+        next = wantList ? [] : {};
+        setChild(container, key, next);
+      }
+      if (!Array.isArray(next) && !isRecord(next)) break;
+      container = next;
+    }
+    const key = path.at(-1) ?? '';
+
+    const target = nodeOf(leaf);
+    const parsed = parseValue(text, target.kind === 'leaf' && target.isString);
+    if ('error' in parsed) {
+      fail(path, 'a YAML value', parsed.error);
+      continue;
+    }
+    let value = parsed.value;
+    const top = path[0];
+    if (path.length === 1 && top === 'storage' && typeof value === 'string') {
+      // REGISTRY_STORAGE=<driver> selects the driver; unlike distribution, which replaces the whole
+      // section, the delete/maintenance/... sections of the file are kept.
+      const sections: readonly string[] = STORAGE_SECTIONS;
+      const kept = isRecord(raw['storage']) ? Object.entries(raw['storage']).filter(([k]) => sections.includes(k)) : [];
+      value = { ...Object.fromEntries(kept), [value]: {} };
+    } else if (path.length === 1 && top === 'auth' && typeof value === 'string') {
+      value = { [value]: {} };
+    } else if (value === null) {
+      // An empty variable unsets the key, except a bare driver or scheme name, whose presence is the setting.
+      value = path.length === 2 && (top === 'storage' || top === 'auth') ? {} : undefined;
+    }
+    setChild(container, key, value);
+    origins.push({ key: formatKey(path), env: name });
   }
   return { issues, warnings, origins };
 }

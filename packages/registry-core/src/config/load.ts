@@ -64,6 +64,9 @@ function firstLine(text: string): string {
  *
  * @throws ConfigError listing every problem (file unreadable, YAML syntax, unknown or mistyped keys,
  *   bad environment variables, middleware options), one per line.
+ * @example
+ * const { config, warnings } = loadConfig('/etc/cascade/config.yml', process.env, { middleware: { downstream: validateDownstream } });
+ * for (const w of warnings) logger.warn(w);
  */
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, options: LoadConfigOptions = {}): LoadedConfig {
   let text: string;
@@ -113,16 +116,16 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
   }
 
   const raw = normalize(js);
-  const env_ = applyEnvOverrides(raw, env, file);
-  warnings.push(...env_.warnings);
-  const issues: ConfigIssue[] = [...env_.issues];
+  const overrides = applyEnvOverrides(raw, env, file);
+  warnings.push(...overrides.warnings);
+  const issues: ConfigIssue[] = [...overrides.issues];
 
   const parsed = registryConfigSchema.safeParse(raw, { reportInput: true });
   const badSections = new Set<string>();
   if (!parsed.success) {
     for (const zodIssue of parsed.error.issues) {
       for (const t of fromZodIssue(zodIssue)) {
-        issues.push(configIssue(file, { key: t.key, expected: t.expected, got: t.got, env: originOf(t.key, env_.origins) }));
+        issues.push(configIssue(file, { key: t.key, expected: t.expected, got: t.got, env: originOf(t.key, overrides.origins) }));
         const top = t.path[0];
         badSections.add(typeof top === 'string' ? top : '');
       }
@@ -130,7 +133,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
   }
 
   const config = parsed.success ? parsed.data : configWithout(raw, badSections);
-  issues.push(...checkMiddleware(raw, config, options.middleware ?? {}, file, env_.origins));
+  issues.push(...checkMiddleware(raw, config, options.middleware ?? {}, file, overrides.origins));
 
   if (issues.length > 0 || !parsed.success) throw new ConfigError(file, issues);
   warnings.push(...acceptedButIgnored(parsed.data, raw));
