@@ -27,6 +27,8 @@ export interface RequestContext {
   readonly forward?: Readonly<Record<string, string>>;
   /** Aborted when the client goes away. */
   readonly signal?: AbortSignal;
+  /** The HTTP method (a cache answers HEAD on a miss without filling). */
+  readonly method?: string;
 }
 
 /** Read access to the blobs of one repository. A cache node implements this over local storage + upstreams. */
@@ -109,8 +111,11 @@ export interface Repository {
 
 /** The whole registry. */
 export interface Namespace {
-  /** The repository `name` (validated by the caller). Repositories exist once something is pushed. */
-  repository(name: string): Repository;
+  /**
+   * The repository `name` (validated by the caller). Repositories exist once something is pushed.
+   * `ctx` is the request on whose behalf it is used (a cache forwards the client's authorization upstream).
+   */
+  repository(name: string, ctx?: RequestContext): Repository;
   /** Repository names in lexical path order after `last`, at most `n`. */
   catalog(n: number, last?: string): Promise<string[]>;
 }

@@ -17,8 +17,16 @@ import { FilesystemDriver } from './storage/filesystem.js';
 import { InMemoryDriver } from './storage/inmemory.js';
 import { StorageNamespace } from './store/namespace.js';
 
+/** A namespace that holds resources (timers, connections) to release when the registry stops. */
+export interface ClosableNamespace extends Namespace {
+  close?(): Promise<void>;
+}
+
 /** Wraps the storage namespace, e.g. to serve blobs from upstreams on a miss. */
-export type NamespaceMiddleware = (inner: StorageNamespace, deps: { config: RegistryConfig; logger: Logger; driver: StorageDriver }) => Namespace | Promise<Namespace>;
+export type NamespaceMiddleware = (
+  inner: StorageNamespace,
+  deps: { config: RegistryConfig; logger: Logger; driver: StorageDriver },
+) => ClosableNamespace | Promise<ClosableNamespace>;
 
 /** Options of {@link startRegistry}. */
 export interface StartRegistryOptions {
@@ -62,8 +70,13 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
   const driver = createDriver(config);
   await driver.recover();
   const storageNamespace = new StorageNamespace(driver);
-  let namespace: Namespace = storageNamespace;
-  for (const mw of options.middleware ?? []) namespace = await mw(storageNamespace, { config, logger, driver });
+  let namespace: ClosableNamespace = storageNamespace;
+  const closers: Array<() => Promise<void>> = [];
+  for (const mw of options.middleware ?? []) {
+    const wrapped: ClosableNamespace = await mw(storageNamespace, { config, logger, driver });
+    if (wrapped.close) closers.push(() => (wrapped.close as () => Promise<void>).call(wrapped));
+    namespace = wrapped;
+  }
   const app = createRegistryApp({
     namespace,
     logger,
@@ -75,5 +88,14 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
   });
   const tls = config.http.tls?.certificate && config.http.tls.key ? { certificate: config.http.tls.certificate, key: config.http.tls.key } : undefined;
   const running = await listen(app.callback(), { addr: config.http.addr, net: config.http.net === 'unix' ? 'unix' : 'tcp', ...(tls ? { tls } : {}), role: options.role ?? 'registry' }, logger);
-  return { ...running, namespace, driver, logger };
+  return {
+    ...running,
+    namespace,
+    driver,
+    logger,
+    async close(drainMs?: number) {
+      await running.close(drainMs);
+      for (const close of closers.reverse()) await close();
+    },
+  };
 }

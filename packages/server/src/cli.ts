@@ -5,12 +5,17 @@
  *     cascade version
  */
 import { readFileSync } from 'node:fs';
-import { ConfigError, createLogger, loadConfig, parseConfig, startRegistry, type RunningRegistry } from '@cascade/registry-core';
+import { ConfigError, createLogger, loadConfig, parseConfig, startRegistry, type LoadConfigOptions, type RunningRegistry } from '@cascade/registry-core';
+import { DOWNSTREAM, downstreamMiddleware, downstreamOptionsOf, validateDownstreamOptions } from '@cascade/downstream';
+
+/** The registry middleware `cascade registry` knows, with their option validators. */
+const CONFIG_OPTIONS: LoadConfigOptions = { middleware: { [DOWNSTREAM]: validateDownstreamOptions } };
 
 const USAGE = `Usage: cascade <command> [options]
 
 Commands:
-  registry [CONFIG.yml]   Run a registry from a distribution-style config.yml
+  registry [CONFIG.yml]   Run a registry from a distribution-style config.yml; with the
+                          downstream middleware in it, a cache node
                           (default: $REGISTRY_CONFIGURATION_PATH, else the embedded
                           defaults: 127.0.0.1:5000, storage in ./data)
   version                 Print the version
@@ -80,13 +85,18 @@ async function runRegistry(args: string[]): Promise<number | undefined> {
   if (unknown.length > 0) throw new UsageError(`unknown option ${unknown[0]} for "cascade registry"`);
   if (args.length > 1) throw new UsageError('cascade registry takes one config file');
   const file = args[0] ?? process.env.REGISTRY_CONFIGURATION_PATH;
-  const { config, warnings } = file ? loadConfig(file, process.env) : parseConfig(EMBEDDED_REGISTRY_CONFIG, '<embedded defaults>', process.env);
+  const { config, warnings } = file
+    ? loadConfig(file, process.env, CONFIG_OPTIONS)
+    : parseConfig(EMBEDDED_REGISTRY_CONFIG, '<embedded defaults>', process.env, CONFIG_OPTIONS);
   const logger = createLogger({ level: config.log.level, fields: config.log.fields });
   for (const warning of warnings) logger.warn({ file }, warning);
   if (!file) logger.info({ rootdirectory: config.storage.filesystem?.rootdirectory }, 'no config file given: running on the embedded defaults');
   // Signal handlers go in before the listener, so a SIGTERM right after "listening" is a clean stop.
   const stopper = stopOnSignals(typeof config.http.draintimeout === 'number' ? config.http.draintimeout : 5000);
-  stopper.attach(await startRegistry({ config, logger }));
+  const downstream = downstreamOptionsOf(config);
+  stopper.attach(
+    await startRegistry({ config, logger, middleware: downstream ? [downstreamMiddleware(downstream)] : [], role: downstream ? 'cache' : 'registry' }),
+  );
   return undefined;
 }
 

@@ -66,13 +66,14 @@ export async function dispatch(ctx: Context, path: string, options: DispatcherOp
   ctx.state.user = identity.user;
   const controller = new AbortController();
   ctx.req.once('close', () => controller.abort());
+  const request = { ...(identity.user ? { user: identity.user } : {}), forward: forwardHeaders(ctx), signal: controller.signal, method: ctx.method };
   await entry.handler({
     ctx,
     params,
     namespace: options.namespace,
-    repo: options.namespace.repository(params.name ?? ''),
+    repo: options.namespace.repository(params.name ?? '', request),
     identity,
-    request: { ...(identity.user ? { user: identity.user } : {}), forward: forwardHeaders(ctx), signal: controller.signal },
+    request,
     options,
   });
 }
@@ -81,5 +82,7 @@ function forwardHeaders(ctx: Context): Record<string, string> {
   const out: Record<string, string> = {};
   const auth = ctx.get('authorization');
   if (auth) out.authorization = auth;
+  const accept = ctx.get('accept');
+  if (accept) out.accept = accept;
   return out;
 }

@@ -1,0 +1,316 @@
+/**
+ * The cache node's namespace: the same `Namespace` interface as a plain registry, so the HTTP layer does
+ * not know whether it serves a registry or a cache. Blobs are served from local storage and filled from
+ * the upstreams on a miss; manifests and tags are passed through to the upstreams, never stored (the DTR
+ * server serves manifests from the origin, so they are never stale).
+ */
+import { PassThrough, type Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import {
+  Digest,
+  isPathNotFound,
+  MANIFEST_MAX_BYTES,
+  MANIFEST_MEDIA_TYPES,
+  parseManifest,
+  paths,
+  RegistryError,
+  type BlobDescriptor,
+  type BlobStore,
+  type BlobUpload,
+  type ByteRange,
+  type Descriptor,
+  type ManifestStore,
+  type Namespace,
+  type ParsedManifest,
+  type Repository,
+  type RequestContext,
+  type StorageDriver,
+  type TagStore,
+} from '@cascade/registry-core';
+import { FillManager } from './fill.js';
+import { blobPath, type UpstreamPool } from './upstream.js';
+
+/** Records accesses and protects blobs being served (see expiry.ts); optional. */
+export interface AccessTracker {
+  touch(digest: Digest, size: number): void;
+  pin(digest: Digest): () => void;
+}
+
+/** Counters of a cache node, logged periodically. */
+export interface CacheMetrics {
+  hits: number;
+  misses: number;
+  bytesFromDisk: number;
+  bytesFromUpstream: number;
+  fillsCompleted: number;
+  fillsFailed: number;
+  rangePassthrough: number;
+}
+
+/** Options of {@link CacheNamespace}. */
+export interface CacheNamespaceOptions {
+  readonly driver: StorageDriver;
+  readonly upstreams: UpstreamPool;
+  readonly logger: Logger;
+  readonly fillTimeoutMs?: number;
+  readonly tracker?: AccessTracker;
+  /** Forward the client's Authorization upstream on a miss (`auth: passthrough`). */
+  readonly forwardAuthorization: boolean;
+  /**
+   * A range that starts more than this many bytes past what a running fill has written is fetched from
+   * upstream directly instead of waiting (default 8 MiB).
+   */
+  readonly rangeAheadBytes?: number;
+}
+
+/** A registry namespace that is a cache of its upstreams. */
+export class CacheNamespace implements Namespace {
+  readonly fills: FillManager;
+  readonly metrics: CacheMetrics = { hits: 0, misses: 0, bytesFromDisk: 0, bytesFromUpstream: 0, fillsCompleted: 0, fillsFailed: 0, rangePassthrough: 0 };
+
+  constructor(readonly options: CacheNamespaceOptions) {
+    this.fills = new FillManager({
+      driver: options.driver,
+      upstreams: options.upstreams,
+      logger: options.logger,
+      ...(options.fillTimeoutMs !== undefined ? { fillTimeoutMs: options.fillTimeoutMs } : {}),
+      onCommitted: (digest, size) => {
+        this.metrics.fillsCompleted += 1;
+        options.tracker?.touch(digest, size);
+      },
+      onUpstreamBytes: (n) => {
+        this.metrics.bytesFromUpstream += n;
+      },
+    });
+  }
+
+  repository(name: string, ctx?: RequestContext): Repository {
+    const headers = this.upstreamHeaders(ctx);
+    return {
+      name,
+      blobs: new CacheBlobStore(this, name, headers),
+      manifests: new PassthroughManifestStore(this.options.upstreams, name, headers),
+      tags: new PassthroughTagStore(this.options.upstreams, name, headers),
+    };
+  }
+
+  async catalog(): Promise<string[]> {
+    // A cache keeps blobs, not repositories: it has nothing to list.
+    return [];
+  }
+
+  /** Removes partial fills left by a previous process. */
+  recover(): Promise<void> {
+    return this.fills.recover();
+  }
+
+  async close(): Promise<void> {
+    await this.fills.close();
+    this.options.upstreams.close();
+  }
+
+  private upstreamHeaders(ctx: RequestContext | undefined): Record<string, string> {
+    const out: Record<string, string> = {};
+    const auth = ctx?.forward?.authorization;
+    if (this.options.forwardAuthorization && auth) out.authorization = auth;
+    return out;
+  }
+}
+
+class CacheBlobStore implements BlobStore {
+  constructor(
+    private readonly cache: CacheNamespace,
+    private readonly name: string,
+    private readonly headers: Readonly<Record<string, string>>,
+  ) {}
+
+  async stat(digest: Digest, ctx?: RequestContext): Promise<BlobDescriptor> {
+    const { driver, upstreams } = this.cache.options;
+    const local = await statBlob(driver, digest);
+    if (local !== undefined) return { digest, size: local };
+    const running = this.cache.fills.get(digest);
+    if (running) return { digest, size: await running.ready };
+    if (ctx?.method === 'HEAD') {
+      // A HEAD does not warrant downloading the blob: ask upstream for its size only.
+      const res = await upstreams.fetch({ method: 'HEAD', path: blobPath(this.name, digest), headers: this.headers });
+      res.body.resume();
+      if (res.size === undefined) throw new RegistryError('UNAVAILABLE', 'upstream did not give the blob size', { status: 502 });
+      return { digest, size: res.size };
+    }
+    const fill = this.cache.fills.start(this.name, digest, this.headers);
+    return { digest, size: await fill.ready };
+  }
+
+  async open(digest: Digest, range?: ByteRange): Promise<Readable> {
+    const { driver, tracker, upstreams } = this.cache.options;
+    const metrics = this.cache.metrics;
+    try {
+      const stream = await driver.reader(paths.blobData(digest), range ? { offset: range.start, end: range.end } : {});
+      metrics.hits += 1;
+      const size = await statBlob(driver, digest);
+      if (size !== undefined) tracker?.touch(digest, size);
+      const release = tracker?.pin(digest);
+      if (release) stream.once('close', release);
+      // Counted on 'end' from the known length: a 'data' listener would start the stream before Koa pipes it.
+      const length = range ? range.end - range.start + 1 : (size ?? 0);
+      stream.once('end', () => {
+        metrics.bytesFromDisk += length;
+      });
+      return stream;
+    } catch (err) {
+      if (!isPathNotFound(err)) throw err;
+    }
+    metrics.misses += 1;
+    const fill = this.cache.fills.get(digest) ?? this.cache.fills.start(this.name, digest, this.headers);
+    const size = await fill.ready;
+    const start = range?.start ?? 0;
+    const end = range?.end ?? size - 1;
+    if (range && fill.state === 'filling' && start > fill.written + (this.cache.options.rangeAheadBytes ?? 8 << 20)) {
+      // Far ahead of the fill: ask upstream for the range instead of waiting for the bytes before it.
+      metrics.rangePassthrough += 1;
+      const res = await upstreams.fetch({ method: 'GET', path: blobPath(this.name, digest), headers: { ...this.headers, range: `bytes=${start}-${end}` } });
+      if (res.status !== 206) {
+        res.body.destroy();
+        throw new RegistryError('UNAVAILABLE', 'upstream ignored the range request', { status: 502 });
+      }
+      return res.body.pipe(new PassThrough());
+    }
+    return fill.follow(start, end);
+  }
+
+  createUpload(): Promise<BlobUpload> {
+    return Promise.reject(readOnly());
+  }
+
+  getUpload(): Promise<BlobUpload> {
+    return Promise.reject(readOnly());
+  }
+
+  mount(): Promise<BlobDescriptor | undefined> {
+    return Promise.reject(readOnly());
+  }
+
+  delete(): Promise<void> {
+    return Promise.reject(readOnly());
+  }
+}
+
+const MANIFEST_ACCEPT = [...MANIFEST_MEDIA_TYPES].join(', ');
+
+/** Manifests read from the upstreams on every request, verified against their digest, never stored. */
+class PassthroughManifestStore implements ManifestStore {
+  constructor(
+    private readonly upstreams: UpstreamPool,
+    private readonly name: string,
+    private readonly headers: Readonly<Record<string, string>>,
+  ) {}
+
+  async get(digest: Digest): Promise<ParsedManifest> {
+    const res = await this.upstreams.fetch(
+      { method: 'GET', path: `/v2/${this.name}/manifests/${digest.toString()}`, headers: { ...this.headers, accept: MANIFEST_ACCEPT } },
+      'MANIFEST_UNKNOWN',
+    );
+    const bytes = await readLimited(res.body, MANIFEST_MAX_BYTES);
+    const actual = Digest.of(bytes, digest.algorithm);
+    if (!actual.equals(digest)) {
+      throw new RegistryError('UNAVAILABLE', `upstream ${res.host.url} sent a manifest whose digest is ${actual.toString()}, not ${digest.toString()}`, { status: 502 });
+    }
+    const contentType = typeof res.headers['content-type'] === 'string' ? res.headers['content-type'] : undefined;
+    try {
+      return parseManifest(bytes, contentType);
+    } catch {
+      // A kind Cascade does not accept on push (schema 1) is still served as the upstream sent it.
+      return { bytes, digest, mediaType: contentType ?? 'application/octet-stream', isIndex: false, blobs: [], manifests: [] };
+    }
+  }
+
+  async exists(digest: Digest): Promise<boolean> {
+    try {
+      const res = await this.upstreams.fetch({ method: 'HEAD', path: `/v2/${this.name}/manifests/${digest.toString()}`, headers: { ...this.headers, accept: MANIFEST_ACCEPT } }, 'MANIFEST_UNKNOWN');
+      res.body.resume();
+      return true;
+    } catch (err) {
+      if (err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN') return false;
+      throw err;
+    }
+  }
+
+  put(): Promise<void> {
+    return Promise.reject(readOnly());
+  }
+
+  delete(): Promise<void> {
+    return Promise.reject(readOnly());
+  }
+
+  async referrers(digest: Digest, artifactType?: string): Promise<Descriptor[]> {
+    const query = artifactType ? `?artifactType=${encodeURIComponent(artifactType)}` : '';
+    try {
+      const res = await this.upstreams.fetch({ method: 'GET', path: `/v2/${this.name}/referrers/${digest.toString()}${query}`, headers: this.headers }, 'NOT_FOUND');
+      const index = JSON.parse((await readLimited(res.body, MANIFEST_MAX_BYTES)).toString('utf8')) as { manifests?: Descriptor[] };
+      return Array.isArray(index.manifests) ? index.manifests : [];
+    } catch (err) {
+      if (err instanceof RegistryError && err.code === 'NOT_FOUND') return [];
+      throw err;
+    }
+  }
+}
+
+/** Tags resolved by the upstreams on every request. */
+class PassthroughTagStore implements TagStore {
+  constructor(
+    private readonly upstreams: UpstreamPool,
+    private readonly name: string,
+    private readonly headers: Readonly<Record<string, string>>,
+  ) {}
+
+  async resolve(tag: string): Promise<Digest> {
+    const res = await this.upstreams.fetch({ method: 'HEAD', path: `/v2/${this.name}/manifests/${tag}`, headers: { ...this.headers, accept: MANIFEST_ACCEPT } }, 'MANIFEST_UNKNOWN');
+    res.body.resume();
+    const header = res.headers['docker-content-digest'];
+    const digest = typeof header === 'string' ? Digest.tryParse(header) : undefined;
+    if (!digest) throw new RegistryError('UNAVAILABLE', `upstream ${res.host.url} did not send Docker-Content-Digest for ${this.name}:${tag}`, { status: 502 });
+    return digest;
+  }
+
+  tag(): Promise<void> {
+    return Promise.reject(readOnly());
+  }
+
+  untag(): Promise<void> {
+    return Promise.reject(readOnly());
+  }
+
+  async list(): Promise<string[]> {
+    const res = await this.upstreams.fetch({ method: 'GET', path: `/v2/${this.name}/tags/list`, headers: this.headers }, 'NAME_UNKNOWN');
+    const body = JSON.parse((await readLimited(res.body, 16 << 20)).toString('utf8')) as { tags?: unknown };
+    return Array.isArray(body.tags) ? body.tags.filter((t): t is string => typeof t === 'string').sort() : [];
+  }
+}
+
+async function statBlob(driver: StorageDriver, digest: Digest): Promise<number | undefined> {
+  try {
+    return (await driver.stat(paths.blobData(digest))).size;
+  } catch (err) {
+    if (isPathNotFound(err)) return undefined;
+    throw err;
+  }
+}
+
+async function readLimited(body: Readable, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of body) {
+    total += (chunk as Buffer).length;
+    if (total > limit) {
+      body.destroy();
+      throw new RegistryError('UNAVAILABLE', `upstream response exceeds ${limit} bytes`, { status: 502 });
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks, total);
+}
+
+function readOnly(): RegistryError {
+  return new RegistryError('UNSUPPORTED', 'this registry is a cache (downstream middleware): push to the origin registry');
+}

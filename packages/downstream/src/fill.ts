@@ -1,0 +1,278 @@
+/**
+ * Single-flight fills: the first miss for a blob starts one upstream fetch that writes to a partial file
+ * while hashing; every request for that blob (the first one included) follows the partial file as it
+ * grows, so N concurrent misses cost one upstream fetch and every client streams as bytes arrive. The
+ * blob is moved into place only when its size and digest match; otherwise the partial file is removed
+ * and followers see an error.
+ *
+ * A fill does not depend on its clients: when the last one goes away it keeps running for `fillTimeoutMs`
+ * (so the next client gets a hit), then is aborted.
+ */
+import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import { Digest, isPathNotFound, paths, RegistryError, type StorageDriver } from '@cascade/registry-core';
+import { blobPath, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
+
+/** Where partial fills live in the driver (distribution ignores `_` folders; emptied at start-up). */
+export const FILLS_DIR = '/docker/registry/v2/_cascade_fills';
+
+/** Options of {@link FillManager}. */
+export interface FillManagerOptions {
+  readonly driver: StorageDriver;
+  readonly upstreams: UpstreamPool;
+  readonly logger: Logger;
+  /** How long a fill runs on with no client (default 10 min). */
+  readonly fillTimeoutMs?: number;
+  /** Called when a blob was committed (for the expiry index and metrics). */
+  readonly onCommitted?: (digest: Digest, size: number) => void;
+  /** Called for every chunk received from upstream (metrics). */
+  readonly onUpstreamBytes?: (n: number) => void;
+}
+
+type FillState = 'filling' | 'done' | 'failed';
+
+/** One blob being fetched from upstream. */
+export class Fill extends EventEmitter {
+  state: FillState = 'filling';
+  /** Bytes written to the partial file so far. */
+  written = 0;
+  size: number | undefined;
+  error: Error | undefined;
+  /** Resolves with the size once the upstream answered; rejects when it could not. */
+  readonly ready: Promise<number>;
+  /** Settles when the fill is over (committed or failed); never rejects. */
+  readonly finished: Promise<void>;
+  private followers = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private readonly controller = new AbortController();
+  private resolveReady!: (size: number) => void;
+  private rejectReady!: (err: Error) => void;
+  private resolveFinished!: () => void;
+
+  constructor(
+    readonly digest: Digest,
+    readonly partialPath: string,
+    private readonly driver: StorageDriver,
+    private readonly fillTimeoutMs: number,
+  ) {
+    super();
+    this.setMaxListeners(0);
+    this.ready = new Promise<number>((res, rej) => {
+      this.resolveReady = res;
+      this.rejectReady = rej;
+    });
+    this.ready.catch(() => undefined);
+    this.finished = new Promise<void>((res) => (this.resolveFinished = res));
+  }
+
+  /** Aborted when the fill must stop (idle too long, shutdown). */
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  /** @internal */ setSize(size: number): void {
+    this.size = size;
+    this.resolveReady(size);
+  }
+
+  /** @internal */ progress(n: number): void {
+    this.written += n;
+    this.emit('progress');
+  }
+
+  /** @internal */ succeed(): void {
+    this.state = 'done';
+    this.clearIdle();
+    this.resolveReady(this.written);
+    this.emit('progress');
+    this.resolveFinished();
+  }
+
+  /** @internal */ fail(err: Error): void {
+    this.state = 'failed';
+    this.error = err;
+    this.clearIdle();
+    this.rejectReady(err);
+    this.emit('progress');
+    this.resolveFinished();
+  }
+
+  /** Stops the fill (its followers get an error). */
+  abort(reason: string): void {
+    if (this.state === 'filling') this.controller.abort(new Error(reason));
+  }
+
+  /**
+   * A stream of bytes `start..end` (inclusive) of the blob, following the partial file as it grows. It
+   * errors if the fill fails before `end` was written.
+   */
+  follow(start: number, end: number): Readable {
+    this.followers += 1;
+    this.clearIdle();
+    const finalPath = paths.blobData(this.digest);
+    const fill = this;
+    async function* chunks(): AsyncGenerator<Buffer> {
+      let pos = start;
+      while (pos <= end) {
+        if (fill.state === 'failed') throw fill.error ?? new Error('fill failed');
+        const available = fill.state === 'done' ? (fill.size ?? fill.written) : fill.written;
+        if (pos < available) {
+          const upto = Math.min(end, available - 1);
+          let reader: Readable;
+          try {
+            reader = await fill.driver.reader(fill.state === 'done' ? finalPath : fill.partialPath, { offset: pos, end: upto });
+          } catch (err) {
+            // The partial file was just moved into place (or removed on failure): look at the state again.
+            if (isPathNotFound(err)) {
+              if (fill.state === 'filling') await fill.nextProgress();
+              continue;
+            }
+            throw err;
+          }
+          for await (const chunk of reader) {
+            pos += (chunk as Buffer).length;
+            yield chunk as Buffer;
+          }
+          continue;
+        }
+        if (fill.state === 'done') throw new RegistryError('RANGE_INVALID', 'range beyond the end of the blob');
+        await fill.nextProgress();
+      }
+    }
+    const stream = Readable.from(chunks(), { objectMode: false, highWaterMark: 1 << 20 });
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.followers -= 1;
+      if (this.followers === 0 && this.state === 'filling') this.startIdle();
+    };
+    stream.once('close', release);
+    return stream;
+  }
+
+  private nextProgress(): Promise<void> {
+    return new Promise((resolve) => this.once('progress', resolve));
+  }
+
+  private startIdle(): void {
+    this.clearIdle();
+    this.idleTimer = setTimeout(() => this.abort(`no client for ${this.fillTimeoutMs} ms (filltimeout)`), this.fillTimeoutMs);
+    this.idleTimer.unref();
+  }
+
+  private clearIdle(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+}
+
+/** Starts and tracks fills: at most one per digest in this process. */
+export class FillManager {
+  private readonly fills = new Map<string, Fill>();
+  private readonly fillTimeoutMs: number;
+
+  constructor(private readonly options: FillManagerOptions) {
+    this.fillTimeoutMs = options.fillTimeoutMs ?? 600_000;
+  }
+
+  /** The fill in progress for `digest`, if any. */
+  get(digest: Digest): Fill | undefined {
+    return this.fills.get(digest.toString());
+  }
+
+  /** Number of fills in progress. */
+  get inFlight(): number {
+    return this.fills.size;
+  }
+
+  /**
+   * The fill of `digest`, started if none is running. `name` and `headers` (the client's authorization)
+   * are used for the upstream request of a new fill only.
+   */
+  start(name: string, digest: Digest, headers: Readonly<Record<string, string>>): Fill {
+    const existing = this.fills.get(digest.toString());
+    if (existing) return existing;
+    const partial = `${FILLS_DIR}/${digest.algorithm}/${digest.hex}-${process.pid}-${Date.now().toString(36)}`;
+    const fill = new Fill(digest, partial, this.options.driver, this.fillTimeoutMs);
+    this.fills.set(digest.toString(), fill);
+    void this.run(fill, name, headers).finally(() => this.fills.delete(digest.toString()));
+    // With no follower yet, the idle clock starts at once; the first follow() stops it.
+    return fill;
+  }
+
+  /** Aborts every fill (shutdown) and waits for them to settle. */
+  async close(): Promise<void> {
+    const all = [...this.fills.values()];
+    for (const f of all) f.abort('shutting down');
+    await Promise.all(all.map((f) => f.finished));
+  }
+
+  /** Removes partial files left by a previous process. */
+  async recover(): Promise<void> {
+    try {
+      await this.options.driver.delete(FILLS_DIR);
+    } catch (err) {
+      if (!isPathNotFound(err)) throw err;
+    }
+  }
+
+  private async run(fill: Fill, name: string, headers: Readonly<Record<string, string>>): Promise<void> {
+    const { driver, upstreams, logger } = this.options;
+    const digest = fill.digest;
+    const log = logger.child({ digest: digest.toString() });
+    let response: UpstreamBlobResponse;
+    try {
+      response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers, signal: fill.signal });
+    } catch (err) {
+      fill.fail(err as Error);
+      return;
+    }
+    const expected = response.size;
+    if (expected !== undefined) fill.setSize(expected);
+    const started = Date.now();
+    const hash = createHash(digest.algorithm);
+    let writer: Awaited<ReturnType<StorageDriver['writer']>> | undefined;
+    try {
+      await driver.putContent(fill.partialPath, Buffer.alloc(0));
+      writer = await driver.writer(fill.partialPath, { append: true });
+      const onAbort = () => response.body.destroy(fill.signal.reason instanceof Error ? fill.signal.reason : new Error('fill aborted'));
+      fill.signal.addEventListener('abort', onAbort, { once: true });
+      for await (const chunk of response.body) {
+        const buf = chunk as Buffer;
+        if (expected !== undefined && fill.written + buf.length > expected) {
+          throw new Error(`upstream sent more than the ${expected} bytes it announced`);
+        }
+        await writer.write(buf);
+        hash.update(buf);
+        this.options.onUpstreamBytes?.(buf.length);
+        fill.progress(buf.length);
+      }
+      fill.signal.removeEventListener('abort', onAbort);
+      if (expected !== undefined && fill.written !== expected) {
+        throw new Error(`upstream sent ${fill.written} of ${expected} bytes`);
+      }
+      const actual = Digest.fromHash(digest.algorithm, hash);
+      if (!actual.equals(digest)) {
+        throw new Error(`upstream ${response.host.url} sent content with digest ${actual.toString()}`);
+      }
+      await writer.commit();
+      writer = undefined;
+      if (fill.size === undefined) fill.setSize(fill.written);
+      await driver.move(fill.partialPath, paths.blobData(digest));
+      fill.succeed();
+      this.options.onCommitted?.(digest, fill.written);
+      log.info({ bytes: fill.written, upstream: response.host.url, duration: Date.now() - started }, 'fill complete');
+    } catch (err) {
+      const reason = fill.signal.aborted ? String((fill.signal.reason as Error | undefined)?.message ?? 'aborted') : describeError(err);
+      if (!fill.signal.aborted && !(err instanceof RegistryError)) upstreams.markFailed(response.host, reason);
+      log.warn({ upstream: response.host.url, written: fill.written, expected, reason }, 'fill failed: nothing stored');
+      response.body.destroy();
+      if (writer) await writer.cancel().catch(() => undefined);
+      await driver.delete(fill.partialPath).catch(() => undefined);
+      fill.fail(err instanceof RegistryError ? err : new RegistryError('UNAVAILABLE', `fetching the blob from upstream failed: ${reason}`, { status: 502 }));
+    }
+  }
+}

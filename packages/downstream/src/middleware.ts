@@ -1,0 +1,93 @@
+/**
+ * The `downstream` registry middleware: turns a registry into a cache node of its upstreams.
+ *
+ *     middleware:
+ *       registry:
+ *         - name: downstream
+ *           options: {blobttl: 24h, upstreams: [{originhost: https://origin, upstreamhosts: [...], cas: [...]}]}
+ */
+import type { Logger } from 'pino';
+import { paths, type NamespaceMiddleware, type RegistryConfig } from '@cascade/registry-core';
+import { CacheNamespace } from './cache.js';
+import { loadCAs } from './cas.js';
+import { ExpiryIndex } from './expiry.js';
+import { parseDownstreamOptions, type DownstreamOptions } from './options.js';
+import { UpstreamPool } from './upstream.js';
+
+/** The middleware name in config files. */
+export const DOWNSTREAM = 'downstream';
+
+/** How often the cache logs its counters (when they changed). */
+const METRICS_INTERVAL_MS = 60_000;
+
+/**
+ * The options of the (first, enabled) `downstream` entry of `middleware.registry`, or undefined when the
+ * config has none. The config loader has already validated them.
+ */
+export function downstreamOptionsOf(config: RegistryConfig): DownstreamOptions | undefined {
+  const index = config.middleware.registry.findIndex((m) => m.name === DOWNSTREAM && !m.disabled);
+  if (index < 0) return undefined;
+  const entry = config.middleware.registry[index];
+  const { options, errors } = parseDownstreamOptions(entry?.options ?? {}, `middleware.registry[${index}].options`, config);
+  if (!options) throw new Error(errors.join('\n'));
+  return options;
+}
+
+/** The registry middleware of a cache node with `options`. */
+export function downstreamMiddleware(options: DownstreamOptions): NamespaceMiddleware {
+  return async (_inner, { logger, driver }) => {
+    const log = logger.child({ component: 'downstream' });
+    const ca = options.cas.length > 0 ? loadCAs(options.cas).pem : undefined;
+    const upstreams = new UpstreamPool({
+      upstreamhosts: options.upstreamhosts,
+      ...(options.originhost ? { originhost: options.originhost } : {}),
+      ...(ca ? { ca } : {}),
+      logger: log,
+    });
+    const expiry =
+      options.blobttlMs !== undefined || options.maxsizeBytes !== undefined
+        ? new ExpiryIndex({
+            driver,
+            ...(options.blobttlMs !== undefined ? { ttlMs: options.blobttlMs } : {}),
+            ...(options.maxsizeBytes !== undefined ? { maxSizeBytes: options.maxsizeBytes } : {}),
+            sweepIntervalMs: options.sweepintervalMs,
+            logger: log,
+            remove: async (digest) => {
+              await driver.delete(paths.blobDir(digest));
+            },
+          })
+        : undefined;
+    const cache = new CacheNamespace({
+      driver,
+      upstreams,
+      logger: log,
+      fillTimeoutMs: options.filltimeoutMs,
+      ...(expiry ? { tracker: expiry } : {}),
+      forwardAuthorization: options.auth === 'passthrough',
+    });
+    await cache.recover();
+    await expiry?.start();
+    log.info(
+      { upstreams: upstreams.hosts.map((h) => `${h.role}:${h.url}`), blobttlMs: options.blobttlMs, maxsizeBytes: options.maxsizeBytes, auth: options.auth },
+      'cache node ready',
+    );
+    const timer = setInterval(() => logMetrics(log, cache, upstreams, expiry), METRICS_INTERVAL_MS);
+    timer.unref();
+    let last = '';
+    function logMetrics(l: Logger, c: CacheNamespace, u: UpstreamPool, e: ExpiryIndex | undefined): void {
+      const snapshot = { ...c.metrics, inFlight: c.fills.inFlight, upstreams: u.stats(), ...(e ? { expiry: e.stats() } : {}) };
+      const text = JSON.stringify(snapshot);
+      if (text === last) return;
+      last = text;
+      l.info(snapshot, 'cache metrics');
+    }
+    return Object.assign(cache, {
+      async close(): Promise<void> {
+        clearInterval(timer);
+        logMetrics(log, cache, upstreams, expiry);
+        await CacheNamespace.prototype.close.call(cache);
+        await expiry?.stop();
+      },
+    });
+  };
+}

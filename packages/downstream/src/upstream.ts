@@ -1,0 +1,296 @@
+/**
+ * The upstreams of a cache node: `upstreamhosts` tried in round-robin order, `originhost` last, with
+ * failover on connection errors, timeouts and 5xx, and a memory of dead hosts so that a host that just
+ * failed is skipped for a while and retried later.
+ */
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import type { Readable } from 'node:stream';
+import got, { type Got, type Response } from 'got';
+import type { Logger } from 'pino';
+import { RegistryError, type Digest, type ErrorCode } from '@cascade/registry-core';
+
+/** One upstream host. */
+export interface UpstreamHost {
+  /** Base URL without trailing slash, e.g. `https://cache-a.example:5000`. */
+  readonly url: string;
+  /** `origin` is tried last. */
+  readonly role: 'upstream' | 'origin';
+}
+
+/** Options of {@link UpstreamPool}. */
+export interface UpstreamPoolOptions {
+  readonly upstreamhosts: readonly string[];
+  readonly originhost?: string;
+  /** PEM CA certificates trusted for upstream TLS (in addition to nothing: the system CAs are not used when set). */
+  readonly ca?: readonly string[];
+  readonly logger: Logger;
+  /** Connect timeout (default 5 s). */
+  readonly connectTimeoutMs?: number;
+  /** Time to response headers (default 30 s). */
+  readonly responseTimeoutMs?: number;
+  /** Longest silence on an open connection before the fetch fails (default 30 s). */
+  readonly idleTimeoutMs?: number;
+  /** How long a failed host is skipped (default 10 s, doubling per consecutive failure up to 5 min). */
+  readonly deadForMs?: number;
+  readonly now?: () => number;
+}
+
+/** An upstream's successful answer to a blob request. */
+export interface UpstreamBlobResponse {
+  readonly host: UpstreamHost;
+  readonly status: number;
+  /** Total blob size when known (Content-Length of a 200, or the total of Content-Range of a 206). */
+  readonly size: number | undefined;
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
+  /** The body; empty for HEAD. Destroy it to abort. */
+  readonly body: Readable;
+}
+
+/** A request to the upstreams. */
+export interface UpstreamRequest {
+  readonly method: 'GET' | 'HEAD';
+  /** Path below the host, e.g. `/v2/team/app/blobs/sha256:...`. */
+  readonly path: string;
+  /** Headers to send (the client's Authorization, Range, Accept). Never logged. */
+  readonly headers?: Readonly<Record<string, string>>;
+  readonly signal?: AbortSignal;
+}
+
+interface Health {
+  failures: number;
+  deadUntil: number;
+  lastError?: string;
+}
+
+/** Counters of one upstream host, for metrics. */
+export interface UpstreamStats {
+  readonly url: string;
+  readonly role: 'upstream' | 'origin';
+  readonly requests: number;
+  readonly failures: number;
+  readonly down: boolean;
+  readonly lastError?: string;
+}
+
+const UNAUTHORIZED_STATUSES: Record<number, ErrorCode> = { 401: 'UNAUTHORIZED', 403: 'DENIED' };
+
+/** The upstreams of one cache node. */
+export class UpstreamPool {
+  readonly hosts: readonly UpstreamHost[];
+  private readonly health = new Map<string, Health>();
+  private readonly requests = new Map<string, number>();
+  private readonly clients = new Map<string, Got>();
+  private readonly loggers = new Map<string, Logger>();
+  private readonly agents: { http: HttpAgent; https: HttpsAgent };
+  private cursor = 0;
+  private readonly now: () => number;
+
+  constructor(private readonly options: UpstreamPoolOptions) {
+    const upstreams: UpstreamHost[] = options.upstreamhosts.map((u) => ({ url: trimSlash(u), role: 'upstream' }));
+    const origin: UpstreamHost[] = options.originhost ? [{ url: trimSlash(options.originhost), role: 'origin' }] : [];
+    this.hosts = [...upstreams, ...origin];
+    if (this.hosts.length === 0) throw new Error('downstream: no upstream host configured');
+    this.now = options.now ?? Date.now;
+    const agentOptions = { keepAlive: true, maxSockets: 64, maxFreeSockets: 16, scheduling: 'lifo' as const };
+    this.agents = { http: new HttpAgent(agentOptions), https: new HttpsAgent({ ...agentOptions, ...(options.ca ? { ca: [...options.ca] } : {}) }) };
+    for (const host of this.hosts) {
+      const log = options.logger.child({ upstream: host.url, role: host.role });
+      this.loggers.set(host.url, log);
+      this.health.set(host.url, { failures: 0, deadUntil: 0 });
+      this.requests.set(host.url, 0);
+      this.clients.set(
+        host.url,
+        got.extend({
+          prefixUrl: host.url,
+          retry: { limit: 0 },
+          throwHttpErrors: false,
+          decompress: false,
+          followRedirect: true,
+          timeout: {
+            connect: options.connectTimeoutMs ?? 5000,
+            secureConnect: options.connectTimeoutMs ?? 5000,
+            response: options.responseTimeoutMs ?? 30_000,
+            socket: options.idleTimeoutMs ?? 30_000,
+          },
+          agent: this.agents,
+          ...(options.ca ? { https: { certificateAuthority: [...options.ca] } } : {}),
+          hooks: {
+            beforeRedirect: [
+              (opts) => {
+                log.debug({ to: redactUrl(String(opts.url)) }, 'upstream redirect');
+              },
+            ],
+          },
+        }),
+      );
+    }
+  }
+
+  /**
+   * The order to try hosts for the next request: the `upstreamhosts` rotated by one per call
+   * (round-robin), live hosts before dead ones, and the origin last.
+   */
+  nextOrder(): UpstreamHost[] {
+    const upstreams = this.hosts.filter((h) => h.role === 'upstream');
+    const origin = this.hosts.filter((h) => h.role === 'origin');
+    const start = upstreams.length === 0 ? 0 : this.cursor++ % upstreams.length;
+    const rotated = [...upstreams.slice(start), ...upstreams.slice(0, start)];
+    const now = this.now();
+    const alive = (h: UpstreamHost) => (this.health.get(h.url)?.deadUntil ?? 0) <= now;
+    return [...rotated.filter(alive), ...origin.filter(alive), ...rotated.filter((h) => !alive(h)), ...origin.filter((h) => !alive(h))];
+  }
+
+  /**
+   * Sends `request` to the upstreams in {@link nextOrder}, failing over on connection errors, timeouts and
+   * 5xx. 404 is final (BLOB_UNKNOWN / MANIFEST_UNKNOWN by `notFound`); 401 and 403 are final and relayed
+   * with the upstream's `WWW-Authenticate`.
+   * @throws RegistryError UNAVAILABLE (502) naming every host's failure when none could answer.
+   */
+  async fetch(request: UpstreamRequest, notFound: ErrorCode = 'BLOB_UNKNOWN'): Promise<UpstreamBlobResponse> {
+    const failures: string[] = [];
+    for (const host of this.nextOrder()) {
+      if (request.signal?.aborted) throw new RegistryError('UNAVAILABLE', 'request aborted');
+      const log = this.loggers.get(host.url) as Logger;
+      const started = this.now();
+      this.requests.set(host.url, (this.requests.get(host.url) ?? 0) + 1);
+      let response: Response;
+      let body: Readable;
+      try {
+        ({ response, body } = await this.send(host, request));
+      } catch (err) {
+        const reason = describeError(err);
+        this.markFailed(host, reason);
+        log.warn({ path: request.path, method: request.method, reason, duration: this.now() - started }, 'upstream request failed');
+        failures.push(`${host.url}: ${reason}`);
+        continue;
+      }
+      const status = response.statusCode;
+      log.info({ path: request.path, method: request.method, status, duration: this.now() - started }, 'upstream request');
+      if (status >= 500 || status === 429) {
+        body.destroy();
+        this.markFailed(host, `HTTP ${status}`);
+        failures.push(`${host.url}: HTTP ${status}`);
+        continue;
+      }
+      this.markHealthy(host);
+      if (status === 200 || status === 206) {
+        return { host, status, size: sizeOf(response), headers: response.headers, body };
+      }
+      body.resume();
+      if (status === 404) throw new RegistryError(notFound, `not found upstream (${host.url})`);
+      const authCode = UNAUTHORIZED_STATUSES[status];
+      if (authCode) {
+        const challenge = response.headers['www-authenticate'];
+        throw new RegistryError(authCode, `upstream ${host.url} answered ${status}`, {
+          headers: typeof challenge === 'string' ? { 'WWW-Authenticate': challenge } : {},
+        });
+      }
+      if (status === 416) throw new RegistryError('RANGE_INVALID', `upstream ${host.url} cannot satisfy the range`);
+      throw new RegistryError('UNAVAILABLE', `upstream ${host.url} answered ${status}`, { status: 502 });
+    }
+    throw new RegistryError('UNAVAILABLE', `no upstream could answer: ${failures.join('; ')}`, { status: 502 });
+  }
+
+  /** Records that a host failed after a response had started (a stream cut, wrong bytes). */
+  markFailed(host: UpstreamHost, reason: string): void {
+    const h = this.health.get(host.url);
+    if (!h) return;
+    h.failures += 1;
+    h.lastError = reason;
+    const base = this.options.deadForMs ?? 10_000;
+    const wasAlive = h.deadUntil <= this.now();
+    h.deadUntil = this.now() + Math.min(base * 2 ** (h.failures - 1), 300_000);
+    if (wasAlive) this.loggers.get(host.url)?.warn({ reason, retryInMs: h.deadUntil - this.now() }, 'upstream marked down');
+  }
+
+  private markHealthy(host: UpstreamHost): void {
+    const h = this.health.get(host.url);
+    if (!h) return;
+    if (h.failures > 0) this.loggers.get(host.url)?.info({}, 'upstream healthy again');
+    h.failures = 0;
+    h.deadUntil = 0;
+  }
+
+  /** Per-host counters. */
+  stats(): UpstreamStats[] {
+    const now = this.now();
+    return this.hosts.map((host) => {
+      const h = this.health.get(host.url) as Health;
+      return {
+        url: host.url,
+        role: host.role,
+        requests: this.requests.get(host.url) ?? 0,
+        failures: h.failures,
+        down: h.deadUntil > now,
+        ...(h.lastError ? { lastError: h.lastError } : {}),
+      };
+    });
+  }
+
+  /** Closes idle keep-alive connections. */
+  close(): void {
+    this.agents.http.destroy();
+    this.agents.https.destroy();
+  }
+
+  private send(host: UpstreamHost, request: UpstreamRequest): Promise<{ response: Response; body: Readable }> {
+    const client = this.clients.get(host.url) as Got;
+    const stream = client.stream(request.path.replace(/^\//, ''), {
+      method: request.method,
+      headers: { 'user-agent': 'cascade-downstream', ...(request.headers ?? {}) },
+      ...(request.signal ? { signal: request.signal } : {}),
+    });
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(err);
+      stream.once('error', onError);
+      stream.once('response', (response: Response) => {
+        stream.off('error', onError);
+        // Later errors (a cut mid-body) surface on the body stream itself.
+        resolve({ response, body: stream });
+      });
+    });
+  }
+}
+
+function sizeOf(response: Response): number | undefined {
+  if (response.statusCode === 206) {
+    const m = /\/(\d+)$/.exec(String(response.headers['content-range'] ?? ''));
+    return m ? Number(m[1]) : undefined;
+  }
+  const len = response.headers['content-length'];
+  return len === undefined ? undefined : Number(len);
+}
+
+/** A one-line reason for a failed upstream request, naming TLS problems plainly. */
+export function describeError(err: unknown): string {
+  const e = err as { code?: string; message?: string; cause?: { code?: string; message?: string } };
+  const code = e.code ?? e.cause?.code;
+  const message = e.message ?? String(err);
+  if (code && /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS|HOSTNAME|ALTNAME/i.test(code)) {
+    return `TLS: ${message} (${code}); check the cas of the downstream middleware and the upstream certificate's names`;
+  }
+  if (code === 'ETIMEDOUT') return `timeout: ${message}`;
+  return code ? `${code}: ${message}` : message;
+}
+
+function trimSlash(url: string): string {
+  return url.replace(/\/+$/, '');
+}
+
+function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    u.search = '';
+    u.username = '';
+    u.password = '';
+    return u.toString();
+  } catch {
+    return '[url]';
+  }
+}
+
+/** The path of a blob on a registry. */
+export function blobPath(name: string, digest: Digest): string {
+  return `/v2/${name}/blobs/${digest.toString()}`;
+}

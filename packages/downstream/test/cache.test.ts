@@ -1,0 +1,250 @@
+/**
+ * The cache namespace over real HTTP: a registry-core origin and a cache app, both on real ports, with an
+ * upstream that can be slowed or broken per test.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { pino } from 'pino';
+import { createRegistryApp, Digest, InMemoryDriver, listen, paths, StorageNamespace, type RunningServer } from '@cascade/registry-core';
+import { CacheNamespace } from '../src/cache.js';
+import { UpstreamPool } from '../src/upstream.js';
+
+const silent = pino({ level: 'silent' });
+const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+/** A blob origin whose behaviour is chosen per request: normal, slow, truncated or corrupt. */
+class Origin {
+  server!: Server;
+  url = '';
+  blobs = new Map<string, Buffer>();
+  gets = new Map<string, number>();
+  mode: 'ok' | 'slow' | 'truncate' | 'corrupt' | 'error' = 'ok';
+  chunkDelayMs = 20;
+
+  async start(): Promise<void> {
+    this.server = createServer((req, res) => void this.handle(req, res));
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', () => r()));
+    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  }
+
+  add(data: Buffer): string {
+    const d = sha(data);
+    this.blobs.set(d, data);
+    return d;
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const m = /\/blobs\/(sha256:[a-f0-9]{64})$/.exec(req.url ?? '');
+    const data = m ? this.blobs.get(m[1] as string) : undefined;
+    if (!m || !data) {
+      res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"BLOB_UNKNOWN","message":"x"}]}');
+      return;
+    }
+    if (req.method === 'GET') this.gets.set(m[1] as string, (this.gets.get(m[1] as string) ?? 0) + 1);
+    if (this.mode === 'error') {
+      res.writeHead(500).end();
+      return;
+    }
+    const range = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+    if (range) {
+      const [s, e] = [Number(range[1]), Number(range[2])];
+      res.writeHead(206, { 'content-length': e - s + 1, 'content-range': `bytes ${s}-${e}/${data.length}` });
+      res.end(data.subarray(s, e + 1));
+      return;
+    }
+    res.writeHead(200, { 'content-length': data.length, 'content-type': 'application/octet-stream' });
+    if (req.method === 'HEAD') {
+      res.end();
+      return;
+    }
+    const body = this.mode === 'corrupt' ? Buffer.from(data).fill(0x41, 0, 16) : data;
+    const step = 64 * 1024;
+    for (let off = 0; off < body.length; off += step) {
+      if (this.mode === 'truncate' && off >= body.length / 2) {
+        res.destroy();
+        return;
+      }
+      if (!res.write(body.subarray(off, off + step))) await new Promise((r) => res.once('drain', r));
+      if (this.mode === 'slow') await new Promise((r) => setTimeout(r, this.chunkDelayMs));
+    }
+    res.end();
+  }
+}
+
+function get(url: string, headers: Record<string, string> = {}): Promise<{ status: number; body: Buffer; headers: Record<string, unknown> }> {
+  return new Promise((resolve, reject) => {
+    request(url, { headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), headers: res.headers }));
+      res.on('error', reject);
+    })
+      .on('error', reject)
+      .end();
+  });
+}
+
+describe('cache namespace', () => {
+  const origin = new Origin();
+  let driver: InMemoryDriver;
+  let cache: CacheNamespace;
+  let server: RunningServer;
+  let url = '';
+
+  before(async () => {
+    await origin.start();
+    driver = new InMemoryDriver();
+    const upstreams = new UpstreamPool({ upstreamhosts: [], originhost: origin.url, logger: silent, deadForMs: 1 });
+    cache = new CacheNamespace({ driver, upstreams, logger: silent, forwardAuthorization: true, fillTimeoutMs: 60_000, rangeAheadBytes: 1 << 20 });
+    server = await listen(createRegistryApp({ namespace: cache, logger: silent }).callback(), { addr: '127.0.0.1:0' }, silent);
+    url = server.url;
+  });
+  after(async () => {
+    await server.close();
+    await cache.close();
+    origin.server.close();
+  });
+
+  it('a miss fills from the origin and the next request is a hit', async () => {
+    origin.mode = 'ok';
+    const data = Buffer.alloc(3 << 20, 1);
+    const d = origin.add(data);
+    const first = await get(`${url}/v2/a/b/blobs/${d}`);
+    assert.equal(first.status, 200);
+    assert.equal(sha(first.body), d);
+    const second = await get(`${url}/v2/a/b/blobs/${d}`);
+    assert.equal(sha(second.body), d);
+    assert.equal(origin.gets.get(d), 1);
+    assert.equal((await driver.stat(paths.blobData(Digest.parse(d)))).size, data.length);
+    assert.ok(cache.metrics.hits >= 1 && cache.metrics.misses >= 1);
+  });
+
+  it('concurrent misses share one upstream fetch; late joiners get the whole blob', async () => {
+    origin.mode = 'slow';
+    const data = Buffer.from(Array.from({ length: 2 << 20 }, (_, i) => i % 251));
+    const d = origin.add(data);
+    const early = Array.from({ length: 5 }, () => get(`${url}/v2/x/blobs/${d}`));
+    await new Promise((r) => setTimeout(r, 150));
+    const late = Array.from({ length: 5 }, () => get(`${url}/v2/x/blobs/${d}`));
+    const all = await Promise.all([...early, ...late]);
+    for (const r of all) {
+      assert.equal(r.status, 200);
+      assert.equal(sha(r.body), d);
+    }
+    assert.equal(origin.gets.get(d), 1);
+  });
+
+  it('a range far ahead of a running fill is fetched from upstream; a range on disk is served at once', async () => {
+    origin.mode = 'slow';
+    origin.chunkDelayMs = 30;
+    const data = Buffer.from(Array.from({ length: 4 << 20 }, (_, i) => (i * 7) % 256));
+    const d = origin.add(data);
+    const whole = get(`${url}/v2/x/blobs/${d}`);
+    await new Promise((r) => setTimeout(r, 100));
+    const tail = await get(`${url}/v2/x/blobs/${d}`, { range: `bytes=${data.length - 10}-${data.length - 1}` });
+    assert.equal(tail.status, 206);
+    assert.deepEqual(tail.body, data.subarray(data.length - 10));
+    assert.equal(cache.metrics.rangePassthrough, 1);
+    const head = await get(`${url}/v2/x/blobs/${d}`, { range: 'bytes=0-99' });
+    assert.deepEqual(head.body, data.subarray(0, 100));
+    assert.equal(sha((await whole).body), d);
+    origin.chunkDelayMs = 20;
+  });
+
+  it('a client that disconnects does not abort the fill', async () => {
+    origin.mode = 'slow';
+    const data = Buffer.alloc(2 << 20, 9);
+    const d = origin.add(data);
+    await new Promise<void>((resolve) => {
+      const req = request(`${url}/v2/x/blobs/${d}`, (res) => {
+        res.once('data', () => {
+          req.destroy();
+          resolve();
+        });
+      });
+      req.on('error', () => undefined).end();
+    });
+    const fill = cache.fills.get(Digest.parse(d));
+    assert.ok(fill, 'the fill is still running');
+    await fill.finished;
+    assert.equal(fill.state, 'done');
+    const hit = await get(`${url}/v2/x/blobs/${d}`);
+    assert.equal(sha(hit.body), d);
+    assert.equal(origin.gets.get(d), 1);
+  });
+
+  for (const mode of ['truncate', 'corrupt', 'error'] as const) {
+    it(`an upstream that ${mode === 'error' ? 'answers 500' : mode === 'truncate' ? 'dies mid-stream' : 'sends wrong bytes'} stores nothing`, async () => {
+      origin.mode = mode;
+      const data = Buffer.alloc(1 << 20, mode.length);
+      const d = origin.add(data);
+      const res = await get(`${url}/v2/x/blobs/${d}`).catch((err: Error) => ({ status: -1, body: Buffer.alloc(0), headers: {}, err }));
+      assert.notEqual(sha(res.body), d, 'the client never gets a complete, valid-looking blob');
+      if (mode === 'error') assert.equal(res.status, 502);
+      await new Promise((r) => setTimeout(r, 50));
+      await assert.rejects(driver.stat(paths.blobData(Digest.parse(d))), 'nothing stored');
+      origin.mode = 'ok';
+      const again = await get(`${url}/v2/x/blobs/${d}`);
+      assert.equal(again.status, 200);
+      assert.equal(sha(again.body), d);
+    });
+  }
+
+  it('HEAD on a miss asks upstream without filling; unknown blobs are 404 BLOB_UNKNOWN', async () => {
+    origin.mode = 'ok';
+    const d = origin.add(Buffer.from('head only'));
+    const res = await fetch(`${url}/v2/x/blobs/${d}`, { method: 'HEAD' });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('content-length'), '9');
+    assert.equal(origin.gets.get(d) ?? 0, 0);
+    const missing = await fetch(`${url}/v2/x/blobs/${sha(Buffer.from('nope'))}`);
+    assert.equal(missing.status, 404);
+    assert.equal(((await missing.json()) as { errors: Array<{ code: string }> }).errors[0]?.code, 'BLOB_UNKNOWN');
+  });
+
+  it('refuses pushes with 405 UNSUPPORTED', async () => {
+    const res = await fetch(`${url}/v2/x/blobs/uploads/`, { method: 'POST' });
+    assert.equal(res.status, 405);
+    assert.equal(((await res.json()) as { errors: Array<{ code: string }> }).errors[0]?.code, 'UNSUPPORTED');
+  });
+});
+
+describe('cache in front of a registry-core origin', () => {
+  it('passes manifests through and serves blobs of a pushed image', async (t) => {
+    const originDriver = new InMemoryDriver();
+    const origin = await listen(createRegistryApp({ namespace: new StorageNamespace(originDriver), logger: silent }).callback(), { addr: '127.0.0.1:0' }, silent);
+    t.after(() => origin.close());
+    const layer = Buffer.alloc(100_000, 5);
+    const config = Buffer.from('{"architecture":"amd64","os":"linux"}');
+    for (const b of [layer, config]) assert.equal((await fetch(`${origin.url}/v2/team/app/blobs/uploads/?digest=${sha(b)}`, { method: 'POST', body: b })).status, 201);
+    const manifest = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
+        layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha(layer), size: layer.length }],
+      }),
+    );
+    assert.equal((await fetch(`${origin.url}/v2/team/app/manifests/v1`, { method: 'PUT', body: manifest, headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' } })).status, 201);
+
+    const upstreams = new UpstreamPool({ upstreamhosts: [origin.url], logger: silent });
+    const cache = new CacheNamespace({ driver: new InMemoryDriver(), upstreams, logger: silent, forwardAuthorization: true });
+    const server = await listen(createRegistryApp({ namespace: cache, logger: silent }).callback(), { addr: '127.0.0.1:0' }, silent);
+    t.after(async () => {
+      await server.close();
+      await cache.close();
+    });
+    const m = await fetch(`${server.url}/v2/team/app/manifests/v1`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
+    assert.equal(m.status, 200);
+    assert.equal(m.headers.get('docker-content-digest'), sha(manifest));
+    assert.deepEqual(Buffer.from(await m.arrayBuffer()), manifest);
+    const tags = (await (await fetch(`${server.url}/v2/team/app/tags/list`)).json()) as { tags: string[] };
+    assert.deepEqual(tags.tags, ['v1']);
+    const blob = await fetch(`${server.url}/v2/team/app/blobs/${sha(layer)}`);
+    assert.equal(sha(Buffer.from(await blob.arrayBuffer())), sha(layer));
+    assert.equal((await fetch(`${server.url}/v2/team/app/manifests/nope`)).status, 404);
+  });
+});
