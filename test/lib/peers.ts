@@ -303,3 +303,29 @@ export function skopeo(
   else if (sub === 'inspect' || sub === 'delete' || sub === 'list-tags') tls = ['--tls-verify=false'];
   return run('skopeo', ['--insecure-policy', ...(options.global ?? []), sub, ...tls, ...rest], options);
 }
+
+/** One request in distribution's access log. */
+export interface DistributionAccessLine {
+  readonly method: string;
+  /** Path without the query string. */
+  readonly path: string;
+  readonly query?: string;
+  readonly status: number;
+}
+
+/**
+ * The requests in a distribution's log output ({@link Distribution.output}), oldest first, read from its
+ * combined-log access lines: `127.0.0.1 - - [date] "GET /v2/... HTTP/1.1" 200 5 "" "agent"` (it also
+ * writes a JSON "response completed" line per request; only the access line is counted).
+ */
+export function distributionRequests(output: readonly string[]): DistributionAccessLine[] {
+  const out: DistributionAccessLine[] = [];
+  for (const line of output) {
+    const m = /^\S+ - \S+ \[[^\]]*\] "([A-Z]+) (\S+) HTTP\/[\d.]+" (\d{3}) /.exec(line);
+    if (!m) continue;
+    const [, method, uri, status] = m as unknown as [string, string, string, string];
+    const q = uri.indexOf('?');
+    out.push({ method, path: q < 0 ? uri : uri.slice(0, q), ...(q < 0 ? {} : { query: uri.slice(q + 1) }), status: Number(status) });
+  }
+  return out;
+}

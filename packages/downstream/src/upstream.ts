@@ -5,6 +5,7 @@
  */
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
+import { rootCertificates } from 'node:tls';
 import type { Readable } from 'node:stream';
 import got, { type Got, type Response } from 'got';
 import type { Logger } from 'pino';
@@ -22,7 +23,7 @@ export interface UpstreamHost {
 export interface UpstreamPoolOptions {
   readonly upstreamhosts: readonly string[];
   readonly originhost?: string;
-  /** PEM CA certificates trusted for upstream TLS (in addition to nothing: the system CAs are not used when set). */
+  /** PEM CA certificates trusted for upstream TLS, in addition to Node's public root certificates. */
   readonly ca?: readonly string[];
   readonly logger: Logger;
   /** Connect timeout (default 5 s). */
@@ -92,8 +93,10 @@ export class UpstreamPool {
     this.hosts = [...upstreams, ...origin];
     if (this.hosts.length === 0) throw new Error('downstream: no upstream host configured');
     this.now = options.now ?? Date.now;
+    // Node's `ca` option replaces the public roots; DTR's `cas` adds the upstreams' CAs to them.
+    const ca = options.ca && options.ca.length > 0 ? [...rootCertificates, ...options.ca] : undefined;
     const agentOptions = { keepAlive: true, maxSockets: 64, maxFreeSockets: 16, scheduling: 'lifo' as const };
-    this.agents = { http: new HttpAgent(agentOptions), https: new HttpsAgent({ ...agentOptions, ...(options.ca ? { ca: [...options.ca] } : {}) }) };
+    this.agents = { http: new HttpAgent(agentOptions), https: new HttpsAgent({ ...agentOptions, ...(ca ? { ca } : {}) }) };
     for (const host of this.hosts) {
       const log = options.logger.child({ upstream: host.url, role: host.role });
       this.loggers.set(host.url, log);
@@ -114,7 +117,7 @@ export class UpstreamPool {
             socket: options.idleTimeoutMs ?? 30_000,
           },
           agent: this.agents,
-          ...(options.ca ? { https: { certificateAuthority: [...options.ca] } } : {}),
+          ...(ca ? { https: { certificateAuthority: ca } } : {}),
           hooks: {
             beforeRedirect: [
               (opts) => {

@@ -183,6 +183,7 @@ describe('cache namespace', () => {
       const d = origin.add(data);
       const res = await get(`${url}/v2/x/blobs/${d}`).catch((err: Error) => ({ status: -1, body: Buffer.alloc(0), headers: {}, err }));
       assert.notEqual(sha(res.body), d, 'the client never gets a complete, valid-looking blob');
+      assert.ok(res.body.length < data.length, `the client never gets a complete body with wrong content (got ${res.body.length} of ${data.length} bytes)`);
       if (mode === 'error') assert.equal(res.status, 502);
       await new Promise((r) => setTimeout(r, 50));
       await assert.rejects(driver.stat(paths.blobData(Digest.parse(d))), 'nothing stored');

@@ -113,11 +113,14 @@ function distance(a: string, b: string): number {
   return row[b.length] ?? 0;
 }
 
-/** The known key closest to `key`, if it is close enough to be a typo. */
-export function suggestKey(key: string, known: readonly string[]): string | undefined {
+/**
+ * The known key closest to `key`, if it is close enough to be a typo (by default within 1 or 2 edits,
+ * depending on the key's length).
+ */
+export function suggestKey(key: string, known: readonly string[], maxDistance = Math.max(1, Math.min(2, Math.floor(key.length / 3)))): string | undefined {
   const lower = key.toLowerCase();
   let best: string | undefined;
-  let bestDistance = Math.max(1, Math.min(2, Math.floor(key.length / 3)));
+  let bestDistance = maxDistance;
   for (const k of known) {
     const d = k === lower ? 0 : distance(lower, k);
     if (d <= bestDistance) {

@@ -20,5 +20,5 @@ export {
   type HealthConfig,
 } from './schema.js';
 export { parseGoDuration, parseDtrDuration } from './duration.js';
-export { ConfigError, type ConfigIssue } from './errors.js';
+export { ConfigError, describeValue, suggestKey, type ConfigIssue } from './errors.js';
 export { loadConfig, parseConfig, type LoadConfigOptions, type LoadedConfig, type MiddlewareOptionsValidator } from './load.js';
