@@ -32,7 +32,8 @@ import { blobPath, type UpstreamPool } from './upstream.js';
 
 /** Records accesses and protects blobs being served (see expiry.ts); optional. */
 export interface AccessTracker {
-  touch(digest: Digest, size: number): void;
+  /** `fill` when the blob was just stored (it counts towards the disk total), `hit` when it was served. */
+  touch(digest: Digest, size: number, access?: 'hit' | 'fill'): void;
   pin(digest: Digest): () => void;
 }
 
@@ -76,7 +77,7 @@ export class CacheNamespace implements Namespace {
       ...(options.fillTimeoutMs !== undefined ? { fillTimeoutMs: options.fillTimeoutMs } : {}),
       onCommitted: (digest, size) => {
         this.metrics.fillsCompleted += 1;
-        options.tracker?.touch(digest, size);
+        options.tracker?.touch(digest, size, 'fill');
       },
       onUpstreamBytes: (n) => {
         this.metrics.bytesFromUpstream += n;

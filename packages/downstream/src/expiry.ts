@@ -237,6 +237,8 @@ export class ExpiryIndex {
   #walkDelta = 0;
   #started = false;
   #stopping = false;
+  /** Aborted by {@link stop}, so that a throttled walk does not finish its sleep first. */
+  readonly #stopController = new AbortController();
 
   constructor(options: ExpiryOptions) {
     const { ttlMs, maxSizeBytes } = options;
@@ -308,6 +310,7 @@ export class ExpiryIndex {
   async stop(): Promise<void> {
     if (this.#stopping) return;
     this.#stopping = true;
+    this.#stopController.abort();
     clearInterval(this.#sweepTimer);
     clearTimeout(this.#reconcileTimer);
     await this.#reconciling?.catch(() => undefined);
@@ -598,6 +601,9 @@ export class ExpiryIndex {
         this.#settledDuringBatch = undefined;
       }
       const removals: { parsed: ParsedLine; digest: Digest; size: number }[] = [];
+      // A blob may have several lines in one batch (a restart journals again); its stat is shared, so only the
+      // first may remove it, or its bytes would be counted twice.
+      const chosen = new Set<string>();
       let stop = false;
       // Decisions are taken in line order and in one synchronous pass, so that a pin or touch cannot slip
       // between a check and the remove() call that follows it.
@@ -620,11 +626,14 @@ export class ExpiryIndex {
           keep.push(p.line.text);
           continue;
         }
+        if (chosen.has(p.key)) continue;
+        chosen.add(p.key);
         removals.push({ parsed: p, digest: p.digest, size: info.size });
         reserved += info.size;
       }
       await Promise.all(
         removals.map(async ({ parsed: p, digest, size }) => {
+          let gone = false;
           try {
             await this.#remove(digest);
           } catch (err) {
@@ -634,10 +643,12 @@ export class ExpiryIndex {
               reserved -= size;
               return;
             }
+            gone = true; // deleted by someone else since the stat: its bytes are gone, but not freed by us
           }
           reserved -= size;
           this.#adjust(digest, -size);
           this.#touched.delete(p.key);
+          if (gone) return;
           result.bytesFreed += size;
           if (mode === 'expire') {
             result.expired += 1;
@@ -894,9 +905,10 @@ export class ExpiryIndex {
           this.#adopted += 1;
           this.touch(digest, info.size, 'hit');
         }
-        if (Number.isFinite(rate) && result.blobs % 64 === 0) {
+        if (Number.isFinite(rate)) {
+          // Sleeps of at least 10 ms: shorter ones cost more in timers than they save in I/O.
           const ahead = (result.blobs / rate) * 1000 - (performance.now() - pace);
-          if (ahead > 0) await sleep(ahead);
+          if (ahead >= 10) await sleep(ahead, undefined, { signal: this.#stopController.signal }).catch(() => undefined);
         }
         return undefined;
       }).catch((err: unknown) => {
@@ -905,7 +917,7 @@ export class ExpiryIndex {
       this.#totalBytes = Math.max(0, result.bytes + this.#walkDelta);
       result.completed = true;
     } catch (err) {
-      if (!(err instanceof StopRequested)) this.#log?.error({ err }, 'expiry reconciliation walk failed');
+      if (!(err instanceof StopRequested) && !this.#stopping) this.#log?.error({ err }, 'expiry reconciliation walk failed');
     } finally {
       this.#walkCursor = undefined;
       result.durationMs = Math.round(performance.now() - started);

@@ -4,3 +4,4 @@ export * from './upstream.js';
 export * from './fill.js';
 export * from './cache.js';
 export * from './middleware.js';
+export * from './expiry.js';
