@@ -79,6 +79,9 @@ export class CacheNamespace implements Namespace {
         this.metrics.fillsCompleted += 1;
         options.tracker?.touch(digest, size, 'fill');
       },
+      onFailed: () => {
+        this.metrics.fillsFailed += 1;
+      },
       onUpstreamBytes: (n) => {
         this.metrics.bytesFromUpstream += n;
       },

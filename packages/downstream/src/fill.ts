@@ -27,6 +27,8 @@ export interface FillManagerOptions {
   readonly fillTimeoutMs?: number;
   /** Called when a blob was committed (for the expiry index and metrics). */
   readonly onCommitted?: (digest: Digest, size: number) => void;
+  /** Called when a fill failed and stored nothing (metrics). */
+  readonly onFailed?: (digest: Digest, reason: string) => void;
   /** Called for every chunk received from upstream (metrics). */
   readonly onUpstreamBytes?: (n: number) => void;
 }
@@ -229,6 +231,7 @@ export class FillManager {
     try {
       response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers, signal: fill.signal });
     } catch (err) {
+      this.options.onFailed?.(digest, err instanceof Error ? err.message : String(err));
       fill.fail(err as Error);
       return;
     }
@@ -271,6 +274,7 @@ export class FillManager {
       const reason = fill.signal.aborted ? String((fill.signal.reason as Error | undefined)?.message ?? 'aborted') : describeError(err);
       if (!fill.signal.aborted && !(err instanceof RegistryError)) upstreams.markFailed(response.host, reason);
       log.warn({ upstream: response.host.url, written: fill.written, expected, reason }, 'fill failed: nothing stored');
+      this.options.onFailed?.(digest, reason);
       response.body.destroy();
       if (writer) await writer.cancel().catch(() => undefined);
       await driver.delete(fill.partialPath).catch(() => undefined);

@@ -179,6 +179,7 @@ describe('cache namespace', () => {
   for (const mode of ['truncate', 'corrupt', 'error'] as const) {
     it(`an upstream that ${mode === 'error' ? 'answers 500' : mode === 'truncate' ? 'dies mid-stream' : 'sends wrong bytes'} stores nothing`, async () => {
       origin.mode = mode;
+      const failedBefore = cache.metrics.fillsFailed;
       const data = Buffer.alloc(1 << 20, mode.length);
       const d = origin.add(data);
       const res = await get(`${url}/v2/x/blobs/${d}`).catch((err: Error) => ({ status: -1, body: Buffer.alloc(0), headers: {}, err }));
@@ -187,6 +188,7 @@ describe('cache namespace', () => {
       if (mode === 'error') assert.equal(res.status, 502);
       await new Promise((r) => setTimeout(r, 50));
       await assert.rejects(driver.stat(paths.blobData(Digest.parse(d))), 'nothing stored');
+      assert.equal(cache.metrics.fillsFailed, failedBefore + 1);
       origin.mode = 'ok';
       const again = await get(`${url}/v2/x/blobs/${d}`);
       assert.equal(again.status, 200);
