@@ -251,3 +251,54 @@ describe('cache in front of a registry-core origin', () => {
     assert.equal((await fetch(`${server.url}/v2/team/app/manifests/nope`)).status, 404);
   });
 });
+
+describe('cache with a full disk', () => {
+  it('a fill that hits ENOSPC stores nothing, the client gets an error, and the node keeps serving', async (t) => {
+    const origin = new Origin();
+    await origin.start();
+    t.after(() => origin.server.close());
+    const inner = new InMemoryDriver();
+    let full = true;
+    // The in-memory driver with writers that fail like a full disk while `full` is set.
+    const failingWriter: InMemoryDriver['writer'] = async (path, options) => {
+      const w = await inner.writer(path, options);
+      return {
+        get size() {
+          return w.size;
+        },
+        write: async (chunk: Uint8Array) => {
+          if (full && w.size > 100_000) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+          await w.write(chunk);
+        },
+        commit: () => w.commit(),
+        cancel: () => w.cancel(),
+        close: () => w.close(),
+      };
+    };
+    const driver = new Proxy(inner, {
+      get: (target, prop) => {
+        if (prop === 'writer') return failingWriter;
+        const value = Reflect.get(target, prop) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const upstreams = new UpstreamPool({ upstreamhosts: [], originhost: origin.url, logger: silent });
+    const cache = new CacheNamespace({ driver, upstreams, logger: silent, forwardAuthorization: true });
+    const server = await listen(createRegistryApp({ namespace: cache, logger: silent }).callback(), { addr: '127.0.0.1:0' }, silent);
+    t.after(async () => {
+      await server.close();
+      await cache.close();
+    });
+    const data = Buffer.alloc(1 << 20, 3);
+    const d = origin.add(data);
+    const res = await get(`${server.url}/v2/x/blobs/${d}`).catch(() => ({ status: -1, body: Buffer.alloc(0) }));
+    assert.ok(res.body.length < data.length, 'no complete body');
+    await new Promise((r) => setTimeout(r, 50));
+    await assert.rejects(inner.stat(paths.blobData(Digest.parse(d))), 'nothing stored');
+    assert.deepEqual(await inner.list('/docker/registry/v2/_cascade_fills/sha256').catch(() => []), [], 'no partial file left');
+    assert.equal(cache.metrics.fillsFailed, 1);
+    full = false;
+    const again = await get(`${server.url}/v2/x/blobs/${d}`);
+    assert.equal(sha(again.body), d, 'once there is space, the blob is filled');
+  });
+});
