@@ -10,7 +10,6 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { tempDir } from '../lib/cascade.js';
 import {
   assertBlob,
   assertStoreIntegrity,
@@ -27,6 +26,7 @@ import {
   startCascadeOrigin,
   startDistributionOrigin,
   type Hop,
+  testScope,
 } from '../lib/cache.js';
 import { makeOciImage, type OciImageLayout } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
@@ -55,19 +55,18 @@ function getCounts(hop: Hop, digests: string[]): Record<string, number> {
 for (const [originKind, startOrigin] of ORIGINS) {
   describe(`cache chain, origin: ${originKind}`, () => {
     it('cache-b -> cache-a -> origin: one GET per blob per hop, then hits; cache-a serves another cache warm', { timeout: 90_000 }, async (t) => {
-      const { dir, cleanup } = await tempDir('e2e-chain-');
-      t.after(cleanup);
+      const { dir, defer } = await testScope(t, 'e2e-chain-');
       const origin = await startOrigin(dir, 'origin');
-      t.after(() => origin.stop());
+      defer(() => origin.stop());
       const image = await makeOciImage(join(dir, 'src'), { layers: [3 * MiB, 1 * MiB, 200_000, 2 * MiB + 17], tag: 'v1', seed: `chain-${originKind}` });
       await skopeo(['copy', image.ref, `docker://${origin.host}/team/app:v1`]);
       const blobs = layerBlobs(image);
       const digests = blobs.map((b) => b.digest);
 
       const cacheA = await startCacheNode(dir, 'cache-a', { origin: origin.url });
-      t.after(() => cacheA.stop());
+      defer(() => cacheA.stop());
       const cacheB = await startCacheNode(dir, 'cache-b', { origin: origin.url, upstreamhosts: [cacheA.url] });
-      t.after(() => cacheB.stop());
+      defer(() => cacheB.stop());
 
       await settle(origin);
       const originBefore = contentRequests(origin).length;
@@ -97,7 +96,7 @@ for (const [originKind, startOrigin] of ORIGINS) {
 
       // another cache behind cache-a: hits at cache-a, nothing at the origin
       const cacheB2 = await startCacheNode(dir, 'cache-b2', { origin: origin.url, upstreamhosts: [cacheA.url] });
-      t.after(() => cacheB2.stop());
+      defer(() => cacheB2.stop());
       for (const b of blobs) await assertBlob(cacheB2, 'team/app', b.digest, b.size, 'through cache-b2');
       await Promise.all([settle(origin), settle(cacheA)]);
       assert.deepEqual(contentRequests(origin).slice(oBefore), [], `cache-b2's misses were hits at cache-a: nothing at the origin\n${diagnostics(origin)}`);
@@ -110,16 +109,15 @@ for (const [originKind, startOrigin] of ORIGINS) {
     });
 
     it('20 concurrent cold requests through cache-b -> cache-a: one GET per hop', { timeout: 60_000 }, async (t) => {
-      const { dir, cleanup } = await tempDir('e2e-chain-');
-      t.after(cleanup);
+      const { dir, defer } = await testScope(t, 'e2e-chain-');
       const origin = await startOrigin(dir, 'origin');
-      t.after(() => origin.stop());
+      defer(() => origin.stop());
       const blob = randomBlob(`chain-concurrent-${originKind}`, 8 * MiB);
       const digest = await pushBlob(origin.url, 'team/app', blob);
       const cacheA = await startCacheNode(dir, 'cache-a', { origin: origin.url });
-      t.after(() => cacheA.stop());
+      defer(() => cacheA.stop());
       const cacheB = await startCacheNode(dir, 'cache-b', { origin: origin.url, upstreamhosts: [cacheA.url] });
-      t.after(() => cacheB.stop());
+      defer(() => cacheB.stop());
 
       const results = await Promise.all(Array.from({ length: 20 }, () => fetchBlob(blobUrl(cacheB.url, 'team/app', digest), { keepBody: 4096 })));
       assert.deepEqual(
@@ -133,18 +131,17 @@ for (const [originKind, startOrigin] of ORIGINS) {
     });
 
     it('skopeo pulls through the chain: manifests from the origin, blobs redirected to cache-b', { timeout: 90_000 }, async (t) => {
-      const { dir, cleanup } = await tempDir('e2e-chain-');
-      t.after(cleanup);
+      const { dir, defer } = await testScope(t, 'e2e-chain-');
       const origin = await startOrigin(dir, 'origin');
-      t.after(() => origin.stop());
+      defer(() => origin.stop());
       const image = await makeOciImage(join(dir, 'src'), { layers: [2 * MiB, 300_000, 1 * MiB], tag: 'v1', seed: `chain-skopeo-${originKind}` });
       await skopeo(['copy', image.ref, `docker://${origin.host}/team/app:v1`]);
       const cacheA = await startCacheNode(dir, 'cache-a', { origin: origin.url });
-      t.after(() => cacheA.stop());
+      defer(() => cacheA.stop());
       const cacheB = await startCacheNode(dir, 'cache-b', { origin: origin.url, upstreamhosts: [cacheA.url] });
-      t.after(() => cacheB.stop());
+      defer(() => cacheB.stop());
       const front = await startRedirectingOrigin({ origin: origin.url, cache: cacheB.url });
-      t.after(() => front.stop());
+      defer(() => front.stop());
 
       const out = join(dir, 'out');
       try {

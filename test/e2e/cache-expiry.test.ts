@@ -6,8 +6,7 @@
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
-import { tempDir } from '../lib/cascade.js';
-import { assertBlob, assertStoreIntegrity, hasBlobData, randomBlob, startCacheNode, waitFor, type CacheOptions } from '../lib/cache.js';
+import { assertBlob, assertStoreIntegrity, hasBlobData, randomBlob, startCacheNode, waitFor, type CacheOptions, testScope } from '../lib/cache.js';
 import { startFaultUpstream } from '../lib/fault-upstream.js';
 
 const NAME = 'team/app';
@@ -15,17 +14,16 @@ const TTL_MS = 2000;
 
 describe('cache node: blob expiry (blobttl)', () => {
   it('deletes a blob ~blobttl after its last access; a blob hit within the TTL survives', { timeout: 60_000 }, async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-expiry-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-expiry-');
     const up = await startFaultUpstream();
-    t.after(() => up.stop());
+    defer(() => up.stop());
     const x = randomBlob('expiry-x', 100_000);
     const y = randomBlob('expiry-y', 100_000);
     const dx = up.addBlob(x);
     const dy = up.addBlob(y);
     const options: CacheOptions = { origin: up.url, blobttl: '2s', options: { sweepinterval: '500ms' } };
     const cache = await startCacheNode(dir, 'cache', options);
-    t.after(() => cache.stop());
+    defer(() => cache.stop());
 
     await assertBlob(cache, NAME, dx, x.length, 'x, cold');
     const lastX = Date.now();
@@ -62,21 +60,21 @@ describe('cache node: blob expiry (blobttl)', () => {
   });
 
   it('keeps the expiry schedule across a restart', { timeout: 60_000 }, async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-expiry-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-expiry-');
     const up = await startFaultUpstream();
-    t.after(() => up.stop());
+    defer(() => up.stop());
     const z = randomBlob('expiry-z', 100_000);
     const dz = up.addBlob(z);
     const options: CacheOptions = { origin: up.url, blobttl: '2s', options: { sweepinterval: '500ms' } };
     const first = await startCacheNode(dir, 'cache', options);
+    defer(() => first.stop());
     await assertBlob(first, NAME, dz, z.length, 'z, cold');
     const lastZ = Date.now();
     await waitFor('z stored', () => hasBlobData(first.rootdirectory, dz), 5000);
     await first.stop('SIGTERM');
 
     const second = await startCacheNode(dir, 'cache', options);
-    t.after(() => second.stop());
+    defer(() => second.stop());
     const sinceAccess = Date.now() - lastZ;
     if (sinceAccess < TTL_MS * 0.6) assert.equal(await hasBlobData(second.rootdirectory, dz), true, `z is still stored ${sinceAccess} ms after its last access`);
     // z is not touched after the restart: it must still expire

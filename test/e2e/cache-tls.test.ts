@@ -8,8 +8,7 @@ import { writeFile } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
-import { tempDir } from '../lib/cascade.js';
-import { assertBlob, blobRequests, blobUrl, errorCodes, fetchBlob, hasBlobData, randomBlob, runCacheExpectingExit, settle, sha256, startCacheNode, startCascadeOrigin } from '../lib/cache.js';
+import { assertBlob, blobRequests, blobUrl, errorCodes, fetchBlob, hasBlobData, randomBlob, runCacheExpectingExit, settle, sha256, startCacheNode, startCascadeOrigin, testScope } from '../lib/cache.js';
 import { makeCa, writePair, type TestCa } from '../lib/pki.js';
 
 const NAME = 'team/app';
@@ -23,8 +22,7 @@ describe('cache node: upstream TLS (cas)', () => {
   });
 
   it('fetches from an https origin whose CA is in cas; a cache trusting another CA fails with an OCI error and a TLS log line', { timeout: 60_000 }, async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-tls-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-tls-');
     const server = await writePair(dir, 'origin', ca.issue());
     const caFile = join(dir, 'ca.pem');
     await writeFile(caFile, ca.certPem);
@@ -32,18 +30,18 @@ describe('cache node: upstream TLS (cas)', () => {
     await writeFile(wrongCaFile, otherCa.certPem);
 
     const origin = await startCascadeOrigin(dir, 'origin', { http: { addr: '127.0.0.1:0', tls: { certificate: server.cert, key: server.key } } });
-    t.after(() => origin.stop());
+    defer(() => origin.stop());
     assert.match(origin.url, /^https:\/\/127\.0\.0\.1:/);
     const blob = randomBlob('tls', 500_000);
     // upload over TLS with node's https (fetch would need a global dispatcher for the CA)
     const digest = await pushOverTls(origin.url, blob, ca.certPem);
 
     const good = await startCacheNode(dir, 'cache-good', { origin: origin.url, cas: [caFile] });
-    t.after(() => good.stop());
+    defer(() => good.stop());
     await assertBlob(good, NAME, digest, blob.length, 'cache trusting the origin CA');
 
     const bad = await startCacheNode(dir, 'cache-bad', { origin: origin.url, cas: [wrongCaFile] });
-    t.after(() => bad.stop());
+    defer(() => bad.stop());
     const res = await fetchBlob(blobUrl(bad.url, NAME, digest));
     assert.ok(res.status === 502 || res.status === 503, `a cache that does not trust the origin answers 502/503, got ${res.status} ${res.body?.toString()}\n${bad.diagnostics()}`);
     assert.ok(errorCodes(res).length > 0, `with an OCI error body: ${res.body?.toString()}`);
@@ -59,8 +57,7 @@ describe('cache node: upstream TLS (cas)', () => {
   });
 
   it('refuses to start when a cas file is missing, naming the file', async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-tls-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-tls-');
     const missing = join(dir, 'no-such-ca.pem');
     const res = await runCacheExpectingExit(dir, 'missing-ca', { origin: 'https://127.0.0.1:9', cas: [missing] });
     assert.notEqual(res.code, 0, 'exits non-zero');
@@ -69,8 +66,7 @@ describe('cache node: upstream TLS (cas)', () => {
   });
 
   it('refuses to start when a cas file is not a PEM CA certificate, naming the file', async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-tls-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-tls-');
     const garbage = join(dir, 'garbage.pem');
     await writeFile(garbage, 'this is not a certificate\n');
     const keyOnly = join(dir, 'key-only.pem');

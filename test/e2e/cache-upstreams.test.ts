@@ -5,28 +5,26 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { tempDir } from '../lib/cascade.js';
-import { assertBlob, blobRequests, pushBlob, randomBlob, settle, startCacheNode, startCascadeOrigin, type Hop } from '../lib/cache.js';
+import { assertBlob, blobRequests, pushBlob, randomBlob, settle, startCacheNode, startCascadeOrigin, type Hop, testScope } from '../lib/cache.js';
 import { startFaultUpstream, startResettingPeer } from '../lib/fault-upstream.js';
 
 const NAME = 'team/app';
 
 describe('cache node: upstream selection', () => {
   it('round-robins misses over upstreamhosts; a dead upstream is skipped and marked down', { timeout: 60_000 }, async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-upstreams-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-upstreams-');
     const origin = await startCascadeOrigin(dir);
-    t.after(() => origin.stop());
+    defer(() => origin.stop());
     const blobs = Array.from({ length: 9 }, (_, i) => randomBlob(`rr-${i}`, 64 * 1024 + i));
     const digests: string[] = [];
     for (const b of blobs) digests.push(await pushBlob(origin.url, NAME, b));
 
     const a = await startCacheNode(dir, 'cache-a', { origin: origin.url });
-    t.after(() => a.stop());
+    defer(() => a.stop());
     const b = await startCacheNode(dir, 'cache-b', { origin: origin.url });
-    t.after(() => b.stop());
+    defer(() => b.stop());
     const c = await startCacheNode(dir, 'cache-c', { origin: origin.url, upstreamhosts: [a.url, b.url], config: { log: { level: 'debug' } } });
-    t.after(() => c.stop());
+    defer(() => c.stop());
 
     // phase 1: sequential misses alternate A, B, A, B...
     const servedBy: string[] = [];
@@ -48,7 +46,7 @@ describe('cache node: upstream selection', () => {
     const bPort = Number(new URL(b.url).port);
     await b.stop('SIGKILL');
     const dead = await startResettingPeer(bPort);
-    t.after(() => dead.stop());
+    defer(() => dead.stop());
     const connectionsAfterMiss: number[] = [];
     for (let i = 4; i < 9; i++) {
       await assertBlob(c, NAME, digests[i]!, blobs[i]!.length, `miss ${i}, with B down`);
@@ -72,17 +70,16 @@ describe('cache node: upstream selection', () => {
   });
 
   it('fails over from an upstream answering 500 to the origin', { timeout: 30_000 }, async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-upstreams-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-upstreams-');
     const origin = await startCascadeOrigin(dir);
-    t.after(() => origin.stop());
+    defer(() => origin.stop());
     const blob = randomBlob('failover-500', 300_000);
     const digest = await pushBlob(origin.url, NAME, blob);
     const broken = await startFaultUpstream();
-    t.after(() => broken.stop());
+    defer(() => broken.stop());
     broken.addBlob(blob, { kind: 'status', status: 500 });
     const c = await startCacheNode(dir, 'cache', { origin: origin.url, upstreamhosts: [broken.url] });
-    t.after(() => c.stop());
+    defer(() => c.stop());
 
     await assertBlob(c, NAME, digest, blob.length, 'upstream cache answers 500');
     assert.ok(broken.count(digest) >= 1, 'the broken upstream was asked first');
@@ -91,16 +88,15 @@ describe('cache node: upstream selection', () => {
   });
 
   it('fails over from a refused connection to the origin', { timeout: 30_000 }, async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-upstreams-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-upstreams-');
     const origin = await startCascadeOrigin(dir);
-    t.after(() => origin.stop());
+    defer(() => origin.stop());
     const blob = randomBlob('failover-refused', 300_000);
     const digest = await pushBlob(origin.url, NAME, blob);
     const dead = await startResettingPeer();
-    t.after(() => dead.stop());
+    defer(() => dead.stop());
     const c = await startCacheNode(dir, 'cache', { origin: origin.url, upstreamhosts: [`http://127.0.0.1:${dead.port}`] });
-    t.after(() => c.stop());
+    defer(() => c.stop());
     await assertBlob(c, NAME, digest, blob.length, 'upstream cache resets the connection');
     await settle(origin);
     assert.equal(blobRequests(origin, digest, 'GET').length, 1, 'the origin served it');

@@ -10,7 +10,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { tempDir } from '../lib/cascade.js';
 import {
   assertBlob,
   assertStoreIntegrity,
@@ -28,6 +27,7 @@ import {
   startCacheNode,
   startCascadeOrigin,
   waitFor,
+  testScope,
 } from '../lib/cache.js';
 import { startFaultUpstream } from '../lib/fault-upstream.js';
 
@@ -35,14 +35,13 @@ const NAME = 'team/app';
 
 describe('cache node: one hop', () => {
   it('a miss fetches from the upstream and stores the blob; a hit (GET, HEAD, Range) is served from storage', async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-cache-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-cache-');
     const up = await startFaultUpstream();
-    t.after(() => up.stop());
+    defer(() => up.stop());
     const blob = randomBlob('one-hop', 3 * MiB + 123);
     const digest = up.addBlob(blob);
     const cache = await startCacheNode(dir, 'cache', { origin: up.url });
-    t.after(() => cache.stop());
+    defer(() => cache.stop());
 
     await assertBlob(cache, NAME, digest, blob.length, 'cold');
     assert.equal(up.count(digest, 'GET'), 1, 'one upstream GET for the miss');
@@ -75,16 +74,15 @@ describe('cache node: one hop', () => {
   });
 
   it('HEAD and Range on cold blobs answer correctly', async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-cache-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-cache-');
     const up = await startFaultUpstream();
-    t.after(() => up.stop());
+    defer(() => up.stop());
     const a = randomBlob('cold-head', 700_000);
     const b = randomBlob('cold-range', 900_000);
     const da = up.addBlob(a);
     const db = up.addBlob(b);
     const cache = await startCacheNode(dir, 'cache', { origin: up.url });
-    t.after(() => cache.stop());
+    defer(() => cache.stop());
 
     const head = await fetchBlob(blobUrl(cache.url, NAME, da), { method: 'HEAD' });
     assert.equal(head.status, 200, `HEAD on a cold blob\n${cache.diagnostics()}`);
@@ -108,15 +106,14 @@ describe('cache node: one hop', () => {
   });
 
   it('a cold blob streams to the client as it arrives from the upstream (no store-and-forward)', async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-cache-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-cache-');
     const up = await startFaultUpstream();
-    t.after(() => up.stop());
+    defer(() => up.stop());
     const blob = randomBlob('trickle', 2 * MiB);
     // 8 chunks, 250 ms apart: the upstream needs ~1.75 s to send it all
     const digest = up.addBlob(blob, { kind: 'slow', chunkBytes: 256 * 1024, intervalMs: 250 });
     const cache = await startCacheNode(dir, 'cache', { origin: up.url });
-    t.after(() => cache.stop());
+    defer(() => cache.stop());
 
     const res = await fetchBlob(blobUrl(cache.url, NAME, digest));
     assert.equal(res.status, 200, cache.diagnostics());
@@ -131,12 +128,11 @@ describe('cache node: one hop', () => {
   });
 
   it('refuses pushes with 405 UNSUPPORTED and stores nothing', async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-cache-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-cache-');
     const up = await startFaultUpstream();
-    t.after(() => up.stop());
+    defer(() => up.stop());
     const cache = await startCacheNode(dir, 'cache', { origin: up.url });
-    t.after(() => cache.stop());
+    defer(() => cache.stop());
     const body = Buffer.from('a layer someone tries to push to a cache');
     const digest = sha256(body);
     const attempts: Array<[string, string, RequestInit]> = [
@@ -165,14 +161,13 @@ describe('cache node: one hop', () => {
   });
 
   it("forwards the client's Authorization upstream on a miss (auth: passthrough, the default)", async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-cache-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-cache-');
     const up = await startFaultUpstream();
-    t.after(() => up.stop());
+    defer(() => up.stop());
     const blob = randomBlob('auth-passthrough', 64 * 1024);
     const digest = up.addBlob(blob);
     const cache = await startCacheNode(dir, 'cache', { origin: up.url });
-    t.after(() => cache.stop());
+    defer(() => cache.stop());
     const authorization = `Basic ${Buffer.from('alice:correct horse').toString('base64')}`;
     const res = await fetchBlob(blobUrl(cache.url, NAME, digest), { headers: { authorization } });
     assert.equal(res.status, 200, cache.diagnostics());
@@ -185,14 +180,13 @@ describe('cache node: one hop', () => {
   });
 
   it('50 concurrent cold requests for one 64 MiB blob: one GET at the origin, 50 correct copies', { timeout: 120_000 }, async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-cache-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-cache-');
     const origin = await startCascadeOrigin(dir);
-    t.after(() => origin.stop());
+    defer(() => origin.stop());
     const blob = randomBytes(64 * MiB);
     const digest = await pushBlob(origin.url, NAME, blob);
     const cache = await startCacheNode(dir, 'cache', { origin: origin.url });
-    t.after(() => cache.stop());
+    defer(() => cache.stop());
 
     const results = await Promise.all(Array.from({ length: 50 }, () => fetchBlob(blobUrl(cache.url, NAME, digest), { keepBody: 4096, timeoutMs: 90_000 })));
     const bad = results.map((r, i) => ({ i, r })).filter(({ r }) => r.status !== 200 || !r.complete || r.digest !== digest);
@@ -213,8 +207,7 @@ describe('cache node: one hop', () => {
 
 describe('cache node: configuration errors', () => {
   it('blobttl requires storage.delete.enabled: true (names the key, exits non-zero)', async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-cache-config-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-cache-config-');
     const res = await runCacheExpectingExit(dir, 'nodelete', { origin: 'http://127.0.0.1:9', config: { storage: { delete: { enabled: false }, filesystem: { rootdirectory: dir } } } });
     assert.notEqual(res.code, 0, 'exits non-zero');
     assert.match(res.stderr, /blobttl/, res.stderr);
@@ -223,8 +216,7 @@ describe('cache node: configuration errors', () => {
   });
 
   it('refuses a bad blobttl, an upstream set with no host and a non-URL originhost, naming each key', async (t) => {
-    const { dir, cleanup } = await tempDir('e2e-cache-config-');
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'e2e-cache-config-');
     const badTtl = await runCacheExpectingExit(dir, 'badttl', { origin: 'http://127.0.0.1:9', blobttl: '24 hours' });
     assert.notEqual(badTtl.code, 0);
     assert.match(badTtl.stderr, /middleware\.registry\[0\]\.options\.blobttl/, badTtl.stderr);

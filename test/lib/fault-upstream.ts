@@ -212,8 +212,10 @@ export async function startFaultUpstream(): Promise<FaultUpstream> {
     },
     async stop() {
       for (const t of timers) clearTimeout(t);
+      const closed = new Promise<void>((res) => server.close(() => res()));
+      server.closeAllConnections();
       for (const s of sockets) s.destroy();
-      await new Promise<void>((res) => server.close(() => res()));
+      await closed;
     },
   };
 }

@@ -65,8 +65,10 @@ export async function startRedirectingOrigin(options: { origin: string; cache: s
     redirects,
     proxied,
     async stop() {
+      const closed = new Promise<void>((res) => server.close(() => res()));
+      server.closeAllConnections();
       for (const s of sockets) s.destroy();
-      await new Promise<void>((res) => server.close(() => res()));
+      await closed;
     },
   };
 }

@@ -227,6 +227,15 @@ export class FillManager {
     const { driver, upstreams, logger } = this.options;
     const digest = fill.digest;
     const log = logger.child({ digest: digest.toString() });
+    // A fill that finished between the caller's look at the disk and this start has stored the blob:
+    // serve that copy instead of fetching it again.
+    const stored = await driver.stat(paths.blobData(digest)).catch(() => undefined);
+    if (stored) {
+      fill.setSize(stored.size);
+      fill.written = stored.size;
+      fill.succeed();
+      return;
+    }
     let response: UpstreamBlobResponse;
     try {
       response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers, signal: fill.signal });
