@@ -133,7 +133,7 @@ class CacheBlobStore implements BlobStore {
     const local = await statBlob(driver, digest);
     if (local !== undefined) return { digest, size: local };
     const running = this.cache.fills.get(digest);
-    if (running) return { digest, size: await running.ready };
+    if (running) return { digest, size: await running.waitReady(ctx?.signal) };
     if (ctx?.method === 'HEAD') {
       // A HEAD does not warrant downloading the blob: ask upstream for its size only.
       const res = await upstreams.fetch({ method: 'HEAD', path: blobPath(this.name, digest), headers: this.headers });
@@ -142,10 +142,10 @@ class CacheBlobStore implements BlobStore {
       return { digest, size: res.size };
     }
     const fill = this.cache.fills.start(this.name, digest, this.headers);
-    return { digest, size: await fill.ready };
+    return { digest, size: await fill.waitReady(ctx?.signal) };
   }
 
-  async open(digest: Digest, range?: ByteRange): Promise<Readable> {
+  async open(digest: Digest, range?: ByteRange, ctx?: RequestContext): Promise<Readable> {
     const { driver, tracker, upstreams } = this.cache.options;
     const metrics = this.cache.metrics;
     try {
@@ -166,7 +166,7 @@ class CacheBlobStore implements BlobStore {
     }
     metrics.misses += 1;
     const fill = this.cache.fills.get(digest) ?? this.cache.fills.start(this.name, digest, this.headers);
-    const size = await fill.ready;
+    const size = await fill.waitReady(ctx?.signal);
     const start = range?.start ?? 0;
     const end = range?.end ?? size - 1;
     if (range && fill.state === 'filling' && start > fill.written + (this.cache.options.rangeAheadBytes ?? 8 << 20)) {

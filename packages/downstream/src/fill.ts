@@ -111,8 +111,7 @@ export class Fill extends EventEmitter {
    * errors if the fill fails before `end` was written.
    */
   follow(start: number, end: number): Readable {
-    this.followers += 1;
-    this.clearIdle();
+    this.attach();
     const finalPath = paths.blobData(this.digest);
     const fill = this;
     async function* chunks(): AsyncGenerator<Buffer> {
@@ -146,15 +145,43 @@ export class Fill extends EventEmitter {
       }
     }
     const stream = Readable.from(chunks(), { objectMode: false, highWaterMark: 1 << 20 });
-    let released = false;
-    const release = () => {
-      if (released) return;
-      released = true;
-      this.followers -= 1;
-      if (this.followers === 0 && this.state === 'filling') this.startIdle();
-    };
-    stream.once('close', release);
+    stream.once('close', () => this.detach(!stream.readableEnded));
     return stream;
+  }
+
+  /**
+   * Waits for the blob size on behalf of a client; the client counts as reading the fill meanwhile, so a
+   * client that gives up before the upstream even answered starts the `filltimeout` clock.
+   */
+  async waitReady(signal?: AbortSignal): Promise<number> {
+    this.attach();
+    let gaveUp = false;
+    try {
+      if (!signal) return await this.ready;
+      return await new Promise<number>((resolve, reject) => {
+        const onAbort = () => {
+          gaveUp = true;
+          reject(new RegistryError('UNAVAILABLE', 'the client went away'));
+        };
+        if (signal.aborted) return onAbort();
+        signal.addEventListener('abort', onAbort, { once: true });
+        this.ready.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+      });
+    } finally {
+      this.detach(gaveUp);
+    }
+  }
+
+  private attach(): void {
+    this.followers += 1;
+    this.clearIdle();
+  }
+
+  /** A client stopped reading; `early` when it left before it had what it asked for. */
+  private detach(early: boolean): void {
+    this.followers -= 1;
+    // Only a client that left early starts the clock: one that is between stat and open will follow next.
+    if (this.followers === 0 && early && this.state === 'filling') this.startIdle();
   }
 
   private nextProgress(): Promise<void> {

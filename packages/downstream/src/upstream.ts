@@ -162,6 +162,8 @@ export class UpstreamPool {
       try {
         ({ response, body } = await this.send(host, request));
       } catch (err) {
+        // An abort is the fill giving up, not the host failing: no failover, no mark.
+        if (request.signal?.aborted) throw new RegistryError('UNAVAILABLE', 'request aborted');
         const reason = describeError(err);
         this.markFailed(host, reason);
         log.warn({ path: request.path, method: request.method, reason, duration: this.now() - started }, 'upstream request failed');
