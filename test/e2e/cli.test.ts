@@ -13,7 +13,7 @@ import { describe, it } from 'node:test';
 import bcrypt from 'bcryptjs';
 import forge from 'node-forge';
 import { stringify } from 'yaml';
-import { CASCADE_BIN, startCascade, tempDir } from '../lib/cascade.js';
+import { CASCADE_BIN, startCascade, testScope } from '../lib/cascade.js';
 import { makeOciImage } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
 import { skopeo } from '../lib/peers.js';
@@ -30,8 +30,7 @@ function runCli(args: string[], env: Record<string, string> = {}): Promise<{ cod
 
 describe('cascade registry: configuration', () => {
   it('refuses an unknown key, naming the file and the key, with a non-zero exit and no stack trace', async (t) => {
-    const { dir, cleanup } = await tempDir();
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'cascade-cli-');
     const file = join(dir, 'config.yml');
     await writeFile(file, stringify({ version: '0.1', storage: { filesystem: { rootdirectory: dir } }, http: { addr: '127.0.0.1:0', adress: 'x' } }));
     const res = await runCli(['registry', file]);
@@ -41,8 +40,7 @@ describe('cascade registry: configuration', () => {
   });
 
   it('refuses a wrongly typed value and reports every problem at once', async (t) => {
-    const { dir, cleanup } = await tempDir();
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'cascade-cli-');
     const file = join(dir, 'config.yml');
     await writeFile(file, stringify({ version: '0.1', storage: { filesystem: { rootdirectory: dir }, delete: { enabled: 'perhaps' } }, log: { level: 'loud' }, http: { addr: '127.0.0.1:0' } }));
     const res = await runCli(['registry', file]);
@@ -61,12 +59,11 @@ describe('cascade registry: configuration', () => {
   });
 
   it('applies REGISTRY_* environment overrides (storage root and delete)', async (t) => {
-    const { dir, cleanup } = await tempDir();
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'cascade-cli-');
     const proc = await startCascade(dir, { storage: { filesystem: { rootdirectory: join(dir, 'from-file') } } }, {
       env: { REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: join(dir, 'from-env'), REGISTRY_STORAGE_DELETE_ENABLED: 'true' },
     });
-    t.after(() => proc.stop());
+    defer(() => proc.stop());
     const body = Buffer.from('env override');
     const res = await fetch(`${proc.url}/v2/env/test/blobs/uploads/?digest=${sha(body)}`, { method: 'POST', body });
     assert.equal(res.status, 201);
@@ -78,8 +75,7 @@ describe('cascade registry: configuration', () => {
   });
 
   it('stops cleanly on SIGTERM', async (t) => {
-    const { dir, cleanup } = await tempDir();
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'cascade-cli-');
     const proc = await startCascade(dir, { storage: { inmemory: {} } });
     assert.equal(await proc.stop('SIGTERM'), 0);
   });
@@ -87,8 +83,7 @@ describe('cascade registry: configuration', () => {
 
 describe('cascade registry: htpasswd auth', () => {
   it('challenges anonymous clients, accepts valid credentials with skopeo, and never logs credentials', async (t) => {
-    const { dir, cleanup } = await tempDir();
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'cascade-cli-');
     const password = 's3cret-Passw0rd';
     await writeFile(join(dir, 'htpasswd'), `alice:${bcrypt.hashSync(password, 10)}\n`);
     const proc = await startCascade(dir, {
@@ -96,7 +91,7 @@ describe('cascade registry: htpasswd auth', () => {
       auth: { htpasswd: { realm: 'cascade-test', path: join(dir, 'htpasswd') } },
       log: { level: 'debug' },
     });
-    t.after(() => proc.stop());
+    defer(() => proc.stop());
 
     const anon = await fetch(`${proc.url}/v2/`);
     assert.equal(anon.status, 401);
@@ -134,8 +129,7 @@ describe('cascade registry: htpasswd auth', () => {
 
 describe('cascade registry: TLS', () => {
   it('serves HTTPS with http.tls', async (t) => {
-    const { dir, cleanup } = await tempDir();
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'cascade-cli-');
     const keys = forge.pki.rsa.generateKeyPair(2048);
     const cert = forge.pki.createCertificate();
     cert.publicKey = keys.publicKey;
@@ -154,7 +148,7 @@ describe('cascade registry: TLS', () => {
       storage: { inmemory: {} },
       http: { addr: '127.0.0.1:0', tls: { certificate: join(dir, 'cert.pem'), key: join(dir, 'key.pem') } },
     });
-    t.after(() => proc.stop());
+    defer(() => proc.stop());
     assert.match(proc.url, /^https:\/\//);
     const status = await new Promise<number>((resolve, reject) => {
       httpsRequest(`${proc.url}/v2/`, { ca: certPem }, (res) => {
@@ -170,8 +164,7 @@ describe('cascade registry: TLS', () => {
 
 describe('cascade registry: crash safety', () => {
   it('a process killed mid-upload leaves no visible blob and no temp files after restart', async (t) => {
-    const { dir, cleanup } = await tempDir();
-    t.after(cleanup);
+    const { dir, defer } = await testScope(t, 'cascade-cli-');
     const root = join(dir, 'data');
     const config = { storage: { filesystem: { rootdirectory: root }, delete: { enabled: true } } };
     const proc = await startCascade(dir, config);
@@ -187,7 +180,7 @@ describe('cascade registry: crash safety', () => {
     req.destroy();
 
     const again = await startCascade(dir, config);
-    t.after(() => again.stop());
+    defer(() => again.stop());
     const res = await fetch(`${again.url}/v2/crash/test/blobs/${digest}`);
     assert.equal(res.status, 404, 'no partial blob is visible');
     const hex = digest.slice(7);

@@ -18,7 +18,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { tempDir } from '../lib/cascade.js';
+import { tempDir, testScope } from '../lib/cascade.js';
 import { makeOciImage, makeOciIndex, type OciImageLayout, type OciIndexLayout } from '../lib/image.js';
 import { skopeo, startContainerd, type Containerd } from '../lib/peers.js';
 import { startTarget, TARGET_KIND, withDiagnostics } from '../lib/target.js';
@@ -60,12 +60,11 @@ describe(`containerd <- ${TARGET_KIND}`, () => {
       t.skip('no CAP_SYS_ADMIN: containerd cannot mount snapshots to unpack here (content fetch is still tested)');
       return;
     }
-    const work = await tempDir('e2e-containerd-');
-    t.after(work.cleanup);
+    const work = await testScope(t, 'e2e-containerd-');
     const target = await startTarget(work.dir);
-    t.after(() => target.stop());
+    work.defer(() => target.stop());
     const ctrd = await startContainerd();
-    t.after(() => ctrd.stop());
+    work.defer(() => ctrd.stop());
     const ref = `${target.host}/team/app:v1`;
 
     await withDiagnostics(target, async () => {
@@ -87,12 +86,11 @@ describe(`containerd <- ${TARGET_KIND}`, () => {
   });
 
   test('ctr content fetch --all-platforms stores every blob of a multi-platform index', async (t) => {
-    const work = await tempDir('e2e-containerd-');
-    t.after(work.cleanup);
+    const work = await testScope(t, 'e2e-containerd-');
     const target = await startTarget(work.dir);
-    t.after(() => target.stop());
+    work.defer(() => target.stop());
     const ctrd = await startContainerd();
-    t.after(() => ctrd.stop());
+    work.defer(() => ctrd.stop());
     const ref = `${target.host}/team/multi:v1`;
 
     await withDiagnostics(target, async () => {

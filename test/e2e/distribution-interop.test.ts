@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { tempDir } from '../lib/cascade.js';
+import { tempDir, testScope } from '../lib/cascade.js';
 import { makeOciImage, makeOciIndex, type OciImageLayout, type OciIndexLayout } from '../lib/image.js';
 import { assertLayoutHolds, getJson } from '../lib/oci-assert.js';
 import { skopeo, startDistribution } from '../lib/peers.js';
@@ -57,30 +57,28 @@ describe(`one storage folder, served by ${TARGET_KIND} and by distribution`, () 
   }
 
   test(`(a) pushed into ${TARGET_KIND}, pulled from distribution`, async (t) => {
-    const work = await tempDir('e2e-interop-');
-    t.after(work.cleanup);
+    const work = await testScope(t, 'e2e-interop-');
 
     const first = await startTarget(work.dir);
-    t.after(() => first.stop());
+    work.defer(() => first.stop());
     await push(first);
     await first.stop();
 
     const dist = distributionTarget(await startDistribution({ rootdirectory: first.rootdirectory }));
-    t.after(() => dist.stop());
+    work.defer(() => dist.stop());
     await pullAndCompare(dist, work.dir);
   });
 
   test(`(b) pushed into distribution, pulled from ${TARGET_KIND}`, async (t) => {
-    const work = await tempDir('e2e-interop-');
-    t.after(work.cleanup);
+    const work = await testScope(t, 'e2e-interop-');
 
     const dist = distributionTarget(await startDistribution({ rootdirectory: join(work.dir, 'data') }));
-    t.after(() => dist.stop());
+    work.defer(() => dist.stop());
     await push(dist);
     await dist.stop();
 
     const second = await startTarget(work.dir);
-    t.after(() => second.stop());
+    work.defer(() => second.stop());
     assert.equal(second.rootdirectory, dist.rootdirectory);
     await pullAndCompare(second, work.dir);
   });

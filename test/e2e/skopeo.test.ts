@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { tempDir } from '../lib/cascade.js';
+import { tempDir, testScope } from '../lib/cascade.js';
 import { makeOciImage, makeOciIndex, type OciImageLayout, type OciIndexLayout } from '../lib/image.js';
 import { assertLayoutHolds, getJson } from '../lib/oci-assert.js';
 import { skopeo } from '../lib/peers.js';
@@ -31,10 +31,9 @@ describe(`skopeo <-> ${TARGET_KIND}`, () => {
   });
 
   test('an image copied in and back out is byte-identical', async (t) => {
-    const work = await tempDir('e2e-skopeo-');
-    t.after(work.cleanup);
+    const work = await testScope(t, 'e2e-skopeo-');
     const target = await startTarget(work.dir);
-    t.after(() => target.stop());
+    work.defer(() => target.stop());
     const ref = `docker://${target.host}/team/app:v1`;
 
     await withDiagnostics(target, async () => {
@@ -59,10 +58,9 @@ describe(`skopeo <-> ${TARGET_KIND}`, () => {
   });
 
   test('a multi-platform index round-trips with --all, and one platform resolves from it', async (t) => {
-    const work = await tempDir('e2e-skopeo-');
-    t.after(work.cleanup);
+    const work = await testScope(t, 'e2e-skopeo-');
     const target = await startTarget(work.dir);
-    t.after(() => target.stop());
+    work.defer(() => target.stop());
     const ref = `docker://${target.host}/team/multi:v1`;
 
     await withDiagnostics(target, async () => {
@@ -82,11 +80,10 @@ describe(`skopeo <-> ${TARGET_KIND}`, () => {
   });
 
   test('inspect --raw returns the exact manifest bytes, by tag and by digest', async (t) => {
-    const work = await tempDir('e2e-skopeo-');
-    t.after(work.cleanup);
+    const work = await testScope(t, 'e2e-skopeo-');
     const small = await makeOciImage(join(work.dir, 'small'), { layers: [4096, 100], tag: 'v2', seed: 'skopeo-raw' });
     const target = await startTarget(work.dir);
-    t.after(() => target.stop());
+    work.defer(() => target.stop());
 
     await withDiagnostics(target, async () => {
       await skopeo(['copy', small.ref, `docker://${target.host}/team/app:v2`]);

@@ -16,8 +16,9 @@ import { request as httpsRequest } from 'node:https';
 import { join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { stringify } from 'yaml';
-import type { TestContext } from 'node:test';
-import { CASCADE_BIN, startCascade, tempDir, type CascadeProcess } from './cascade.js';
+import { CASCADE_BIN, startCascade, testScope, type CascadeProcess } from './cascade.js';
+
+export { testScope };
 import { fileDigest } from './image.js';
 import { distributionRequests, startDistribution, type Distribution } from './peers.js';
 
@@ -35,21 +36,6 @@ export interface AccessLine {
   readonly status: number;
 }
 
-/**
- * A test's temporary directory and its clean-up stack: `defer(fn)` registers a stop, run in reverse order
- * (processes started last stop first) by one `t.after`, and only then is the directory removed. (node:test
- * runs `t.after` hooks in registration order, so `t.after(cleanup)` registered first would remove the
- * directory under processes still running.)
- */
-export async function testScope(t: TestContext, prefix: string): Promise<{ dir: string; defer: (fn: () => unknown) => void }> {
-  const { dir, cleanup } = await tempDir(prefix);
-  const stack: Array<() => unknown> = [];
-  t.after(async () => {
-    for (const fn of stack.reverse()) await Promise.resolve().then(fn).catch(() => undefined);
-    await cleanup();
-  });
-  return { dir, defer: (fn) => void stack.push(fn) };
-}
 
 /** A registry process in a chain (an origin or a cache), whose access log can be counted. */
 export interface Hop {

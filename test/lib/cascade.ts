@@ -10,6 +10,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { TestContext } from 'node:test';
 import { stringify } from 'yaml';
 
 /** The repository root. */
@@ -112,4 +113,20 @@ export async function spawnCascade(args: string[], options: { env?: Record<strin
       return code;
     },
   };
+}
+
+/**
+ * A test's temporary directory and its clean-up stack: `defer(fn)` registers a stop, run in reverse order
+ * (processes started last stop first) by one `t.after`, and only then is the directory removed. (node:test
+ * runs `t.after` hooks in registration order, so `t.after(cleanup)` registered first would remove the
+ * directory under processes still running.)
+ */
+export async function testScope(t: TestContext, prefix: string): Promise<{ dir: string; defer: (fn: () => unknown) => void }> {
+  const { dir, cleanup } = await tempDir(prefix);
+  const stack: Array<() => unknown> = [];
+  t.after(async () => {
+    for (const fn of stack.reverse()) await Promise.resolve().then(fn).catch(() => undefined);
+    await cleanup();
+  });
+  return { dir, defer: (fn) => void stack.push(fn) };
 }

@@ -70,7 +70,8 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
             method: ctx.method,
             path: ctx.path,
             query: ctx.querystring || undefined,
-            status: ctx.status,
+            // A client that left before any answer gets 499 (nginx's "client closed request"), not Koa's default 404.
+            status: ctx.res.headersSent ? ctx.res.statusCode : finished ? ctx.status : 499,
             bytes,
             duration: Number(process.hrtime.bigint() - started) / 1e6,
             user: ctx.state.user,
@@ -89,7 +90,9 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
       await next();
     } catch (err) {
       const rerr = toRegistryError(err);
-      if (rerr.status >= 500) log.error({ err, reqId: ctx.state.reqId }, 'request failed');
+      // Expected failures (an upstream down) are one warning line; only unexpected errors carry a stack.
+      if (err instanceof RegistryError && rerr.status >= 500) log.warn({ reqId: ctx.state.reqId, code: rerr.code, reason: rerr.message }, 'request failed');
+      else if (rerr.status >= 500) log.error({ err, reqId: ctx.state.reqId }, 'request failed');
       // Drain what the client sent so the connection can be reused.
       if (!ctx.req.readableEnded) ctx.req.resume();
       if (ctx.method === 'HEAD') emptyResponse(ctx, rerr.status);
