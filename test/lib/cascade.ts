@@ -6,7 +6,7 @@
  * `method`, `path`, `status`, `bytes`, `duration`, `reqId`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -55,6 +55,7 @@ export async function startCascade(
 ): Promise<CascadeProcess> {
   const http = { addr: '127.0.0.1:0', ...((config.http as Record<string, unknown> | undefined) ?? {}) };
   const file = join(dir, 'config.yml');
+  await mkdir(dir, { recursive: true });
   await writeFile(file, stringify({ version: '0.1', ...config, http }));
   return spawnCascade([options.role ?? 'registry', file, ...(options.args ?? [])], options);
 }

@@ -117,6 +117,8 @@ export class CacheNamespace implements Namespace {
     const out: Record<string, string> = {};
     const auth = ctx?.forward?.authorization;
     if (this.options.forwardAuthorization && auth) out.authorization = auth;
+    const grant = ctx?.forward?.['x-cascade-grant'];
+    if (grant) out['x-cascade-grant'] = grant;
     return out;
   }
 }

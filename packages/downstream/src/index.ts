@@ -5,3 +5,7 @@ export * from './fill.js';
 export * from './cache.js';
 export * from './middleware.js';
 export * from './expiry.js';
+export * from './grants/jws.js';
+export * from './grants/keys.js';
+export * from './grants/grant.js';
+export * from './grants/authorizer.js';

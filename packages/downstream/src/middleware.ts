@@ -7,7 +7,9 @@
  *           options: {blobttl: 24h, upstreams: [{originhost: https://origin, upstreamhosts: [...], cas: [...]}]}
  */
 import type { Logger } from 'pino';
-import { paths, type NamespaceMiddleware, type RegistryConfig } from '@cascade/registry-core';
+import { paths, type ExtraRoute, type NamespaceMiddleware, type RegistryConfig } from '@cascade/registry-core';
+import { GrantAuthorizer } from './grants/authorizer.js';
+import { GrantVerifier, JWKS_PATH, RemoteJwks } from './grants/grant.js';
 import { CacheNamespace } from './cache.js';
 import { loadCAs } from './cas.js';
 import { ExpiryIndex } from './expiry.js';
@@ -89,5 +91,33 @@ export function downstreamMiddleware(options: DownstreamOptions): NamespaceMiddl
         await expiry?.stop();
       },
     });
+  };
+}
+
+/**
+ * The authorizer and key route of a cache in `auth: grant` mode: grants are verified with the server's
+ * keys, fetched from the upstreams' `/api/v0/keys` (each cache re-publishes its upstream's set, so the
+ * keys travel down the chain like the blobs), and this cache publishes them at its own `/api/v0/keys`.
+ */
+export function grantAuthorizationOf(options: DownstreamOptions, logger: Logger): { authorizer: GrantAuthorizer; routes: ExtraRoute[] } {
+  const ca = options.cas.length > 0 ? loadCAs(options.cas).pem : undefined;
+  const keys = new RemoteJwks({
+    urls: [...options.upstreamhosts, ...(options.originhost ? [options.originhost] : [])],
+    ...(ca ? { ca } : {}),
+    logger: logger.child({ component: 'grant-keys' }),
+  });
+  const verifier = new GrantVerifier({ issuer: options.issuer, acceptAudiences: [options.name ?? '', ...options.downstreams].filter(Boolean), keys });
+  return {
+    authorizer: new GrantAuthorizer(verifier),
+    routes: [
+      {
+        method: 'GET',
+        path: JWKS_PATH,
+        handler: async (ctx) => {
+          ctx.body = await keys.jwks();
+          ctx.set('Cache-Control', 'max-age=60');
+        },
+      },
+    ],
   };
 }

@@ -32,7 +32,7 @@ import { describeValue, parseDtrDuration, parseGoDuration, suggestKey, type Midd
 import { validateCaFiles } from './cas.js';
 
 /** How a cache authenticates to its upstream when it fills a miss. */
-export const DOWNSTREAM_AUTH_MODES = ['passthrough', 'none'] as const;
+export const DOWNSTREAM_AUTH_MODES = ['passthrough', 'none', 'grant'] as const;
 
 /** One of {@link DOWNSTREAM_AUTH_MODES}. */
 export type DownstreamAuthMode = (typeof DOWNSTREAM_AUTH_MODES)[number];
@@ -48,7 +48,7 @@ export const DOWNSTREAM_DEFAULTS = {
 } as const satisfies { filltimeout: string; sweepinterval: string; auth: DownstreamAuthMode };
 
 /** Every key the options may hold, in the order the documentation lists them. */
-export const DOWNSTREAM_OPTION_KEYS = ['blobttl', 'upstreams', 'originhost', 'upstreamhosts', 'cas', 'maxsize', 'filltimeout', 'sweepinterval', 'auth'] as const;
+export const DOWNSTREAM_OPTION_KEYS = ['blobttl', 'upstreams', 'originhost', 'upstreamhosts', 'cas', 'maxsize', 'filltimeout', 'sweepinterval', 'auth', 'name', 'issuer', 'downstreams'] as const;
 
 /** The keys of the one entry of the nested `upstreams` form. */
 const UPSTREAM_ENTRY_KEYS = ['originhost', 'upstreamhosts', 'cas'] as const;
@@ -81,8 +81,15 @@ export interface DownstreamOptions {
   /**
    * `passthrough`: a miss is fetched with the client's own `Authorization` header, so the upstream decides
    * what the client may read. `none`: fetched without credentials (a mirror of public content).
+   * `grant`: the cache serves blobs only with a grant signed by the Cascade server (see docs/cache.md).
    */
   readonly auth: DownstreamAuthMode;
+  /** `auth: grant`: this cache's name, as registered on the server (grants are issued for it). */
+  readonly name?: string;
+  /** `auth: grant`: the issuer the grants must carry (the server's `grants.issuer`, default `cascade`). */
+  readonly issuer: string;
+  /** `auth: grant`: names of the caches that fill through this one (their grants travel up with misses). */
+  readonly downstreams: readonly string[];
 }
 
 /** How {@link parseDownstreamOptions} checks the files the options name. */
@@ -131,6 +138,14 @@ export function parseDownstreamOptions(
   const filltimeoutMs = parseGoDurationOption(valueOf(options, 'filltimeout') ?? DOWNSTREAM_DEFAULTS.filltimeout, at('filltimeout'), true, fail);
   const sweepintervalMs = parseGoDurationOption(valueOf(options, 'sweepinterval') ?? DOWNSTREAM_DEFAULTS.sweepinterval, at('sweepinterval'), false, fail);
   const auth = parseAuth(valueOf(options, 'auth') ?? DOWNSTREAM_DEFAULTS.auth, at('auth'), fail);
+  const name = valueOf(options, 'name');
+  if (name !== undefined && (typeof name !== 'string' || name.length === 0)) fail(at('name'), 'the cache name registered on the server, such as "region-eu"', describeValue(name));
+  if (auth === 'grant' && name === undefined) fail(at('name'), 'the cache name registered on the server (auth: grant verifies that grants were issued for it)', 'nothing');
+  const issuer = valueOf(options, 'issuer') ?? 'cascade';
+  if (typeof issuer !== 'string' || issuer.length === 0) fail(at('issuer'), "the server's grants.issuer, such as \"cascade\"", describeValue(issuer));
+  const downstreamsValue = valueOf(options, 'downstreams') ?? [];
+  const downstreams = Array.isArray(downstreamsValue) && downstreamsValue.every((d) => typeof d === 'string' && d.length > 0) ? (downstreamsValue as string[]) : undefined;
+  if (!downstreams) fail(at('downstreams'), 'a list of cache names', describeValue(downstreamsValue));
 
   // Both expire content by deleting blobs, which the storage refuses unless deletes are enabled.
   const deleting = [blobttl === undefined ? undefined : at('blobttl'), maxsize === undefined ? undefined : at('maxsize')].filter((k) => k !== undefined);
@@ -158,6 +173,9 @@ export function parseDownstreamOptions(
       filltimeoutMs,
       sweepintervalMs,
       auth,
+      ...(typeof name === 'string' ? { name } : {}),
+      issuer: typeof issuer === 'string' ? issuer : 'cascade',
+      downstreams: downstreams ?? [],
     },
   };
 }

@@ -41,7 +41,7 @@ function error(options: Record<string, unknown>, key: string, config = withDelet
   return message;
 }
 
-const DEFAULTS = { filltimeoutMs: 600_000, sweepintervalMs: 60_000, auth: 'passthrough' } as const;
+const DEFAULTS = { filltimeoutMs: 600_000, sweepintervalMs: 60_000, auth: 'passthrough', issuer: 'cascade', downstreams: [] as string[] } as const;
 
 describe('the accepted forms', () => {
   const expected: DownstreamOptions = { blobttlMs: 86_400_000, originhost: ORIGIN, upstreamhosts: [CACHE_A, CACHE_B], cas: [CA_1, CA_2], ...DEFAULTS };
@@ -212,8 +212,8 @@ describe('filltimeout, sweepinterval, auth', () => {
     assert.match(error({ originhost: ORIGIN, filltimeout: 'soon' }, `${KEY}.filltimeout`), /got "soon"$/);
     assert.match(error({ originhost: ORIGIN, sweepinterval: '0' }, `${KEY}.sweepinterval`), /greater than 0, got "0"$/);
     assert.match(error({ originhost: ORIGIN, sweepinterval: '1d' }, `${KEY}.sweepinterval`), /got "1d"$/);
-    assert.equal(error({ originhost: ORIGIN, auth: 'passthru' }, `${KEY}.auth`), `${KEY}.auth: expected one of "passthrough", "none", got "passthru" (did you mean "passthrough"?)`);
-    assert.match(error({ originhost: ORIGIN, auth: 'grant' }, `${KEY}.auth`), /expected one of "passthrough", "none", got "grant"$/);
+    assert.equal(error({ originhost: ORIGIN, auth: 'passthru' }, `${KEY}.auth`), `${KEY}.auth: expected one of "passthrough", "none", got "passthru" (did you mean "passthrough"?)`.replace('"none", got', '"none", "grant", got'));
+    assert.match(error({ originhost: ORIGIN, auth: 'grants' }, `${KEY}.auth`), /expected one of "passthrough", "none", "grant", got "grants"/);
     assert.match(error({ originhost: ORIGIN, auth: true }, `${KEY}.auth`), /got true$/);
   });
 });
@@ -491,5 +491,18 @@ middleware:
     const options = { blobttl: '24h', upstreams: [{ originhost: ORIGIN, cas: [dtrCa] }] };
     assert.deepEqual(validateDownstreamOptions(options, KEY, withDeletes), []);
     assert.deepEqual(validateDownstreamOptions({ ...options, cas: [missingCa] }, KEY, withDeletes).length, 1);
+  });
+});
+
+describe('auth: grant', () => {
+  test('needs the cache name; takes the issuer and the downstream caches', () => {
+    const parsed = ok({ originhost: ORIGIN, auth: 'grant', name: 'region-a', issuer: 'cascade-prod', downstreams: ['region-b'] });
+    assert.equal(parsed.auth, 'grant');
+    assert.equal(parsed.name, 'region-a');
+    assert.equal(parsed.issuer, 'cascade-prod');
+    assert.deepEqual(parsed.downstreams, ['region-b']);
+    const message = error({ originhost: ORIGIN, auth: 'grant' }, `${KEY}.name`);
+    assert.match(message, /registered on the server/);
+    error({ originhost: ORIGIN, auth: 'grant', name: 'a', downstreams: 'b' }, `${KEY}.downstreams`);
   });
 });

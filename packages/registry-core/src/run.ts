@@ -7,8 +7,9 @@ import type { Logger } from 'pino';
 import { allowAll, type Authorizer } from './auth/authorizer.js';
 import { HtpasswdAuthenticator } from './auth/htpasswd.js';
 import { HtpasswdAuthorizer } from './auth/htpasswd-authorizer.js';
+import { createTokenAuth } from './auth/token/setup.js';
 import type { RegistryConfig } from './config/index.js';
-import { createRegistryApp } from './http/app.js';
+import { createRegistryApp, type ExtraRoute } from './http/app.js';
 import { listen, type RunningServer } from './http/listen.js';
 import { createLogger } from './logger.js';
 import type { Namespace } from './registry.js';
@@ -32,6 +33,8 @@ export type NamespaceMiddleware = (
 export interface StartRegistryOptions {
   readonly config: RegistryConfig;
   readonly logger?: Logger;
+  /** Endpoints outside `/v2/` added by the role (a cache's `/api/v0/keys`). */
+  readonly extraRoutes?: readonly ExtraRoute[];
   /** Registry middleware, applied in order. */
   readonly middleware?: NamespaceMiddleware[];
   /** Overrides the authorizer chosen from `auth` (the server's grants plug in here). */
@@ -54,13 +57,37 @@ export function createDriver(config: RegistryConfig): StorageDriver {
   throw new Error('storage: no supported driver configured (filesystem or inmemory)');
 }
 
-/** The authorizer a config's `auth` section selects. */
-export function createAuthorizer(config: RegistryConfig): Authorizer {
+/** What a config's `auth` section sets up: the authorizer, and the endpoints it serves outside `/v2/`. */
+export interface RegistryAuth {
+  readonly authorizer: Authorizer;
+  /** The token endpoint of `auth.token` with `signingkey`; empty otherwise. */
+  readonly routes: ExtraRoute[];
+}
+
+/**
+ * The authorizer (and the token endpoint) a config's `auth` section selects. Reads the files `auth` names
+ * (htpasswd, keys, certificates), synchronously.
+ *
+ * @throws Error naming the key (and file) when a file cannot be used, or when the scheme is not supported.
+ */
+export function createAuth(config: RegistryConfig, logger?: Logger): RegistryAuth {
   const auth = config.auth;
-  if (auth?.htpasswd) return new HtpasswdAuthorizer(new HtpasswdAuthenticator({ realm: auth.htpasswd.realm, path: auth.htpasswd.path }));
+  if (auth?.htpasswd) {
+    const logOptions = logger ? { logger } : {};
+    return { authorizer: new HtpasswdAuthorizer(new HtpasswdAuthenticator({ realm: auth.htpasswd.realm, path: auth.htpasswd.path, ...logOptions })), routes: [] };
+  }
+  if (auth?.token) {
+    const token = createTokenAuth(auth.token, logger ? { logger: logger.child({ component: 'token' }) } : {});
+    return { authorizer: token.authorizer, routes: token.routes };
+  }
   const other = Object.keys(auth ?? {}).filter((k) => k !== 'none');
-  if (other.length > 0) throw new Error(`auth.${other[0]}: not supported by this version of Cascade; use auth.htpasswd or no auth`);
-  return allowAll;
+  if (other.length > 0) throw new Error(`auth.${other[0]}: not supported by this version of Cascade; use auth.htpasswd, auth.token or no auth`);
+  return { authorizer: allowAll, routes: [] };
+}
+
+/** The authorizer a config's `auth` section selects (see {@link createAuth}, which also gives the token endpoint). */
+export function createAuthorizer(config: RegistryConfig): Authorizer {
+  return createAuth(config).authorizer;
 }
 
 /** Starts a registry and resolves once it listens. */
@@ -77,10 +104,13 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
     if (wrapped.close) closers.push(() => (wrapped.close as () => Promise<void>).call(wrapped));
     namespace = wrapped;
   }
+  // A given authorizer replaces the whole `auth` section, token endpoint included, as it always has.
+  const auth: RegistryAuth = options.authorizer ? { authorizer: options.authorizer, routes: [] } : createAuth(config, logger);
   const app = createRegistryApp({
     namespace,
     logger,
-    authorizer: options.authorizer ?? createAuthorizer(config),
+    authorizer: auth.authorizer,
+    extraRoutes: [...auth.routes, ...(options.extraRoutes ?? [])],
     deleteEnabled: config.storage.delete.enabled,
     headers: config.http.headers ?? {},
     prefix: config.http.prefix ?? '',

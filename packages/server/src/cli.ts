@@ -5,8 +5,10 @@
  *     cascade version
  */
 import { readFileSync } from 'node:fs';
-import { ConfigError, createLogger, loadConfig, parseConfig, startRegistry, type LoadConfigOptions, type RunningRegistry } from '@cascade/registry-core';
-import { DOWNSTREAM, downstreamMiddleware, downstreamOptionsOf, validateDownstreamOptions } from '@cascade/downstream';
+import { ConfigError, createLogger, loadConfig, parseConfig, startRegistry, type LoadConfigOptions } from '@cascade/registry-core';
+import { DOWNSTREAM, downstreamMiddleware, downstreamOptionsOf, grantAuthorizationOf, validateDownstreamOptions } from '@cascade/downstream';
+import { loadServerConfig } from './front/config.js';
+import { startServer } from './front/run.js';
 
 /** The registry middleware `cascade registry` knows, with their option validators. */
 const CONFIG_OPTIONS: LoadConfigOptions = { middleware: { [DOWNSTREAM]: validateDownstreamOptions } };
@@ -18,6 +20,7 @@ Commands:
                           downstream middleware in it, a cache node
                           (default: $REGISTRY_CONFIGURATION_PATH, else the embedded
                           defaults: 127.0.0.1:5000, storage in ./data)
+  server SERVER.yml       Run the server (the DTR role) in front of an origin registry
   version                 Print the version
   help                    Print this help
 
@@ -65,6 +68,8 @@ async function run(args: string[]): Promise<number | undefined> {
   switch (command) {
     case 'registry':
       return runRegistry(rest);
+    case 'server':
+      return runServer(rest);
     case 'version':
     case '--version':
       console.log(version());
@@ -94,20 +99,44 @@ async function runRegistry(args: string[]): Promise<number | undefined> {
   // Signal handlers go in before the listener, so a SIGTERM right after "listening" is a clean stop.
   const stopper = stopOnSignals(typeof config.http.draintimeout === 'number' ? config.http.draintimeout : 5000);
   const downstream = downstreamOptionsOf(config);
+  const grant = downstream?.auth === 'grant' ? grantAuthorizationOf(downstream, logger) : undefined;
   stopper.attach(
-    await startRegistry({ config, logger, middleware: downstream ? [downstreamMiddleware(downstream)] : [], role: downstream ? 'cache' : 'registry' }),
+    await startRegistry({
+      config,
+      logger,
+      middleware: downstream ? [downstreamMiddleware(downstream)] : [],
+      role: downstream ? 'cache' : 'registry',
+      ...(grant ? { authorizer: grant.authorizer, extraRoutes: grant.routes } : {}),
+    }),
   );
   return undefined;
 }
 
+async function runServer(args: string[]): Promise<number | undefined> {
+  const unknown = args.filter((a) => a.startsWith('-'));
+  if (unknown.length > 0) throw new UsageError(`unknown option ${unknown[0]} for "cascade server"`);
+  if (args.length !== 1) throw new UsageError('cascade server needs one config file: cascade server SERVER.yml');
+  const config = loadServerConfig(args[0] as string, process.env);
+  const logger = createLogger({ level: config.log.level, ...(config.log.fields ? { fields: config.log.fields } : {}) });
+  const stopper = stopOnSignals(5000);
+  stopper.attach(await startServer(config, logger));
+  return undefined;
+}
+
 /** Stops the running role on SIGTERM/SIGINT: drains open requests for at most `drainMs`, then exits 0. */
-function stopOnSignals(drainMs: number): { attach(registry: RunningRegistry): void } {
-  let registry: RunningRegistry | undefined;
+/** What a role gives the signal handler to stop. */
+interface Stoppable {
+  readonly logger: { info(obj: object, msg: string): void; flush(): void };
+  close(drainMs?: number): Promise<void>;
+}
+
+function stopOnSignals(drainMs: number): { attach(registry: Stoppable): void } {
+  let registry: Stoppable | undefined;
   let signalled: NodeJS.Signals | undefined;
   const stop = () => {
     if (!registry) return;
     registry.logger.info({ signal: signalled }, 'shutting down');
-    const r = registry;
+    const r: Stoppable = registry;
     void r.close(drainMs).then(() => {
       r.logger.flush();
       process.exit(0);

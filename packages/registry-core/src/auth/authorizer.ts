@@ -21,9 +21,11 @@ export interface Identity {
 export interface Authorizer {
   /**
    * Resolves with the identity, or rejects with RegistryError UNAUTHORIZED (with a `WWW-Authenticate`
-   * header) or DENIED. The base route `/v2/` is checked with an empty `access`.
+   * header) or DENIED. The base route `/v2/` is checked with an empty `access`. `query` is the request's
+   * parsed query string, for credentials that travel in the URL (the cache's `?grant=`, since a redirect
+   * cannot set headers).
    */
-  authorize(headers: IncomingHttpHeaders, access: Access[], path: string): Promise<Identity>;
+  authorize(headers: IncomingHttpHeaders, access: Access[], path: string, query?: Readonly<Record<string, string | string[] | undefined>>): Promise<Identity>;
 }
 
 /** Lets every request through, anonymously (`auth` absent from the config). */

@@ -4,13 +4,14 @@
  *
  * Conventions that keep a user's existing file working:
  * - Objects are strict: a key distribution does not have is an error, because a typo silently ignored is the
- *   worst configuration bug. Free-form maps (`options`, `fields`, `headers`, storage driver parameters,
- *   `auth.token` for now, and the sections Cascade only accepts) take any key.
+ *   worst configuration bug. Free-form maps (`options`, `fields`, `headers`, storage driver parameters, and
+ *   the sections Cascade only accepts) take any key.
  * - Booleans also take YAML 1.1 spellings (`yes`, `on`, ...), as Go's yaml.v2 decoder does.
  * - Go durations take a string (`10s`) or an integer number of nanoseconds, as `time.Duration` does, and
  *   come out as milliseconds.
  */
 import { z } from 'zod';
+import { JWS_ALGORITHMS } from '../auth/token/jwt.js';
 import { GO_DURATION_EXPECTED, parseGoDuration } from './duration.js';
 
 /** Refinements that must run even when sibling keys failed, so that every issue is reported at once. */
@@ -204,24 +205,125 @@ const httpSchema = z.strictObject({
 /** The authentication schemes distribution knows; at most one may be configured. */
 export const AUTH_SCHEMES = ['htpasswd', 'token', 'silly', 'none'] as const;
 
+/** The actions an `auth.token.access` rule may allow; `*` allows every action. */
+export const TOKEN_RULE_ACTIONS = ['pull', 'push', 'delete', '*'] as const;
+
+/**
+ * One rule of Cascade's token server: which account may do what on which resources. The account is a user
+ * of `auth.token.htpasswd`, `*` (any authenticated user) or `anonymous` (no credentials); the name a glob
+ * where `*` matches any characters, `/` included, and `${account}` the requesting user's name.
+ */
+const tokenRuleSchema = z.strictObject({
+  account: z.string().min(1),
+  // `registry` rules grant the catalog (`registry:catalog:*`), which a repository glob must never grant.
+  type: z.enum(['repository', 'registry']).default('repository'),
+  name: z.string().min(1),
+  actions: z.array(z.enum(TOKEN_RULE_ACTIONS)),
+});
+
+/** Default lifetime of the tokens Cascade's token server issues, in ms (5 minutes, as docker_auth). */
+const TOKEN_EXPIRATION_MS = 5 * 60 * 1000;
+
+/**
+ * `auth.token`: distribution's keys (`realm`, `service`, `issuer`, `rootcertbundle`, `autoredirect`, and
+ * distribution 3's `autoredirectpath`, `jwks`, `signingalgorithms`), plus Cascade's embedded token server
+ * (`signingkey`, `htpasswd`, `expiration`, `access`). Which keys are required depends on whether `token`
+ * is the only scheme, so that is checked by the `auth` section (see {@link authSchema}).
+ */
+const tokenSchema = z
+  .strictObject({
+    realm: httpUrl().optional(),
+    service: z.string().min(1).optional(),
+    issuer: z.string().min(1).optional(),
+    rootcertbundle: z.string().min(1).optional(),
+    // Accepted so that distribution files load; Cascade always challenges with `realm` as written.
+    autoredirect: bool().optional(),
+    autoredirectpath: z.string().optional(),
+    jwks: z.string().min(1).optional(),
+    signingalgorithms: z.array(z.enum(JWS_ALGORITHMS)).min(1).optional(),
+    signingkey: z.string().min(1).optional(),
+    htpasswd: z.string().min(1).optional(),
+    expiration: goDuration().default(TOKEN_EXPIRATION_MS),
+    access: z.array(tokenRuleSchema).default(() => []),
+  })
+  .superRefine((value: unknown, ctx) => {
+    if (!isRecord(value)) return;
+    const expiration = value['expiration'];
+    if (typeof expiration === 'number' && expiration < 1000) {
+      ctx.addIssue({ code: 'custom', path: ['expiration'], input: expiration, message: 'expiration too short', params: { expected: 'a Go duration of at least 1s, such as "5m"', got: `${expiration} ms` } });
+    }
+    // The users and the rules only mean something to the embedded token server, which needs a key to sign.
+    if (value['signingkey'] === undefined) {
+      for (const key of ['htpasswd', 'access'] as const) {
+        const v = value[key];
+        if (v === undefined || (Array.isArray(v) && v.length === 0)) continue;
+        ctx.addIssue({
+          code: 'custom',
+          path: ['signingkey'],
+          input: undefined,
+          message: 'signingkey missing',
+          params: { expected: `the PEM private key of Cascade's token server, which auth.token.${key} configures` },
+        });
+        break;
+      }
+    }
+    const realm = value['realm'];
+    if (value['signingkey'] !== undefined && typeof realm === 'string' && URL.canParse(realm)) {
+      const path = new URL(realm).pathname;
+      if (path === '/v2' || path.startsWith('/v2/') || path === '/') {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['realm'],
+          input: realm,
+          message: 'realm path',
+          params: { expected: 'a URL whose path the token endpoint can be served at, outside /v2/, such as "https://registry.example.com/auth/token"' },
+        });
+      }
+    }
+  }, ALWAYS);
+
+/** The keys `auth.token` needs when it is the configured scheme, and what each should hold. */
+const TOKEN_REQUIRED: ReadonlyArray<readonly [string, string]> = [
+  ['realm', 'the URL of the token endpoint, such as "https://registry.example.com/auth/token"'],
+  ['service', 'the name of this registry as the token server knows it (the tokens\' audience)'],
+  ['issuer', 'the name the token server signs its tokens as (the tokens\' issuer)'],
+];
+
 const authSchema = z
   .strictObject({
     htpasswd: z.strictObject({ realm: z.string().min(1), path: z.string().min(1) }).optional(),
-    // The token scheme is specified by a later issue; until then any parameters are accepted.
-    token: freeForm().optional(),
+    token: tokenSchema.optional(),
     silly: z.strictObject({ realm: z.string().optional(), service: z.string().optional() }).optional(),
     none: z.strictObject({}).optional(),
   })
   .superRefine((value: unknown, ctx) => {
     if (!isRecord(value)) return;
     const schemes = Object.keys(value);
-    if (schemes.length <= 1) return;
-    ctx.addIssue({
-      code: 'custom',
-      input: value,
-      message: 'several auth schemes',
-      params: { expected: `at most one authentication scheme (${AUTH_SCHEMES.join(', ')})`, got: `${schemes.length}: ${schemes.join(', ')}` },
-    });
+    if (schemes.length > 1) {
+      ctx.addIssue({
+        code: 'custom',
+        input: value,
+        message: 'several auth schemes',
+        params: { expected: `at most one authentication scheme (${AUTH_SCHEMES.join(', ')})`, got: `${schemes.length}: ${schemes.join(', ')}` },
+      });
+      return;
+    }
+    // Required keys are only asked for once `token` is the one scheme: while two schemes are configured the
+    // user has a choice to make first, and one problem is reported, not the missing keys of both.
+    const token = value['token'];
+    if (!isRecord(token)) return;
+    for (const [key, expected] of TOKEN_REQUIRED) {
+      if (token[key] === undefined) ctx.addIssue({ code: 'custom', path: ['token', key], input: undefined, message: `${key} missing`, params: { expected } });
+    }
+    if (token['rootcertbundle'] === undefined && token['jwks'] === undefined && token['signingkey'] === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['token', 'rootcertbundle'],
+        input: undefined,
+        message: 'no token keys',
+        params: { expected: 'the PEM certificates of the keys that sign tokens (or auth.token.jwks, or auth.token.signingkey for Cascade\'s own token server)' },
+      });
+    }
   }, ALWAYS);
 
 const middlewareEntrySchema = z.strictObject({
@@ -321,6 +423,10 @@ export type StorageConfig = RegistryConfig['storage'];
 export type HttpConfig = RegistryConfig['http'];
 /** `auth`: at most one scheme. */
 export type AuthConfig = RegistryConfig['auth'];
+/** `auth.token`: the Docker token scheme, and Cascade's embedded token server. */
+export type TokenAuthConfig = z.output<typeof tokenSchema>;
+/** One rule of `auth.token.access`. */
+export type TokenAccessRule = z.output<typeof tokenRuleSchema>;
 /** One entry of `middleware.registry|repository|storage`. */
 export type MiddlewareConfig = z.output<typeof middlewareEntrySchema>;
 /** `proxy`: the pull-through (mirror) mode; absent when not configured. */

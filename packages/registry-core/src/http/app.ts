@@ -1,14 +1,27 @@
 /**
- * The `/v2/` HTTP application: access log, error envelope, configured headers and the dispatcher.
+ * The `/v2/` HTTP application: access log, error envelope, configured headers and the dispatcher, plus the
+ * few endpoints outside `/v2/` a role adds (the token endpoint of `auth.token`).
  */
 import { randomUUID } from 'node:crypto';
-import Koa from 'koa';
+import Koa, { type Context } from 'koa';
 import type { Logger } from 'pino';
 import { allowAll, type Authorizer } from '../auth/authorizer.js';
 import { errorEnvelope, RegistryError } from '../errors.js';
 import type { Namespace } from '../registry.js';
 import { dispatch } from './dispatch.js';
 import { emptyResponse } from './respond.js';
+
+/**
+ * A handler for one method and exact path outside `/v2/`, such as the token endpoint. It runs after the
+ * access log and inside the error envelope, so a thrown RegistryError becomes an OCI error response.
+ */
+export interface ExtraRoute {
+  /** Upper-case HTTP method. */
+  readonly method: string;
+  /** The exact request path, matched before `http.prefix` is applied; it must not be under `/v2/`. */
+  readonly path: string;
+  readonly handler: (ctx: Context) => Promise<void>;
+}
 
 /** Options of {@link createRegistryApp}. */
 export interface RegistryAppOptions {
@@ -25,15 +38,27 @@ export interface RegistryAppOptions {
   readonly catalogMaxEntries?: number;
   /** `log.accesslog.disabled`. */
   readonly accessLog?: boolean;
+  /** Endpoints outside `/v2/` (the token endpoint of `auth.token`); every other path is the registry API's. */
+  readonly extraRoutes?: readonly ExtraRoute[];
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
 
-/** Builds the Koa application that serves the distribution API over `options.namespace`. */
+/**
+ * Builds the Koa application that serves the distribution API over `options.namespace`.
+ *
+ * @throws Error when an extra route would shadow the registry API (a path under `/v2/`).
+ */
 export function createRegistryApp(options: RegistryAppOptions): Koa {
   const app = new Koa();
   app.proxy = false;
   const prefix = (options.prefix ?? '').replace(/\/+$/, '');
+  const extraRoutes = new Map<string, ExtraRoute[]>();
+  for (const route of options.extraRoutes ?? []) {
+    const api = route.path.startsWith(prefix) ? route.path.slice(prefix.length) : '';
+    if (api === '/v2' || api.startsWith('/v2/')) throw new Error(`${route.path}: an extra route cannot be served inside the registry API (/v2/)`);
+    extraRoutes.set(route.path, [...(extraRoutes.get(route.path) ?? []), route]);
+  }
   const dispatcherOptions = {
     namespace: options.namespace,
     authorizer: options.authorizer ?? allowAll,
@@ -69,7 +94,7 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
             reqId,
             method: ctx.method,
             path: ctx.path,
-            query: ctx.querystring || undefined,
+            query: redactQuery(ctx.querystring),
             // A client that left before any answer gets 499 (nginx's "client closed request"), not Koa's default 404.
             status: ctx.res.headersSent ? ctx.res.statusCode : finished ? ctx.status : 499,
             bytes,
@@ -105,6 +130,15 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
   });
 
   app.use(async (ctx) => {
+    const extra = extraRoutes.get(ctx.path);
+    if (extra !== undefined) {
+      const route = extra.find((r) => r.method === ctx.method);
+      if (route === undefined) {
+        throw new RegistryError('UNSUPPORTED', `${ctx.method} is not supported on this resource`, { headers: { Allow: extra.map((r) => r.method).join(', ') } });
+      }
+      await route.handler(ctx);
+      return;
+    }
     let path = ctx.path;
     if (prefix) {
       if (!path.startsWith(`${prefix}/`)) throw new RegistryError('NOT_FOUND', `${path.slice(0, 200)} is not part of the registry API`);
@@ -123,4 +157,10 @@ export function toRegistryError(err: unknown): RegistryError {
   if (code === 'ENOSPC' || code === 'EDQUOT') return new RegistryError('UNAVAILABLE', 'insufficient storage', { status: 507 });
   if (code === 'PATH_NOT_FOUND') return new RegistryError('NOT_FOUND', 'not found');
   return new RegistryError('UNKNOWN', 'internal error; see the registry log');
+}
+
+/** The query string for the access log, with grants and upload state (bearer secrets) replaced. */
+export function redactQuery(query: string): string | undefined {
+  if (!query) return undefined;
+  return query.replace(/(^|&)(grant|_state)=[^&]*/g, '$1$2=[redacted]');
 }

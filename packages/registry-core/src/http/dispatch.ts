@@ -62,10 +62,14 @@ export async function dispatch(ctx: Context, path: string, options: DispatcherOp
       access.push({ type: 'repository', name: from, actions: ['pull'] });
     }
   }
-  const identity = await options.authorizer.authorize(ctx.headers, access, path);
+  const identity = await options.authorizer.authorize(ctx.headers, access, path, ctx.query);
   ctx.state.user = identity.user;
   const controller = new AbortController();
-  ctx.req.once('close', () => controller.abort());
+  // The response closing before it finished means the client went away (the request's own 'close' only
+  // says its body was read).
+  ctx.res.once('close', () => {
+    if (!ctx.res.writableFinished) controller.abort();
+  });
   const request = { ...(identity.user ? { user: identity.user } : {}), forward: forwardHeaders(ctx), signal: controller.signal, method: ctx.method };
   await entry.handler({
     ctx,
@@ -84,5 +88,8 @@ function forwardHeaders(ctx: Context): Record<string, string> {
   if (auth) out.authorization = auth;
   const accept = ctx.get('accept');
   if (accept) out.accept = accept;
+  // A server grant (cache nodes in `auth: grant` mode) travels upstream with a miss, as a header.
+  const grant = typeof ctx.query.grant === 'string' ? ctx.query.grant : ctx.get('x-cascade-grant');
+  if (grant) out['x-cascade-grant'] = grant;
   return out;
 }

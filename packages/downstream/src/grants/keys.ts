@@ -1,0 +1,195 @@
+/**
+ * The server's grant signing keys, one PKCS#8 PEM file per key in a directory. The files are the whole
+ * state: which key is active and when an old key may go are read from their modification times, so a
+ * restart neither forgets a rotation nor resets its clock.
+ */
+import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { assertEs256Key, JwsError, jwkThumbprint, publicJwk, type Jwks, type PublicJwk } from './jws.js';
+
+/**
+ * The longest lifetime a grant may have, in seconds. The signer refuses longer ones and verifiers refuse
+ * grants that claim one, which is what lets a retired key be deleted at a known time.
+ */
+export const MAX_GRANT_TTL_SECONDS = 600;
+
+/**
+ * How long a superseded key stays published by default: twice the longest grant lifetime, so every grant it
+ * signed has expired (with room for clock skew and for caches that fetched the key set late).
+ */
+export const DEFAULT_RETIRE_AFTER_MS = 2 * MAX_GRANT_TTL_SECONDS * 1000;
+
+/** A signing key of the store. */
+export interface SigningKey {
+  /** RFC 7638 thumbprint of the public key. */
+  readonly kid: string;
+  readonly privateKey: KeyObject;
+  readonly publicKey: KeyObject;
+  /** When the key was created (its file's modification time), epoch ms. */
+  readonly createdAt: number;
+  /** The key's file. */
+  readonly file: string;
+}
+
+/** Options of {@link GrantKeyStore.open}. */
+export interface GrantKeyStoreOptions {
+  /** The key directory; created (mode 0700) when missing. */
+  readonly dir: string;
+  /**
+   * The longest lifetime of the grants this store's keys sign, in ms (default and at most
+   * {@link MAX_GRANT_TTL_SECONDS}): sets the default of `retireAfterMs`.
+   */
+  readonly maxGrantTtlMs?: number;
+  /** How long a superseded key stays published (default twice `maxGrantTtlMs`, {@link DEFAULT_RETIRE_AFTER_MS}). */
+  readonly retireAfterMs?: number;
+  /** Clock, epoch ms (default Date.now). */
+  readonly now?: () => number;
+}
+
+const KEY_FILE = /^[^.].*\.pem$/;
+const TEMP_FILE = /^\..*\.pem\.tmp-[0-9a-f]+$/;
+
+/**
+ * Loads, creates and rotates the ES256 keys grants are signed with.
+ *
+ * Every `*.pem` file of the directory is a key (PKCS#8 or SEC1 EC P-256; a file of another kind stops
+ * {@link GrantKeyStore.open} with an error naming it). The newest file is the active key; the others stay
+ * published until `retireAfterMs` after the key that replaced them was created, then are deleted. Keys this
+ * store creates are written as `<kid>.pem`, mode 0600, atomically (temporary file, then rename).
+ *
+ * One process owns the directory: two servers sharing it would each see the other's rotation only on
+ * their next {@link GrantKeyStore.open}.
+ *
+ * @example
+ * const store = await GrantKeyStore.open({ dir: '/var/lib/cascade/grant-keys' });
+ * const signer = new GrantSigner({ issuer: 'https://dtr.example.com', keys: store });
+ * app.get('/api/v0/keys', () => store.jwks());
+ */
+export class GrantKeyStore {
+  private keys: SigningKey[] = [];
+  private readonly now: () => number;
+  private readonly retireAfterMs: number;
+
+  private constructor(private readonly dir: string, options: GrantKeyStoreOptions) {
+    this.now = options.now ?? Date.now;
+    const maxTtlMs = options.maxGrantTtlMs ?? MAX_GRANT_TTL_SECONDS * 1000;
+    if (!(maxTtlMs > 0 && maxTtlMs <= MAX_GRANT_TTL_SECONDS * 1000)) {
+      throw new Error(`grant keys: maxGrantTtlMs must be greater than 0 and at most ${MAX_GRANT_TTL_SECONDS * 1000} (${MAX_GRANT_TTL_SECONDS} s), got ${maxTtlMs}`);
+    }
+    this.retireAfterMs = options.retireAfterMs ?? 2 * maxTtlMs;
+    if (!(this.retireAfterMs >= 0)) throw new Error(`grant keys: retireAfterMs must be a non-negative number, got ${this.retireAfterMs}`);
+  }
+
+  /**
+   * Opens the directory: loads every key, creates a P-256 key when there is none, and deletes the keys
+   * whose retirement time has passed (and temporary files left by a crash).
+   */
+  static async open(options: GrantKeyStoreOptions): Promise<GrantKeyStore> {
+    const store = new GrantKeyStore(options.dir, options);
+    await mkdir(options.dir, { recursive: true, mode: 0o700 });
+    await store.load();
+    if (store.keys.length === 0) await store.create();
+    await store.retire();
+    return store;
+  }
+
+  /** The key new grants are signed with: the newest. */
+  active(): SigningKey {
+    const key = this.keys[this.keys.length - 1];
+    // open() guarantees a key; only an outside deletion plus a reload could get here.
+    if (key === undefined) throw new Error(`grant keys: no signing key in ${this.dir}`);
+    return key;
+  }
+
+  /** The public key `kid` while it is published (active or not yet retired), else undefined. */
+  publicKey(kid: string): KeyObject | undefined {
+    return this.published().find((k) => k.kid === kid)?.publicKey;
+  }
+
+  /** The published keys as a JWKS, active key first: the body of `/api/v0/keys`. */
+  jwks(): Jwks {
+    const keys: PublicJwk[] = this.published()
+      .reverse()
+      .map((k) => publicJwk(k.publicKey));
+    return { keys };
+  }
+
+  /**
+   * Creates a new key, which becomes active at once. The previous keys stay published, so grants they
+   * signed keep verifying, until `retireAfterMs` from now.
+   */
+  async rotate(): Promise<SigningKey> {
+    const key = await this.create();
+    await this.retire();
+    return key;
+  }
+
+  /**
+   * Deletes the keys whose retirement time has passed and returns their kids. Cheap when there is nothing
+   * to do; call it periodically (a retired key is unpublished at once, this only removes its file).
+   */
+  async retire(): Promise<string[]> {
+    const published = new Set(this.published());
+    const retired = this.keys.filter((k) => !published.has(k));
+    for (const key of retired) await rm(key.file, { force: true });
+    this.keys = this.keys.filter((k) => published.has(k));
+    return retired.map((k) => k.kid);
+  }
+
+  /** Keys not yet retired, oldest first. A key retires `retireAfterMs` after its successor was created. */
+  private published(): SigningKey[] {
+    const now = this.now();
+    return this.keys.filter((key, i) => {
+      const successor = this.keys[i + 1];
+      return successor === undefined || now - successor.createdAt < this.retireAfterMs;
+    });
+  }
+
+  private async load(): Promise<void> {
+    const byKid = new Map<string, SigningKey>();
+    for (const name of (await readdir(this.dir)).sort()) {
+      const file = join(this.dir, name);
+      if (TEMP_FILE.test(name)) {
+        await rm(file, { force: true });
+        continue;
+      }
+      if (!KEY_FILE.test(name)) continue;
+      let privateKey: KeyObject;
+      try {
+        privateKey = createPrivateKey(await readFile(file));
+        assertEs256Key(privateKey);
+      } catch (err) {
+        const reason = err instanceof JwsError ? err.message : 'not a PEM private key';
+        throw new Error(`grant keys: ${file}: ${reason} (expected an EC P-256 private key, e.g. from "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256")`);
+      }
+      const publicKey = createPublicKey(privateKey);
+      const kid = jwkThumbprint(publicKey);
+      // Rounded: utimes takes seconds, and the float trip can move the time by a fraction of a millisecond.
+      const createdAt = Math.round((await stat(file)).mtimeMs);
+      const previous = byKid.get(kid);
+      // The same key under two names (a copy): keep the newer file's time, since that is when it was (re)activated.
+      if (previous === undefined || createdAt > previous.createdAt) byKid.set(kid, { kid, privateKey, publicKey, createdAt, file });
+    }
+    // Ties (coarse file times) are broken by kid so that every process picks the same active key.
+    this.keys = [...byKid.values()].sort((a, b) => a.createdAt - b.createdAt || (a.kid < b.kid ? -1 : a.kid > b.kid ? 1 : 0));
+  }
+
+  private async create(): Promise<SigningKey> {
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const kid = jwkThumbprint(publicKey);
+    const newest = this.keys[this.keys.length - 1];
+    // Strictly newer than the newest key, so the new key is the active one even with a coarse or stepped clock.
+    const createdAt = Math.max(this.now(), newest === undefined ? 0 : newest.createdAt + 1);
+    const file = join(this.dir, `${kid}.pem`);
+    const temp = join(this.dir, `.${kid}.pem.tmp-${randomBytes(4).toString('hex')}`);
+    const pem = privateKey.export({ type: 'pkcs8', format: 'pem' });
+    await writeFile(temp, pem, { mode: 0o600, flag: 'wx' });
+    // The time is set before the rename, so the key never appears with the wrong time.
+    await utimes(temp, createdAt / 1000, createdAt / 1000);
+    await rename(temp, file);
+    const key: SigningKey = { kid, privateKey, publicKey, createdAt, file };
+    this.keys = [...this.keys.filter((k) => k.kid !== kid), key];
+    return key;
+  }
+}

@@ -1,0 +1,408 @@
+/**
+ * The server's `/api/v0` API: DTR's content caches and user settings, and what DTR lacked (a default cache,
+ * namespace and network rules, cache health). Routes are data: {@link API_RESOURCES} lists each resource
+ * with the operations it has, and one dispatcher per resource authenticates, authorizes, runs the
+ * operation and turns every failure into the `{"errors":[...]}` envelope. docs/server-api.md is the
+ * reference for clients.
+ */
+import Router, { type RouterContext } from '@koa/router';
+import type { Context } from 'koa';
+import {
+  normalizeCidr,
+  StateError,
+  validateNamespace,
+  type CacheHealth,
+  type ContentCache,
+  type StateRepository,
+} from '../state/repository.js';
+import { API_BODY_LIMIT, onlyFields, readJsonObject, type JsonObject } from './body.js';
+import { ApiError, apiErrorEnvelope, type ApiErrorCode } from './errors.js';
+
+/** Where the API is mounted. */
+export const API_PREFIX = '/api/v0';
+
+/** The authenticated caller. */
+export interface ApiIdentity {
+  readonly user: string;
+}
+
+/** What {@link createApiRouter} needs; everything is injected so tests can fake it. */
+export interface ApiRouterOptions {
+  readonly state: StateRepository;
+  /** True when `user` may write caches, rules, the default, and anyone's settings. */
+  readonly isAdmin: (user: string) => boolean;
+  /**
+   * Checks the request's credentials (the server asks the origin registry). Undefined means 401: the
+   * function may set `WWW-Authenticate` on `ctx` first (the origin's challenge), else `Basic` is sent. It
+   * may throw an {@link ApiError} to answer with another code.
+   */
+  readonly authenticate: (ctx: Context) => Promise<ApiIdentity | undefined>;
+  /** Where unexpected failures (answered 500 `UNKNOWN`) are logged; a pino logger fits. */
+  readonly logger?: { error(obj: object, msg: string): void };
+  /** Largest request body, in bytes (default 64 KiB). */
+  readonly bodyLimit?: number;
+}
+
+/** Who may call an operation. */
+export type ApiAccess = 'user' | 'admin' | 'owner-or-admin';
+
+/** The methods operations are defined for; HEAD is answered as GET. */
+export type ApiMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+
+/** One operation's description in {@link API_RESOURCES}. */
+export interface ApiOperationSpec {
+  /** `user`: any authenticated user; `admin`; `owner-or-admin`: the user named by `:username`, or an admin. */
+  readonly access: ApiAccess;
+  /** The code answered for refused input (a malformed body, an unknown cache in a reference). */
+  readonly invalid?: ApiErrorCode;
+  /** The success status. */
+  readonly status: 200 | 201 | 204;
+}
+
+/** One resource: a path under {@link API_PREFIX} (in @koa/router syntax) and its operations. */
+export interface ApiResourceSpec {
+  readonly path: string;
+  readonly operations: Readonly<Partial<Record<ApiMethod, ApiOperationSpec>>>;
+}
+
+/** The API's resources, in matching order. Handlers are bound to these in {@link createApiRouter}. */
+export const API_RESOURCES = {
+  contentCaches: {
+    path: '/content_caches',
+    operations: {
+      GET: { access: 'user', status: 200 },
+      POST: { access: 'admin', invalid: 'INVALID_CONTENT_CACHE', status: 201 },
+    },
+  },
+  contentCache: {
+    path: '/content_caches/:id',
+    operations: {
+      GET: { access: 'user', status: 200 },
+      PATCH: { access: 'admin', invalid: 'INVALID_CONTENT_CACHE', status: 200 },
+      DELETE: { access: 'admin', status: 204 },
+    },
+  },
+  contentCacheHealth: {
+    path: '/content_caches/:id/health',
+    operations: { GET: { access: 'user', status: 200 } },
+  },
+  userSettings: {
+    path: '/accounts/:username/settings',
+    operations: {
+      GET: { access: 'owner-or-admin', status: 200 },
+      PATCH: { access: 'owner-or-admin', invalid: 'INVALID_USER_SETTINGS', status: 200 },
+    },
+  },
+  defaultCache: {
+    path: '/content_caches_default',
+    operations: {
+      GET: { access: 'user', status: 200 },
+      PUT: { access: 'admin', invalid: 'INVALID_CONTENT_CACHE_DEFAULT', status: 200 },
+    },
+  },
+  rules: {
+    path: '/content_cache_rules',
+    operations: { GET: { access: 'user', status: 200 } },
+  },
+  // Namespaces contain slashes: a wildcard takes `team/sub` as well as `team%2Fsub`.
+  namespaceRule: {
+    path: '/content_cache_rules/namespaces/*namespace',
+    operations: {
+      PUT: { access: 'admin', invalid: 'INVALID_CONTENT_CACHE_RULE', status: 200 },
+      DELETE: { access: 'admin', invalid: 'INVALID_CONTENT_CACHE_RULE', status: 204 },
+    },
+  },
+  // A CIDR has a slash too: `10.0.0.0%2F8` and `10.0.0.0/8` both work.
+  networkRule: {
+    path: '/content_cache_rules/networks/*cidr',
+    operations: {
+      PUT: { access: 'admin', invalid: 'INVALID_CONTENT_CACHE_RULE', status: 200 },
+      DELETE: { access: 'admin', invalid: 'INVALID_CONTENT_CACHE_RULE', status: 204 },
+    },
+  },
+} as const satisfies Record<string, ApiResourceSpec>;
+
+type Resources = typeof API_RESOURCES;
+
+/** What an operation's handler gets: the caller, the path parameters, and the body on demand. */
+interface Call {
+  readonly user: string;
+  param(name: string): string;
+  body(): Promise<JsonObject>;
+}
+
+/** A handler answers the response body (undefined for 204). */
+type Handler = (call: Call, ctx: RouterContext) => Promise<unknown>;
+
+/** A handler for every operation of every resource: the compiler checks that none is missing. */
+type Handlers = { [R in keyof Resources]: { [M in keyof Resources[R]['operations']]: Handler } };
+
+/** The JSON of a content cache: DTR's `{id, name, host}`. */
+function cacheJson(cache: ContentCache): { id: string; name: string; host: string } {
+  return { id: cache.id, name: cache.name, host: cache.host };
+}
+
+/** The JSON of a cache's health; times as ISO 8601. */
+function healthJson(health: CacheHealth) {
+  return {
+    contentCacheUUID: health.cacheId,
+    status: health.status,
+    checkedAt: health.checkedAt?.toISOString() ?? null,
+    latencyMs: health.latencyMs,
+    error: health.error,
+    lastOkAt: health.lastOkAt?.toISOString() ?? null,
+    consecutiveFailures: health.consecutiveFailures,
+  };
+}
+
+/**
+ * Reads a string field that may be absent (undefined).
+ * @throws ApiError `invalid` when present and not a string.
+ */
+function optionalString(body: JsonObject, field: string, invalid: ApiErrorCode): string | undefined {
+  const value = body[field];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string') throw new ApiError(invalid, `${field} must be a string`);
+  return value;
+}
+
+/**
+ * Reads a required string field.
+ * @throws ApiError `invalid` when missing or not a string.
+ */
+function requiredString(body: JsonObject, field: string, invalid: ApiErrorCode): string {
+  const value = optionalString(body, field, invalid);
+  if (value === undefined) throw new ApiError(invalid, `${field} is required`);
+  return value;
+}
+
+/**
+ * Reads a `contentCacheUUID` that may be cleared: a string, or `null` or `""` (DTR's UI sends an empty
+ * string for "no cache"), which answer null. Undefined when absent.
+ * @throws ApiError `invalid` for any other type.
+ */
+function cacheReference(body: JsonObject, invalid: ApiErrorCode): string | null | undefined {
+  const value = body['contentCacheUUID'];
+  if (value === undefined) return undefined;
+  if (value === null || value === '') return null;
+  if (typeof value !== 'string') throw new ApiError(invalid, 'contentCacheUUID must be a string or null');
+  return value;
+}
+
+/**
+ * Builds the `/api/v0` router. Mount it with `app.use(router.routes())`; it answers every path under the
+ * prefix itself (unknown paths with 404 `NOT_FOUND`, other methods with 405), so `allowedMethods()` is not
+ * needed.
+ *
+ * @example
+ * const router = createApiRouter({
+ *   state: new SqliteStateRepository('state.db'),
+ *   isAdmin: (user) => user === 'admin',
+ *   authenticate: async (ctx) => (await origin.check(ctx.get('authorization'))) ?? undefined,
+ * });
+ * app.use(router.routes());
+ */
+export function createApiRouter(options: ApiRouterOptions): Router {
+  const { state } = options;
+  const limit = options.bodyLimit ?? API_BODY_LIMIT;
+
+  const noSuchCache = (id: string) => new ApiError('NO_SUCH_CONTENT_CACHE', `no content cache with id ${JSON.stringify(id.slice(0, 100))}`);
+  const noSuchRule = (what: string) => new ApiError('NO_SUCH_CONTENT_CACHE_RULE', `no content cache rule for ${what}`);
+
+  const handlers: Handlers = {
+    contentCaches: {
+      GET: async () => (await state.list()).map(cacheJson),
+      POST: async (call, ctx) => {
+        const body = await call.body();
+        onlyFields(body, ['name', 'host'], 'INVALID_CONTENT_CACHE');
+        const name = requiredString(body, 'name', 'INVALID_CONTENT_CACHE');
+        const host = requiredString(body, 'host', 'INVALID_CONTENT_CACHE');
+        const cache = await state.create({ name, host });
+        ctx.set('Location', `${API_PREFIX}/content_caches/${cache.id}`);
+        return cacheJson(cache);
+      },
+    },
+    contentCache: {
+      GET: async (call) => {
+        const cache = await state.get(call.param('id'));
+        if (cache === undefined) throw noSuchCache(call.param('id'));
+        return cacheJson(cache);
+      },
+      PATCH: async (call) => {
+        const body = await call.body();
+        onlyFields(body, ['name', 'host'], 'INVALID_CONTENT_CACHE');
+        const name = optionalString(body, 'name', 'INVALID_CONTENT_CACHE');
+        const host = optionalString(body, 'host', 'INVALID_CONTENT_CACHE');
+        const cache = await state.update(call.param('id'), { name, host });
+        if (cache === undefined) throw noSuchCache(call.param('id'));
+        return cacheJson(cache);
+      },
+      DELETE: async (call) => {
+        if (!(await state.delete(call.param('id')))) throw noSuchCache(call.param('id'));
+        return undefined;
+      },
+    },
+    contentCacheHealth: {
+      GET: async (call) => {
+        const health = await state.health(call.param('id'));
+        if (health === undefined) throw noSuchCache(call.param('id'));
+        return healthJson(health);
+      },
+    },
+    userSettings: {
+      GET: async (call) => state.getSettings(call.param('username')),
+      PATCH: async (call) => {
+        const body = await call.body();
+        onlyFields(body, ['contentCacheUUID'], 'INVALID_USER_SETTINGS');
+        const user = call.param('username');
+        const contentCacheUUID = cacheReference(body, 'INVALID_USER_SETTINGS');
+        // PATCH: an absent field leaves the setting as it is.
+        if (contentCacheUUID === undefined) return state.getSettings(user);
+        return state.setSettings(user, { contentCacheUUID });
+      },
+    },
+    defaultCache: {
+      GET: async () => ({ contentCacheUUID: (await state.getDefaultCache())?.id ?? null }),
+      PUT: async (call) => {
+        const body = await call.body();
+        onlyFields(body, ['contentCacheUUID'], 'INVALID_CONTENT_CACHE_DEFAULT');
+        const contentCacheUUID = cacheReference(body, 'INVALID_CONTENT_CACHE_DEFAULT');
+        if (contentCacheUUID === undefined) throw new ApiError('INVALID_CONTENT_CACHE_DEFAULT', 'contentCacheUUID is required (null clears the default)');
+        await state.setDefaultCache(contentCacheUUID);
+        return { contentCacheUUID: (await state.getDefaultCache())?.id ?? null };
+      },
+    },
+    rules: {
+      GET: async () => ({
+        namespaces: (await state.listNamespaceRules()).map((r) => ({ namespace: r.namespace, contentCacheUUID: r.cacheId })),
+        networks: (await state.listNetworkRules()).map((r) => ({ cidr: r.cidr, contentCacheUUID: r.cacheId })),
+      }),
+    },
+    namespaceRule: {
+      PUT: async (call) => {
+        const body = await call.body();
+        onlyFields(body, ['contentCacheUUID'], 'INVALID_CONTENT_CACHE_RULE');
+        const cacheId = requiredString(body, 'contentCacheUUID', 'INVALID_CONTENT_CACHE_RULE');
+        const rule = await state.setNamespaceRule({ namespace: call.param('namespace'), cacheId });
+        return { namespace: rule.namespace, contentCacheUUID: rule.cacheId };
+      },
+      DELETE: async (call) => {
+        const namespace = validateNamespace(call.param('namespace'));
+        if (!(await state.deleteNamespaceRule(namespace))) throw noSuchRule(`namespace ${namespace}`);
+        return undefined;
+      },
+    },
+    networkRule: {
+      PUT: async (call) => {
+        const body = await call.body();
+        onlyFields(body, ['contentCacheUUID'], 'INVALID_CONTENT_CACHE_RULE');
+        const cacheId = requiredString(body, 'contentCacheUUID', 'INVALID_CONTENT_CACHE_RULE');
+        const rule = await state.setNetworkRule({ cidr: call.param('cidr'), cacheId });
+        return { cidr: rule.cidr, contentCacheUUID: rule.cacheId };
+      },
+      DELETE: async (call) => {
+        const cidr = normalizeCidr(call.param('cidr'));
+        if (!(await state.deleteNetworkRule(cidr))) throw noSuchRule(`network ${cidr}`);
+        return undefined;
+      },
+    },
+  };
+
+  const router = new Router({ prefix: API_PREFIX });
+  for (const key of Object.keys(API_RESOURCES) as (keyof Resources)[]) {
+    const resource: ApiResourceSpec = API_RESOURCES[key];
+    const bound: Partial<Record<ApiMethod, Handler>> = handlers[key];
+    router.all(resource.path, async (ctx) => {
+      await answer(ctx, options, async () => {
+        const method = ctx.method === 'HEAD' ? 'GET' : ctx.method;
+        const spec = isApiMethod(method) ? resource.operations[method] : undefined;
+        const handler = isApiMethod(method) ? bound[method] : undefined;
+        const allow = allowed(resource);
+        if (spec === undefined || handler === undefined) {
+          if (method === 'OPTIONS') {
+            ctx.set('Allow', allow);
+            ctx.status = 204;
+            return;
+          }
+          throw new ApiError('METHOD_NOT_ALLOWED', `${ctx.method} is not allowed here; allowed: ${allow}`, { headers: { Allow: allow } });
+        }
+
+        const identity = await options.authenticate(ctx);
+        if (identity === undefined) {
+          if (ctx.response.get('WWW-Authenticate') === '') ctx.set('WWW-Authenticate', 'Basic realm="cascade"');
+          throw new ApiError('UNAUTHORIZED');
+        }
+        authorize(spec.access, identity.user, ctx.params['username'], options.isAdmin);
+
+        const call: Call = {
+          user: identity.user,
+          param: (name) => ctx.params[name] ?? '',
+          body: () => readJsonObject(ctx.req, spec.invalid ?? 'INVALID_JSON', limit),
+        };
+        let result: unknown;
+        try {
+          result = await handler(call, ctx);
+        } catch (err) {
+          if (err instanceof StateError) {
+            if (err.kind === 'CONFLICT') throw new ApiError('CONTENT_CACHE_NAME_CONFLICT', err.message, { cause: err });
+            throw new ApiError(spec.invalid ?? 'UNKNOWN', err.message, { cause: err });
+          }
+          throw err;
+        }
+        ctx.status = spec.status;
+        if (spec.status !== 204) ctx.body = result;
+      });
+    });
+  }
+  // Last: anything else under the prefix, so that no /api/v0 path falls through to the registry.
+  router.all('{/*rest}', async (ctx) => {
+    await answer(ctx, options, async () => {
+      throw new ApiError('NOT_FOUND', `${ctx.path} is not part of the ${API_PREFIX} API`);
+    });
+  });
+  return router;
+}
+
+const API_METHODS: readonly string[] = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'] satisfies ApiMethod[];
+
+function isApiMethod(method: string): method is ApiMethod {
+  return API_METHODS.includes(method);
+}
+
+/** The `Allow` header of a resource. */
+function allowed(resource: ApiResourceSpec): string {
+  const methods = Object.keys(resource.operations);
+  if (methods.includes('GET')) methods.push('HEAD');
+  return [...methods, 'OPTIONS'].join(', ');
+}
+
+/**
+ * Checks the caller may run an operation.
+ * @throws ApiError DENIED
+ */
+function authorize(access: ApiAccess, user: string, owner: string | undefined, isAdmin: (user: string) => boolean): void {
+  if (access === 'user') return;
+  if (access === 'owner-or-admin' && owner !== undefined && owner === user) return;
+  if (isAdmin(user)) return;
+  throw new ApiError('DENIED', access === 'admin' ? 'only an admin may do this' : 'only the user themself or an admin may do this');
+}
+
+/** Runs `fn`, and answers whatever it throws as the error envelope; unexpected errors are logged as 500. */
+async function answer(ctx: RouterContext, options: ApiRouterOptions, fn: () => Promise<void>): Promise<void> {
+  // Per-user answers (settings) must not be kept by a shared cache.
+  ctx.set('Cache-Control', 'no-store');
+  try {
+    await fn();
+  } catch (err) {
+    let error: ApiError;
+    if (err instanceof ApiError) {
+      error = err;
+    } else {
+      options.logger?.error({ err, method: ctx.method, path: ctx.path }, 'api request failed');
+      error = new ApiError('UNKNOWN');
+    }
+    for (const [name, value] of Object.entries(error.headers)) ctx.set(name, value);
+    ctx.status = error.status;
+    ctx.body = apiErrorEnvelope(error);
+  }
+}

@@ -1,0 +1,176 @@
+/**
+ * The server's HTTP front, the DTR role: every `/v2/` request is authorized by the origin with the user's
+ * own credentials; manifests and everything else are proxied to the origin (never stale); an authorized
+ * blob GET is redirected to the user's cache with a signed grant, or streamed from the origin when the
+ * user has no usable cache; a cache presenting a valid grant gets the blob streamed from the origin with
+ * the server's service credentials.
+ */
+import { createHash } from 'node:crypto';
+import Koa from 'koa';
+import type { Logger } from 'pino';
+import { Digest, errorEnvelope, matchRoute, RegistryError, toRegistryError, validateName } from '@cascade/registry-core';
+import { GRANT_HEADER, GRANT_QUERY_PARAMETER, GrantVerifier, JWKS_PATH, type GrantSigner, type Jwks, type JwksSource } from '@cascade/downstream';
+import { userOf } from './identity.js';
+import type { OriginClient } from './origin.js';
+import { proxyToOrigin } from './proxy.js';
+
+/** A cache a blob can be redirected to. */
+export interface RedirectTarget {
+  readonly id: string;
+  readonly name: string;
+  /** Base URL, e.g. `https://cache-eu.example:5000`. */
+  readonly host: string;
+}
+
+/** Options of {@link createFrontApp}. */
+export interface FrontOptions {
+  readonly origin: OriginClient;
+  readonly logger: Logger;
+  /** The cache for this user, repository and client, or undefined to serve the blob from the server. */
+  readonly selectCache: (request: { user: string | undefined; repository: string; clientIp: string }) => RedirectTarget | undefined | Promise<RedirectTarget | undefined>;
+  /** Names of the registered caches (grants presented to the server must be for one of them). */
+  readonly cacheNames: () => readonly string[] | Promise<readonly string[]>;
+  readonly signer: GrantSigner;
+  readonly keys: JwksSource;
+  readonly jwks: () => Jwks;
+  /** The `iss` of the grants. */
+  readonly issuer: string;
+  readonly grantTtlSeconds: number;
+  /** How long the origin's "yes" to a user's blob request is remembered (0: ask every time). */
+  readonly authorizationCacheMs: number;
+  /** Extra Koa middleware mounted before the `/v2/` front (the `/api/v0` router). */
+  readonly api?: Koa.Middleware;
+}
+
+/** Counters of the front, for logs and metrics. */
+export interface FrontMetrics {
+  redirects: Record<string, number>;
+  servedByServer: number;
+  grantFills: number;
+  authorizationsAsked: number;
+  authorizationsCached: number;
+}
+
+/** Builds the server's Koa application. */
+export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMetrics } {
+  const app = new Koa();
+  const { origin, logger: log } = options;
+  const metrics: FrontMetrics = { redirects: {}, servedByServer: 0, grantFills: 0, authorizationsAsked: 0, authorizationsCached: 0 };
+  const allowed = new Map<string, number>();
+
+  app.on('error', (err: Error & { status?: number }) => {
+    if (err.status !== undefined && err.status < 500) return;
+    log.error({ err }, 'response failed');
+  });
+
+  app.use(async (ctx, next) => {
+    const started = process.hrtime.bigint();
+    ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
+    ctx.res.once('close', () => {
+      log.info(
+        {
+          method: ctx.method,
+          path: ctx.path,
+          status: ctx.res.headersSent ? ctx.res.statusCode : 499,
+          duration: Number(process.hrtime.bigint() - started) / 1e6,
+          user: ctx.state.user,
+          ...(ctx.state.redirectedTo ? { redirectedTo: ctx.state.redirectedTo } : {}),
+          remote: ctx.req.socket.remoteAddress,
+        },
+        'request',
+      );
+    });
+    try {
+      await next();
+    } catch (err) {
+      const rerr = toRegistryError(err);
+      if (!(err instanceof RegistryError)) log.error({ err }, 'request failed');
+      if (!ctx.req.readableEnded) ctx.req.resume();
+      ctx.body = ctx.method === 'HEAD' ? null : errorEnvelope(rerr);
+      ctx.status = rerr.status;
+      for (const [name, value] of Object.entries(rerr.headers)) ctx.set(name, value);
+    }
+  });
+
+  app.use(async (ctx, next) => {
+    if (ctx.path === JWKS_PATH && (ctx.method === 'GET' || ctx.method === 'HEAD')) {
+      ctx.body = options.jwks();
+      ctx.set('Cache-Control', 'max-age=60');
+      return;
+    }
+    if (ctx.path.startsWith('/api/') && options.api) return options.api(ctx, next);
+    return next();
+  });
+
+  app.use(async (ctx) => {
+    if (!ctx.path.startsWith('/v2')) throw new RegistryError('NOT_FOUND', `${ctx.path.slice(0, 200)} is not part of the registry API`);
+    const match = matchRoute(ctx.path);
+    if (match?.route.name === 'blob' && ctx.method === 'GET') {
+      const name = validateName(match.params.name ?? '');
+      const digest = Digest.parse(match.params.digest ?? '');
+      const grant = ctx.query[GRANT_QUERY_PARAMETER] ?? ctx.get(GRANT_HEADER);
+      if (typeof grant === 'string' && grant.length > 0) return fillForCache(ctx, name, digest, grant);
+      return redirectBlob(ctx, name, digest);
+    }
+    ctx.state.user = userOf(ctx.get('authorization'));
+    await proxyToOrigin(ctx, origin);
+  });
+
+  /** A cache (or a chain of caches) fills a miss: check the grant, stream with the service account. */
+  async function fillForCache(ctx: Koa.Context, name: string, digest: Digest, grant: string): Promise<void> {
+    const verifier = new GrantVerifier({ issuer: options.issuer, acceptAudiences: await options.cacheNames(), keys: options.keys });
+    const claims = await verifier.verify(grant, { repo: name, digest: digest.toString() });
+    ctx.state.user = claims.sub || undefined;
+    metrics.grantFills += 1;
+    const authorization = await origin.serviceAuthorization(`repository:${name}:pull`);
+    const headers: Record<string, string> = {};
+    if (authorization) headers.authorization = authorization;
+    const range = ctx.get('range');
+    if (range) headers.range = range;
+    log.debug({ repo: name, digest: digest.toString(), cache: claims.aud, jti: claims.jti }, 'grant fill');
+    await proxyToOrigin(ctx, origin, { path: `/v2/${name}/blobs/${digest.toString()}`, headers, body: false });
+  }
+
+  /** A client asks for a blob: authorize through the origin, then redirect to its cache or serve it. */
+  async function redirectBlob(ctx: Koa.Context, name: string, digest: Digest): Promise<void> {
+    const authorization = ctx.get('authorization');
+    const user = userOf(authorization);
+    ctx.state.user = user;
+    const key = createHash('sha256').update(`${authorization}\n${name}`).digest('hex');
+    const cachedUntil = allowed.get(key);
+    if (cachedUntil !== undefined && cachedUntil > Date.now()) {
+      metrics.authorizationsCached += 1;
+    } else {
+      metrics.authorizationsAsked += 1;
+      const res = await origin.request({ method: 'HEAD', path: `/v2/${name}/blobs/${digest.toString()}`, headers: authorization ? { authorization } : {} });
+      res.resume();
+      if (res.statusCode !== 200) {
+        // The origin's answer stands: its challenge goes back to the client, and no byte is served.
+        const status = res.statusCode ?? 502;
+        const code = status === 401 ? 'UNAUTHORIZED' : status === 403 ? 'DENIED' : status === 404 ? 'BLOB_UNKNOWN' : 'UNAVAILABLE';
+        const challenge = res.headers['www-authenticate'];
+        throw new RegistryError(code, `the origin answered ${status}`, { status, headers: typeof challenge === 'string' ? { 'WWW-Authenticate': challenge } : {} });
+      }
+      if (options.authorizationCacheMs > 0) {
+        if (allowed.size > 10_000) allowed.clear();
+        allowed.set(key, Date.now() + options.authorizationCacheMs);
+      }
+    }
+    const cache = await options.selectCache({ user, repository: name, clientIp: ctx.req.socket.remoteAddress ?? '' });
+    if (!cache) {
+      metrics.servedByServer += 1;
+      await proxyToOrigin(ctx, origin, { body: false });
+      return;
+    }
+    const token = options.signer.sign({ user: user ?? '', cache: cache.name, repo: name, digest: digest.toString(), ttlSeconds: options.grantTtlSeconds });
+    const location = `${cache.host.replace(/\/+$/, '')}/v2/${name}/blobs/${digest.toString()}?${GRANT_QUERY_PARAMETER}=${encodeURIComponent(token)}`;
+    metrics.redirects[cache.name] = (metrics.redirects[cache.name] ?? 0) + 1;
+    ctx.state.redirectedTo = cache.name;
+    ctx.body = null;
+    ctx.status = 307;
+    ctx.set('Location', location);
+    ctx.set('Cache-Control', 'no-store');
+  }
+
+  return Object.assign(app, { metrics });
+}

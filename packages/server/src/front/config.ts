@@ -1,0 +1,113 @@
+/**
+ * The server's own config file (`server.yml`), validated once at start-up. Relative paths are relative to
+ * the file. Every error names the file, the key and what was expected.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import YAML from 'yaml';
+import { z } from 'zod';
+import { ConfigError, parseGoDuration, type ConfigIssue } from '@cascade/registry-core';
+
+const duration = (fallback: string) =>
+  z
+    .union([z.string(), z.number()])
+    .default(fallback)
+    .transform((v, ctx) => {
+      try {
+        return parseGoDuration(String(v));
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        return z.NEVER;
+      }
+    });
+
+const httpUrl = z.string().refine((v) => {
+  try {
+    const u = new URL(v);
+    return (u.protocol === 'http:' || u.protocol === 'https:') && !u.username && !u.password;
+  } catch {
+    return false;
+  }
+}, 'an http(s) URL without credentials');
+
+/** The schema of `server.yml`. */
+export const serverConfigSchema = z.strictObject({
+  version: z.union([z.literal('0.1'), z.literal(0.1)]).optional(),
+  log: z.strictObject({ level: z.enum(['error', 'warn', 'info', 'debug']).default('info'), fields: z.record(z.string(), z.unknown()).optional() }).default({ level: 'info' }),
+  http: z
+    .strictObject({
+      addr: z.string().default(':8443'),
+      tls: z.strictObject({ certificate: z.string(), key: z.string() }).optional(),
+    })
+    .default({ addr: ':8443' }),
+  origin: z.strictObject({
+    url: httpUrl,
+    /** The service account that fills caches: it needs pull on every repository. */
+    username: z.string().min(1).optional(),
+    /** Its password; `CASCADE_ORIGIN_PASSWORD` in the environment takes precedence. */
+    password: z.string().optional(),
+    cas: z.array(z.string()).default([]),
+  }),
+  grants: z
+    .strictObject({
+      keysdir: z.string().default('keys'),
+      ttl: duration('60s'),
+      issuer: z.string().min(1).default('cascade'),
+    })
+    .default({ keysdir: 'keys', ttl: '60s', issuer: 'cascade' } as never),
+  database: z.strictObject({ sqlite: z.string().default('cascade.db') }).default({ sqlite: 'cascade.db' }),
+  admins: z.array(z.string().min(1)).default([]),
+  authorization: z.strictObject({ cachettl: duration('5s') }).default({ cachettl: '5s' } as never),
+  healthcheck: z.strictObject({ interval: duration('15s') }).default({ interval: '15s' } as never),
+});
+
+/** A validated server config, with paths made absolute. */
+export type ServerConfig = z.output<typeof serverConfigSchema> & { readonly file: string };
+
+/**
+ * Reads and validates `file`. `CASCADE_ORIGIN_PASSWORD` overrides `origin.password` (so the secret need
+ * not be in the file).
+ * @throws ConfigError with every problem, one per line.
+ */
+export function loadServerConfig(file: string, env: NodeJS.ProcessEnv = process.env): ServerConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new ConfigError(file, [{ key: '', expected: 'a readable configuration file', got: reason, message: `${file}: cannot read config file: ${reason}` }]);
+  }
+  return parseServerConfig(text, file, env);
+}
+
+/** Validates server config text; `file` names it in messages and anchors relative paths. */
+export function parseServerConfig(text: string, file: string, env: NodeJS.ProcessEnv = process.env): ServerConfig {
+  let doc: unknown;
+  try {
+    doc = YAML.parse(text) ?? {};
+  } catch (err) {
+    const reason = (err as Error).message.split('\n')[0] ?? 'syntax error';
+    throw new ConfigError(file, [{ key: '', expected: 'valid YAML', got: reason, message: `${file}: expected valid YAML, got ${reason}` }]);
+  }
+  const parsed = serverConfigSchema.safeParse(doc);
+  if (!parsed.success) {
+    const issues: ConfigIssue[] = parsed.error.issues.map((issue) => {
+      const key = issue.path.map(String).join('.');
+      const expected = issue.code === 'unrecognized_keys' ? `no key ${issue.keys.map((k) => JSON.stringify(k)).join(', ')} (not a server.yml key)` : issue.message;
+      return { key, expected, got: '', message: `${file}: ${key || '(top level)'}: ${expected}` };
+    });
+    throw new ConfigError(file, issues);
+  }
+  const base = dirname(resolve(file));
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
+  const config = parsed.data;
+  const password = env.CASCADE_ORIGIN_PASSWORD ?? config.origin.password;
+  return {
+    ...config,
+    file,
+    origin: { ...config.origin, ...(password !== undefined ? { password } : {}), cas: config.origin.cas.map(abs) },
+    grants: { ...config.grants, keysdir: abs(config.grants.keysdir) },
+    database: { sqlite: config.database.sqlite === ':memory:' ? ':memory:' : abs(config.database.sqlite) },
+    ...(config.http.tls ? { http: { ...config.http, tls: { certificate: abs(config.http.tls.certificate), key: abs(config.http.tls.key) } } } : {}),
+  };
+}

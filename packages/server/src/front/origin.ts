@@ -1,0 +1,144 @@
+/**
+ * The origin registry as the server sees it: raw streaming requests (the server proxies manifests,
+ * pushes and blobs without buffering), the origin's auth scheme, and the server's own service credentials
+ * for filling caches that present a valid grant.
+ */
+import { request as httpRequest, Agent as HttpAgent, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
+import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
+import type { Readable } from 'node:stream';
+import { rootCertificates } from 'node:tls';
+import type { Logger } from 'pino';
+
+/** Options of {@link OriginClient}. */
+export interface OriginOptions {
+  /** Base URL of the origin registry, e.g. `https://registry.example:5000`. */
+  readonly url: string;
+  /** Service account used to fill caches (needs pull on every repository). */
+  readonly username?: string;
+  readonly password?: string;
+  /** Extra CA certificates (PEM) trusted for the origin's TLS. */
+  readonly ca?: readonly string[];
+  readonly logger: Logger;
+}
+
+/** A request to the origin. */
+export interface OriginRequest {
+  readonly method: string;
+  /** Path and query, e.g. `/v2/team/app/manifests/v1`. */
+  readonly path: string;
+  readonly headers?: OutgoingHttpHeaders;
+  /** A body to stream (uploads). */
+  readonly body?: Readable;
+  readonly signal?: AbortSignal;
+}
+
+/** The challenge the origin sends to anonymous requests. */
+export type OriginChallenge = { scheme: 'none' } | { scheme: 'basic'; realm: string } | { scheme: 'bearer'; realm: string; service?: string };
+
+interface CachedToken {
+  token: string;
+  expiresAt: number;
+}
+
+/** Streaming client of the origin registry. */
+export class OriginClient {
+  readonly base: URL;
+  private readonly agent: HttpAgent | HttpsAgent;
+  private challenge: Promise<OriginChallenge> | undefined;
+  private readonly tokens = new Map<string, CachedToken>();
+
+  constructor(private readonly options: OriginOptions) {
+    this.base = new URL(options.url);
+    const agentOptions = { keepAlive: true, maxSockets: 128, scheduling: 'lifo' as const };
+    this.agent =
+      this.base.protocol === 'https:'
+        ? new HttpsAgent({ ...agentOptions, ...(options.ca?.length ? { ca: [...rootCertificates, ...options.ca] } : {}) })
+        : new HttpAgent(agentOptions);
+  }
+
+  /** Sends a request and resolves with the response once its headers arrive (the body is left to read). */
+  request(req: OriginRequest): Promise<IncomingMessage> {
+    const url = new URL(req.path, this.base);
+    const send = this.base.protocol === 'https:' ? httpsRequest : httpRequest;
+    return new Promise((resolve, reject) => {
+      const out = send(url, { method: req.method, headers: req.headers ?? {}, agent: this.agent, ...(req.signal ? { signal: req.signal } : {}) }, resolve);
+      out.on('error', reject);
+      if (req.body) req.body.pipe(out);
+      else out.end();
+    });
+  }
+
+  /** The origin's auth scheme, learned from its answer to an anonymous `GET /v2/` (cached). */
+  scheme(): Promise<OriginChallenge> {
+    this.challenge ??= this.request({ method: 'GET', path: '/v2/' })
+      .then((res) => {
+        res.resume();
+        if (res.statusCode !== 401) return { scheme: 'none' } as const;
+        return parseChallenge(String(res.headers['www-authenticate'] ?? ''));
+      })
+      .catch((err: unknown) => {
+        this.challenge = undefined;
+        throw err;
+      });
+    return this.challenge;
+  }
+
+  /**
+   * The Authorization header of the server's service account for `scope` (e.g. `repository:team/app:pull`):
+   * Basic credentials, or a Bearer token from the origin's token endpoint (cached until shortly before it
+   * expires). Undefined when the origin needs no auth or no service account is configured.
+   */
+  async serviceAuthorization(scope: string): Promise<string | undefined> {
+    const { username, password } = this.options;
+    const challenge = await this.scheme();
+    if (challenge.scheme === 'none' || username === undefined) return undefined;
+    const basic = `Basic ${Buffer.from(`${username}:${password ?? ''}`).toString('base64')}`;
+    if (challenge.scheme === 'basic') return basic;
+    const cached = this.tokens.get(scope);
+    if (cached && cached.expiresAt > Date.now()) return `Bearer ${cached.token}`;
+    const token = await this.fetchToken(challenge, scope, basic);
+    this.tokens.set(scope, token);
+    return `Bearer ${token.token}`;
+  }
+
+  /** Closes idle connections. */
+  close(): void {
+    this.agent.destroy();
+  }
+
+  private async fetchToken(challenge: { realm: string; service?: string }, scope: string, basic: string): Promise<CachedToken> {
+    const url = new URL(challenge.realm);
+    if (challenge.service) url.searchParams.set('service', challenge.service);
+    url.searchParams.set('scope', scope);
+    const res = await fetch(url, { headers: { authorization: basic } });
+    if (!res.ok) throw new Error(`origin token endpoint ${url.origin}${url.pathname} refused the service account: HTTP ${res.status}`);
+    const body = (await res.json()) as { token?: string; access_token?: string; expires_in?: number };
+    const token = body.token ?? body.access_token;
+    if (!token) throw new Error('origin token endpoint sent no token');
+    // Renew 10 s early so a token never expires between fetch and use.
+    return { token, expiresAt: Date.now() + Math.max(0, (body.expires_in ?? 60) - 10) * 1000 };
+  }
+}
+
+/** Parses a `WWW-Authenticate` value of the Basic or Bearer scheme. */
+export function parseChallenge(header: string): OriginChallenge {
+  const m = /^\s*(\w+)\s*(.*)$/.exec(header);
+  const scheme = m?.[1]?.toLowerCase();
+  const params: Record<string, string> = {};
+  for (const p of (m?.[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)) params[(p[1] as string).toLowerCase()] = p[2] as string;
+  if (scheme === 'bearer' && params.realm) return { scheme: 'bearer', realm: params.realm, ...(params.service ? { service: params.service } : {}) };
+  return { scheme: 'basic', realm: params.realm ?? '' };
+}
+
+/** Hop-by-hop headers, never relayed by a proxy (RFC 9110 §7.6.1). */
+export const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host']);
+
+/** The request headers relayed to the origin. */
+export function forwardableHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || name === 'x-forwarded-for') continue;
+    out[name] = value;
+  }
+  return out;
+}

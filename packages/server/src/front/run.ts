@@ -1,0 +1,100 @@
+/** Starting the server role from a validated `server.yml`. */
+import { mkdirSync, readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { Context } from 'koa';
+import type { Logger } from 'pino';
+import { createLogger, listen, type RunningServer } from '@cascade/registry-core';
+import { GrantKeyStore, GrantSigner, LocalJwks } from '@cascade/downstream';
+import { createApiRouter } from '../api/router.js';
+import { selectCache } from '../state/select.js';
+import { SqliteStateRepository } from '../state/sqlite.js';
+import type { StateRepository } from '../state/repository.js';
+import { createFrontApp, type FrontMetrics } from './app.js';
+import type { ServerConfig } from './config.js';
+import { HealthChecker } from './health.js';
+import { userOf } from './identity.js';
+import { OriginClient } from './origin.js';
+
+/** A running server. */
+export interface RunningCascadeServer extends RunningServer {
+  readonly logger: Logger;
+  readonly state: StateRepository;
+  readonly metrics: FrontMetrics;
+}
+
+/** Starts the server and resolves once it listens. */
+export async function startServer(config: ServerConfig, logger: Logger = createLogger({ level: config.log.level, ...(config.log.fields ? { fields: config.log.fields } : {}) })): Promise<RunningCascadeServer> {
+  if (config.database.sqlite !== ':memory:') mkdirSync(dirname(config.database.sqlite), { recursive: true });
+  const state = new SqliteStateRepository(config.database.sqlite);
+  const origin = new OriginClient({
+    url: config.origin.url,
+    ...(config.origin.username !== undefined ? { username: config.origin.username } : {}),
+    ...(config.origin.password !== undefined ? { password: config.origin.password } : {}),
+    ca: config.origin.cas.map((f) => readFileSync(f, 'utf8')),
+    logger: logger.child({ component: 'origin' }),
+  });
+  const keys = await GrantKeyStore.open({ dir: config.grants.keysdir, maxGrantTtlMs: config.grants.ttl });
+  const signer = new GrantSigner({ issuer: config.grants.issuer, keys });
+  const admins = new Set(config.admins);
+  const health = new HealthChecker({ state, intervalMs: config.healthcheck.interval, logger: logger.child({ component: 'health' }) });
+
+  const router = createApiRouter({
+    state,
+    isAdmin: (user: string) => admins.has(user),
+    authenticate: (ctx: Context) => authenticateThroughOrigin(origin, ctx.get('authorization')),
+  });
+  const api = router.routes();
+  const app = createFrontApp({
+    origin,
+    logger,
+    selectCache: async (req) => {
+      const cache = await selectCache(state, req);
+      if (!cache) return undefined;
+      // A cache the health checker finds down is skipped: the server serves the blob itself.
+      return health.isDown(cache.id) ? undefined : cache;
+    },
+    cacheNames: async () => (await state.list()).map((c) => c.name),
+    signer,
+    keys: new LocalJwks(keys),
+    jwks: () => keys.jwks(),
+    issuer: config.grants.issuer,
+    grantTtlSeconds: Math.max(1, Math.round(config.grants.ttl / 1000)),
+    authorizationCacheMs: config.authorization.cachettl,
+    api: (ctx, next) => api(ctx as never, next),
+  });
+  const running = await listen(app.callback(), { addr: config.http.addr, ...(config.http.tls ? { tls: config.http.tls } : {}), role: 'server' }, logger);
+  health.start();
+  logger.info({ origin: config.origin.url, admins: [...admins], database: config.database.sqlite }, 'server ready');
+  return {
+    ...running,
+    logger,
+    state,
+    metrics: app.metrics,
+    async close(drainMs?: number) {
+      health.stop();
+      await running.close(drainMs);
+      origin.close();
+      state.close();
+    },
+  };
+}
+
+/**
+ * Checks credentials with the origin (the server stores no passwords): Basic credentials are tried on
+ * the origin's `/v2/`, or exchanged at its token endpoint when it uses the token flow; a Bearer token is
+ * tried on `/v2/` as it is. Resolves with the user name, or undefined when the origin refuses.
+ */
+export async function authenticateThroughOrigin(origin: OriginClient, authorization: string): Promise<{ user: string } | undefined> {
+  const user = userOf(authorization);
+  if (!user) return undefined;
+  const challenge = await origin.scheme();
+  if (challenge.scheme === 'bearer' && authorization.toLowerCase().startsWith('basic ')) {
+    const url = new URL(challenge.realm);
+    if (challenge.service) url.searchParams.set('service', challenge.service);
+    const res = await fetch(url, { headers: { authorization } });
+    return res.ok ? { user } : undefined;
+  }
+  const res = await origin.request({ method: 'GET', path: '/v2/', headers: { authorization } });
+  res.resume();
+  return res.statusCode === 200 ? { user } : undefined;
+}

@@ -1,0 +1,160 @@
+/**
+ * The DTR flow end to end: skopeo talks only to the server; the origin (a Cascade registry with htpasswd)
+ * authorizes every request; manifests come from the origin; blobs are redirected with a signed grant to
+ * the user's cache (region-b -> region-a -> server -> origin), and users without a cache get them from the
+ * server. Grants cannot be forged, widened or replayed.
+ */
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import bcrypt from 'bcryptjs';
+import { stringify } from 'yaml';
+import { spawnCascade, startCascade, testScope, type CascadeProcess } from '../lib/cascade.js';
+import { makeOciImage } from '../lib/image.js';
+import { assertLayoutHolds } from '../lib/oci-assert.js';
+import { skopeo } from '../lib/peers.js';
+
+const USERS = { alice: 'alice-pw', bob: 'bob-pw', carol: 'carol-pw', svc: 'svc-pw' } as const;
+const basic = (user: keyof typeof USERS) => `Basic ${Buffer.from(`${user}:${USERS[user]}`).toString('base64')}`;
+
+interface Stack {
+  origin: CascadeProcess;
+  server: CascadeProcess;
+  regionA: CascadeProcess;
+  regionB: CascadeProcess;
+}
+
+async function startStack(dir: string, defer: (fn: () => unknown) => void): Promise<Stack> {
+  await writeFile(join(dir, 'htpasswd'), Object.entries(USERS).map(([u, p]) => `${u}:${bcrypt.hashSync(p, 8)}`).join('\n') + '\n');
+  const origin = await startCascade(join(dir, 'origin'), {
+    storage: { filesystem: { rootdirectory: join(dir, 'origin-data') }, delete: { enabled: true } },
+    auth: { htpasswd: { realm: 'origin', path: join(dir, 'htpasswd') } },
+  });
+  defer(() => origin.stop());
+  const serverFile = join(dir, 'server.yml');
+  await writeFile(
+    serverFile,
+    stringify({
+      http: { addr: '127.0.0.1:0' },
+      origin: { url: origin.url, username: 'svc', password: USERS.svc },
+      grants: { keysdir: join(dir, 'keys'), ttl: '60s', issuer: 'cascade-test' },
+      database: { sqlite: join(dir, 'state.db') },
+      admins: ['alice'],
+      healthcheck: { interval: '1s' },
+    }),
+  );
+  const server = await spawnCascade(['server', serverFile]);
+  defer(() => server.stop());
+  const cacheConfig = (name: string, upstreams: Record<string, unknown>, downstreams: string[] = []) => ({
+    storage: { filesystem: { rootdirectory: join(dir, `${name}-data`) }, delete: { enabled: true } },
+    middleware: { registry: [{ name: 'downstream', options: { ...upstreams, auth: 'grant', name, issuer: 'cascade-test', downstreams, blobttl: '24h' } }] },
+  });
+  const regionA = await startCascade(join(dir, 'region-a'), cacheConfig('region-a', { originhost: server.url }, ['region-b']));
+  defer(() => regionA.stop());
+  const regionB = await startCascade(join(dir, 'region-b'), cacheConfig('region-b', { upstreams: [{ originhost: server.url, upstreamhosts: [regionA.url] }] }));
+  defer(() => regionB.stop());
+  return { origin, server, regionA, regionB };
+}
+
+async function api(server: CascadeProcess, method: string, path: string, user: keyof typeof USERS | undefined, body?: unknown): Promise<{ status: number; json: unknown }> {
+  const res = await fetch(`${server.url}${path}`, {
+    method,
+    headers: { ...(user ? { authorization: basic(user) } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await res.text();
+  return { status: res.status, json: text ? (JSON.parse(text) as unknown) : undefined };
+}
+
+describe('server: the DTR pull flow', () => {
+  it('a user whose cache is region-b pulls through region-b -> region-a; a user without a cache pulls from the server', { timeout: 120_000 }, async (t) => {
+    const { dir, defer } = await testScope(t, 'e2e-server-');
+    const stack = await startStack(dir, defer);
+    const { server, regionA, regionB, origin } = stack;
+
+    // Admin registers the caches; bob picks region-b.
+    const a = await api(server, 'POST', '/api/v0/content_caches', 'alice', { name: 'region-a', host: regionA.url });
+    assert.equal(a.status, 201, JSON.stringify(a.json));
+    const b = await api(server, 'POST', '/api/v0/content_caches', 'alice', { name: 'region-b', host: regionB.url });
+    assert.equal(b.status, 201, JSON.stringify(b.json));
+    const regionBId = (b.json as { id: string }).id;
+    assert.equal((await api(server, 'POST', '/api/v0/content_caches', 'bob', { name: 'x', host: 'http://127.0.0.1:1' })).status, 403, 'writes are admin-only');
+    const settings = await api(server, 'PATCH', '/api/v0/accounts/bob/settings', 'bob', { contentCacheUUID: regionBId });
+    assert.equal(settings.status, 200, JSON.stringify(settings.json));
+
+    // Alice pushes through the server (proxied to the origin with her credentials).
+    const image = await makeOciImage(join(dir, 'src'), { layers: [2 * 1024 * 1024, 700_000, 64_000], tag: 'v1', seed: 'server-flow' });
+    await skopeo(['copy', '--dest-creds', `alice:${USERS.alice}`, `oci:${join(dir, 'src')}:v1`, `docker://${server.host}/team/app:v1`]);
+
+    // Bob pulls from the server: manifests from the origin, every blob from region-b.
+    await skopeo(['copy', '--src-creds', `bob:${USERS.bob}`, `docker://${server.host}/team/app:v1`, `oci:${join(dir, 'bob')}:v1`]);
+    await assertLayoutHolds(join(dir, 'bob'), 'v1', image);
+    // Config and layers: the manifest itself is fetched through /manifests/, from the origin.
+    const blobDigests = image.blobs.map((x) => x.digest).filter((d) => d !== image.digest);
+    const servedBy = (proc: CascadeProcess) =>
+      new Set(proc.requests().filter((r) => r.method === 'GET' && r.status === 200 && typeof r.path === 'string' && /\/blobs\/sha256:/.test(r.path)).map((r) => String(r.path).split('/blobs/')[1]));
+    const atB = servedBy(regionB);
+    for (const d of blobDigests) assert.ok(atB.has(d), `region-b served ${d}\n${JSON.stringify(regionB.requests().slice(-20))}`);
+    const atA = servedBy(regionA);
+    for (const d of blobDigests) assert.ok(atA.has(d), `region-a filled region-b's miss for ${d}`);
+    const redirects = server.requests().filter((r) => r.redirectedTo === 'region-b');
+    assert.ok(redirects.length >= blobDigests.length, 'the server redirected bob\'s blob requests to region-b');
+    const originManifestGets = origin.requests().filter((r) => r.method === 'GET' && typeof r.path === 'string' && r.path.includes('/manifests/'));
+    assert.ok(originManifestGets.length >= 1, 'manifests were served from the origin');
+
+    // A second pull by bob is served by region-b from its own disk: region-a sees no new blob request.
+    const aBefore = regionA.requests().length;
+    await skopeo(['copy', '--src-creds', `bob:${USERS.bob}`, `docker://${server.host}/team/app:v1`, `oci:${join(dir, 'bob2')}:v1`]);
+    await assertLayoutHolds(join(dir, 'bob2'), 'v1', image);
+    assert.equal(regionA.requests().filter((r, i) => i >= aBefore && String(r.path).includes('/blobs/')).length, 0, 'warm pull: no request upstream of region-b');
+
+    // Carol has no cache: the server serves the blobs itself.
+    const redirectsBefore = server.requests().filter((r) => r.redirectedTo).length;
+    await skopeo(['copy', '--src-creds', `carol:${USERS.carol}`, `docker://${server.host}/team/app:v1`, `oci:${join(dir, 'carol')}:v1`]);
+    await assertLayoutHolds(join(dir, 'carol'), 'v1', image);
+    assert.equal(server.requests().filter((r) => r.redirectedTo).length, redirectsBefore, 'no redirect for a user without a cache');
+
+    // Anonymous: refused with the origin's challenge, and no bytes.
+    const anon = await fetch(`${server.url}/v2/team/app/blobs/${blobDigests[0]}`, { redirect: 'manual' });
+    assert.equal(anon.status, 401);
+    assert.match(anon.headers.get('www-authenticate') ?? '', /Basic realm="origin"/);
+    assert.equal((await anon.arrayBuffer()).byteLength < 300, true);
+    const wrong = await fetch(`${server.url}/v2/team/app/manifests/v1`, { headers: { authorization: `Basic ${Buffer.from('bob:nope').toString('base64')}` } });
+    assert.equal(wrong.status, 401);
+
+    // Grants: take a real one from a redirect, then abuse it.
+    const redirect = await fetch(`${server.url}/v2/team/app/blobs/${blobDigests[1]}`, { headers: { authorization: basic('bob') }, redirect: 'manual' });
+    assert.equal(redirect.status, 307);
+    const location = new URL(redirect.headers.get('location') ?? '');
+    assert.equal(location.origin, regionB.url);
+    const grant = location.searchParams.get('grant') ?? '';
+    assert.ok(grant.length > 20);
+    const blobAt = (cache: CascadeProcess, repo: string, digest: string, token: string) => fetch(`${cache.url}/v2/${repo}/blobs/${digest}?grant=${encodeURIComponent(token)}`);
+    assert.equal((await blobAt(regionB, 'team/app', blobDigests[1]!, grant)).status, 200, 'the genuine grant works');
+    assert.equal((await blobAt(regionB, 'team/app', blobDigests[0]!, grant)).status, 403, 'another digest');
+    assert.equal((await blobAt(regionB, 'team/other', blobDigests[1]!, grant)).status, 403, 'another repository');
+    const [h, p, s] = grant.split('.') as [string, string, string];
+    const claims = JSON.parse(Buffer.from(p, 'base64url').toString()) as Record<string, unknown>;
+    const tampered = `${h}.${Buffer.from(JSON.stringify({ ...claims, digest: blobDigests[0] })).toString('base64url')}.${s}`;
+    assert.equal((await blobAt(regionB, 'team/app', blobDigests[0]!, tampered)).status, 401, 'tampered claims');
+    const forged = `${h}.${p}.${Buffer.alloc(64, 7).toString('base64url')}`;
+    assert.equal((await blobAt(regionB, 'team/app', blobDigests[1]!, forged)).status, 401, 'forged signature');
+    assert.equal((await fetch(`${regionB.url}/v2/team/app/blobs/${blobDigests[1]}`)).status, 401, 'no grant, no bytes');
+    assert.equal((await fetch(`${regionB.url}/v2/team/app/manifests/v1?grant=${encodeURIComponent(grant)}`)).status, 403, 'grants are for blobs only');
+    // A grant for region-b replayed to a cache that does not fill region-b: register region-c, not chained.
+    const regionC = await startCascade(join(dir, 'region-c'), {
+      storage: { filesystem: { rootdirectory: join(dir, 'region-c-data') }, delete: { enabled: true } },
+      middleware: { registry: [{ name: 'downstream', options: { originhost: server.url, auth: 'grant', name: 'region-c', issuer: 'cascade-test' } }] },
+    });
+    defer(() => regionC.stop());
+    assert.equal((await blobAt(regionC, 'team/app', blobDigests[1]!, grant)).status, 403, 'replayed to another cache');
+    // The server's own blob endpoint refuses a grant of another digest too.
+    assert.equal((await fetch(`${server.url}/v2/team/app/blobs/${blobDigests[0]}?grant=${encodeURIComponent(grant)}`)).status, 403);
+
+    // Credentials and grants never reach the logs.
+    const logs = [server, regionA, regionB, origin].flatMap((proc) => [...proc.text, ...proc.logs.map((l) => JSON.stringify(l))]).join('\n');
+    for (const secret of Object.values(USERS)) assert.ok(!logs.includes(secret), `password ${secret} not logged`);
+    assert.ok(!logs.includes(grant), 'grants are not logged');
+  });
+});
