@@ -13,25 +13,52 @@ import { stringify } from 'yaml';
 import { spawnCascade, startCascade, testScope, type CascadeProcess } from '../lib/cascade.js';
 import { makeOciImage } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
-import { skopeo } from '../lib/peers.js';
+import { distributionRequests, skopeo, startDistribution } from '../lib/peers.js';
 
 const USERS = { alice: 'alice-pw', bob: 'bob-pw', carol: 'carol-pw', svc: 'svc-pw' } as const;
 const basic = (user: keyof typeof USERS) => `Basic ${Buffer.from(`${user}:${USERS[user]}`).toString('base64')}`;
 
+/** The origin: a Cascade registry or distribution's, both with htpasswd. */
+interface Origin {
+  readonly url: string;
+  /** Paths of the GET requests the origin served. */
+  gets(): string[];
+  /** Its log lines, to check that no secret was logged. */
+  text(): string[];
+}
+
 interface Stack {
-  origin: CascadeProcess;
+  origin: Origin;
   server: CascadeProcess;
   regionA: CascadeProcess;
   regionB: CascadeProcess;
 }
 
-async function startStack(dir: string, defer: (fn: () => unknown) => void): Promise<Stack> {
+async function startStack(originKind: 'cascade' | 'distribution', dir: string, defer: (fn: () => unknown) => void): Promise<Stack> {
   await writeFile(join(dir, 'htpasswd'), Object.entries(USERS).map(([u, p]) => `${u}:${bcrypt.hashSync(p, 8)}`).join('\n') + '\n');
-  const origin = await startCascade(join(dir, 'origin'), {
-    storage: { filesystem: { rootdirectory: join(dir, 'origin-data') }, delete: { enabled: true } },
-    auth: { htpasswd: { realm: 'origin', path: join(dir, 'htpasswd') } },
-  });
-  defer(() => origin.stop());
+  let origin: Origin;
+  if (originKind === 'cascade') {
+    const proc = await startCascade(join(dir, 'origin'), {
+      storage: { filesystem: { rootdirectory: join(dir, 'origin-data') }, delete: { enabled: true } },
+      auth: { htpasswd: { realm: 'origin', path: join(dir, 'htpasswd') } },
+    });
+    defer(() => proc.stop());
+    origin = {
+      url: proc.url,
+      gets: () => proc.requests().filter((r) => r.method === 'GET').map((r) => String(r.path)),
+      text: () => [...proc.text, ...proc.logs.map((l) => JSON.stringify(l))],
+    };
+  } else {
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(join(dir, 'origin-data'), { recursive: true });
+    const dist = await startDistribution({ rootdirectory: join(dir, 'origin-data'), deleteEnabled: true, htpasswd: join(dir, 'htpasswd') });
+    defer(() => dist.stop());
+    origin = {
+      url: dist.url,
+      gets: () => distributionRequests(dist.output).filter((r) => r.method === 'GET').map((r) => r.path),
+      text: () => [...dist.output],
+    };
+  }
   const serverFile = join(dir, 'server.yml');
   await writeFile(
     serverFile,
@@ -67,10 +94,10 @@ async function api(server: CascadeProcess, method: string, path: string, user: k
   return { status: res.status, json: text ? (JSON.parse(text) as unknown) : undefined };
 }
 
-describe('server: the DTR pull flow', () => {
+for (const originKind of ['cascade', 'distribution'] as const) describe(`server: the DTR pull flow, origin ${originKind} with htpasswd`, () => {
   it('a user whose cache is region-b pulls through region-b -> region-a; a user without a cache pulls from the server', { timeout: 120_000 }, async (t) => {
     const { dir, defer } = await testScope(t, 'e2e-server-');
-    const stack = await startStack(dir, defer);
+    const stack = await startStack(originKind, dir, defer);
     const { server, regionA, regionB, origin } = stack;
 
     // Admin registers the caches; bob picks region-b.
@@ -100,7 +127,7 @@ describe('server: the DTR pull flow', () => {
     for (const d of blobDigests) assert.ok(atA.has(d), `region-a filled region-b's miss for ${d}`);
     const redirects = server.requests().filter((r) => r.redirectedTo === 'region-b');
     assert.ok(redirects.length >= blobDigests.length, 'the server redirected bob\'s blob requests to region-b');
-    const originManifestGets = origin.requests().filter((r) => r.method === 'GET' && typeof r.path === 'string' && r.path.includes('/manifests/'));
+    const originManifestGets = origin.gets().filter((path) => path.includes('/manifests/'));
     assert.ok(originManifestGets.length >= 1, 'manifests were served from the origin');
 
     // A second pull by bob is served by region-b from its own disk: region-a sees no new blob request.
@@ -118,7 +145,7 @@ describe('server: the DTR pull flow', () => {
     // Anonymous: refused with the origin's challenge, and no bytes.
     const anon = await fetch(`${server.url}/v2/team/app/blobs/${blobDigests[0]}`, { redirect: 'manual' });
     assert.equal(anon.status, 401);
-    assert.match(anon.headers.get('www-authenticate') ?? '', /Basic realm="origin"/);
+    assert.match(anon.headers.get('www-authenticate') ?? '', /^Basic realm=/);
     assert.equal((await anon.arrayBuffer()).byteLength < 300, true);
     const wrong = await fetch(`${server.url}/v2/team/app/manifests/v1`, { headers: { authorization: `Basic ${Buffer.from('bob:nope').toString('base64')}` } });
     assert.equal(wrong.status, 401);
@@ -152,8 +179,19 @@ describe('server: the DTR pull flow', () => {
     // The server's own blob endpoint refuses a grant of another digest too.
     assert.equal((await fetch(`${server.url}/v2/team/app/blobs/${blobDigests[0]}?grant=${encodeURIComponent(grant)}`)).status, 403);
 
+    // region-b goes down: after the server's health check sees it, bob's blobs come from the server.
+    await regionB.stop();
+    await new Promise((r) => setTimeout(r, 2500));
+    const down = await fetch(`${server.url}/v2/team/app/blobs/${blobDigests[2]}`, { headers: { authorization: basic('bob') }, redirect: 'manual' });
+    assert.equal(down.status, 200, 'a cache marked down is skipped: the server serves the blob');
+    // A deleted cache: bob's setting falls back to no cache, the server serves the blob.
+    assert.equal((await api(server, 'DELETE', `/api/v0/content_caches/${regionBId}`, 'alice')).status, 204);
+    const deleted = await fetch(`${server.url}/v2/team/app/blobs/${blobDigests[2]}`, { headers: { authorization: basic('bob') }, redirect: 'manual' });
+    assert.equal(deleted.status, 200, 'the cache was deleted: the server serves the blob');
+    assert.equal(((await api(server, 'GET', '/api/v0/accounts/bob/settings', 'bob')).json as { contentCacheUUID: unknown }).contentCacheUUID, null);
+
     // Credentials and grants never reach the logs.
-    const logs = [server, regionA, regionB, origin].flatMap((proc) => [...proc.text, ...proc.logs.map((l) => JSON.stringify(l))]).join('\n');
+    const logs = [...[server, regionA, regionB].flatMap((proc) => [...proc.text, ...proc.logs.map((l) => JSON.stringify(l))]), ...origin.text()].join('\n');
     for (const secret of Object.values(USERS)) assert.ok(!logs.includes(secret), `password ${secret} not logged`);
     assert.ok(!logs.includes(grant), 'grants are not logged');
   });

@@ -329,7 +329,7 @@ export function createApiRouter(options: ApiRouterOptions): Router {
 
         const identity = await options.authenticate(ctx);
         if (identity === undefined) {
-          if (ctx.response.get('WWW-Authenticate') === '') ctx.set('WWW-Authenticate', 'Basic realm="cascade"');
+          if (!ctx.response.get('WWW-Authenticate')) ctx.set('WWW-Authenticate', 'Basic realm="cascade"');
           throw new ApiError('UNAUTHORIZED');
         }
         authorize(spec.access, identity.user, ctx.params['username'], options.isAdmin);
