@@ -40,6 +40,7 @@ export async function startServer(config: ServerConfig, logger: Logger = createL
 
   const router = createApiRouter({
     state,
+    logger: logger.child({ component: 'api' }),
     isAdmin: (user: string) => admins.has(user),
     authenticate: (ctx: Context) => authenticateThroughOrigin(origin, ctx.get('authorization')),
   });
