@@ -196,3 +196,83 @@ for (const originKind of ['cascade', 'distribution'] as const) describe(`server:
     assert.ok(!logs.includes(grant), 'grants are not logged');
   });
 });
+
+describe('server: origin with the Docker token flow', () => {
+  it('users pull by their rights: with pull, through their cache; without, 401 and no bytes', { timeout: 120_000 }, async (t) => {
+    const { dir, defer } = await testScope(t, 'e2e-server-token-');
+    const { generateKeyPairSync } = await import('node:crypto');
+    const { freePort } = await import('../lib/peers.js');
+    const users = { alice: 'alice-pw', bob: 'bob-pw', dave: 'dave-pw', svc: 'svc-pw' };
+    await writeFile(join(dir, 'htpasswd'), Object.entries(users).map(([u, p]) => `${u}:${bcrypt.hashSync(p, 8)}`).join('\n') + '\n');
+    const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    await writeFile(join(dir, 'token.pem'), privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, { mode: 0o600 });
+    const port = await freePort();
+    const realm = `http://127.0.0.1:${port}/auth/token`;
+    const origin = await startCascade(join(dir, 'origin'), {
+      storage: { filesystem: { rootdirectory: join(dir, 'origin-data') } },
+      http: { addr: `127.0.0.1:${port}` },
+      auth: {
+        token: {
+          realm,
+          service: 'origin',
+          issuer: 'origin-tokens',
+          signingkey: join(dir, 'token.pem'),
+          htpasswd: join(dir, 'htpasswd'),
+          access: [
+            { account: 'alice', name: '*', actions: ['*'] },
+            { account: 'svc', name: '*', actions: ['pull'] },
+            { account: 'bob', name: 'team/*', actions: ['pull'] },
+            { account: 'dave', name: '*', actions: [] },
+          ],
+        },
+      },
+    });
+    defer(() => origin.stop());
+    await writeFile(
+      join(dir, 'server.yml'),
+      stringify({
+        http: { addr: '127.0.0.1:0' },
+        origin: { url: origin.url, username: 'svc', password: users.svc },
+        grants: { keysdir: join(dir, 'keys'), issuer: 'cascade-test' },
+        database: { sqlite: join(dir, 'state.db') },
+        admins: ['alice'],
+      }),
+    );
+    const server = await spawnCascade(['server', join(dir, 'server.yml')]);
+    defer(() => server.stop());
+    const cache = await startCascade(join(dir, 'region-a'), {
+      storage: { filesystem: { rootdirectory: join(dir, 'region-a-data') }, delete: { enabled: true } },
+      middleware: { registry: [{ name: 'downstream', options: { originhost: server.url, auth: 'grant', name: 'region-a', issuer: 'cascade-test' } }] },
+    });
+    defer(() => cache.stop());
+    const auth = (u: keyof typeof users) => `Basic ${Buffer.from(`${u}:${users[u]}`).toString('base64')}`;
+    const created = await fetch(`${server.url}/api/v0/content_caches`, { method: 'POST', headers: { authorization: auth('alice'), 'content-type': 'application/json' }, body: JSON.stringify({ name: 'region-a', host: cache.url }) });
+    assert.equal(created.status, 201, 'alice, admin, is authenticated through the origin\'s token endpoint');
+    const { id } = (await created.json()) as { id: string };
+    assert.equal((await fetch(`${server.url}/api/v0/content_caches_default`, { method: 'PUT', headers: { authorization: auth('alice'), 'content-type': 'application/json' }, body: JSON.stringify({ contentCacheUUID: id }) })).status, 200);
+
+    const image = await makeOciImage(join(dir, 'src'), { layers: [1024 * 1024, 50_000], tag: 'v1', seed: 'token-flow' });
+    await skopeo(['copy', '--dest-creds', `alice:${users.alice}`, `oci:${join(dir, 'src')}:v1`, `docker://${server.host}/team/app:v1`]);
+    await skopeo(['copy', '--src-creds', `bob:${users.bob}`, `docker://${server.host}/team/app:v1`, `oci:${join(dir, 'bob')}:v1`]);
+    await assertLayoutHolds(join(dir, 'bob'), 'v1', image);
+    const layer = image.blobs.map((x) => x.digest).find((d) => d !== image.digest) as string;
+    assert.ok(
+      cache.requests().some((r) => r.status === 200 && String(r.path).endsWith(layer) && r.user === 'bob'),
+      'bob\'s blobs came from region-a (the default cache)',
+    );
+
+    // dave is a valid user without pull rights: the origin refuses his token's scope, the server relays it.
+    const failed = await skopeo(['copy', '--src-creds', `dave:${users.dave}`, `docker://${server.host}/team/app:v1`, `oci:${join(dir, 'dave')}:v1`], { allowFailure: true });
+    assert.notEqual(failed.code, 0, 'dave cannot pull');
+    const tokenRes = await fetch(`${realm}?service=origin&scope=repository:team/app:pull`, { headers: { authorization: auth('dave') } });
+    const { token } = (await tokenRes.json()) as { token: string };
+    const blob = await fetch(`${server.url}/v2/team/app/blobs/${layer}`, { headers: { authorization: `Bearer ${token}` }, redirect: 'manual' });
+    assert.equal(blob.status, 401);
+    assert.match(blob.headers.get('www-authenticate') ?? '', /insufficient_scope/);
+    assert.equal(blob.headers.get('location'), null, 'no redirect, no grant');
+    assert.ok((await blob.arrayBuffer()).byteLength < 300, 'no blob bytes');
+    // bob has no rights outside team/: same answer.
+    const bobToken = ((await (await fetch(`${realm}?service=origin&scope=repository:other/app:pull`, { headers: { authorization: auth('bob') } })).json()) as { token: string }).token;
+    assert.equal((await fetch(`${server.url}/v2/other/app/blobs/${layer}`, { headers: { authorization: `Bearer ${bobToken}` }, redirect: 'manual' })).status, 401);
+  });
+});

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import bcrypt from 'bcryptjs';
+import { waitFor } from '../lib/cache.js';
 import { startCascade, tempDir, testScope, type CascadeProcess } from '../lib/cascade.js';
 import { makeOciImage, type OciImageLayout } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
@@ -97,7 +98,8 @@ describe('cascade registry: auth.token with its own token server', () => {
       await skopeo(['copy', '--dest-creds', creds('alice'), image.ref, `docker://${host}/team/app:v1`]);
       const inspected = JSON.parse((await skopeo(['inspect', '--creds', creds('alice'), `docker://${host}/team/app:v1`])).stdout) as { Digest: string };
       assert.equal(inspected.Digest, image.digest);
-      assert.ok(proc.requests().some((r) => r.user === 'alice' && r.method === 'PUT'), 'the access log names the token subject');
+      // The access log is written asynchronously: wait for the line rather than race it.
+      await waitFor('a PUT by alice in the access log', () => proc.requests().some((r) => r.user === 'alice' && r.method === 'PUT'), 5000);
     });
 
     await t.test('a read-only user pulls, but cannot push', async () => {
@@ -114,8 +116,7 @@ describe('cascade registry: auth.token with its own token server', () => {
     await t.test('wrong credentials fail at the token endpoint', async () => {
       const res = await skopeo(['copy', '--src-creds', 'alice:wrong', `docker://${host}/team/app:v1`, `oci:${join(dir, 'wrong')}:v1`], { allowFailure: true });
       assert.notEqual(res.code, 0);
-      const tokenCalls = proc.requests().filter((r) => r.path === '/auth/token' && r.status === 401);
-      assert.ok(tokenCalls.length > 0, 'the token endpoint answered 401');
+      await waitFor('a 401 from the token endpoint in the access log', () => proc.requests().some((r) => r.path === '/auth/token' && r.status === 401), 5000);
     });
 
     await t.test('anonymous gets 401 on pull where the rules give anonymous nothing', async () => {
@@ -228,6 +229,6 @@ describe('distribution 2.8 trusting the tokens of Cascade\'s token server', () =
     assert.notEqual(bobPush.code, 0, 'distribution refuses a push with bob\'s pull-only token');
     const anon = await skopeo(['copy', '--src-no-creds', `docker://${host}/team/app:v1`, `oci:${join(dir, 'anon')}:v1`], { allowFailure: true });
     assert.notEqual(anon.code, 0, 'anonymous gets nothing in team/');
-    assert.ok(cascade.requests().some((r) => r.path === '/auth/token' && r.user === 'alice' && r.status === 200), 'tokens came from Cascade');
+    await waitFor('alice\'s token from Cascade in its access log', () => cascade.requests().some((r) => r.path === '/auth/token' && r.user === 'alice' && r.status === 200), 5000);
   });
 });
