@@ -83,14 +83,16 @@ export function downstreamMiddleware(options: DownstreamOptions): NamespaceMiddl
       last = text;
       l.info(snapshot, 'cache metrics');
     }
-    return Object.assign(cache, {
+    return {
+      repository: (name, ctx) => cache.repository(name, ctx),
+      catalog: () => cache.catalog(),
       async close(): Promise<void> {
         clearInterval(timer);
         logMetrics(log, cache, upstreams, expiry);
-        await CacheNamespace.prototype.close.call(cache);
+        await cache.close();
         await expiry?.stop();
       },
-    });
+    };
   };
 }
 
