@@ -11,7 +11,7 @@ import {
   isPathNotFound,
   MANIFEST_MAX_BYTES,
   MANIFEST_MEDIA_TYPES,
-  parseManifest,
+  readManifest,
   paths,
   RegistryError,
   type BlobDescriptor,
@@ -222,12 +222,7 @@ class PassthroughManifestStore implements ManifestStore {
       throw new RegistryError('UNAVAILABLE', `upstream ${res.host.url} sent a manifest whose digest is ${actual.toString()}, not ${digest.toString()}`, { status: 502 });
     }
     const contentType = typeof res.headers['content-type'] === 'string' ? res.headers['content-type'] : undefined;
-    try {
-      return parseManifest(bytes, contentType);
-    } catch {
-      // A kind Cascade does not accept on push (schema 1) is still served as the upstream sent it.
-      return { bytes, digest, mediaType: contentType ?? 'application/octet-stream', isIndex: false, blobs: [], manifests: [] };
-    }
+    return readManifest(bytes, digest, contentType);
   }
 
   async exists(digest: Digest): Promise<boolean> {

@@ -108,6 +108,30 @@ export function parseManifest(bytes: Buffer, contentType: string | undefined): P
 }
 
 /**
+ * Reads manifest bytes that are already known to hash to `digest` (stored, or checked against it): the
+ * parsed manifest when Cascade would accept it, else the bytes as they are, with the media type from
+ * `contentType`, the document's `mediaType`, or schema 1 (a kind Cascade refuses on push but still serves
+ * when another registry stored or sent it).
+ */
+export function readManifest(bytes: Buffer, digest: Digest, contentType?: string): ParsedManifest {
+  try {
+    const parsed = parseManifest(bytes, contentType);
+    return parsed.digest.equals(digest) ? parsed : { ...parsed, digest };
+  } catch {
+    let mediaType: string = contentType ?? MediaType.DockerManifestSchema1Signed;
+    if (contentType === undefined) {
+      try {
+        const doc = JSON.parse(bytes.toString('utf8')) as { mediaType?: unknown };
+        if (typeof doc.mediaType === 'string') mediaType = doc.mediaType;
+      } catch {
+        // not JSON: served with the schema 1 type, which is what distribution would have stored it as
+      }
+    }
+    return { bytes, digest, mediaType, isIndex: false, blobs: [], manifests: [] };
+  }
+}
+
+/**
  * Picks the child of an index for the given platform (default linux/amd64), as distribution does for
  * clients that do not accept manifest lists.
  */

@@ -113,6 +113,18 @@ export function checkPath(path: string): string {
   return path;
 }
 
+/**
+ * Checks the offsets of {@link ReadOptions}: whole, non-negative numbers.
+ * @throws RangeError
+ */
+export function checkRange(options: ReadOptions): { offset: number; end: number | undefined } {
+  const offset = options.offset ?? 0;
+  const end = options.end;
+  if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`invalid read offset: ${offset}`);
+  if (end !== undefined && (!Number.isSafeInteger(end) || end < 0)) throw new RangeError(`invalid read end: ${end}`);
+  return { offset, end };
+}
+
 /** True when `err` is a {@link PathNotFoundError}. */
 export function isPathNotFound(err: unknown): err is PathNotFoundError {
   return err instanceof PathNotFoundError;

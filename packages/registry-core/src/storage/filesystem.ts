@@ -10,6 +10,7 @@ import {
   checkPath,
   type FileInfo,
   type FileWriter,
+  checkRange,
   InvalidPathError,
   isPathNotFound,
   PathNotFoundError,
@@ -412,13 +413,6 @@ async function syncNewEntries(parent: string, firstCreated: string | undefined):
   }
 }
 
-function checkRange(options: ReadOptions): { offset: number; end: number | undefined } {
-  const offset = options.offset ?? 0;
-  const end = options.end;
-  if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`invalid read offset: ${offset}`);
-  if (end !== undefined && (!Number.isSafeInteger(end) || end < 0)) throw new RangeError(`invalid read end: ${end}`);
-  return { offset, end };
-}
 
 function emptyStream(): Readable {
   return new Readable({

@@ -7,6 +7,7 @@ import {
   checkPath,
   type FileInfo,
   type FileWriter,
+  checkRange,
   InvalidPathError,
   PathNotFoundError,
   type ReadOptions,
@@ -303,13 +304,6 @@ function checkWritable(path: string): void {
   if (path === '/') throw new InvalidPathError(path);
 }
 
-function checkRange(options: ReadOptions): { offset: number; end: number | undefined } {
-  const offset = options.offset ?? 0;
-  const end = options.end;
-  if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`invalid read offset: ${offset}`);
-  if (end !== undefined && (!Number.isSafeInteger(end) || end < 0)) throw new RangeError(`invalid read end: ${end}`);
-  return { offset, end };
-}
 
 /** Errors shaped like Node's system errors, so callers handle both drivers' failures the same way. */
 function systemError(code: string, message: string): Error {

@@ -4,8 +4,7 @@
  */
 import { Digest } from '../digest.js';
 import { RegistryError } from '../errors.js';
-import { parseManifest, type Descriptor, type ParsedManifest } from '../manifest.js';
-import { MediaType } from '../mediatypes.js';
+import { readManifest, type Descriptor, type ParsedManifest } from '../manifest.js';
 import type { ManifestStore, TagStore } from '../registry.js';
 import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
 import type { StorageBlobStore } from './blobs.js';
@@ -40,7 +39,7 @@ export class StorageManifestStore implements ManifestStore {
       // Never serve bytes that do not match their digest, whatever happened to the disk.
       throw new RegistryError('UNKNOWN', `stored manifest ${digest.toString()} is corrupt (content hashes to ${actual.toString()})`);
     }
-    return readStoredManifest(bytes, digest);
+    return readManifest(bytes, digest);
   }
 
   async put(manifest: ParsedManifest): Promise<void> {
@@ -147,26 +146,6 @@ export class StorageTagStore implements TagStore {
       if (await statOrUndefined(this.driver, `${dir}/current/link`)) tags.push(tag);
     }
     return tags.sort();
-  }
-}
-
-/**
- * Reads manifest bytes from storage. Content written by Cascade always parses; content written by another
- * registry may be of a kind Cascade does not accept on push (schema 1), and is still served as it is.
- */
-function readStoredManifest(bytes: Buffer, digest: Digest): ParsedManifest {
-  try {
-    const parsed = parseManifest(bytes, undefined);
-    return parsed.digest.equals(digest) ? parsed : { ...parsed, digest };
-  } catch {
-    let mediaType: string = MediaType.DockerManifestSchema1Signed;
-    try {
-      const doc = JSON.parse(bytes.toString('utf8')) as { mediaType?: unknown };
-      if (typeof doc.mediaType === 'string') mediaType = doc.mediaType;
-    } catch {
-      // not JSON: served with the schema 1 type, which is what distribution would have stored it as
-    }
-    return { bytes, digest, mediaType, isIndex: false, blobs: [], manifests: [] };
   }
 }
 
