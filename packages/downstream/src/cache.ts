@@ -27,7 +27,7 @@ import {
   type StorageDriver,
   type TagStore,
 } from '@cascade/registry-core';
-import { FillManager } from './fill.js';
+import { FillManager, type Fill, type FillSource } from './fill.js';
 import { blobPath, type UpstreamPool } from './upstream.js';
 
 /** Records accesses and protects blobs being served (see expiry.ts); optional. */
@@ -123,19 +123,39 @@ export class CacheNamespace implements Namespace {
   }
 }
 
-class CacheBlobStore implements BlobStore {
+/**
+ * Blobs served from local storage, filled from upstream on a miss. `source` (a mirror's remote) replaces the
+ * node's upstreams; `onFill` sees every fill a request starts or joins (a mirror links the blob once stored).
+ */
+export class CacheBlobStore implements BlobStore {
+  private readonly upstreams: UpstreamPool;
+
   constructor(
     private readonly cache: CacheNamespace,
     private readonly name: string,
     private readonly headers: Readonly<Record<string, string>>,
-  ) {}
+    private readonly source?: FillSource,
+    private readonly onFill?: (fill: Fill) => void,
+  ) {
+    this.upstreams = source?.upstreams ?? cache.options.upstreams;
+  }
+
+  private fill(digest: Digest): Fill {
+    const fill = this.cache.fills.get(digest) ?? this.cache.fills.start(this.name, digest, this.headers, this.source);
+    this.onFill?.(fill);
+    return fill;
+  }
 
   async stat(digest: Digest, ctx?: RequestContext): Promise<BlobDescriptor> {
-    const { driver, upstreams } = this.cache.options;
+    const { driver } = this.cache.options;
+    const upstreams = this.upstreams;
     const local = await statBlob(driver, digest);
     if (local !== undefined) return { digest, size: local };
     const running = this.cache.fills.get(digest);
-    if (running) return { digest, size: await running.waitReady(ctx?.signal) };
+    if (running) {
+      this.onFill?.(running);
+      return { digest, size: await running.waitReady(ctx?.signal) };
+    }
     if (ctx?.method === 'HEAD') {
       // A HEAD does not warrant downloading the blob: ask upstream for its size only.
       const res = await upstreams.fetch({ method: 'HEAD', path: blobPath(this.name, digest), headers: this.headers });
@@ -143,12 +163,13 @@ class CacheBlobStore implements BlobStore {
       if (res.size === undefined) throw new RegistryError('UNAVAILABLE', 'upstream did not give the blob size', { status: 502 });
       return { digest, size: res.size };
     }
-    const fill = this.cache.fills.start(this.name, digest, this.headers);
+    const fill = this.fill(digest);
     return { digest, size: await fill.waitReady(ctx?.signal) };
   }
 
   async open(digest: Digest, range?: ByteRange, ctx?: RequestContext): Promise<Readable> {
-    const { driver, tracker, upstreams } = this.cache.options;
+    const { driver, tracker } = this.cache.options;
+    const upstreams = this.upstreams;
     const metrics = this.cache.metrics;
     try {
       const stream = await driver.reader(paths.blobData(digest), range ? { offset: range.start, end: range.end } : {});
@@ -167,7 +188,7 @@ class CacheBlobStore implements BlobStore {
       if (!isPathNotFound(err)) throw err;
     }
     metrics.misses += 1;
-    const fill = this.cache.fills.get(digest) ?? this.cache.fills.start(this.name, digest, this.headers);
+    const fill = this.fill(digest);
     const size = await fill.waitReady(ctx?.signal);
     const start = range?.start ?? 0;
     const end = range?.end ?? size - 1;
@@ -204,7 +225,7 @@ class CacheBlobStore implements BlobStore {
 const MANIFEST_ACCEPT = [...MANIFEST_MEDIA_TYPES].join(', ');
 
 /** Manifests read from the upstreams on every request, verified against their digest, never stored. */
-class PassthroughManifestStore implements ManifestStore {
+export class PassthroughManifestStore implements ManifestStore {
   constructor(
     private readonly upstreams: UpstreamPool,
     private readonly name: string,
@@ -258,7 +279,7 @@ class PassthroughManifestStore implements ManifestStore {
 }
 
 /** Tags resolved by the upstreams on every request. */
-class PassthroughTagStore implements TagStore {
+export class PassthroughTagStore implements TagStore {
   constructor(
     private readonly upstreams: UpstreamPool,
     private readonly name: string,
@@ -289,7 +310,7 @@ class PassthroughTagStore implements TagStore {
   }
 }
 
-async function statBlob(driver: StorageDriver, digest: Digest): Promise<number | undefined> {
+export async function statBlob(driver: StorageDriver, digest: Digest): Promise<number | undefined> {
   try {
     return (await driver.stat(paths.blobData(digest))).size;
   } catch (err) {
@@ -298,7 +319,7 @@ async function statBlob(driver: StorageDriver, digest: Digest): Promise<number |
   }
 }
 
-async function readLimited(body: Readable, limit: number): Promise<Buffer> {
+export async function readLimited(body: Readable, limit: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
   for await (const chunk of body) {

@@ -82,9 +82,10 @@ export interface ExpiryOptions {
   /**
    * Deletes a blob. Called only for a blob that is neither pinned nor accessed since it was chosen. A
    * rejection with `PathNotFoundError` means the blob was already gone; any other rejection keeps the blob in
-   * the index, to be retried at the next sweep.
+   * the index, to be retried at the next sweep. Resolving `false` means the owner keeps the blob (a mirror's
+   * pushed blob): it is dropped from the index, not removed.
    */
-  remove: (digest: Digest) => Promise<void>;
+  remove: (digest: Digest) => Promise<void | boolean>;
   logger?: ExpiryLogger;
   /** Longest wait before accesses are appended to the journal (default 200 ms). */
   flushDelayMs?: number;
@@ -192,7 +193,7 @@ export class ExpiryIndex {
   readonly #sweepIntervalMs: number;
   readonly #bucketMs: number;
   readonly #now: () => number;
-  readonly #remove: (digest: Digest) => Promise<void>;
+  readonly #remove: (digest: Digest) => Promise<void | boolean>;
   readonly #log: ExpiryLogger | undefined;
   readonly #flushDelayMs: number;
   readonly #maxTouchedPerBucket: number;
@@ -635,7 +636,12 @@ export class ExpiryIndex {
         removals.map(async ({ parsed: p, digest, size }) => {
           let gone = false;
           try {
-            await this.#remove(digest);
+            if ((await this.#remove(digest)) === false) {
+              // Kept by its owner: the line is consumed, the blob stays and keeps counting towards the total.
+              reserved -= size;
+              this.#touched.delete(p.key);
+              return;
+            }
           } catch (err) {
             if (!isPathNotFound(err)) {
               this.#log?.warn({ err, digest: p.key }, 'cannot remove blob; will retry');

@@ -18,6 +18,13 @@ import { blobPath, describeError, type UpstreamBlobResponse, type UpstreamPool }
 /** Where partial fills live in the driver (distribution ignores `_` folders; emptied at start-up). */
 export const FILLS_DIR = '/docker/registry/v2/_cascade_fills';
 
+/** Where a fill fetches from when it is not the manager's upstream pool: a mirror's remote. */
+export interface FillSource {
+  readonly upstreams: UpstreamPool;
+  /** Names the remote and repository, so that another repository joining the fill can tell. */
+  readonly key: string;
+}
+
 /** Options of {@link FillManager}. */
 export interface FillManagerOptions {
   readonly driver: StorageDriver;
@@ -58,6 +65,8 @@ export class Fill extends EventEmitter {
     readonly partialPath: string,
     private readonly driver: StorageDriver,
     private readonly fillTimeoutMs: number,
+    /** Where the fill fetches from, when not the node's one upstream set (a mirror's `remote/repository`). */
+    readonly key?: string,
   ) {
     super();
     this.setMaxListeners(0);
@@ -223,13 +232,13 @@ export class FillManager {
    * The fill of `digest`, started if none is running. `name` and `headers` (the client's authorization)
    * are used for the upstream request of a new fill only.
    */
-  start(name: string, digest: Digest, headers: Readonly<Record<string, string>>): Fill {
+  start(name: string, digest: Digest, headers: Readonly<Record<string, string>>, source?: FillSource): Fill {
     const existing = this.fills.get(digest.toString());
     if (existing) return existing;
     const partial = `${FILLS_DIR}/${digest.algorithm}/${digest.hex}-${process.pid}-${Date.now().toString(36)}`;
-    const fill = new Fill(digest, partial, this.options.driver, this.fillTimeoutMs);
+    const fill = new Fill(digest, partial, this.options.driver, this.fillTimeoutMs, source?.key);
     this.fills.set(digest.toString(), fill);
-    void this.run(fill, name, headers).finally(() => this.fills.delete(digest.toString()));
+    void this.run(fill, name, headers, source?.upstreams ?? this.options.upstreams).finally(() => this.fills.delete(digest.toString()));
     // With no follower yet, the idle clock starts at once; the first follow() stops it.
     return fill;
   }
@@ -250,8 +259,8 @@ export class FillManager {
     }
   }
 
-  private async run(fill: Fill, name: string, headers: Readonly<Record<string, string>>): Promise<void> {
-    const { driver, upstreams, logger } = this.options;
+  private async run(fill: Fill, name: string, headers: Readonly<Record<string, string>>, upstreams: UpstreamPool): Promise<void> {
+    const { driver, logger } = this.options;
     const digest = fill.digest;
     const log = logger.child({ digest: digest.toString() });
     // A fill that finished between the caller's look at the disk and this start has stored the blob:

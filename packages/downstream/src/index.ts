@@ -9,3 +9,7 @@ export * from './grants/jws.js';
 export * from './grants/keys.js';
 export * from './grants/grant.js';
 export * from './grants/authorizer.js';
+export * from './mirror/options.js';
+export * from './mirror/remote-auth.js';
+export * from './mirror/namespace.js';
+export * from './mirror/middleware.js';

@@ -35,6 +35,23 @@ export interface UpstreamPoolOptions {
   /** How long a failed host is skipped (default 10 s, doubling per consecutive failure up to 5 min). */
   readonly deadForMs?: number;
   readonly now?: () => number;
+  /** Authenticates the requests (a mirror's credentials for its remote); none: headers are sent as given. */
+  readonly auth?: UpstreamAuth;
+}
+
+/**
+ * Credentials for the upstream requests of a pool: headers to add to each request, and what to do with a
+ * 401 challenge (fetch a token, then the request is sent once more).
+ */
+export interface UpstreamAuth {
+  /** Headers (Authorization) for `request` to `host`; empty when none are known yet. Never logged. */
+  headers(request: UpstreamRequest, host: UpstreamHost): Promise<Record<string, string>>;
+  /**
+   * Called with the `WWW-Authenticate` of a 401; resolves true when the request should be sent again with
+   * new {@link headers}, false when the 401 is final.
+   * @throws RegistryError when the credentials cannot be obtained (token endpoint down, realm refused).
+   */
+  challenge(challenge: string | undefined, request: UpstreamRequest, host: UpstreamHost): Promise<boolean>;
 }
 
 /** An upstream's successful answer to a blob request. */
@@ -161,7 +178,16 @@ export class UpstreamPool {
       let body: Readable;
       try {
         ({ response, body } = await this.send(host, request));
+        const auth = this.options.auth;
+        if (response.statusCode === 401 && auth) {
+          const challenge = response.headers['www-authenticate'];
+          body.resume();
+          if (await auth.challenge(typeof challenge === 'string' ? challenge : undefined, request, host)) {
+            ({ response, body } = await this.send(host, request));
+          }
+        }
       } catch (err) {
+        if (err instanceof RegistryError) throw err;
         // An abort is the fill giving up, not the host failing: no failover, no mark.
         if (request.signal?.aborted) throw new RegistryError('UNAVAILABLE', 'request aborted');
         const reason = describeError(err);
@@ -172,6 +198,11 @@ export class UpstreamPool {
       }
       const status = response.statusCode;
       log.info({ path: request.path, method: request.method, status, duration: this.now() - started }, 'upstream request');
+      if (status === 508) {
+        // The upstream saw this request come back to it (a mirror that is its own remote): not a failure to fail over from.
+        body.resume();
+        throw new RegistryError('UNAVAILABLE', `request loop: ${host.url} received a request it had sent itself (508); check the mirror's remotes`, { status: 508 });
+      }
       if (status >= 500 || status === 429) {
         body.destroy();
         this.markFailed(host, `HTTP ${status}`);
@@ -239,11 +270,12 @@ export class UpstreamPool {
     this.agents.https.destroy();
   }
 
-  private send(host: UpstreamHost, request: UpstreamRequest): Promise<{ response: Response; body: Readable }> {
+  private async send(host: UpstreamHost, request: UpstreamRequest): Promise<{ response: Response; body: Readable }> {
     const client = this.clients.get(host.url) as Got;
+    const auth = this.options.auth ? await this.options.auth.headers(request, host) : {};
     const stream = client.stream(request.path.replace(/^\//, ''), {
       method: request.method,
-      headers: { 'user-agent': 'cascade-downstream', ...(request.headers ?? {}) },
+      headers: { 'user-agent': 'cascade-downstream', ...(request.headers ?? {}), ...auth },
       ...(request.signal ? { signal: request.signal } : {}),
     });
     return new Promise((resolve, reject) => {

@@ -29,6 +29,13 @@ export interface RequestContext {
   readonly signal?: AbortSignal;
   /** The HTTP method (a cache answers HEAD on a miss without filling). */
   readonly method?: string;
+  /**
+   * The registry the client means, when it says so: containerd's `?ns=<host>` query parameter on requests
+   * to a mirror, or sealer's `domain` header. Lower-cased; a mirror routes by it.
+   */
+  readonly registryHost?: string;
+  /** Headers the namespace wants on a successful response (a mirror's `Warning` on a stale tag). */
+  readonly responseHeaders?: Record<string, string>;
 }
 
 /** Read access to the blobs of one repository. A cache node implements this over local storage + upstreams. */

@@ -6,12 +6,13 @@
  */
 import { readFileSync } from 'node:fs';
 import { ConfigError, createLogger, loadConfig, parseConfig, startRegistry, type LoadConfigOptions } from '@cascade/registry-core';
-import { DOWNSTREAM, downstreamMiddleware, downstreamOptionsOf, grantAuthorizationOf, validateDownstreamOptions } from '@cascade/downstream';
+import { DOWNSTREAM, downstreamMiddleware, downstreamOptionsOf, grantAuthorizationOf, mirrorMiddleware, mirrorOptionsOf, validateDownstreamOptions, validateMirrorConfig } from '@cascade/downstream';
 import { loadServerConfig } from './front/config.js';
 import { startServer } from './front/run.js';
+import { runCerts } from './commands/certs.js';
 
 /** The registry middleware `cascade registry` knows, with their option validators. */
-const CONFIG_OPTIONS: LoadConfigOptions = { middleware: { [DOWNSTREAM]: validateDownstreamOptions } };
+const CONFIG_OPTIONS: LoadConfigOptions = { middleware: { [DOWNSTREAM]: validateDownstreamOptions }, checks: [validateMirrorConfig] };
 
 const USAGE = `Usage: cascade <command> [options]
 
@@ -21,6 +22,7 @@ Commands:
                           (default: $REGISTRY_CONFIGURATION_PATH, else the embedded
                           defaults: 127.0.0.1:5000, storage in ./data)
   server SERVER.yml       Run the server (the DTR role) in front of an origin registry
+  certs ca|server ...     Make a CA and server certificates (run "cascade certs --help")
   version                 Print the version
   help                    Print this help
 
@@ -70,6 +72,8 @@ async function run(args: string[]): Promise<number | undefined> {
       return runRegistry(rest);
     case 'server':
       return runServer(rest);
+    case 'certs':
+      return runCerts(rest);
     case 'version':
     case '--version':
       console.log(version());
@@ -99,13 +103,17 @@ async function runRegistry(args: string[]): Promise<number | undefined> {
   // Signal handlers go in before the listener, so a SIGTERM right after "listening" is a clean stop.
   const stopper = stopOnSignals(typeof config.http.draintimeout === 'number' ? config.http.draintimeout : 5000);
   const downstream = downstreamOptionsOf(config);
+  const mirror = mirrorOptionsOf(config);
+  if (downstream && mirror) {
+    throw new UsageError('the config has both a downstream middleware (a cache node) and a proxy section (a mirror): a node is one or the other');
+  }
   const grant = downstream?.auth === 'grant' ? grantAuthorizationOf(downstream, logger) : undefined;
   stopper.attach(
     await startRegistry({
       config,
       logger,
-      middleware: downstream ? [downstreamMiddleware(downstream)] : [],
-      role: downstream ? 'cache' : 'registry',
+      middleware: downstream ? [downstreamMiddleware(downstream)] : mirror ? [mirrorMiddleware(mirror)] : [],
+      role: downstream ? 'cache' : mirror ? 'mirror' : 'registry',
       ...(grant ? { authorizer: grant.authorizer, extraRoutes: grant.routes } : {}),
     }),
   );

@@ -1,17 +1,399 @@
+/**
+ * deploy/ stays valid without a Docker engine or a cluster: every YAML file parses, every cascade config
+ * in it (deploy/*.yml, the compose configs, the Kubernetes ConfigMap) loads with cascade's own loaders and
+ * validators, the compose services and the Kubernetes objects fit together, and the Dockerfile runs a
+ * non-root user and an entrypoint that exists. The certificates the configs name are made with the
+ * `cascade certs` commands of deploy/README.md, so the CA checks of the downstream middleware run for real.
+ */
 import assert from 'node:assert/strict';
-import { readdir } from 'node:fs/promises';
-import { describe, it } from 'node:test';
-import { loadConfig } from '@cascade/registry-core';
+import { X509Certificate } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import YAML from 'yaml';
+import { ConfigError, loadConfig, parseConfig, type LoadConfigOptions } from '@cascade/registry-core';
+import { DOWNSTREAM, parseDownstreamOptions, validateDownstreamOptions } from '@cascade/downstream';
+import { runCerts } from '../src/commands/certs.js';
+import { loadServerConfig } from '../src/front/config.js';
 
-const DEPLOY = new URL('../../../../deploy/', import.meta.url);
+const ROOT = new URL('../../../../', import.meta.url).pathname;
+const DEPLOY = join(ROOT, 'deploy');
+const COMPOSE = join(DEPLOY, 'compose');
+
+/** What `cascade registry` validates configs with (CONFIG_OPTIONS in src/cli.ts). */
+const CONFIG_OPTIONS: LoadConfigOptions = { middleware: { [DOWNSTREAM]: validateDownstreamOptions } };
+
+/** Every file under `dir`, relative to it. */
+function walk(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(dir, e.name)).map((f) => join(e.name, f)) : [e.name]));
+}
+
+type Obj = Record<string, unknown>;
+const obj = (v: unknown, what: string): Obj => {
+  assert.ok(typeof v === 'object' && v !== null && !Array.isArray(v), `${what} is a mapping`);
+  return v as Obj;
+};
+const list = (v: unknown, what: string): unknown[] => {
+  assert.ok(Array.isArray(v), `${what} is a list`);
+  return v;
+};
+
+/** Every string value in a parsed YAML document. */
+const strings = (v: unknown): string[] => (typeof v === 'string' ? [v] : typeof v === 'object' && v !== null ? Object.values(v).flatMap(strings) : []);
+
+/** The port of an `addr` such as ":5001". */
+const portOf = (addr: string): number => Number(/:(\d+)$/.exec(addr)?.[1]);
+
+/** Runs `fn` with console.log silenced (runCerts prints what it wrote). */
+async function quietly<T>(fn: () => Promise<T>): Promise<T> {
+  const log = console.log;
+  console.log = () => undefined;
+  try {
+    return await fn();
+  } finally {
+    console.log = log;
+  }
+}
 
 describe('deploy/ config files', () => {
-  it('every *.yml loads with cascade\'s own config loader, without warnings', async () => {
-    const files = (await readdir(DEPLOY)).filter((f) => f.endsWith('.yml'));
+  it("every deploy/*.yml loads with cascade's own config loader, without warnings", async () => {
+    const files = readdirSync(DEPLOY).filter((f) => f.endsWith('.yml'));
     assert.ok(files.length > 0, 'deploy/ has config files');
     for (const f of files) {
-      const { warnings } = loadConfig(new URL(f, DEPLOY).pathname, {});
+      const { warnings } = loadConfig(join(DEPLOY, f), {}, CONFIG_OPTIONS);
       assert.deepEqual(warnings, [], f);
     }
+  });
+
+  it('every YAML file under deploy/ parses (all documents), and README.md describes every file', () => {
+    const files = walk(DEPLOY);
+    const yamlFiles = files.filter((f) => /\.ya?ml$/.test(f));
+    for (const f of ['compose/compose.yml', 'k8s/cache-node.yml', 'compose/config/server.yml', 'compose/config/cache-a.yml']) assert.ok(yamlFiles.includes(f), f);
+    for (const f of yamlFiles) {
+      const docs = YAML.parseAllDocuments(readFileSync(join(DEPLOY, f), 'utf8'), { uniqueKeys: true });
+      assert.ok(Array.isArray(docs) && docs.length > 0, `${f}: YAML documents`);
+      for (const [i, doc] of docs.entries()) {
+        assert.deepEqual(doc.errors, [], `${f} document ${i + 1}: ${doc.errors.map((e) => e.message).join('; ')}`);
+        assert.deepEqual(doc.warnings, [], `${f} document ${i + 1}`);
+        assert.ok(doc.toJS() !== null, `${f} document ${i + 1} is not empty`);
+      }
+    }
+    const readme = readFileSync(join(DEPLOY, 'README.md'), 'utf8');
+    for (const f of files.filter((f) => f !== 'README.md' && !f.endsWith('.gitignore'))) assert.ok(readme.includes(`\`${f}\``), `deploy/README.md describes ${f}`);
+  });
+});
+
+describe('deploy/compose', () => {
+  let tmp: string;
+  let certs: string;
+  /** The files the README's `cascade certs` commands write into deploy/compose/certs. */
+  let made: Set<string>;
+  const compose = obj(YAML.parse(readFileSync(join(COMPOSE, 'compose.yml'), 'utf8')), 'compose.yml');
+  const services = obj(compose['services'], 'services');
+
+  /** A service's bind mounts, target -> source (relative to deploy/compose). */
+  const mounts = (name: string): Map<string, string> => {
+    const m = new Map<string, string>();
+    for (const v of list(obj(services[name], name)['volumes'], `${name}.volumes`)) {
+      const [source, target] = String(v).split(':') as [string, string];
+      if (source.startsWith('.')) m.set(target, source);
+    }
+    return m;
+  };
+  /** role (registry | server) and config path (in the container) of a service. */
+  const commandOf = (name: string): { role: string; config: string } => {
+    const [role, config] = list(obj(services[name], name)['command'], `${name}.command`) as string[];
+    return { role: role as string, config: config as string };
+  };
+  /** The config file of a service, in deploy/compose. */
+  const configFileOf = (name: string): string => {
+    const source = mounts(name).get(commandOf(name).config);
+    assert.ok(source, `${name}: its config ${commandOf(name).config} is mounted`);
+    return join(COMPOSE, source);
+  };
+  /** A config's text with the container's certificate directory replaced by the certificates made here. */
+  const withCerts = (text: string): string => text.replaceAll('/etc/cascade/certs/', `${certs}/`);
+
+  before(async () => {
+    tmp = await mkdtemp(join(tmpdir(), 'cascade-deploy-'));
+    certs = join(tmp, 'certs');
+    // The README's commands, with deploy/compose/certs made a temporary directory.
+    const readme = readFileSync(join(DEPLOY, 'README.md'), 'utf8');
+    const commands = [...readme.matchAll(/^npx cascade (certs .*deploy\/compose\/certs.*)$/gm)].map((m) => (m[1] as string).split(' ').map((w) => (w === 'deploy/compose/certs' ? certs : w)));
+    assert.ok(commands.length >= 5, 'deploy/README.md shows the cascade certs commands of the compose setup');
+    for (const words of commands) {
+      assert.ok(!words.some((w) => /["'$\\]/.test(w)), `plain words: ${words.join(' ')}`);
+      assert.equal(await quietly(() => runCerts(words.slice(1))), 0, words.join(' '));
+    }
+    made = new Set(readdirSync(certs));
+  });
+  after(async () => {
+    await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('has the origin, the server and two chained caches, built from deploy/Dockerfile', () => {
+    assert.deepEqual(Object.keys(services).sort(), ['cache-a', 'cache-b', 'origin', 'server']);
+    for (const name of Object.keys(services)) {
+      const build = obj(obj(services[name], name)['build'], `${name}.build`);
+      const context = join(COMPOSE, String(build['context']));
+      assert.equal(relative(ROOT, context), '', `${name}: the build context is the repository root`);
+      assert.ok(existsSync(join(context, String(build['dockerfile']))), `${name}: the Dockerfile exists`);
+    }
+    assert.equal(commandOf('origin').role, 'registry');
+    assert.equal(commandOf('server').role, 'server');
+    assert.equal(commandOf('cache-a').role, 'registry');
+    assert.equal(commandOf('cache-b').role, 'registry');
+  });
+
+  it('mounts config files that exist, and only certificates and secrets the README makes', () => {
+    const readme = readFileSync(join(DEPLOY, 'README.md'), 'utf8');
+    for (const name of Object.keys(services)) {
+      for (const [target, source] of mounts(name)) {
+        if (source.startsWith('./certs/')) {
+          assert.ok(made.has(source.slice('./certs/'.length)), `${name}: ${source} is made by the README's cascade certs commands`);
+          assert.ok(!source.endsWith('ca-key.pem'), `${name}: the CA key stays out of the containers`);
+        } else if (source.startsWith('./secrets/')) {
+          assert.ok(readme.includes(`deploy/compose/${source.slice(2)}`), `${name}: the README says how to make ${source}`);
+        } else {
+          assert.ok(existsSync(join(COMPOSE, source)) && statSync(join(COMPOSE, source)).isFile(), `${name}: ${source} exists`);
+        }
+        assert.ok(target.startsWith('/etc/cascade/'), `${name}: ${target}`);
+      }
+      assert.ok(existsSync(configFileOf(name)), name);
+    }
+  });
+
+  it('cascade registry configs load with the downstream validators, CA checks included, without warnings', () => {
+    for (const name of ['origin', 'cache-a', 'cache-b']) {
+      const file = configFileOf(name);
+      const text = readFileSync(file, 'utf8');
+      const { config, warnings } = parseConfig(withCerts(text), file, {}, CONFIG_OPTIONS);
+      assert.deepEqual(warnings, [], name);
+      // Every file the config names in the container is mounted into it.
+      const paths = strings(YAML.parse(text)).filter((v) => v.startsWith('/etc/cascade/'));
+      assert.ok(paths.length >= 2, `${name}: names its certificate and key`);
+      for (const path of paths) assert.ok(mounts(name).has(path), `${name}: ${path} is mounted`);
+      const published = list(obj(services[name], name)['ports'] ?? [], `${name}.ports`).map(String);
+      const port = portOf(config.http.addr);
+      if (name !== 'origin') assert.deepEqual(published, [`${port}:${port}`], `${name}: published on the port it listens on`);
+      assert.ok(config.http.tls?.certificate?.endsWith(`/${name}.pem`), `${name}: serves its own certificate`);
+    }
+  });
+
+  it('the CA files are checked when the config is loaded: without them, loading fails on cas', () => {
+    const file = configFileOf('cache-a');
+    const text = readFileSync(file, 'utf8');
+    assert.throws(
+      () => parseConfig(text.replaceAll('/etc/cascade/certs/', `${tmp}/nowhere/`), file, {}, CONFIG_OPTIONS),
+      (e: unknown) => e instanceof ConfigError && /cas\[0\]: .*ca\.pem: file not found/.test(e.message),
+    );
+    // Parsed without the file checks, the configs as written (container paths) are valid too.
+    const parseOnly: LoadConfigOptions = { middleware: { [DOWNSTREAM]: (o, k, c) => parseDownstreamOptions(o, k, c, { checkCaFiles: false }).errors } };
+    for (const name of ['cache-a', 'cache-b']) assert.deepEqual(parseConfig(readFileSync(configFileOf(name), 'utf8'), configFileOf(name), {}, parseOnly).warnings, []);
+  });
+
+  it('the caches chain cache-b -> cache-a -> server with grants, on hosts and ports that exist', () => {
+    const serverConfig = loadServerConfig(configFileOf('server'), { CASCADE_ORIGIN_PASSWORD: 'test' });
+    const downstream = (name: string) => {
+      const { config } = parseConfig(withCerts(readFileSync(configFileOf(name), 'utf8')), configFileOf(name), {}, CONFIG_OPTIONS);
+      const { options, errors } = parseDownstreamOptions(config.middleware.registry[0]?.options ?? {}, 'options', config);
+      assert.deepEqual(errors, []);
+      return options!;
+    };
+    const a = downstream('cache-a');
+    const b = downstream('cache-b');
+    const serverUrl = `https://server:${portOf(serverConfig.http.addr)}`;
+    assert.equal(a.auth, 'grant');
+    assert.equal(a.name, 'cache-a');
+    assert.deepEqual(a.downstreams, ['cache-b']);
+    assert.equal(a.originhost, serverUrl);
+    assert.deepEqual(a.upstreamhosts, []);
+    assert.equal(b.auth, 'grant');
+    assert.equal(b.name, 'cache-b');
+    assert.equal(b.originhost, serverUrl);
+    const cacheA = parseConfig(withCerts(readFileSync(configFileOf('cache-a'), 'utf8')), 'cache-a', {}, CONFIG_OPTIONS).config;
+    assert.deepEqual(b.upstreamhosts, [`https://cache-a:${portOf(cacheA.http.addr)}`]);
+    assert.equal(a.issuer, serverConfig.grants.issuer);
+    assert.equal(b.issuer, serverConfig.grants.issuer);
+    const origin = parseConfig(withCerts(readFileSync(configFileOf('origin'), 'utf8')), 'origin', {}, CONFIG_OPTIONS).config;
+    assert.equal(serverConfig.origin.url, `https://origin:${portOf(origin.http.addr)}`);
+    assert.ok(origin.auth?.htpasswd, 'the origin has users: the server authorizes through it');
+  });
+
+  it('the server config loads with loadServerConfig; its password comes from the environment', () => {
+    const file = configFileOf('server');
+    const config = loadServerConfig(file, { CASCADE_ORIGIN_PASSWORD: 'from-env' });
+    assert.equal(config.origin.password, 'from-env');
+    assert.equal(config.origin.username, 'cascade-svc');
+    assert.deepEqual(config.origin.cas, ['/etc/cascade/certs/ca.pem']);
+    assert.ok(config.grants.keysdir.startsWith('/var/lib/cascade/') && config.database.sqlite.startsWith('/var/lib/cascade/'), 'state in the volume');
+    assert.ok(config.admins.length > 0);
+    for (const path of [config.origin.cas[0], config.http.tls?.certificate, config.http.tls?.key]) assert.ok(path && mounts('server').has(path), `${path} is mounted`);
+    assert.doesNotMatch(readFileSync(file, 'utf8'), /^\s*password:/m, 'no password in the file');
+    const env = obj(obj(services['server'], 'server')['environment'], 'server.environment');
+    assert.match(String(env['CASCADE_ORIGIN_PASSWORD']), /^\$\{CASCADE_ORIGIN_PASSWORD:\?/);
+    assert.equal(env['NODE_EXTRA_CA_CERTS'], '/etc/cascade/certs/ca.pem');
+    assert.deepEqual(list(obj(services['server'], 'server')['ports'], 'ports'), [`${portOf(config.http.addr)}:${portOf(config.http.addr)}`]);
+  });
+
+  it("each service's certificate names it (its compose host name), and is signed by the CA", () => {
+    const ca = new X509Certificate(readFileSync(join(certs, 'ca.pem')));
+    for (const name of Object.keys(services)) {
+      const cert = new X509Certificate(readFileSync(join(certs, `${name}.pem`)));
+      assert.equal(cert.checkHost(name), name, `${name}.pem names ${name}`);
+      assert.ok(cert.checkIssued(ca), name);
+    }
+  });
+});
+
+describe('deploy/k8s/cache-node.yml', () => {
+  const docs = YAML.parseAllDocuments(readFileSync(join(DEPLOY, 'k8s', 'cache-node.yml'), 'utf8')).map((d, i) => obj((d as YAML.Document).toJS(), `document ${i + 1}`));
+  const byKind = (kind: string): Obj => {
+    const found = docs.filter((d) => d['kind'] === kind);
+    assert.equal(found.length, 1, `one ${kind}`);
+    return found[0] as Obj;
+  };
+  const name = (o: Obj) => String(obj(o['metadata'], 'metadata')['name']);
+  const deployment = byKind('Deployment');
+  const pod = obj(obj(obj(deployment['spec'], 'spec')['template'], 'template')['spec'], 'pod spec');
+  const container = obj(list(pod['containers'], 'containers')[0], 'container');
+  const mountPaths = new Map(list(container['volumeMounts'], 'volumeMounts').map((m) => [String(obj(m, 'mount')['mountPath']), obj(m, 'mount')]));
+  const volumes = new Map(list(pod['volumes'], 'volumes').map((v) => [String(obj(v, 'volume')['name']), obj(v, 'volume')]));
+
+  it('has a Namespace, ConfigMap, Secret, PersistentVolumeClaim, Deployment and Service, all in the namespace', () => {
+    assert.deepEqual(docs.map((d) => d['kind']), ['Namespace', 'ConfigMap', 'Secret', 'PersistentVolumeClaim', 'Deployment', 'Service']);
+    const ns = name(byKind('Namespace'));
+    for (const d of docs.slice(1)) assert.equal(obj(d['metadata'], 'metadata')['namespace'], ns, String(d['kind']));
+  });
+
+  it("the ConfigMap's config.yml loads with the downstream validators (CA checked), without warnings", async () => {
+    const text = String(obj(byKind('ConfigMap')['data'], 'data')['config.yml']);
+    const dir = await mkdtemp(join(tmpdir(), 'cascade-k8s-'));
+    try {
+      assert.equal(await quietly(() => runCerts(['ca', '--out', dir])), 0);
+      await writeFile(join(dir, 'ca.crt'), readFileSync(join(dir, 'ca.pem')));
+      const { config, warnings } = parseConfig(text.replaceAll('/etc/cascade/tls/', `${dir}/`), 'cache-node.yml ConfigMap config.yml', {}, CONFIG_OPTIONS);
+      assert.deepEqual(warnings, []);
+      assert.equal(config.middleware.registry[0]?.name, 'downstream');
+      assert.ok(config.storage.filesystem?.rootdirectory?.startsWith('/var/lib/cascade/'));
+      assert.ok(mountPaths.has('/var/lib/cascade'), 'the storage is on the volume');
+      // The container's port is the one the config listens on.
+      assert.equal(obj(list(container['ports'], 'ports')[0], 'port')['containerPort'], portOf(config.http.addr));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('mounts the ConfigMap where the container reads its config, and the Secret keys the config names', () => {
+    const [role, configPath] = list(container['args'], 'args') as string[];
+    assert.equal(role, 'registry');
+    const configMount = mountPaths.get(configPath as string);
+    assert.ok(configMount, `${configPath} is mounted`);
+    assert.equal(obj(volumes.get(String(configMount['name'])), 'config volume')['configMap'] && obj(obj(volumes.get(String(configMount['name'])), 'v')['configMap'], 'cm')['name'], name(byKind('ConfigMap')));
+    assert.equal(configMount['subPath'], 'config.yml');
+
+    const text = String(obj(byKind('ConfigMap')['data'], 'data')['config.yml']);
+    const secret = byKind('Secret');
+    const keys = Object.keys(obj(secret['stringData'] ?? secret['data'], 'secret data'));
+    const tlsMount = [...mountPaths.entries()].find(([, m]) => obj(volumes.get(String(m['name'])), 'v')['secret']);
+    assert.ok(tlsMount, 'the Secret is mounted');
+    assert.equal(obj(obj(volumes.get(String(tlsMount[1]['name'])), 'v')['secret'], 'secret')['secretName'], name(secret));
+    const named = [...text.matchAll(new RegExp(`${tlsMount[0]}/([\\w.-]+)`, 'g'))].map((m) => m[1]);
+    assert.ok(named.length >= 3, 'certificate, key and CA come from the Secret');
+    for (const key of named) assert.ok(keys.includes(key as string), `the Secret has ${key}`);
+
+    const pvc = volumes.get(String(mountPaths.get('/var/lib/cascade')?.['name']));
+    assert.equal(obj(obj(pvc, 'v')['persistentVolumeClaim'], 'pvc')['claimName'], name(byKind('PersistentVolumeClaim')));
+  });
+
+  it('probes /health (liveness) and /ready (readiness) on the registry port, and runs as non-root', () => {
+    const probe = (kind: string) => obj(obj(container[kind], kind)['httpGet'], `${kind}.httpGet`);
+    assert.equal(probe('livenessProbe')['path'], '/health');
+    assert.equal(probe('readinessProbe')['path'], '/ready');
+    const port = obj(list(container['ports'], 'ports')[0], 'port');
+    for (const kind of ['livenessProbe', 'readinessProbe']) assert.ok([port['name'], port['containerPort']].includes(probe(kind)['port']), kind);
+    assert.equal(obj(obj(deployment['spec'], 'spec'), 'spec')['replicas'], 1);
+    const podSecurity = obj(pod['securityContext'], 'pod securityContext');
+    assert.equal(podSecurity['runAsNonRoot'], true);
+    assert.ok(typeof podSecurity['runAsUser'] === 'number' && podSecurity['runAsUser'] > 0);
+    const containerSecurity = obj(container['securityContext'], 'container securityContext');
+    assert.equal(containerSecurity['allowPrivilegeEscalation'], false);
+    assert.notEqual(containerSecurity['runAsUser'], 0);
+  });
+
+  it('the Service selects the pods and targets the registry port', () => {
+    const spec = obj(byKind('Service')['spec'], 'service spec');
+    const labels = obj(obj(obj(obj(deployment['spec'], 'spec')['template'], 'template')['metadata'], 'metadata')['labels'], 'labels');
+    for (const [k, v] of Object.entries(obj(spec['selector'], 'selector'))) assert.equal(labels[k], v, k);
+    const port = obj(list(container['ports'], 'ports')[0], 'port');
+    assert.ok([port['name'], port['containerPort']].includes(obj(list(spec['ports'], 'ports')[0], 'service port')['targetPort']));
+  });
+});
+
+describe('deploy/Dockerfile', () => {
+  const dockerfile = readFileSync(join(DEPLOY, 'Dockerfile'), 'utf8');
+  /** Instructions, with continuation lines joined and comments dropped. */
+  const instructions = dockerfile
+    .replace(/\\\n/g, ' ')
+    .split('\n')
+    .filter((l) => l.trim() !== '' && !l.trimStart().startsWith('#'))
+    .map((l) => {
+      const [op, ...rest] = l.trim().split(/\s+/);
+      return { op: (op as string).toUpperCase(), args: rest.join(' ') };
+    });
+  const runtime = instructions.slice(instructions.map((i) => i.op).lastIndexOf('FROM'));
+
+  it('builds in one stage (npm install, tsc -b, prune) and runs in a slim Node image', () => {
+    const froms = instructions.filter((i) => i.op === 'FROM');
+    assert.ok(froms.length >= 2, 'multi-stage');
+    assert.match(runtime[0]?.args ?? '', /^node:\$\{NODE_VERSION\}-bookworm-slim$|^node:2\d-bookworm-slim$/);
+    const runs = instructions.filter((i) => i.op === 'RUN').map((i) => i.args).join('\n');
+    assert.match(runs, /npm install --no-audit --no-fund/);
+    assert.doesNotMatch(runs, /npm ci\b/);
+    assert.match(runs, /npx tsc -b/);
+    assert.match(runs, /npm prune --omit=dev/);
+    assert.match(runs, /python3 make g\+\+/, 'better-sqlite3 builds from source');
+  });
+
+  it('runs as a non-root user', () => {
+    const users = runtime.filter((i) => i.op === 'USER');
+    assert.ok(users.length > 0, 'the runtime stage has a USER');
+    const user = (users.at(-1) as { args: string }).args.split(':')[0];
+    assert.ok(user !== 'root' && user !== '0', `USER ${user}`);
+    assert.match(runtime.map((i) => i.args).join('\n'), new RegExp(`--uid ${user}\\b|useradd .*${user}`), 'the user is created');
+  });
+
+  it('has an ENTRYPOINT that exists after the build, the default CMD config, the port and the volume', () => {
+    const entrypoint = JSON.parse(runtime.find((i) => i.op === 'ENTRYPOINT')?.args ?? 'null') as string[];
+    assert.equal(entrypoint[0], 'node');
+    const script = entrypoint[1] as string;
+    assert.match(script, /^\/app\//);
+    const inRepo = join(ROOT, script.slice('/app/'.length));
+    assert.ok(existsSync(inRepo), `${script} is ${relative(ROOT, inRepo)} in the repository`);
+    assert.match(readFileSync(inRepo, 'utf8'), /\.\.\/dist\/src\/cli\.js/);
+    assert.ok(existsSync(join(ROOT, 'packages/server/dist/src/cli.js')), 'and what it imports exists after the build');
+    const cmd = JSON.parse(runtime.find((i) => i.op === 'CMD')?.args ?? 'null') as string[];
+    assert.deepEqual(cmd, ['registry', '/etc/cascade/config.yml']);
+    const copied = runtime.find((i) => i.op === 'COPY' && i.args.endsWith(' /etc/cascade/config.yml'));
+    assert.ok(copied, 'the default config is in the image');
+    const source = copied.args.split(' ')[0] as string;
+    assert.deepEqual(loadConfig(join(ROOT, source), {}, CONFIG_OPTIONS).warnings, []);
+    assert.ok(loadConfig(join(ROOT, source), {}, CONFIG_OPTIONS).config.storage.filesystem?.rootdirectory?.startsWith('/var/lib/cascade/'), 'its storage is in the volume');
+    assert.ok(runtime.some((i) => i.op === 'EXPOSE' && i.args.split(' ').includes('5000')));
+    assert.ok(runtime.some((i) => i.op === 'VOLUME' && i.args.includes('/var/lib/cascade')));
+  });
+
+  it('copies only files that exist in the build context (the repository root)', () => {
+    const ignore = readFileSync(join(DEPLOY, 'Dockerfile.dockerignore'), 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+    for (const i of instructions.filter((i) => i.op === 'COPY' && !i.args.startsWith('--from'))) {
+      const sources = i.args.split(' ').slice(0, -1);
+      for (const s of sources) {
+        assert.ok(existsSync(join(ROOT, s)), `COPY ${s}: exists`);
+        assert.ok(!ignore.some((p) => p.replace(/^\*\*\//, '') === s.replace(/\/$/, '')), `COPY ${s}: not ignored`);
+      }
+    }
+    for (const p of ['**/node_modules', '**/dist']) assert.ok(ignore.includes(p), `the context leaves out ${p}`);
   });
 });

@@ -35,6 +35,12 @@ export interface LoadConfigOptions {
    * ("unknown middleware"), as distribution refuses a middleware it has not registered.
    */
   readonly middleware?: Readonly<Record<string, MiddlewareOptionsValidator>>;
+  /**
+   * Checks of the whole validated configuration that belong to a role (the mirror's `proxy` section), run
+   * once the schema accepted the file. Each returns messages in the validator format
+   * (`<full key>: expected <what>, got <what>`).
+   */
+  readonly checks?: ReadonlyArray<(config: RegistryConfig) => string[]>;
 }
 
 /** A validated configuration, and the warnings to log about it. */
@@ -134,6 +140,11 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
 
   const config = parsed.success ? parsed.data : configWithout(raw, badSections);
   issues.push(...checkMiddleware(raw, config, options.middleware ?? {}, file, overrides.origins));
+  if (parsed.success) {
+    for (const check of options.checks ?? []) {
+      for (const m of check(parsed.data)) issues.push(validatorIssue(file, m, '', overrides.origins));
+    }
+  }
 
   if (issues.length > 0 || !parsed.success) throw new ConfigError(file, issues);
   warnings.push(...acceptedButIgnored(parsed.data, raw));

@@ -343,6 +343,21 @@ const middlewareSchema = z.strictObject({
 
 const WEEK_MS = 7 * 24 * 3600 * 1000;
 
+/** One remote registry of a mirror (`proxy.remotes[i]`). */
+const remoteSchema = z.strictObject({
+  url: httpUrl(),
+  /** Path prefix and storage folder of the remote (default: its host). */
+  name: z.string().min(1).optional(),
+  /** Other registry hosts whose requests (`?ns=`, `domain`) go to this remote, e.g. `docker.io`. */
+  aliases: z.array(z.string().min(1)).optional(),
+  username: z.string().optional(),
+  password: z.string().optional(),
+  revalidate: goDuration().optional(),
+  cas: z.array(z.string().min(1)).optional(),
+  anonymous: bool().optional(),
+  default: bool().optional(),
+});
+
 const proxySchema = z.strictObject({
   remoteurl: httpUrl().optional(),
   username: z.string().optional(),
@@ -354,6 +369,13 @@ const proxySchema = z.strictObject({
     .array(z.strictObject({ url: httpUrl(), username: z.string().optional(), password: z.string().optional() }))
     .optional(),
   on: bool().optional(),
+  // Cascade's extensions (mirror mode): several remotes with options of their own, local repositories
+  // next to the proxied ones, and how often a tag is checked with the remote.
+  remotes: z.array(remoteSchema).optional(),
+  local: z.array(z.string().min(1)).optional(),
+  revalidate: goDuration().optional(),
+  anonymous: bool().optional(),
+  cas: z.array(z.string().min(1)).optional(),
 });
 
 const checkCommon = {

@@ -70,7 +70,16 @@ export async function dispatch(ctx: Context, path: string, options: DispatcherOp
   ctx.res.once('close', () => {
     if (!ctx.res.writableFinished) controller.abort();
   });
-  const request = { ...(identity.user ? { user: identity.user } : {}), forward: forwardHeaders(ctx), signal: controller.signal, method: ctx.method };
+  const registryHost = registryHostOf(ctx);
+  const responseHeaders: Record<string, string> = {};
+  const request = {
+    ...(identity.user ? { user: identity.user } : {}),
+    forward: forwardHeaders(ctx),
+    signal: controller.signal,
+    method: ctx.method,
+    ...(registryHost ? { registryHost } : {}),
+    responseHeaders,
+  };
   await entry.handler({
     ctx,
     params,
@@ -80,6 +89,14 @@ export async function dispatch(ctx: Context, path: string, options: DispatcherOp
     request,
     options,
   });
+  for (const [name, value] of Object.entries(responseHeaders)) ctx.set(name, value);
+}
+
+/** containerd's `?ns=` (a request to a mirror names the registry it stands in for) or sealer's `domain` header. */
+function registryHostOf(ctx: Context): string | undefined {
+  const ns = ctx.query.ns;
+  const value = typeof ns === 'string' && ns !== '' ? ns : ctx.get('domain');
+  return value ? value.trim().toLowerCase() : undefined;
 }
 
 function forwardHeaders(ctx: Context): Record<string, string> {
@@ -91,5 +108,8 @@ function forwardHeaders(ctx: Context): Record<string, string> {
   // A server grant (cache nodes in `auth: grant` mode) travels upstream with a miss, as a header.
   const grant = typeof ctx.query.grant === 'string' ? ctx.query.grant : ctx.get('x-cascade-grant');
   if (grant) out['x-cascade-grant'] = grant;
+  // The mirrors a request went through, to detect a mirror that is (indirectly) its own remote.
+  const via = ctx.get('x-cascade-via');
+  if (via) out['x-cascade-via'] = via;
   return out;
 }

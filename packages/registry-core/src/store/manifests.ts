@@ -42,7 +42,22 @@ export class StorageManifestStore implements ManifestStore {
     return readManifest(bytes, digest);
   }
 
-  async put(manifest: ParsedManifest): Promise<void> {
+  /**
+   * Stores a manifest and links it in the repository. The blobs and child manifests it references must be
+   * in the repository, unless `checkReferences` is false (a mirror stores a manifest before its blobs).
+   */
+  async put(manifest: ParsedManifest, options: { checkReferences?: boolean } = {}): Promise<void> {
+    if (options.checkReferences !== false) await this.checkReferences(manifest);
+    const data = paths.blobData(manifest.digest);
+    if (!(await statOrUndefined(this.driver, data))) await this.driver.putContent(data, manifest.bytes);
+    await writeLink(this.driver, paths.revisionLink(this.name, manifest.digest), manifest.digest);
+    if (manifest.subject) {
+      const subject = Digest.parse(manifest.subject.digest);
+      await writeLink(this.driver, paths.referrerLink(this.name, subject, manifest.digest), manifest.digest);
+    }
+  }
+
+  private async checkReferences(manifest: ParsedManifest): Promise<void> {
     const missing: string[] = [];
     await Promise.all(
       manifest.blobs.map(async (b) => {
@@ -63,13 +78,6 @@ export class StorageManifestStore implements ManifestStore {
       throw new RegistryError('MANIFEST_BLOB_UNKNOWN', `manifest references ${missing.length} blob(s) or manifest(s) not in ${this.name}: ${missing.slice(0, 5).join(', ')}`, {
         detail: { digests: missing },
       });
-    }
-    const data = paths.blobData(manifest.digest);
-    if (!(await statOrUndefined(this.driver, data))) await this.driver.putContent(data, manifest.bytes);
-    await writeLink(this.driver, paths.revisionLink(this.name, manifest.digest), manifest.digest);
-    if (manifest.subject) {
-      const subject = Digest.parse(manifest.subject.digest);
-      await writeLink(this.driver, paths.referrerLink(this.name, subject, manifest.digest), manifest.digest);
     }
   }
 

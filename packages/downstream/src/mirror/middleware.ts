@@ -1,0 +1,126 @@
+/**
+ * Mirror mode: a registry with a `proxy` section becomes a pull-through mirror of its remotes (see
+ * namespace.ts), with the cache node's fills and expiry for blobs.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import { isPathNotFound, paths, type NamespaceMiddleware } from '@cascade/registry-core';
+import { CacheNamespace } from '../cache.js';
+import { loadCAs } from '../cas.js';
+import { ExpiryIndex } from '../expiry.js';
+import { UpstreamPool } from '../upstream.js';
+import { localBlobMarker, MirrorNamespace, type RemoteRuntime } from './namespace.js';
+import type { MirrorOptions } from './options.js';
+import { RemoteAuth } from './remote-auth.js';
+
+/** How often the mirror logs its counters (when they changed). */
+const METRICS_INTERVAL_MS = 60_000;
+
+/** Settings of the mirror that are not in the config file. */
+export interface MirrorSettings {
+  /** This node's id in `X-Cascade-Via` (default: random per process). */
+  readonly nodeId?: string;
+  /** How often expiry runs (default 1 min). */
+  readonly sweepIntervalMs?: number;
+  /** How long a fill runs on with no client (default 10 min). */
+  readonly fillTimeoutMs?: number;
+}
+
+/** The registry middleware of a mirror with `options`; `onReady` receives the namespace (for tests and metrics). */
+export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSettings = {}, onReady?: (mirror: MirrorNamespace) => void): NamespaceMiddleware {
+  return async (storage, { logger, driver }) => {
+    const log = logger.child({ component: 'mirror' });
+    const runtimes: RemoteRuntime[] = options.remotes.map((remote) => {
+      const ca = remote.cas.length > 0 ? loadCAs(remote.cas).pem : undefined;
+      const rlog = log.child({ remote: remote.name });
+      const auth = new RemoteAuth({
+        url: remote.url,
+        ...(remote.username !== undefined && remote.password !== undefined ? { username: remote.username, password: remote.password } : {}),
+        ...(ca ? { ca } : {}),
+        logger: rlog,
+      });
+      const pool = new UpstreamPool({ upstreamhosts: [], originhost: remote.url, ...(ca ? { ca } : {}), logger: rlog, auth });
+      return { remote, pool, auth, checked: new Map(), checking: new Map() };
+    });
+    const expiry =
+      options.ttlMs !== undefined
+        ? new ExpiryIndex({
+            driver,
+            ttlMs: options.ttlMs,
+            sweepIntervalMs: settings.sweepIntervalMs ?? 60_000,
+            logger: log,
+            remove: async (digest) => {
+              // Pushed to a local repository: not the cache's to remove.
+              try {
+                await driver.stat(localBlobMarker(digest));
+                return false;
+              } catch (err) {
+                if (!isPathNotFound(err)) throw err;
+              }
+              await driver.delete(paths.blobDir(digest));
+              return true;
+            },
+          })
+        : undefined;
+    const cache = new CacheNamespace({
+      driver,
+      // Every fill of a mirror names its remote's pool; this one is only the default.
+      upstreams: (runtimes[0] as RemoteRuntime).pool,
+      logger: log,
+      ...(settings.fillTimeoutMs !== undefined ? { fillTimeoutMs: settings.fillTimeoutMs } : {}),
+      ...(expiry ? { tracker: expiry } : {}),
+      forwardAuthorization: false,
+    });
+    await cache.recover();
+    await expiry?.start();
+    const mirror = new MirrorNamespace({
+      options,
+      storage,
+      driver,
+      cache,
+      remotes: runtimes,
+      nodeId: settings.nodeId ?? randomBytes(6).toString('hex'),
+      logger: log,
+    });
+    log.info(
+      {
+        remotes: options.remotes.map((r) => ({ name: r.name, url: r.url, hosts: r.hosts, credentials: r.username !== undefined, revalidateMs: r.revalidateMs })),
+        default: options.defaultRemote?.name,
+        local: options.local,
+        ttlMs: options.ttlMs,
+      },
+      'mirror ready',
+    );
+    onReady?.(mirror);
+    let last = '';
+    const logMetrics = (l: Logger) => {
+      const snapshot = {
+        ...cache.metrics,
+        ...mirror.metrics,
+        inFlight: cache.fills.inFlight,
+        remotes: runtimes.map((r) => ({ name: r.remote.name, ...r.auth.stats(), upstream: r.pool.stats()[0] })),
+        ...(expiry ? { expiry: expiry.stats() } : {}),
+      };
+      const text = JSON.stringify(snapshot);
+      if (text === last) return;
+      last = text;
+      l.info(snapshot, 'mirror metrics');
+    };
+    const timer = setInterval(() => logMetrics(log), METRICS_INTERVAL_MS);
+    timer.unref();
+    return {
+      repository: (name, ctx) => mirror.repository(name, ctx),
+      catalog: (n, lastName) => mirror.catalog(n, lastName),
+      async close(): Promise<void> {
+        clearInterval(timer);
+        logMetrics(log);
+        await cache.close();
+        for (const r of runtimes) {
+          r.pool.close();
+          r.auth.close();
+        }
+        await expiry?.stop();
+      },
+    };
+  };
+}

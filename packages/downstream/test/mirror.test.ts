@@ -1,0 +1,450 @@
+/**
+ * Mirror mode over real HTTP: registry-core origins and scripted remotes on real ports, a mirror started
+ * in-process with `startRegistry` and the mirror middleware.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { pino } from 'pino';
+import { parseConfig, startRegistry, type RegistryConfig, type RunningRegistry } from '@cascade/registry-core';
+import { mirrorMiddleware } from '../src/mirror/middleware.js';
+import type { MirrorNamespace } from '../src/mirror/namespace.js';
+import { mirrorOptionsOf, parseMirrorOptions, validateMirrorConfig } from '../src/mirror/options.js';
+import { parseChallenge, realmRefusal, registrableDomain, scopeOf } from '../src/mirror/remote-auth.js';
+
+const silent = pino({ level: 'silent' });
+const sha = (b: Buffer | string) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+
+function config(yaml: string, checks = true): RegistryConfig {
+  return parseConfig(`version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {inmemory: {}}\nhttp: {addr: "127.0.0.1:0"}\n${yaml}`, 'test.yml', {}, checks ? { checks: [validateMirrorConfig] } : {}).config;
+}
+
+interface Res {
+  status: number;
+  headers: Headers;
+  body: Buffer;
+}
+
+async function req(url: string, init: RequestInit = {}): Promise<Res> {
+  const res = await fetch(url, { redirect: 'manual', ...init });
+  return { status: res.status, headers: res.headers, body: Buffer.from(await res.arrayBuffer()) };
+}
+
+/** Pushes a one-layer image to a registry over HTTP; returns the manifest digest and the blobs. */
+async function pushImage(base: string, name: string, tag: string, seed: string): Promise<{ digest: string; manifest: Buffer; layer: Buffer; layerDigest: string }> {
+  const layer = Buffer.from(`layer of ${seed} `.repeat(5000));
+  const cfg = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', seed }));
+  for (const blob of [layer, cfg]) {
+    const res = await req(`${base}/v2/${name}/blobs/uploads/?digest=${sha(blob)}`, { method: 'POST', body: blob, headers: { 'content-type': 'application/octet-stream' } });
+    assert.equal(res.status, 201, res.body.toString());
+  }
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(cfg), size: cfg.length },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha(layer), size: layer.length }],
+    }),
+  );
+  const res = await req(`${base}/v2/${name}/manifests/${tag}`, { method: 'PUT', body: manifest, headers: { 'content-type': OCI_MANIFEST } });
+  assert.equal(res.status, 201, res.body.toString());
+  return { digest: sha(manifest), manifest, layer, layerDigest: sha(layer) };
+}
+
+/** A registry-core origin that counts the requests it serves. */
+async function startOrigin(yaml = ''): Promise<{ reg: RunningRegistry; seen: string[] }> {
+  const seen: string[] = [];
+  const reg = await startRegistry({ config: config(yaml), logger: silent });
+  reg.server.prependListener('request', (r: IncomingMessage) => seen.push(`${r.method} ${(r.url ?? '').split('?')[0]}`));
+  return { reg, seen };
+}
+
+async function startMirror(yaml: string): Promise<{ reg: RunningRegistry; mirror: MirrorNamespace }> {
+  const cfg = config(yaml);
+  const options = mirrorOptionsOf(cfg);
+  assert.ok(options);
+  let mirror: MirrorNamespace | undefined;
+  const reg = await startRegistry({ config: cfg, logger: silent, middleware: [mirrorMiddleware(options, { nodeId: 'test-mirror' }, (m) => (mirror = m))] });
+  return { reg, mirror: mirror as MirrorNamespace };
+}
+
+describe('mirror options', () => {
+  it('reads distribution\'s form: one remote, the default', () => {
+    const o = mirrorOptionsOf(config('proxy: {remoteurl: "https://registry-1.docker.io", ttl: 1h}'));
+    assert.ok(o);
+    assert.equal(o.remotes.length, 1);
+    assert.equal(o.remotes[0]?.name, 'docker.io');
+    assert.equal(o.remotes[0]?.dockerHub, true);
+    assert.deepEqual(o.remotes[0]?.hosts, ['registry-1.docker.io', 'docker.io', 'index.docker.io']);
+    assert.equal(o.defaultRemote?.name, 'docker.io');
+    assert.equal(o.ttlMs, 3600_000);
+  });
+
+  it('reads sealer\'s form: Docker Hub is the default, remotes named by host', () => {
+    const o = mirrorOptionsOf(config('proxy:\n  remoteregistries:\n    - {url: "http://reg.test1.com:5000"}\n    - {url: "https://registry-1.docker.io"}\n'));
+    assert.deepEqual(o?.remotes.map((r) => r.name), ['reg.test1.com-5000', 'docker.io']);
+    assert.equal(o?.defaultRemote?.name, 'docker.io');
+  });
+
+  it('reads Cascade\'s form: names, aliases, per-remote revalidation, local prefixes; no default unless one is marked', () => {
+    const o = mirrorOptionsOf(config('proxy:\n  revalidate: 30s\n  local: [team/]\n  remotes:\n    - {url: "https://ghcr.io", name: ghcr, revalidate: 5m}\n    - {url: "https://quay.io", aliases: [Quay.Example.com]}\n'));
+    assert.deepEqual(o?.remotes.map((r) => [r.name, r.revalidateMs, r.hosts]), [
+      ['ghcr', 300_000, ['ghcr.io']],
+      ['quay.io', 30_000, ['quay.io', 'quay.example.com']],
+    ]);
+    assert.equal(o?.defaultRemote, undefined);
+    assert.deepEqual(o?.local, ['team']);
+  });
+
+  it('refuses configs that would proxy anything or leak private content, naming the key', () => {
+    const errors = (yaml: string) => parseMirrorOptions(config(yaml, false)).errors;
+    assert.match(errors('proxy: {on: true}')[0] ?? '', /^proxy: expected at least one remote .*got on: true without any/);
+    assert.match(errors('proxy: {remoteurl: "https://r.example", username: u, password: p}')[0] ?? '', /^proxy\.username: expected client authentication .*anonymous: true/);
+    assert.deepEqual(errors('proxy: {remoteurl: "https://r.example", username: u, password: p, anonymous: true}'), []);
+    assert.deepEqual(errors('auth: {htpasswd: {realm: r, path: /nonexistent}}\nproxy: {remoteurl: "https://r.example", username: u, password: p}'), []);
+    assert.match(errors('proxy: {remotes: [{url: "https://a.example", username: u}]}')[0] ?? '', /^proxy\.remotes\[0\]\.password: expected it next to username/);
+    assert.match(errors('proxy: {remotes: [{url: "https://a.example", name: x}, {url: "https://b.example", name: x}]}')[0] ?? '', /^proxy\.remotes\[1\]\.name: expected a name no other remote has/);
+    assert.match(errors('proxy: {remotes: [{url: "https://a.example", default: true}, {url: "https://b.example", default: true}]}')[0] ?? '', /^proxy\.remotes\[1\]\.default: expected one default remote/);
+    assert.match(errors('proxy: {remotes: [{url: "https://a.example", name: "A_"}]}')[0] ?? '', /^proxy\.remotes\[0\]\.name: expected a lower-case repository path component/);
+    assert.match(errors('proxy: {remoteurl: "https://a.example", local: [a.example]}')[0] ?? '', /^proxy\.local\[0\]: expected a prefix that is not a remote's name/);
+    assert.match(errors('proxy: {remotes: [{url: "https://a.example", cas: [/nonexistent/ca.pem]}]}')[0] ?? '', /^proxy\.remotes\[0\]\.cas\[0\]: \/nonexistent\/ca\.pem/);
+  });
+
+  it('reports its problems through the config loader, with the file name', () => {
+    assert.throws(
+      () => parseConfig('version: 0.1\nstorage: {inmemory: {}}\nproxy: {on: true}\n', 'mirror.yml', {}, { checks: [validateMirrorConfig] }),
+      (err: Error) => err.message.startsWith('mirror.yml: proxy: expected at least one remote'),
+    );
+  });
+});
+
+describe('remote credentials', () => {
+  it('parses Bearer and Basic challenges', () => {
+    assert.deepEqual(parseChallenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull"'), {
+      scheme: 'bearer',
+      params: { realm: 'https://auth.docker.io/token', service: 'registry.docker.io', scope: 'repository:library/alpine:pull' },
+    });
+    assert.deepEqual(parseChallenge('Basic realm="Registry"'), { scheme: 'basic', params: { realm: 'Registry' } });
+    assert.equal(parseChallenge('Negotiate abc'), undefined);
+    assert.equal(parseChallenge(undefined), undefined);
+  });
+
+  it('accepts a realm on the remote\'s host or registrable domain only, over https unless the remote is http', () => {
+    const ok = (realm: string, remote: string) => realmRefusal(new URL(realm), new URL(remote));
+    assert.equal(ok('https://auth.docker.io/token', 'https://registry-1.docker.io'), undefined);
+    assert.equal(ok('https://ghcr.io/token', 'https://ghcr.io'), undefined);
+    assert.equal(ok('http://127.0.0.1:9/token', 'http://127.0.0.1:5000'), undefined);
+    assert.match(ok('https://evil.example/token', 'https://registry-1.docker.io') ?? '', /not on the remote's domain docker\.io/);
+    assert.match(ok('http://auth.docker.io/token', 'https://registry-1.docker.io') ?? '', /realm is http while the remote is https/);
+    assert.match(ok('http://localhost:9/token', 'http://127.0.0.1:5000') ?? '', /not the remote's host/);
+    assert.equal(registrableDomain('a.b.example.co.uk'), 'example.co.uk');
+    assert.equal(scopeOf('/v2/library/alpine/blobs/sha256:00'), 'repository:library/alpine:pull');
+    assert.equal(scopeOf('/v2/a/b/tags/list'), 'repository:a/b:pull');
+  });
+});
+
+describe('mirror over HTTP', () => {
+  let origin: { reg: RunningRegistry; seen: string[] };
+  let m: { reg: RunningRegistry; mirror: MirrorNamespace };
+  let image: Awaited<ReturnType<typeof pushImage>>;
+
+  before(async () => {
+    origin = await startOrigin();
+    image = await pushImage(origin.reg.url, 'library/alpine', 'v1', 'one');
+    m = await startMirror(`proxy:\n  local: [team]\n  remotes:\n    - {url: "${origin.reg.url}", name: hub, aliases: [docker.io], default: true, revalidate: 1h}\n    - {url: "${origin.reg.url.replace('127.0.0.1', 'localhost')}/", name: other, aliases: [other.example]}\n`);
+  });
+  after(async () => {
+    await m?.reg.close();
+    await origin?.reg.close();
+  });
+
+  const accept = { accept: OCI_MANIFEST };
+
+  it('routes by ns, by domain, by prefix and by default, normalizing Docker Hub names', async () => {
+    for (const path of ['/v2/alpine/manifests/v1', '/v2/library/alpine/manifests/v1', '/v2/hub/alpine/manifests/v1', '/v2/docker.io/library/alpine/manifests/v1', '/v2/library/alpine/manifests/v1?ns=docker.io']) {
+      const res = await req(`${m.reg.url}${path}`, { headers: accept });
+      assert.equal(res.status, 200, `${path}: ${res.body.toString()}`);
+      assert.equal(res.headers.get('docker-content-digest'), image.digest, path);
+      assert.deepEqual(res.body, image.manifest, path);
+    }
+    const byDomain = await req(`${m.reg.url}/v2/library/alpine/manifests/${image.digest}`, { headers: { ...accept, domain: 'other.example' } });
+    assert.equal(byDomain.status, 200);
+  });
+
+  it('refuses a registry it does not proxy without contacting anything', async () => {
+    const before = origin.seen.length;
+    const res = await req(`${m.reg.url}/v2/library/alpine/manifests/v1?ns=quay.io`, { headers: accept });
+    assert.equal(res.status, 403);
+    assert.match(res.body.toString(), /"code":"DENIED".*does not proxy quay\.io/);
+    assert.equal(origin.seen.length, before);
+  });
+
+  it('checks a tag at most once per revalidate interval, and stores manifests by digest for good', async () => {
+    const before = origin.seen.length;
+    for (let i = 0; i < 3; i++) assert.equal((await req(`${m.reg.url}/v2/alpine/manifests/v1`, { headers: accept })).status, 200);
+    assert.equal((await req(`${m.reg.url}/v2/alpine/manifests/${image.digest}`, { headers: accept })).status, 200);
+    assert.deepEqual(origin.seen.slice(before), [], 'a fresh tag and a stored digest cost nothing upstream');
+  });
+
+  it('serves a blob once from the remote, then from disk', async () => {
+    const before = origin.seen.length;
+    for (let i = 0; i < 2; i++) {
+      const res = await req(`${m.reg.url}/v2/alpine/blobs/${image.layerDigest}`);
+      assert.equal(res.status, 200);
+      assert.equal(sha(res.body), image.layerDigest);
+    }
+    assert.deepEqual(origin.seen.slice(before), [`GET /v2/library/alpine/blobs/${image.layerDigest}`]);
+  });
+
+  it('serves stored bytes to another repository only after its remote confirmed the repository has them', async () => {
+    const before = origin.seen.length;
+    const other = await req(`${m.reg.url}/v2/library/nothere/blobs/${image.layerDigest}`);
+    assert.equal(other.status, 404, 'the remote does not have the blob in library/nothere');
+    assert.match(other.body.toString(), /BLOB_UNKNOWN/);
+    assert.deepEqual(origin.seen.slice(before), [`HEAD /v2/library/nothere/blobs/${image.layerDigest}`]);
+  });
+
+  it('accepts pushes to local repositories and refuses them for proxied ones', async () => {
+    const local = await pushImage(m.reg.url, 'team/app', 'v1', 'local');
+    const got = await req(`${m.reg.url}/v2/team/app/manifests/v1`, { headers: accept });
+    assert.equal(got.headers.get('docker-content-digest'), local.digest);
+    const res = await req(`${m.reg.url}/v2/library/alpine/manifests/v9`, { method: 'PUT', body: image.manifest, headers: { 'content-type': OCI_MANIFEST } });
+    assert.equal(res.status, 405);
+    assert.match(res.body.toString(), /UNSUPPORTED.*mirror of/);
+    const names = JSON.parse((await req(`${m.reg.url}/v2/_catalog`)).body.toString()) as { repositories: string[] };
+    assert.ok(names.repositories.includes('team/app') && names.repositories.includes('hub/library/alpine'), JSON.stringify(names));
+  });
+
+  it('lists tags from the remote', async () => {
+    await pushImage(origin.reg.url, 'library/alpine', 'v2', 'two');
+    const res = await req(`${m.reg.url}/v2/alpine/tags/list`);
+    assert.deepEqual(JSON.parse(res.body.toString()).tags, ['v1', 'v2']);
+  });
+});
+
+describe('mirror tag revalidation and outages', () => {
+  it('follows a moved tag with one HEAD and one GET, and serves the stored tag with a Warning when the remote is down', async (t) => {
+    const origin = await startOrigin();
+    t.after(() => origin.reg.close());
+    const first = await pushImage(origin.reg.url, 'app', 'latest', 'first');
+    const m = await startMirror(`proxy:\n  remoteurl: "${origin.reg.url}"\n`);
+    t.after(() => m.reg.close());
+    const get = () => req(`${m.reg.url}/v2/app/manifests/latest`, { headers: { accept: OCI_MANIFEST } });
+    assert.equal((await get()).headers.get('docker-content-digest'), first.digest);
+    const second = await pushImage(origin.reg.url, 'app', 'latest', 'second');
+    const mark = origin.seen.length;
+    const res = await get();
+    assert.equal(res.headers.get('docker-content-digest'), second.digest);
+    assert.deepEqual(origin.seen.slice(mark), ['HEAD /v2/app/manifests/latest', `GET /v2/app/manifests/${second.digest}`]);
+    const mark2 = origin.seen.length;
+    assert.equal((await get()).headers.get('docker-content-digest'), second.digest);
+    assert.deepEqual(origin.seen.slice(mark2), ['HEAD /v2/app/manifests/latest'], 'revalidate 0: a HEAD per request, no GET when unchanged');
+    const blob = await req(`${m.reg.url}/v2/app/blobs/${second.layerDigest}`);
+    assert.equal(blob.status, 200);
+
+    await origin.reg.close();
+    const stale = await get();
+    assert.equal(stale.status, 200);
+    assert.equal(stale.headers.get('docker-content-digest'), second.digest);
+    assert.match(stale.headers.get('warning') ?? '', /^110 /);
+    assert.equal(m.mirror.metrics.tagStale, 1);
+    const byDigest = await req(`${m.reg.url}/v2/app/manifests/${second.digest}`, { headers: { accept: OCI_MANIFEST } });
+    assert.equal(byDigest.status, 200);
+    assert.equal(byDigest.headers.get('warning'), null, 'a digest is never stale');
+    const cachedBlob = await req(`${m.reg.url}/v2/app/blobs/${second.layerDigest}`);
+    assert.equal(sha(cachedBlob.body), second.layerDigest);
+    const tags = await req(`${m.reg.url}/v2/app/tags/list`);
+    assert.deepEqual(JSON.parse(tags.body.toString()).tags, ['latest']);
+    assert.match(tags.headers.get('warning') ?? '', /^110 /);
+    const unknown = await req(`${m.reg.url}/v2/app/manifests/never-seen`, { headers: { accept: OCI_MANIFEST } });
+    assert.equal(unknown.status, 502, 'nothing stored and the remote is down');
+  });
+
+  it('shares one tag check among concurrent requests', async (t) => {
+    const remote = new ScriptedRemote();
+    await remote.start();
+    t.after(() => remote.server.close());
+    const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { mediaType: 'x', digest: sha('c'), size: 1 }, layers: [] }));
+    remote.manifests.set('v1', manifest);
+    remote.manifests.set(sha(manifest), manifest);
+    remote.delayMs = 300;
+    const m = await startMirror(`proxy:\n  remoteurl: "${remote.url}"\n`);
+    t.after(() => m.reg.close());
+    const all = await Promise.all(Array.from({ length: 20 }, () => req(`${m.reg.url}/v2/app/manifests/v1`, { headers: { accept: OCI_MANIFEST } })));
+    assert.ok(all.every((r) => r.status === 200 && r.headers.get('docker-content-digest') === sha(manifest)));
+    assert.deepEqual(
+      remote.seen.map((s) => `${s.method} ${s.path}`),
+      ['HEAD /v2/app/manifests/v1', `GET /v2/app/manifests/${sha(manifest)}`],
+    );
+  });
+});
+
+/** A scripted remote: token auth, manifests with chosen bytes, blobs redirected to another host. */
+class ScriptedRemote {
+  server!: Server;
+  url = '';
+  realm = '';
+  requireToken = false;
+  tokenRequests: { authorization?: string; scope?: string }[] = [];
+  manifests = new Map<string, Buffer>();
+  blobRedirect = '';
+  delayMs = 0;
+  seen: { method: string; path: string; authorization?: string }[] = [];
+
+  async start(): Promise<void> {
+    this.server = createServer((req, res) => this.handle(req, res));
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', () => r()));
+    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+    this.realm = `${this.url}/token`;
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    if (this.delayMs > 0) {
+      setTimeout(() => this.answer(req, res), this.delayMs);
+      return;
+    }
+    this.answer(req, res);
+  }
+
+  private answer(req: IncomingMessage, res: ServerResponse): void {
+    const url = new URL(req.url ?? '/', this.url);
+    const authorization = req.headers.authorization;
+    if (url.pathname === '/token') {
+      this.tokenRequests.push({ ...(authorization ? { authorization } : {}), ...(url.searchParams.get('scope') ? { scope: url.searchParams.get('scope') as string } : {}) });
+      if (authorization !== `Basic ${Buffer.from('robot:s3cret').toString('base64')}`) {
+        res.writeHead(401).end();
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token: `tok-${this.tokenRequests.length}`, expires_in: 300 }));
+      return;
+    }
+    this.seen.push({ method: req.method ?? '', path: url.pathname, ...(authorization ? { authorization } : {}) });
+    if (this.requireToken && !authorization?.startsWith('Bearer tok-')) {
+      res.writeHead(401, { 'www-authenticate': `Bearer realm="${this.realm}",service="scripted"`, 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAUTHORIZED","message":"x"}]}');
+      return;
+    }
+    const manifest = /\/manifests\/(.+)$/.exec(url.pathname);
+    if (manifest) {
+      const bytes = this.manifests.get(manifest[1] as string);
+      if (!bytes) {
+        res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"MANIFEST_UNKNOWN","message":"x"}]}');
+        return;
+      }
+      res.writeHead(200, { 'content-type': OCI_MANIFEST, 'content-length': bytes.length, 'docker-content-digest': sha(bytes) }).end(req.method === 'HEAD' ? undefined : bytes);
+      return;
+    }
+    const blob = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(url.pathname);
+    if (blob && this.blobRedirect) {
+      res.writeHead(307, { location: `${this.blobRedirect}/storage/${blob[1]}` }).end();
+      return;
+    }
+    res.writeHead(404).end();
+  }
+}
+
+describe('mirror and misbehaving or protected remotes', () => {
+  it('refuses a manifest whose bytes do not match the requested digest, and stores nothing', async (t) => {
+    const remote = new ScriptedRemote();
+    await remote.start();
+    t.after(() => remote.server.close());
+    const wanted = sha('the real manifest');
+    remote.manifests.set(wanted, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { mediaType: 'x', digest: sha('c'), size: 1 }, layers: [] })));
+    const m = await startMirror(`proxy:\n  remoteurl: "${remote.url}"\n`);
+    t.after(() => m.reg.close());
+    for (let i = 0; i < 2; i++) {
+      const res = await req(`${m.reg.url}/v2/app/manifests/${wanted}`, { headers: { accept: OCI_MANIFEST } });
+      assert.equal(res.status, 502);
+      assert.match(res.body.toString(), /sent a manifest whose digest is sha256:[0-9a-f]+, not sha256:/);
+    }
+    assert.equal(remote.seen.filter((s) => s.method === 'GET').length, 2, 'nothing was stored: the second request asked again');
+  });
+
+  it('follows a blob redirect to another host without sending it the credentials', async (t) => {
+    const storage = new ScriptedRemote();
+    await storage.start();
+    t.after(() => storage.server.close());
+    const bytes = Buffer.from('blob bytes from storage');
+    storage.server.removeAllListeners('request');
+    storage.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      storage.seen.push({ method: req.method ?? '', path: req.url ?? '', ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}) });
+      res.writeHead(200, { 'content-length': bytes.length }).end(bytes);
+    });
+    const remote = new ScriptedRemote();
+    await remote.start();
+    t.after(() => remote.server.close());
+    remote.requireToken = true;
+    remote.blobRedirect = storage.url.replace('127.0.0.1', 'localhost');
+    const m2 = await startMirror(`proxy:\n  remotes: [{url: "${remote.url}", username: robot, password: s3cret, anonymous: true}]\n`);
+    t.after(() => m2.reg.close());
+    const res = await req(`${m2.reg.url}/v2/app/blobs/${sha(bytes)}`);
+    assert.equal(res.status, 200, res.body.toString());
+    assert.deepEqual(res.body, bytes);
+    assert.equal(storage.seen.length, 1);
+    assert.equal(storage.seen[0]?.authorization, undefined, 'no credentials for the storage host');
+    assert.ok(remote.seen.some((s) => s.authorization?.startsWith('Bearer tok-')), 'the remote got the token');
+  });
+
+  it('gets a token with the configured credentials once and reuses it for the scope', async (t) => {
+    const remote = new ScriptedRemote();
+    await remote.start();
+    t.after(() => remote.server.close());
+    remote.requireToken = true;
+    const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { mediaType: 'x', digest: sha('c'), size: 1 }, layers: [] }));
+    remote.manifests.set('v1', manifest);
+    remote.manifests.set(sha(manifest), manifest);
+    const m = await startMirror(`proxy:\n  remotes: [{url: "${remote.url}", username: robot, password: s3cret, anonymous: true}]\n  revalidate: 0s\n`);
+    t.after(() => m.reg.close());
+    const all = await Promise.all(Array.from({ length: 5 }, () => req(`${m.reg.url}/v2/app/manifests/v1`, { headers: { accept: OCI_MANIFEST } })));
+    assert.ok(all.every((r) => r.status === 200), all.map((r) => r.body.toString()).join('\n'));
+    for (let i = 0; i < 3; i++) assert.equal((await req(`${m.reg.url}/v2/app/manifests/v1`, { headers: { accept: OCI_MANIFEST } })).status, 200);
+    assert.equal(remote.tokenRequests.length, 1, JSON.stringify(remote.tokenRequests));
+    assert.equal(remote.tokenRequests[0]?.scope, 'repository:app:pull');
+    assert.equal(remote.tokenRequests[0]?.authorization, `Basic ${Buffer.from('robot:s3cret').toString('base64')}`);
+  });
+
+  it('refuses a token realm off the remote\'s host: the credentials are never sent there', async (t) => {
+    const remote = new ScriptedRemote();
+    await remote.start();
+    t.after(() => remote.server.close());
+    remote.requireToken = true;
+    remote.realm = remote.realm.replace('127.0.0.1', 'localhost');
+    remote.manifests.set('v1', Buffer.from('{}'));
+    const m = await startMirror(`proxy:\n  remotes: [{url: "${remote.url}", username: robot, password: s3cret, anonymous: true}]\n`);
+    t.after(() => m.reg.close());
+    const res = await req(`${m.reg.url}/v2/app/manifests/v1`, { headers: { accept: OCI_MANIFEST } });
+    assert.equal(res.status, 502);
+    assert.match(res.body.toString(), /asked for a token from localhost:\d+, which this mirror refuses/);
+    assert.equal(remote.tokenRequests.length, 0);
+  });
+
+  it('relays a refused anonymous pull as DENIED, without the remote\'s challenge', async (t) => {
+    const remote = new ScriptedRemote();
+    await remote.start();
+    t.after(() => remote.server.close());
+    remote.requireToken = true;
+    const m = await startMirror(`proxy:\n  remoteurl: "${remote.url}"\n`);
+    t.after(() => m.reg.close());
+    const res = await req(`${m.reg.url}/v2/app/manifests/v1`, { headers: { accept: OCI_MANIFEST } });
+    assert.equal(res.status, 403);
+    assert.equal(res.headers.get('www-authenticate'), null);
+    assert.match(res.body.toString(), /DENIED/);
+  });
+
+  it('detects a mirror that is its own remote', async (t) => {
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
+    const port = (probe.address() as AddressInfo).port;
+    await new Promise((r) => probe.close(r));
+    const cfg = parseConfig(`version: 0.1\nlog: {level: error}\nstorage: {inmemory: {}}\nhttp: {addr: "127.0.0.1:${port}"}\nproxy: {remoteurl: "http://127.0.0.1:${port}"}\n`, 'loop.yml', {}).config;
+    let mirror: MirrorNamespace | undefined;
+    const reg = await startRegistry({ config: cfg, logger: silent, middleware: [mirrorMiddleware(mirrorOptionsOf(cfg)!, { nodeId: 'loopy' }, (mm) => (mirror = mm))] });
+    t.after(() => reg.close());
+    const res = await req(`${reg.url}/v2/app/manifests/v1`, { headers: { accept: OCI_MANIFEST } });
+    assert.equal(res.status, 508);
+    assert.match(res.body.toString(), /request loop/);
+    assert.equal(mirror?.metrics.loops, 1);
+  });
+});
