@@ -15,24 +15,14 @@
  * Runs against Cascade; `E2E_REGISTRY=distribution` runs it against distribution (see lib/target.ts).
  */
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { tempDir, testScope } from '../lib/cascade.js';
 import { makeOciImage, makeOciIndex, type OciImageLayout, type OciIndexLayout } from '../lib/image.js';
-import { skopeo, startContainerd, type Containerd } from '../lib/peers.js';
+import { canMount, skopeo, startContainerd, type Containerd } from '../lib/peers.js';
 import { startTarget, TARGET_KIND, withDiagnostics } from '../lib/target.js';
 
 const MiB = 1 << 20;
-const CAP_SYS_ADMIN = 21n;
-
-/** Whether this process holds CAP_SYS_ADMIN (containerd, started by it, inherits its capabilities). */
-async function canMount(): Promise<boolean> {
-  const status = await readFile('/proc/self/status', 'utf8').catch(() => '');
-  const eff = /^CapEff:\s*([0-9a-f]+)$/m.exec(status)?.[1];
-  return eff !== undefined && ((BigInt(`0x${eff}`) >> CAP_SYS_ADMIN) & 1n) === 1n;
-}
-
 /** The digests in containerd's content store. */
 async function contentDigests(ctrd: Containerd): Promise<Set<string>> {
   const { stdout } = await ctrd.ctr(['content', 'ls', '--quiet']);

@@ -5,7 +5,7 @@
  * `t.after(stop)` so it runs even when the test fails.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -328,4 +328,13 @@ export function distributionRequests(output: readonly string[]): DistributionAcc
     out.push({ method, path: q < 0 ? uri : uri.slice(0, q), ...(q < 0 ? {} : { query: uri.slice(q + 1) }), status: Number(status) });
   }
   return out;
+}
+
+const CAP_SYS_ADMIN = 21n;
+
+/** Whether this process holds CAP_SYS_ADMIN (containerd, started by it, inherits its capabilities). */
+export async function canMount(): Promise<boolean> {
+  const status = await readFile('/proc/self/status', 'utf8').catch(() => '');
+  const eff = /^CapEff:\s*([0-9a-f]+)$/m.exec(status)?.[1];
+  return eff !== undefined && ((BigInt(`0x${eff}`) >> CAP_SYS_ADMIN) & 1n) === 1n;
 }
