@@ -81,7 +81,7 @@ describe('mirror mode: one node, several remotes, real clients', () => {
     await skopeo(['copy', imageA.ref, `docker://${originA.host}/team/app:v1`]);
     await skopeo(['copy', imageB.ref, `docker://${originB.host}/library/tool:v1`]);
 
-    const mirror: CascadeProcess = await startCascade(join(dir, 'mirror'), {
+    const mirrorConfig = {
       storage: { filesystem: { rootdirectory: join(dir, 'mirror', 'data') } },
       proxy: {
         local: ['local'],
@@ -90,7 +90,8 @@ describe('mirror mode: one node, several remotes, real clients', () => {
           { url: originB.url, name: 'dist' },
         ],
       },
-    });
+    };
+    const mirror: CascadeProcess = await startCascade(join(dir, 'mirror'), mirrorConfig);
     defer(() => mirror.stop());
     const ctrd = await startContainerd();
     defer(() => ctrd.stop());
@@ -174,9 +175,18 @@ describe('mirror mode: one node, several remotes, real clients', () => {
       await assertLayoutHolds(local2, 'v1', local);
     });
 
-    await t.test('a registry that is not a remote is refused', async () => {
-      const res = await fetch(`${mirror.url}/v2/library/alpine/manifests/latest?ns=quay.io`);
-      assert.equal(res.status, 403);
+    await t.test('restarted with every remote unreachable, the mirror starts and serves its store', async () => {
+      await mirror.stop();
+      const again = await startCascade(join(dir, 'mirror'), mirrorConfig);
+      defer(() => again.stop());
+      const out = join(dir, 'after-restart');
+      await skopeo(['copy', `docker://${again.host}/dist/library/tool:v1`, `oci:${out}:v1`]);
+      await assertLayoutHolds(out, 'v1', imageB);
+      const local3 = join(dir, 'local-out-3');
+      await skopeo(['copy', `docker://${again.host}/local/app:v1`, `oci:${local3}:v1`]);
+      await assertLayoutHolds(local3, 'v1', local);
+      const res = await fetch(`${again.url}/v2/library/alpine/manifests/latest?ns=quay.io`);
+      assert.equal(res.status, 403, 'a registry that is not a remote is refused');
       assert.match(await res.text(), /does not proxy quay\.io/);
     });
   });
