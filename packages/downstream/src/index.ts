@@ -13,3 +13,4 @@ export * from './mirror/options.js';
 export * from './mirror/remote-auth.js';
 export * from './mirror/namespace.js';
 export * from './mirror/middleware.js';
+export * from './metrics.js';

@@ -15,6 +15,7 @@ import { loadCAs } from './cas.js';
 import { ExpiryIndex } from './expiry.js';
 import { parseDownstreamOptions, type DownstreamOptions } from './options.js';
 import { UpstreamPool } from './upstream.js';
+import { observeCache, upstreamLatency } from './metrics.js';
 
 /** The middleware name in config files. */
 export const DOWNSTREAM = 'downstream';
@@ -37,7 +38,7 @@ export function downstreamOptionsOf(config: RegistryConfig): DownstreamOptions |
 
 /** The registry middleware of a cache node with `options`. */
 export function downstreamMiddleware(options: DownstreamOptions): NamespaceMiddleware {
-  return async (_inner, { logger, driver }) => {
+  return async (_inner, { logger, driver, observability }) => {
     const log = logger.child({ component: 'downstream' });
     const ca = options.cas.length > 0 ? loadCAs(options.cas).pem : undefined;
     const upstreams = new UpstreamPool({
@@ -45,6 +46,7 @@ export function downstreamMiddleware(options: DownstreamOptions): NamespaceMiddl
       ...(options.originhost ? { originhost: options.originhost } : {}),
       ...(ca ? { ca } : {}),
       logger: log,
+      onResult: upstreamLatency(observability),
     });
     const expiry =
       options.blobttlMs !== undefined || options.maxsizeBytes !== undefined
@@ -69,6 +71,7 @@ export function downstreamMiddleware(options: DownstreamOptions): NamespaceMiddl
     });
     await cache.recover();
     await expiry?.start();
+    observeCache(observability, { cache, pools: [upstreams], ...(expiry ? { expiry } : {}), upstreamCritical: true });
     log.info(
       { upstreams: upstreams.hosts.map((h) => `${h.role}:${h.url}`), blobttlMs: options.blobttlMs, maxsizeBytes: options.maxsizeBytes, auth: options.auth },
       'cache node ready',

@@ -37,6 +37,8 @@ export interface UpstreamPoolOptions {
   readonly now?: () => number;
   /** Authenticates the requests (a mirror's credentials for its remote); none: headers are sent as given. */
   readonly auth?: UpstreamAuth;
+  /** Sees every request's time to the response headers (or to the failure), for metrics. */
+  readonly onResult?: (host: UpstreamHost, outcome: 'ok' | 'error', seconds: number) => void;
 }
 
 /**
@@ -76,7 +78,10 @@ export interface UpstreamRequest {
 }
 
 interface Health {
+  /** Consecutive failures (reset by a success). */
   failures: number;
+  /** Every failure since the start. */
+  errors: number;
   deadUntil: number;
   lastError?: string;
 }
@@ -86,7 +91,10 @@ export interface UpstreamStats {
   readonly url: string;
   readonly role: 'upstream' | 'origin';
   readonly requests: number;
+  /** Consecutive failures now. */
   readonly failures: number;
+  /** Failures since the start. */
+  readonly errors: number;
   readonly down: boolean;
   readonly lastError?: string;
 }
@@ -117,7 +125,7 @@ export class UpstreamPool {
     for (const host of this.hosts) {
       const log = options.logger.child({ upstream: host.url, role: host.role });
       this.loggers.set(host.url, log);
-      this.health.set(host.url, { failures: 0, deadUntil: 0 });
+      this.health.set(host.url, { failures: 0, errors: 0, deadUntil: 0 });
       this.requests.set(host.url, 0);
       this.clients.set(
         host.url,
@@ -191,12 +199,14 @@ export class UpstreamPool {
         // An abort is the fill giving up, not the host failing: no failover, no mark.
         if (request.signal?.aborted) throw new RegistryError('UNAVAILABLE', 'request aborted');
         const reason = describeError(err);
+        this.options.onResult?.(host, 'error', (this.now() - started) / 1000);
         this.markFailed(host, reason);
         log.warn({ path: request.path, method: request.method, reason, duration: this.now() - started }, 'upstream request failed');
         failures.push(`${host.url}: ${reason}`);
         continue;
       }
       const status = response.statusCode;
+      this.options.onResult?.(host, status >= 500 || status === 429 ? 'error' : 'ok', (this.now() - started) / 1000);
       log.info({ path: request.path, method: request.method, status, duration: this.now() - started }, 'upstream request');
       if (status === 508) {
         // The upstream saw this request come back to it (a mirror that is its own remote): not a failure to fail over from.
@@ -233,6 +243,7 @@ export class UpstreamPool {
     const h = this.health.get(host.url);
     if (!h) return;
     h.failures += 1;
+    h.errors += 1;
     h.lastError = reason;
     const base = this.options.deadForMs ?? 10_000;
     const wasAlive = h.deadUntil <= this.now();
@@ -258,10 +269,30 @@ export class UpstreamPool {
         role: host.role,
         requests: this.requests.get(host.url) ?? 0,
         failures: h.failures,
+        errors: h.errors,
         down: h.deadUntil > now,
         ...(h.lastError ? { lastError: h.lastError } : {}),
       };
     });
+  }
+
+  /**
+   * Asks every host for `/v2/` (a registry answers 200, or 401 without credentials): whether it is
+   * reachable now, and in how long. For `/ready` and `cascade doctor`; does not change the dead-host memory.
+   */
+  async probe(timeoutMs = 2000): Promise<{ url: string; ok: boolean; ms: number; detail?: string }[]> {
+    return Promise.all(
+      this.hosts.map(async (host) => {
+        const started = this.now();
+        try {
+          const res = await (this.clients.get(host.url) as Got).get('v2/', { timeout: { request: timeoutMs }, headers: { 'user-agent': 'cascade-probe' } });
+          const ok = res.statusCode === 200 || res.statusCode === 401;
+          return { url: host.url, ok, ms: this.now() - started, ...(ok ? {} : { detail: `HTTP ${res.statusCode} on /v2/` }) };
+        } catch (err) {
+          return { url: host.url, ok: false, ms: this.now() - started, detail: describeError(err) };
+        }
+      }),
+    );
   }
 
   /** Closes idle keep-alive connections. */

@@ -447,7 +447,7 @@ describe('ExpiryIndex at scale', () => {
   });
   after(() => undefined);
 
-  it('keeps memory flat over 200,000 touches in 200 buckets and sweeps 100,000 entries quickly', async (t) => {
+  it('keeps memory flat over 200,000 touches in 200 buckets and sweeps 100,000 entries', async (t) => {
     // Journals on a real filesystem, blobs simulated (see test/bench/expiry-scale.ts, which runs 1,000,000).
     // Measured on the dev VM (2 vCPU): touch+flush ~2 s, heap +0.5 MiB, sweep of 100k entries ~0.6 s.
     // A map of every digest would cost ~28 MiB here (and ~140 MiB at a million).
@@ -459,6 +459,6 @@ describe('ExpiryIndex at scale', () => {
     assert.equal(r.touches, 200_000);
     assert.equal(r.sweptEntries, 100_000);
     assert.ok(r.heapAfterMiB - r.heapBeforeMiB < 8, `heap grew by ${r.heapAfterMiB - r.heapBeforeMiB} MiB`);
-    assert.ok(r.sweepMs < 10_000, `sweep took ${r.sweepMs} ms`);
+    // Times are reported, not asserted: speed is measured by the benchmark (test/bench), not by unit tests.
   });
 });

@@ -25,3 +25,4 @@ export * from './auth/token/rules.js';
 export * from './auth/token/server.js';
 export * from './auth/token/authorizer.js';
 export * from './auth/token/setup.js';
+export * from './metrics.js';

@@ -3,6 +3,8 @@
  * namespace (optionally wrapped by registry middleware such as the downstream cache), auth, and the
  * listener.
  */
+import { statfs } from 'node:fs/promises';
+import { Gauge } from 'prom-client';
 import type { Logger } from 'pino';
 import { allowAll, type Authorizer } from './auth/authorizer.js';
 import { HtpasswdAuthenticator } from './auth/htpasswd.js';
@@ -12,6 +14,7 @@ import type { RegistryConfig } from './config/index.js';
 import { createRegistryApp, type ExtraRoute } from './http/app.js';
 import { listen, type RunningServer } from './http/listen.js';
 import { createLogger } from './logger.js';
+import { NodeObservability } from './metrics.js';
 import type { Namespace } from './registry.js';
 import type { StorageDriver } from './storage/driver.js';
 import { FilesystemDriver } from './storage/filesystem.js';
@@ -26,7 +29,7 @@ export interface ClosableNamespace extends Namespace {
 /** Wraps the storage namespace, e.g. to serve blobs from upstreams on a miss. */
 export type NamespaceMiddleware = (
   inner: StorageNamespace,
-  deps: { config: RegistryConfig; logger: Logger; driver: StorageDriver },
+  deps: { config: RegistryConfig; logger: Logger; driver: StorageDriver; observability: NodeObservability },
 ) => ClosableNamespace | Promise<ClosableNamespace>;
 
 /** Options of {@link startRegistry}. */
@@ -45,6 +48,8 @@ export interface StartRegistryOptions {
 /** A running registry. */
 export interface RunningRegistry extends RunningServer {
   readonly namespace: Namespace;
+  /** Its `/metrics` registry and `/ready` checks. */
+  readonly observability: NodeObservability;
   readonly driver: StorageDriver;
   readonly logger: Logger;
 }
@@ -96,11 +101,13 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
   const logger = options.logger ?? createLogger({ level: config.log.level, fields: config.log.fields });
   const driver = createDriver(config);
   await driver.recover();
+  const observability = new NodeObservability(options.role ?? 'registry');
+  observeStorage(observability, driver, config.storage.filesystem?.rootdirectory);
   const storageNamespace = new StorageNamespace(driver);
   let namespace: ClosableNamespace = storageNamespace;
   const closers: Array<() => Promise<void>> = [];
   for (const mw of options.middleware ?? []) {
-    const wrapped: ClosableNamespace = await mw(storageNamespace, { config, logger, driver });
+    const wrapped: ClosableNamespace = await mw(storageNamespace, { config, logger, driver, observability });
     if (wrapped.close) closers.push(() => (wrapped.close as () => Promise<void>).call(wrapped));
     namespace = wrapped;
   }
@@ -110,7 +117,8 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
     namespace,
     logger,
     authorizer: auth.authorizer,
-    extraRoutes: [...auth.routes, ...(options.extraRoutes ?? [])],
+    extraRoutes: [...auth.routes, ...(options.extraRoutes ?? []), ...observability.routes()],
+    observability,
     deleteEnabled: config.storage.delete.enabled,
     headers: config.http.headers ?? {},
     prefix: config.http.prefix ?? '',
@@ -123,9 +131,47 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
     namespace,
     driver,
     logger,
+    observability,
     async close(drainMs?: number) {
       await running.close(drainMs);
       for (const close of closers.reverse()) await close();
     },
   };
+}
+
+/** Where `/ready` writes to prove the storage is writable (distribution ignores `_` folders). */
+const READY_PROBE = '/docker/registry/v2/_cascade_ready';
+
+/** Storage readiness (a small write and delete) and, on a filesystem, its capacity and free bytes. */
+function observeStorage(observability: NodeObservability, driver: StorageDriver, rootdirectory: string | undefined): void {
+  observability.addReadyCheck({
+    name: 'storage writable',
+    critical: true,
+    async check() {
+      const path = `${READY_PROBE}/${process.pid}`;
+      await driver.putContent(path, Buffer.from(String(Date.now())));
+      await driver.delete(path);
+      return undefined;
+    },
+  });
+  if (rootdirectory === undefined) return;
+  const fsStats = async () => statfs(rootdirectory);
+  new Gauge({
+    name: 'cascade_storage_capacity_bytes',
+    help: 'Size of the filesystem that holds the storage root directory.',
+    registers: [observability.registry],
+    async collect() {
+      const s = await fsStats().catch(() => undefined);
+      if (s) this.set(s.blocks * s.bsize);
+    },
+  });
+  new Gauge({
+    name: 'cascade_storage_free_bytes',
+    help: 'Bytes available to the registry on the filesystem of the storage root directory.',
+    registers: [observability.registry],
+    async collect() {
+      const s = await fsStats().catch(() => undefined);
+      if (s) this.set(s.bavail * s.bsize);
+    },
+  });
 }

@@ -9,6 +9,7 @@ import { CacheNamespace } from '../cache.js';
 import { loadCAs } from '../cas.js';
 import { ExpiryIndex } from '../expiry.js';
 import { UpstreamPool } from '../upstream.js';
+import { observeCache, upstreamLatency } from '../metrics.js';
 import { localBlobMarker, MirrorNamespace, type RemoteRuntime } from './namespace.js';
 import type { MirrorOptions } from './options.js';
 import { RemoteAuth } from './remote-auth.js';
@@ -28,8 +29,9 @@ export interface MirrorSettings {
 
 /** The registry middleware of a mirror with `options`; `onReady` receives the namespace (for tests and metrics). */
 export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSettings = {}, onReady?: (mirror: MirrorNamespace) => void): NamespaceMiddleware {
-  return async (storage, { logger, driver }) => {
+  return async (storage, { logger, driver, observability }) => {
     const log = logger.child({ component: 'mirror' });
+    const onResult = upstreamLatency(observability);
     const runtimes: RemoteRuntime[] = options.remotes.map((remote) => {
       const ca = remote.cas.length > 0 ? loadCAs(remote.cas).pem : undefined;
       const rlog = log.child({ remote: remote.name });
@@ -39,7 +41,7 @@ export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSetting
         ...(ca ? { ca } : {}),
         logger: rlog,
       });
-      const pool = new UpstreamPool({ upstreamhosts: [], originhost: remote.url, ...(ca ? { ca } : {}), logger: rlog, auth });
+      const pool = new UpstreamPool({ upstreamhosts: [], originhost: remote.url, ...(ca ? { ca } : {}), logger: rlog, auth, onResult });
       return { remote, pool, auth, checked: new Map(), checking: new Map() };
     });
     const expiry =
@@ -91,6 +93,7 @@ export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSetting
       },
       'mirror ready',
     );
+    observeCache(observability, { cache, pools: runtimes.map((r) => r.pool), ...(expiry ? { expiry } : {}), mirror: mirror.metrics, upstreamCritical: false });
     onReady?.(mirror);
     let last = '';
     const logMetrics = (l: Logger) => {

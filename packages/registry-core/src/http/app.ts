@@ -10,6 +10,7 @@ import { errorEnvelope, RegistryError } from '../errors.js';
 import type { Namespace } from '../registry.js';
 import { dispatch } from './dispatch.js';
 import { emptyResponse } from './respond.js';
+import { routeLabel, type NodeObservability } from '../metrics.js';
 
 /**
  * A handler for one method and exact path outside `/v2/`, such as the token endpoint. It runs after the
@@ -40,6 +41,8 @@ export interface RegistryAppOptions {
   readonly accessLog?: boolean;
   /** Endpoints outside `/v2/` (the token endpoint of `auth.token`); every other path is the registry API's. */
   readonly extraRoutes?: readonly ExtraRoute[];
+  /** Where request counts and latencies go (`/metrics`). */
+  readonly observability?: NodeObservability;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
@@ -84,9 +87,12 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
     for (const [name, values] of Object.entries(options.headers ?? {})) ctx.set(name, values);
     const socket = ctx.req.socket;
     const written0 = socket.bytesWritten;
-    if (options.accessLog !== false) {
-      ctx.res.once('close', () => {
-        const finished = ctx.res.writableFinished;
+    ctx.res.once('close', () => {
+      const finished = ctx.res.writableFinished;
+      const status = ctx.res.headersSent ? ctx.res.statusCode : finished ? ctx.status : 499;
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      options.observability?.observeRequest(routeLabel(ctx.path, prefix), ctx.method, status, seconds);
+      if (options.accessLog !== false) {
         const declared = Number(ctx.res.getHeader('content-length'));
         const bytes = ctx.method === 'HEAD' ? 0 : finished && Number.isFinite(declared) ? declared : socket.bytesWritten - written0;
         log.info(
@@ -96,17 +102,17 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
             path: ctx.path,
             query: redactQuery(ctx.querystring),
             // A client that left before any answer gets 499 (nginx's "client closed request"), not Koa's default 404.
-            status: ctx.res.headersSent ? ctx.res.statusCode : finished ? ctx.status : 499,
+            status,
             bytes,
-            duration: Number(process.hrtime.bigint() - started) / 1e6,
+            duration: seconds * 1000,
             user: ctx.state.user,
             remote: ctx.req.socket.remoteAddress,
             ...(finished ? {} : { aborted: true }),
           },
           'request',
         );
-      });
-    }
+      }
+    });
     await next();
   });
 

@@ -8,7 +8,8 @@
 import { createHash } from 'node:crypto';
 import Koa from 'koa';
 import type { Logger } from 'pino';
-import { Digest, errorEnvelope, matchRoute, RegistryError, toRegistryError, validateName } from '@cascade/registry-core';
+import { Counter, Histogram } from 'prom-client';
+import { Digest, errorEnvelope, matchRoute, RegistryError, routeLabel, toRegistryError, validateName, type NodeObservability } from '@cascade/registry-core';
 import { GRANT_HEADER, GRANT_QUERY_PARAMETER, GrantVerifier, JWKS_PATH, type GrantSigner, type Jwks, type JwksSource } from '@cascade/downstream';
 import { userOf } from './identity.js';
 import type { OriginClient } from './origin.js';
@@ -40,6 +41,8 @@ export interface FrontOptions {
   readonly authorizationCacheMs: number;
   /** Extra Koa middleware mounted before the `/v2/` front (the `/api/v0` router). */
   readonly api?: Koa.Middleware;
+  /** `/metrics`, `/health`, `/ready`, and where request and authorization timings go. */
+  readonly observability?: NodeObservability;
 }
 
 /** Counters of the front, for logs and metrics. */
@@ -57,6 +60,9 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
   const { origin, logger: log } = options;
   const metrics: FrontMetrics = { redirects: {}, servedByServer: 0, grantFills: 0, authorizationsAsked: 0, authorizationsCached: 0 };
   const allowed = new Map<string, number>();
+  const obs = options.observability;
+  const opsRoutes = new Map((obs?.routes() ?? []).map((r) => [r.path, r]));
+  const authorizationSeconds = obs ? observeFront(obs, metrics) : undefined;
 
   app.on('error', (err: Error & { status?: number }) => {
     if (err.status !== undefined && err.status < 500) return;
@@ -67,6 +73,7 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
     const started = process.hrtime.bigint();
     ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
     ctx.res.once('close', () => {
+      obs?.observeRequest(routeLabel(ctx.path), ctx.method, ctx.res.headersSent ? ctx.res.statusCode : 499, Number(process.hrtime.bigint() - started) / 1e9);
       log.info(
         {
           method: ctx.method,
@@ -93,6 +100,8 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
   });
 
   app.use(async (ctx, next) => {
+    const ops = opsRoutes.get(ctx.path);
+    if (ops && ctx.method === 'GET') return ops.handler(ctx);
     if (ctx.path === JWKS_PATH && (ctx.method === 'GET' || ctx.method === 'HEAD')) {
       ctx.body = options.jwks();
       ctx.set('Cache-Control', 'max-age=60');
@@ -142,8 +151,10 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
       metrics.authorizationsCached += 1;
     } else {
       metrics.authorizationsAsked += 1;
+      const asked = process.hrtime.bigint();
       const res = await origin.request({ method: 'HEAD', path: `/v2/${name}/blobs/${digest.toString()}`, headers: authorization ? { authorization } : {} });
       res.resume();
+      authorizationSeconds?.(res.statusCode === 200 ? 'allowed' : 'refused', Number(process.hrtime.bigint() - asked) / 1e9);
       if (res.statusCode !== 200) {
         // The origin's answer stands: its challenge goes back to the client, and no byte is served.
         const status = res.statusCode ?? 502;
@@ -173,4 +184,56 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
   }
 
   return Object.assign(app, { metrics });
+}
+
+/** The server's own metrics; returns the observer of authorization latency. */
+function observeFront(obs: NodeObservability, metrics: FrontMetrics): (result: 'allowed' | 'refused', seconds: number) => void {
+  const registers = [obs.registry];
+  new Counter({
+    name: 'cascade_server_redirects_total',
+    help: 'Blob GETs redirected to a cache, by cache name.',
+    labelNames: ['cache'],
+    registers,
+    collect() {
+      this.reset();
+      for (const [cache, n] of Object.entries(metrics.redirects)) this.inc({ cache }, n);
+    },
+  });
+  new Counter({
+    name: 'cascade_server_blobs_served_total',
+    help: 'Blob GETs the server streamed itself (no cache selected, or the cache is down).',
+    registers,
+    collect() {
+      this.reset();
+      this.inc(metrics.servedByServer);
+    },
+  });
+  new Counter({
+    name: 'cascade_server_grant_fills_total',
+    help: 'Blob GETs from caches presenting a grant, streamed from the origin with the service account.',
+    registers,
+    collect() {
+      this.reset();
+      this.inc(metrics.grantFills);
+    },
+  });
+  new Counter({
+    name: 'cascade_server_authorizations_total',
+    help: 'Blob authorizations, by source: origin (asked) or cache (a recent yes, authorization.cachettl).',
+    labelNames: ['source'],
+    registers,
+    collect() {
+      this.reset();
+      this.inc({ source: 'origin' }, metrics.authorizationsAsked);
+      this.inc({ source: 'cache' }, metrics.authorizationsCached);
+    },
+  });
+  const histogram = new Histogram({
+    name: 'cascade_server_authorization_duration_seconds',
+    help: 'Time the origin took to authorize a blob GET with the user\'s credentials, by result.',
+    labelNames: ['result'],
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers,
+  });
+  return (result, seconds) => histogram.labels(result).observe(seconds);
 }

@@ -3,7 +3,7 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Context } from 'koa';
 import type { Logger } from 'pino';
-import { createLogger, listen, type RunningServer } from '@cascade/registry-core';
+import { createLogger, listen, NodeObservability, type RunningServer } from '@cascade/registry-core';
 import { GrantKeyStore, GrantSigner, LocalJwks } from '@cascade/downstream';
 import { createApiRouter } from '../api/router.js';
 import { selectCache } from '../state/select.js';
@@ -45,7 +45,26 @@ export async function startServer(config: ServerConfig, logger: Logger = createL
     authenticate: (ctx: Context) => authenticateThroughOrigin(origin, ctx.get('authorization')),
   });
   const api = router.routes();
+  const observability = new NodeObservability('server');
+  observability.addReadyCheck({
+    name: 'origin reachable',
+    critical: true,
+    async check() {
+      const res = await origin.request({ method: 'GET', path: '/v2/', headers: {} });
+      res.resume();
+      return res.statusCode === 200 || res.statusCode === 401 ? undefined : `the origin answered ${res.statusCode} on /v2/`;
+    },
+  });
+  observability.addReadyCheck({
+    name: 'database',
+    critical: true,
+    async check() {
+      await state.list();
+      return undefined;
+    },
+  });
   const app = createFrontApp({
+    observability,
     origin,
     logger,
     selectCache: async (req) => {
