@@ -10,6 +10,9 @@ import { DOWNSTREAM, downstreamMiddleware, downstreamOptionsOf, grantAuthorizati
 import { loadServerConfig } from './front/config.js';
 import { startServer } from './front/run.js';
 import { runCerts } from './commands/certs.js';
+import { runUp, UpUsageError } from './commands/up.js';
+import { runDoctor } from './commands/doctor.js';
+import { runPrefetch } from './commands/prefetch.js';
 
 /** The registry middleware `cascade registry` knows, with their option validators. */
 const CONFIG_OPTIONS: LoadConfigOptions = { middleware: { [DOWNSTREAM]: validateDownstreamOptions }, checks: [validateMirrorConfig] };
@@ -21,8 +24,11 @@ Commands:
                           downstream middleware in it, a cache node
                           (default: $REGISTRY_CONFIGURATION_PATH, else the embedded
                           defaults: 127.0.0.1:5000, storage in ./data)
+  up [--dir DIR]          Run the whole stack on localhost: origin, server, two chained caches
   server SERVER.yml       Run the server (the DTR role) in front of an origin registry
   certs ca|server ...     Make a CA and server certificates (run "cascade certs --help")
+  doctor CONFIG.yml       Check a cache node's config and its path to the origin (docs/doctor.md)
+  prefetch IMAGE...       Warm a cache node with images (run "cascade prefetch --help")
   version                 Print the version
   help                    Print this help
 
@@ -59,9 +65,9 @@ export async function main(argv: string[]): Promise<number | undefined> {
     return await run(args);
   } catch (err) {
     if (debug) console.error(err);
-    else if (err instanceof ConfigError || err instanceof UsageError) console.error(`cascade: ${err.message}`);
+    else if (err instanceof ConfigError || err instanceof UsageError || err instanceof UpUsageError) console.error(`cascade: ${err.message}`);
     else console.error(`cascade: ${err instanceof Error ? err.message : String(err)} (run with --debug for details)`);
-    return err instanceof UsageError ? 64 : 1;
+    return err instanceof UsageError || err instanceof UpUsageError ? 64 : 1;
   }
 }
 
@@ -74,6 +80,12 @@ async function run(args: string[]): Promise<number | undefined> {
       return runServer(rest);
     case 'certs':
       return runCerts(rest);
+    case 'up':
+      return runUp(rest);
+    case 'doctor':
+      return runDoctor(rest);
+    case 'prefetch':
+      return runPrefetch(rest);
     case 'version':
     case '--version':
       console.log(version());
