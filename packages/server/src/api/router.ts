@@ -41,6 +41,27 @@ export interface ApiRouterOptions {
   readonly logger?: { error(obj: object, msg: string): void };
   /** Largest request body, in bytes (default 64 KiB). */
   readonly bodyLimit?: number;
+  /**
+   * What the health checker knows beyond the stored checks (metrics of the cache, last error). When given,
+   * the health answer has these fields too; `cascade server` always gives it.
+   */
+  readonly liveHealth?: (id: string) => CacheLiveHealth;
+}
+
+/** A cache's figures from its `/metrics` and its last error, as the health checker keeps them in memory. */
+export interface CacheLiveHealth {
+  /** Blob reads served from disk divided by all blob reads since the cache started; null when unknown or no read yet. */
+  readonly hitRatio: number | null;
+  /** Bytes of the blobs the cache keeps (`cascade_cache_disk_bytes`, only for caches with `blobttl` or `maxsize`). */
+  readonly diskBytes: number | null;
+  /** Free and total bytes of the file system that holds the cache's storage. */
+  readonly storageFreeBytes: number | null;
+  readonly storageCapacityBytes: number | null;
+  /** When the figures above were read. */
+  readonly metricsAt: Date | null;
+  /** The last failed check since the server started (kept after the cache recovers). */
+  readonly lastError: string | null;
+  readonly lastErrorAt: Date | null;
 }
 
 /** Who may call an operation. */
@@ -84,6 +105,11 @@ export const API_RESOURCES = {
   },
   contentCacheHealth: {
     path: '/content_caches/:id/health',
+    operations: { GET: { access: 'user', status: 200 } },
+  },
+  // Who the caller is (the web page shows admin tools to admins): before the settings, same prefix.
+  me: {
+    path: '/accounts/me',
     operations: { GET: { access: 'user', status: 200 } },
   },
   userSettings: {
@@ -142,8 +168,8 @@ function cacheJson(cache: ContentCache): { id: string; name: string; host: strin
   return { id: cache.id, name: cache.name, host: cache.host };
 }
 
-/** The JSON of a cache's health; times as ISO 8601. */
-function healthJson(health: CacheHealth) {
+/** The JSON of a cache's health (with the live figures when known); times as ISO 8601. */
+function healthJson(health: CacheHealth, live?: CacheLiveHealth) {
   return {
     contentCacheUUID: health.cacheId,
     status: health.status,
@@ -152,6 +178,17 @@ function healthJson(health: CacheHealth) {
     error: health.error,
     lastOkAt: health.lastOkAt?.toISOString() ?? null,
     consecutiveFailures: health.consecutiveFailures,
+    ...(live
+      ? {
+          lastError: live.lastError,
+          lastErrorAt: live.lastErrorAt?.toISOString() ?? null,
+          hitRatio: live.hitRatio,
+          diskBytes: live.diskBytes,
+          storageFreeBytes: live.storageFreeBytes,
+          storageCapacityBytes: live.storageCapacityBytes,
+          metricsAt: live.metricsAt?.toISOString() ?? null,
+        }
+      : {}),
   };
 }
 
@@ -246,8 +283,11 @@ export function createApiRouter(options: ApiRouterOptions): Router {
       GET: async (call) => {
         const health = await state.health(call.param('id'));
         if (health === undefined) throw noSuchCache(call.param('id'));
-        return healthJson(health);
+        return healthJson(health, options.liveHealth?.(health.cacheId));
       },
+    },
+    me: {
+      GET: async (call) => ({ user: call.user, admin: options.isAdmin(call.user) }),
     },
     userSettings: {
       GET: async (call) => state.getSettings(call.param('username')),

@@ -41,6 +41,8 @@ export interface FrontOptions {
   readonly authorizationCacheMs: number;
   /** Extra Koa middleware mounted before the `/v2/` front (the `/api/v0` router). */
   readonly api?: Koa.Middleware;
+  /** The web page: `/` (a redirect), `/ui` and `/ui/...`. */
+  readonly ui?: Koa.Middleware;
   /** `/metrics`, `/health`, `/ready`, and where request and authorization timings go. */
   readonly observability?: NodeObservability;
 }
@@ -108,6 +110,7 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
       return;
     }
     if (ctx.path.startsWith('/api/') && options.api) return options.api(ctx, next);
+    if (options.ui && (ctx.path === '/' || ctx.path === '/ui' || ctx.path.startsWith('/ui/'))) return options.ui(ctx, next);
     return next();
   });
 

@@ -14,6 +14,7 @@ import type { ServerConfig } from './config.js';
 import { HealthChecker } from './health.js';
 import { userOf } from './identity.js';
 import { OriginClient } from './origin.js';
+import { createUiMiddleware } from '../web/ui.js';
 
 /** A running server. */
 export interface RunningCascadeServer extends RunningServer {
@@ -26,23 +27,26 @@ export interface RunningCascadeServer extends RunningServer {
 export async function startServer(config: ServerConfig, logger: Logger = createLogger({ level: config.log.level, ...(config.log.fields ? { fields: config.log.fields } : {}) })): Promise<RunningCascadeServer> {
   if (config.database.sqlite !== ':memory:') mkdirSync(dirname(config.database.sqlite), { recursive: true });
   const state = new SqliteStateRepository(config.database.sqlite);
+  const originCas = config.origin.cas.map((f) => readFileSync(f, 'utf8'));
   const origin = new OriginClient({
     url: config.origin.url,
     ...(config.origin.username !== undefined ? { username: config.origin.username } : {}),
     ...(config.origin.password !== undefined ? { password: config.origin.password } : {}),
-    ca: config.origin.cas.map((f) => readFileSync(f, 'utf8')),
+    ca: originCas,
     logger: logger.child({ component: 'origin' }),
   });
   const keys = await GrantKeyStore.open({ dir: config.grants.keysdir, maxGrantTtlMs: config.grants.ttl });
   const signer = new GrantSigner({ issuer: config.grants.issuer, keys });
   const admins = new Set(config.admins);
-  const health = new HealthChecker({ state, intervalMs: config.healthcheck.interval, logger: logger.child({ component: 'health' }) });
+  // Caches are trusted with the origin's CAs too (one private CA usually signs every node).
+  const health = new HealthChecker({ state, intervalMs: config.healthcheck.interval, logger: logger.child({ component: 'health' }), ca: originCas });
 
   const router = createApiRouter({
     state,
     logger: logger.child({ component: 'api' }),
     isAdmin: (user: string) => admins.has(user),
     authenticate: (ctx: Context) => authenticateThroughOrigin(origin, ctx.get('authorization')),
+    liveHealth: (id: string) => health.liveHealth(id),
   });
   const api = router.routes();
   const observability = new NodeObservability('server');
@@ -81,6 +85,7 @@ export async function startServer(config: ServerConfig, logger: Logger = createL
     grantTtlSeconds: Math.max(1, Math.round(config.grants.ttl / 1000)),
     authorizationCacheMs: config.authorization.cachettl,
     api: (ctx, next) => api(ctx as never, next),
+    ui: createUiMiddleware(),
   });
   const running = await listen(app.callback(), { addr: config.http.addr, ...(config.http.tls ? { tls: config.http.tls } : {}), role: 'server' }, logger);
   health.start();

@@ -1,0 +1,105 @@
+/**
+ * The DTR stack for end-to-end tests: an origin with htpasswd (a Cascade registry or distribution's),
+ * `cascade server` in front of it (alice is its admin, svc its service account), and two cache nodes in
+ * `auth: grant` mode, chained region-b -> region-a -> server. Every process is stopped by `defer`.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import bcrypt from 'bcryptjs';
+import { stringify } from 'yaml';
+import { spawnCascade, startCascade, type CascadeProcess } from './cascade.js';
+import { distributionRequests, startDistribution } from './peers.js';
+
+/** The origin's users and passwords. */
+export const USERS = { alice: 'alice-pw', bob: 'bob-pw', carol: 'carol-pw', svc: 'svc-pw' } as const;
+export type StackUser = keyof typeof USERS;
+
+/** The Basic Authorization header of a user. */
+export const basic = (user: StackUser): string => `Basic ${Buffer.from(`${user}:${USERS[user]}`).toString('base64')}`;
+
+/** The origin: a Cascade registry or distribution's, both with htpasswd. */
+export interface StackOrigin {
+  readonly url: string;
+  /** Paths of the GET requests the origin served. */
+  gets(): string[];
+  /** Its log lines, to check that no secret was logged. */
+  text(): string[];
+}
+
+export interface Stack {
+  origin: StackOrigin;
+  server: CascadeProcess;
+  regionA: CascadeProcess;
+  regionB: CascadeProcess;
+}
+
+export interface StackOptions {
+  /** Default `cascade`. */
+  originKind?: 'cascade' | 'distribution';
+  /** The server's `healthcheck.interval` (default 1s). */
+  healthInterval?: string;
+  /** The grants' issuer (default `cascade-test`). */
+  issuer?: string;
+}
+
+/** Starts the origin, the server and the two chained caches; `defer` registers their stops. */
+export async function startStack(dir: string, defer: (fn: () => unknown) => void, options: StackOptions = {}): Promise<Stack> {
+  const issuer = options.issuer ?? 'cascade-test';
+  await writeFile(join(dir, 'htpasswd'), Object.entries(USERS).map(([u, p]) => `${u}:${bcrypt.hashSync(p, 8)}`).join('\n') + '\n');
+  let origin: StackOrigin;
+  if ((options.originKind ?? 'cascade') === 'cascade') {
+    const proc = await startCascade(join(dir, 'origin'), {
+      storage: { filesystem: { rootdirectory: join(dir, 'origin-data') }, delete: { enabled: true } },
+      auth: { htpasswd: { realm: 'origin', path: join(dir, 'htpasswd') } },
+    });
+    defer(() => proc.stop());
+    origin = {
+      url: proc.url,
+      gets: () => proc.requests().filter((r) => r.method === 'GET').map((r) => String(r.path)),
+      text: () => [...proc.text, ...proc.logs.map((l) => JSON.stringify(l))],
+    };
+  } else {
+    await mkdir(join(dir, 'origin-data'), { recursive: true });
+    const dist = await startDistribution({ rootdirectory: join(dir, 'origin-data'), deleteEnabled: true, htpasswd: join(dir, 'htpasswd') });
+    defer(() => dist.stop());
+    origin = {
+      url: dist.url,
+      gets: () => distributionRequests(dist.output).filter((r) => r.method === 'GET').map((r) => r.path),
+      text: () => [...dist.output],
+    };
+  }
+  const serverFile = join(dir, 'server.yml');
+  await writeFile(
+    serverFile,
+    stringify({
+      http: { addr: '127.0.0.1:0' },
+      origin: { url: origin.url, username: 'svc', password: USERS.svc },
+      grants: { keysdir: join(dir, 'keys'), ttl: '60s', issuer },
+      database: { sqlite: join(dir, 'state.db') },
+      admins: ['alice'],
+      healthcheck: { interval: options.healthInterval ?? '1s' },
+    }),
+  );
+  const server = await spawnCascade(['server', serverFile]);
+  defer(() => server.stop());
+  const cacheConfig = (name: string, upstreams: Record<string, unknown>, downstreams: string[] = []) => ({
+    storage: { filesystem: { rootdirectory: join(dir, `${name}-data`) }, delete: { enabled: true } },
+    middleware: { registry: [{ name: 'downstream', options: { ...upstreams, auth: 'grant', name, issuer, downstreams, blobttl: '24h' } }] },
+  });
+  const regionA = await startCascade(join(dir, 'region-a'), cacheConfig('region-a', { originhost: server.url }, ['region-b']));
+  defer(() => regionA.stop());
+  const regionB = await startCascade(join(dir, 'region-b'), cacheConfig('region-b', { upstreams: [{ originhost: server.url, upstreamhosts: [regionA.url] }] }));
+  defer(() => regionB.stop());
+  return { origin, server, regionA, regionB };
+}
+
+/** Calls the server's API as `user` (or anonymously); answers the status and the parsed JSON body. */
+export async function api(server: CascadeProcess, method: string, path: string, user: StackUser | undefined, body?: unknown): Promise<{ status: number; json: unknown }> {
+  const res = await fetch(`${server.url}${path}`, {
+    method,
+    headers: { ...(user ? { authorization: basic(user) } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await res.text();
+  return { status: res.status, json: text ? (JSON.parse(text) as unknown) : undefined };
+}
