@@ -12,8 +12,11 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { Digest, isPathNotFound, paths, RegistryError, type StorageDriver } from '@cascade/registry-core';
+import { Digest, isPathNotFound, paths, RegistryError, type PositionalReader, type StorageDriver } from '@cascade/registry-core';
 import { blobPath, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
+
+/** Bytes a follower reads at a time from the blob file. */
+const FOLLOW_CHUNK = 1 << 20;
 
 /** Where partial fills live in the driver (distribution ignores `_` folders; emptied at start-up). */
 export const FILLS_DIR = '/docker/registry/v2/_cascade_fills';
@@ -121,15 +124,94 @@ export class Fill extends EventEmitter {
    */
   follow(start: number, end: number): Readable {
     this.attach();
-    const finalPath = paths.blobData(this.digest);
+    const stream = this.driver.openForRead ? this.followPositional(start, end) : this.followByReaders(start, end);
+    stream.once('close', () => this.detach(!stream.readableEnded));
+    return stream;
+  }
+
+  /** The bytes a follower may send: all of them once done; while filling, all but the last (held back until the digest is verified). */
+  private available(): number {
+    return this.state === 'done' ? (this.size ?? this.written) : Math.max(0, this.written - 1);
+  }
+
+  /**
+   * Following with one open file and positional reads: the partial file stays readable through its move
+   * into place, so a follower opens it once, whatever the number of chunks.
+   */
+  private followPositional(start: number, end: number): Readable {
     const fill = this;
+    const driver = this.driver as Required<Pick<StorageDriver, 'openForRead'>>;
+    let file: PositionalReader | undefined;
+    let pos = start;
+    let pumping = false;
+    const open = async (): Promise<PositionalReader> => {
+      for (;;) {
+        try {
+          return await driver.openForRead(fill.state === 'done' ? paths.blobData(fill.digest) : fill.partialPath);
+        } catch (err) {
+          // The partial file was just moved into place (or removed on failure): look at the state again.
+          if (!isPathNotFound(err) || fill.state === 'failed') throw fill.state === 'failed' ? (fill.error ?? err) : err;
+        }
+      }
+    };
+    const pump = async (): Promise<void> => {
+      if (pumping) return;
+      pumping = true;
+      try {
+        for (;;) {
+          if (stream.destroyed) return;
+          if (pos > end) {
+            stream.push(null);
+            return;
+          }
+          if (fill.state === 'failed') throw fill.error ?? new Error('fill failed');
+          const available = fill.available();
+          if (pos < available) {
+            file ??= await open();
+            const want = Math.min(FOLLOW_CHUNK, available - pos, end - pos + 1);
+            const buf = Buffer.allocUnsafe(want);
+            const n = await file.read(buf, pos);
+            if (n === 0) throw new Error(`the blob file ended at ${pos} bytes, before the ${available} written`);
+            pos += n;
+            if (!stream.push(n < want ? buf.subarray(0, n) : buf)) return;
+            continue;
+          }
+          if (fill.state === 'done') throw new RegistryError('RANGE_INVALID', 'range beyond the end of the blob');
+          await fill.nextProgress();
+        }
+      } catch (err) {
+        stream.destroy(err as Error);
+      } finally {
+        pumping = false;
+      }
+    };
+    const stream = new Readable({
+      highWaterMark: FOLLOW_CHUNK,
+      read() {
+        void pump();
+      },
+      destroy(err, callback) {
+        const f = file;
+        file = undefined;
+        if (!f) return callback(err);
+        f.close().then(
+          () => callback(err),
+          () => callback(err),
+        );
+      },
+    });
+    return stream;
+  }
+
+  /** Following with a new reader per stretch of written bytes (drivers without positional reads). */
+  private followByReaders(start: number, end: number): Readable {
+    const fill = this;
+    const finalPath = paths.blobData(this.digest);
     async function* chunks(): AsyncGenerator<Buffer> {
       let pos = start;
       while (pos <= end) {
         if (fill.state === 'failed') throw fill.error ?? new Error('fill failed');
-        // While filling, the last byte is held back until the digest is verified: a client never receives a
-        // complete body with wrong content, only a cut connection.
-        const available = fill.state === 'done' ? (fill.size ?? fill.written) : Math.max(0, fill.written - 1);
+        const available = fill.available();
         if (pos < available) {
           const upto = Math.min(end, available - 1);
           let reader: Readable;
@@ -153,9 +235,7 @@ export class Fill extends EventEmitter {
         await fill.nextProgress();
       }
     }
-    const stream = Readable.from(chunks(), { objectMode: false, highWaterMark: 1 << 20 });
-    stream.once('close', () => this.detach(!stream.readableEnded));
-    return stream;
+    return Readable.from(chunks(), { objectMode: false, highWaterMark: 1 << 20 });
   }
 
   /**
@@ -193,7 +273,7 @@ export class Fill extends EventEmitter {
     if (this.followers === 0 && early && this.state === 'filling') this.startIdle();
   }
 
-  private nextProgress(): Promise<void> {
+  /** @internal */ nextProgress(): Promise<void> {
     return new Promise((resolve) => this.once('progress', resolve));
   }
 

@@ -50,6 +50,13 @@ export interface FileWriter {
   close(): Promise<void>;
 }
 
+/** A file open for positional reads (see {@link StorageDriver.openForRead}). */
+export interface PositionalReader {
+  /** Reads into `buffer` from `position`; resolves with the number of bytes read (0 at the end). */
+  read(buffer: Buffer, position: number): Promise<number>;
+  close(): Promise<void>;
+}
+
 /** The storage driver contract. Every method rejects with {@link PathNotFoundError} for a missing path. */
 export interface StorageDriver {
   /** Driver name as used in config (`filesystem`, `inmemory`). */
@@ -62,6 +69,12 @@ export interface StorageDriver {
   reader(path: string, options?: ReadOptions): Promise<Readable>;
   /** A writer for `path`; with `append`, resumes an existing file (which must exist) at its end. */
   writer(path: string, options?: { append?: boolean }): Promise<FileWriter>;
+  /**
+   * Optional: the file opened for positional reads. It stays readable when the path is moved afterwards
+   * (a cache follows a blob while it is written, then moved into place). Drivers without it are read with
+   * {@link reader}.
+   */
+  openForRead?(path: string): Promise<PositionalReader>;
   stat(path: string): Promise<FileInfo>;
   /** Full paths of the direct children of a directory, sorted. */
   list(path: string): Promise<string[]>;

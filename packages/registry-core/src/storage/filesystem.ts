@@ -14,6 +14,7 @@ import {
   InvalidPathError,
   isPathNotFound,
   PathNotFoundError,
+  type PositionalReader,
   type ReadOptions,
   type StorageDriver,
 } from './driver.js';
@@ -109,6 +110,19 @@ export class FilesystemDriver implements StorageDriver {
       await handle.close().catch(() => undefined);
       throw err;
     }
+  }
+
+  async openForRead(path: string): Promise<PositionalReader> {
+    let handle: FileHandle;
+    try {
+      handle = await open(this.#resolve(path), 'r');
+    } catch (err) {
+      throw notFound(path, err);
+    }
+    return {
+      read: async (buffer, position) => (await handle.read(buffer, 0, buffer.length, position)).bytesRead,
+      close: () => handle.close(),
+    };
   }
 
   async writer(path: string, options: { append?: boolean } = {}): Promise<FileWriter> {

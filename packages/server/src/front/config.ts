@@ -33,13 +33,13 @@ const httpUrl = z.string().refine((v) => {
 /** The schema of `server.yml`. */
 export const serverConfigSchema = z.strictObject({
   version: z.union([z.literal('0.1'), z.literal(0.1)]).optional(),
-  log: z.strictObject({ level: z.enum(['error', 'warn', 'info', 'debug']).default('info'), fields: z.record(z.string(), z.unknown()).optional() }).default({ level: 'info' }),
+  log: z.strictObject({ level: z.enum(['error', 'warn', 'info', 'debug']).default('info'), fields: z.record(z.string(), z.unknown()).optional() }).prefault({}),
   http: z
     .strictObject({
       addr: z.string().default(':8443'),
       tls: z.strictObject({ certificate: z.string(), key: z.string() }).optional(),
     })
-    .default({ addr: ':8443' }),
+    .prefault({}),
   origin: z.strictObject({
     url: httpUrl,
     /** The service account that fills caches: it needs pull on every repository. */
@@ -54,11 +54,11 @@ export const serverConfigSchema = z.strictObject({
       ttl: duration('60s'),
       issuer: z.string().min(1).default('cascade'),
     })
-    .default({ keysdir: 'keys', ttl: '60s', issuer: 'cascade' } as never),
-  database: z.strictObject({ sqlite: z.string().default('cascade.db') }).default({ sqlite: 'cascade.db' }),
+    .prefault({}),
+  database: z.strictObject({ sqlite: z.string().default('cascade.db') }).prefault({}),
   admins: z.array(z.string().min(1)).default([]),
-  authorization: z.strictObject({ cachettl: duration('5s') }).default({ cachettl: '5s' } as never),
-  healthcheck: z.strictObject({ interval: duration('15s') }).default({ interval: '15s' } as never),
+  authorization: z.strictObject({ cachettl: duration('5s') }).prefault({}),
+  healthcheck: z.strictObject({ interval: duration('15s') }).prefault({}),
 });
 
 /** A validated server config, with paths made absolute. */

@@ -1,0 +1,202 @@
+/**
+ * The benchmark runner: Cascade's cache node against distribution's proxy mode and nginx, on loopback.
+ *
+ *   node test/dist/bench/run.js [--smoke] [--runs N] [--only 1,2,3,4,6,profile] [--no-profile]
+ *                               [--out DIR] [--work DIR] [--client curl|node] [--keep] [--merge] [--render]
+ *
+ * `--only profile --merge` profiles the cache node only and adds the profile to the results already in
+ * the output folder (benchmarks.json), re-rendering the report; `--render` only re-renders it.
+ *
+ * Full mode (default, `npm run bench`): 512 MiB blobs, 32 streams, 100 simultaneous requests, a 300-layer
+ * image, 3 runs, a CPU profile of the cache node; writes docs/benchmarks.md, .svg and .json.
+ * Smoke mode (`npm run bench:smoke`, and test/e2e/bench-smoke.test.ts): small sizes, 1 run, every body
+ * hashed, results in a temporary folder. Exit code 1 when a correctness problem was found (wrong bytes, a
+ * cut transfer, more than one upstream GET per hop for Cascade, a crash), never for speed.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
+import { join, relative, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ROOT } from '../lib/cascade.js';
+import { closeClient, haveCurl, type ClientKind } from './client.js';
+import { profileCascade, type ProfileSummary } from './profile.js';
+import { Fleet } from './procs.js';
+import { renderMarkdown, renderSvg, verdicts, type Results } from './report.js';
+import { endRun, FULL, SCENARIOS, setup, SMOKE, startServerEarly, stopServer, type BenchConfig, type Context, type Metrics } from './scenarios.js';
+import { environment } from './util.js';
+
+const { values } = parseArgs({
+  options: {
+    smoke: { type: 'boolean', default: false },
+    runs: { type: 'string' },
+    only: { type: 'string' },
+    'no-profile': { type: 'boolean', default: false },
+    out: { type: 'string' },
+    client: { type: 'string' },
+    keep: { type: 'boolean', default: false },
+    merge: { type: 'boolean', default: false },
+    render: { type: 'boolean', default: false },
+    work: { type: 'string' },
+  },
+  strict: true,
+});
+
+// --render: rewrite benchmarks.md and .svg from the benchmarks.json already in the output folder (no measuring).
+if (values.render) {
+  const dir = resolve(values.out ?? join(ROOT, 'docs'));
+  const prior = JSON.parse(await readFile(join(dir, 'benchmarks.json'), 'utf8')) as Results;
+  await writeFile(join(dir, 'benchmarks.svg'), renderSvg(prior));
+  await writeFile(join(dir, 'benchmarks.md'), renderMarkdown(prior, 'benchmarks.svg'));
+  console.log(`rendered ${join(dir, 'benchmarks.md')} and .svg from benchmarks.json`);
+  process.exit(0);
+}
+
+const started = performance.now();
+const log = (s: string) => console.log(`[bench ${((performance.now() - started) / 1000).toFixed(1).padStart(6)} s] ${s}`);
+
+function ensureCurl(smoke: boolean): ClientKind {
+  if (haveCurl()) return 'curl';
+  if (!smoke && process.getuid?.() === 0) {
+    log('curl is missing: installing it with apt-get');
+    try {
+      execFileSync('sh', ['-c', 'DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl)'], { stdio: 'inherit' });
+    } catch {
+      // fall back below
+    }
+    if (haveCurl()) return 'curl';
+  }
+  log("curl is not installed: measuring with Node's http client (slower than nginx on loopback: see the report)");
+  return 'node';
+}
+
+for (const cmd of ['docker-registry', 'nginx', 'skopeo']) {
+  try {
+    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
+  } catch {
+    console.error(`bench: ${cmd} is not installed (run: bash scripts/install-peers.sh)`);
+    process.exit(2);
+  }
+}
+
+const smoke = values.smoke ?? false;
+const only = values.only ? values.only.split(',').map((s) => s.trim()) : undefined;
+const scenarios = new Set(only ? only.filter((s) => /^\d$/.test(s)).map(Number) : [1, 2, 3, 4, 5, 6]);
+const wantProfile = !smoke && !values['no-profile'] && (!only || only.includes('profile'));
+const client: ClientKind = values.client === 'node' ? 'node' : values.client === 'curl' ? 'curl' : ensureCurl(smoke);
+const cfg: BenchConfig = {
+  ...(smoke ? SMOKE : FULL),
+  runs: Number(values.runs ?? (smoke ? 1 : 3)),
+  client,
+  scenarios,
+};
+if (!Number.isInteger(cfg.runs) || cfg.runs < 1) {
+  console.error('bench: --runs must be a positive integer');
+  process.exit(2);
+}
+
+const outDir = resolve(values.out ?? (smoke ? await mkdtemp(join(tmpdir(), 'cascade-bench-smoke-')) : join(ROOT, 'docs')));
+if (values.work) await mkdir(values.work, { recursive: true });
+const work = await mkdtemp(join(values.work ?? tmpdir(), 'cascade-bench-'));
+const fleet = new Fleet();
+let ctx: Context | undefined;
+
+async function cleanup(): Promise<void> {
+  // Keep-alive connections first: a server draining on SIGTERM would wait for them.
+  closeClient();
+  if (ctx) await endRun(ctx).catch(() => undefined);
+  if (ctx) await stopServer(ctx).catch(() => undefined);
+  await fleet.stopAll().catch(() => undefined);
+  if (!values.keep) await rm(work, { recursive: true, force: true });
+}
+
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    log(`${sig}: stopping`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+
+const env = environment();
+log(`${cfg.mode} benchmark, ${cfg.runs} run(s), scenarios ${[...scenarios].join(',')}${wantProfile ? ', profile' : ''}, client ${client}; work folder ${work}`);
+const runs: Metrics[] = [];
+let profile: ProfileSummary[] | undefined;
+let fatal: unknown;
+try {
+  ctx = await setup(cfg, work, fleet, log);
+  startServerEarly(ctx);
+  for (let r = 1; r <= (scenarios.size ? cfg.runs : 0); r++) {
+    const m: Metrics = {};
+    for (const s of SCENARIOS) {
+      if (!scenarios.has(s.id)) continue;
+      log(`run ${r}/${cfg.runs}: scenario ${s.id}, ${s.name}`);
+      try {
+        await s.run(ctx, m);
+      } catch (err) {
+        ctx.problems.push(`run ${r}, scenario ${s.id} failed: ${(err as Error).stack ?? String(err)}`);
+        console.error(err);
+      }
+    }
+    await endRun(ctx);
+    runs.push(m);
+    log(`run ${r} done: ${Object.keys(m).length} figures`);
+  }
+  if (wantProfile) {
+    log('profiling the cache node (cold fill, then warm single stream)');
+    const profDir = join(ROOT, 'tmp', 'bench-profiles', new Date().toISOString().replace(/[:.]/g, '-'));
+    await mkdir(profDir, { recursive: true });
+    // A failed profile is not a correctness problem of the cache: it is noted in the report.
+    profile = await profileCascade(ctx, profDir).catch((err: unknown) => {
+      ctx!.notes.push(`The profile failed: ${(err as Error).message.split('\n')[0]}`);
+      return undefined;
+    });
+  }
+} catch (err) {
+  fatal = err;
+  console.error(err);
+} finally {
+  // Stopping the long-lived processes (origin, nginx, the server stack) records those that had crashed.
+  await cleanup();
+}
+
+ctx?.notes.push(`Load average (1, 5, 15 min) at the start: ${env.loadAtStart}; at the end: ${loadavg().map((x) => x.toFixed(2)).join(' ')} (${env.cores} cores).`);
+const measured: Results = {
+  config: cfg,
+  env,
+  argv: process.argv.slice(2),
+  runs,
+  problems: [...(ctx?.problems ?? []), ...fleet.crashes, ...(fatal ? [`fatal: ${(fatal as Error).stack ?? String(fatal)}`] : [])],
+  notes: ctx?.notes ?? [],
+  ...(profile ? { profile } : {}),
+  wallSeconds: (performance.now() - started) / 1000,
+};
+// --merge (with --only profile): add this profile to the results already in the output folder.
+const results: Results = values.merge ? await mergeInto(join(outDir, 'benchmarks.json'), measured) : measured;
+await mkdir(outDir, { recursive: true });
+const svgName = 'benchmarks.svg';
+await writeFile(join(outDir, 'benchmarks.json'), JSON.stringify({ ...results, verdicts: verdicts(results).map((v) => ({ id: v.check.id, label: v.check.label, value: v.value, pass: v.pass })) }, null, 2) + '\n');
+await writeFile(join(outDir, svgName), renderSvg(results));
+await writeFile(join(outDir, 'benchmarks.md'), renderMarkdown(results, svgName));
+log(`wrote ${relative(process.cwd(), join(outDir, 'benchmarks.md')) || outDir} (+ .svg, .json) in ${results.wallSeconds.toFixed(1)} s`);
+for (const v of verdicts(results)) log(`  ${v.pass ? 'PASS' : 'FAIL'}  ${v.check.label}: ${v.value?.toFixed(2)} (${v.check.op} ${v.check.target})`);
+if (results.problems.length) {
+  log(`${results.problems.length} correctness problem(s):`);
+  for (const p of results.problems) console.log(`  - ${p}`);
+  process.exitCode = 1;
+} else {
+  log('no correctness problem');
+}
+
+async function mergeInto(file: string, fresh: Results): Promise<Results> {
+  const prior = JSON.parse(await readFile(file, 'utf8')) as Results;
+  return {
+    ...prior,
+    ...(fresh.profile ? { profile: fresh.profile } : {}),
+    problems: [...prior.problems.filter((p) => !p.startsWith('profile failed')), ...fresh.problems],
+    notes: [
+      ...prior.notes.filter((n) => !n.startsWith('The profile')),
+      ...fresh.notes,
+      `The profile was taken separately (${fresh.env.date.slice(0, 16).replace('T', ' ')} UTC, \`node test/dist/bench/run.js ${fresh.argv.join(' ')}\`) and merged into these results.`,
+    ],
+  };
+}
