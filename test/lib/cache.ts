@@ -352,6 +352,10 @@ export async function listFiles(dir: string): Promise<string[]> {
  * corrupt is stored. Returns the digests found.
  */
 export async function assertStoreIntegrity(rootdirectory: string): Promise<string[]> {
+  // A cache sends the last byte once the digest is verified, then syncs and moves the file into place: a
+  // blob a client just received may still be on its way into storage. Give such commits a moment.
+  const fills = join(rootdirectory, 'docker/registry/v2/_cascade_fills');
+  for (const deadline = Date.now() + 2000; Date.now() < deadline && (await listFiles(fills)).length > 0; ) await new Promise((r) => setTimeout(r, 25));
   const found: string[] = [];
   for (const f of await listFiles(join(rootdirectory, 'docker/registry/v2/blobs'))) {
     const m = /^sha256\/([0-9a-f]{2})\/([0-9a-f]{64})\/data$/.exec(f);

@@ -187,8 +187,11 @@ export class CacheBlobStore implements BlobStore {
     } catch (err) {
       if (!isPathNotFound(err)) throw err;
     }
-    metrics.misses += 1;
     const fill = this.fill(digest);
+    // A fill whose bytes are all here and verified (being synced into place) serves like a hit.
+    const hit = fill.verified;
+    if (hit) metrics.hits += 1;
+    else metrics.misses += 1;
     const size = await fill.waitReady(ctx?.signal);
     const start = range?.start ?? 0;
     const end = range?.end ?? size - 1;
@@ -202,7 +205,13 @@ export class CacheBlobStore implements BlobStore {
       }
       return res.body.pipe(new PassThrough());
     }
-    return fill.follow(start, end);
+    const stream = fill.follow(start, end);
+    if (hit) {
+      stream.once('end', () => {
+        metrics.bytesFromDisk += end - start + 1;
+      });
+    }
+    return stream;
   }
 
   createUpload(): Promise<BlobUpload> {

@@ -15,6 +15,11 @@ import type { Logger } from 'pino';
 import { Digest, isPathNotFound, paths, RegistryError, type PositionalReader, type StorageDriver } from '@cascade/registry-core';
 import { blobPath, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
 
+/** Bytes a fill may have received and not yet written before it stops reading from upstream. */
+const WRITE_AHEAD = 4 << 20;
+/** Chunks gather into writes of this size while the disk is busy. */
+const WRITE_BATCH = 1 << 20;
+
 /** Bytes a follower reads at a time from the blob file. */
 const FOLLOW_CHUNK = 1 << 20;
 
@@ -48,6 +53,8 @@ type FillState = 'filling' | 'done' | 'failed';
 /** One blob being fetched from upstream. */
 export class Fill extends EventEmitter {
   state: FillState = 'filling';
+  /** Every byte was received and matches the digest; the file is being synced and moved into place. */
+  verified = false;
   /** Bytes written to the partial file so far. */
   written = 0;
   size: number | undefined;
@@ -96,6 +103,11 @@ export class Fill extends EventEmitter {
     this.emit('progress');
   }
 
+  /** @internal */ verify(): void {
+    this.verified = true;
+    this.emit('progress');
+  }
+
   /** @internal */ succeed(): void {
     this.state = 'done';
     this.clearIdle();
@@ -131,7 +143,8 @@ export class Fill extends EventEmitter {
 
   /** The bytes a follower may send: all of them once done; while filling, all but the last (held back until the digest is verified). */
   private available(): number {
-    return this.state === 'done' ? (this.size ?? this.written) : Math.max(0, this.written - 1);
+    if (this.state === 'done') return this.size ?? this.written;
+    return this.verified ? this.written : Math.max(0, this.written - 1);
   }
 
   /**
@@ -366,20 +379,53 @@ export class FillManager {
     const hash = createHash(digest.algorithm);
     let writer: Awaited<ReturnType<StorageDriver['writer']>> | undefined;
     try {
-      await driver.putContent(fill.partialPath, Buffer.alloc(0));
-      writer = await driver.writer(fill.partialPath, { append: true });
+      writer = await driver.writer(fill.partialPath, { create: true });
       const onAbort = () => response.body.destroy(fill.signal.reason instanceof Error ? fill.signal.reason : new Error('fill aborted'));
       fill.signal.addEventListener('abort', onAbort, { once: true });
+      // Chunks are written while the next ones arrive (the writer keeps them in order): the socket keeps
+      // flowing, and only when WRITE_AHEAD bytes wait for the disk does the fill wait for it.
+      const w = writer;
+      let received = 0;
+      let queuedBytes = 0;
+      const inFlight: Promise<void>[] = [];
+      let pending: Buffer[] = [];
+      let pendingBytes = 0;
+      const flush = () => {
+        if (pendingBytes === 0) return;
+        queue(pending.length === 1 ? (pending[0] as Buffer) : Buffer.concat(pending, pendingBytes));
+        pending = [];
+        pendingBytes = 0;
+      };
+      const queue = (data: Buffer) => {
+        queuedBytes += data.length;
+        const write = w.write(data).then(() => {
+          queuedBytes -= data.length;
+          fill.progress(data.length);
+        });
+        write.catch(() => undefined); // awaited below; this only marks the rejection as handled meanwhile
+        inFlight.push(write);
+        void write.then(
+          () => inFlight.splice(inFlight.indexOf(write), 1),
+          () => undefined,
+        );
+      };
       for await (const chunk of response.body) {
         const buf = chunk as Buffer;
-        if (expected !== undefined && fill.written + buf.length > expected) {
+        received += buf.length;
+        if (expected !== undefined && received > expected) {
           throw new Error(`upstream sent more than the ${expected} bytes it announced`);
         }
-        await writer.write(buf);
         hash.update(buf);
         this.options.onUpstreamBytes?.(buf.length);
-        fill.progress(buf.length);
+        pending.push(buf);
+        pendingBytes += buf.length;
+        // A write starts at once when the disk is idle (the first bytes reach followers without delay);
+        // otherwise chunks gather into writes of WRITE_BATCH: few large writes beat many small ones.
+        if (inFlight.length === 0 || pendingBytes >= WRITE_BATCH) flush();
+        while (queuedBytes > WRITE_AHEAD && inFlight.length > 0) await inFlight[0];
       }
+      flush();
+      while (inFlight.length > 0) await inFlight[0];
       fill.signal.removeEventListener('abort', onAbort);
       if (expected !== undefined && fill.written !== expected) {
         throw new Error(`upstream sent ${fill.written} of ${expected} bytes`);
@@ -388,6 +434,9 @@ export class FillManager {
       if (!actual.equals(digest)) {
         throw new Error(`upstream ${response.host.url} sent content with digest ${actual.toString()}`);
       }
+      // The bytes are right: followers may send the last byte now, while the file is synced and moved into
+      // place (syncing 512 MiB takes longer than receiving it; a request meanwhile follows this fill).
+      fill.verify();
       await writer.commit();
       writer = undefined;
       if (fill.size === undefined) fill.setSize(fill.written);

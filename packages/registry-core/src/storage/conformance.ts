@@ -289,6 +289,33 @@ export function runDriverConformance(name: string, factory: () => Promise<Driver
         assert.equal((await d.stat('/upload/data')).size, 11);
       });
 
+      it('creates a file in place with `create`: readable as it grows, replacing an old one, removed on cancel', async () => {
+        const d = driver();
+        await d.putContent('/fills/a/partial', Buffer.from('old content'));
+        const w = await d.writer('/fills/a/partial', { create: true });
+        assert.equal(w.size, 0);
+        assert.equal((await d.stat('/fills/a/partial')).size, 0, 'the old content is gone at once');
+        await w.write(Buffer.from('grow'));
+        assert.equal((await d.getContent('/fills/a/partial')).toString(), 'grow', 'written bytes are visible before commit');
+        if (d.openForRead) {
+          const r = await d.openForRead('/fills/a/partial');
+          await w.write(Buffer.from('ing'));
+          await d.move('/fills/a/partial', '/blobs/final');
+          const buf = Buffer.alloc(7);
+          assert.equal(await r.read(buf, 0), 7, 'an open reader follows the file through a move');
+          assert.equal(buf.toString(), 'growing');
+          await r.close();
+          await w.commit();
+          assert.equal((await d.getContent('/blobs/final')).toString(), 'growing');
+        } else {
+          await w.commit();
+        }
+        const x = await d.writer('/fills/b/partial', { create: true });
+        await x.write(Buffer.from('nope'));
+        await x.cancel();
+        await assert.rejects(d.stat('/fills/b/partial'), PathNotFoundError);
+      });
+
       it('deletes the file when an appending writer is cancelled', async () => {
         const d = driver();
         await d.putContent('/upload/data', Buffer.from('partial'));

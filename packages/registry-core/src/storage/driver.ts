@@ -67,8 +67,12 @@ export interface StorageDriver {
   putContent(path: string, content: Uint8Array): Promise<void>;
   /** A stream of the file's bytes from `offset` to `end` inclusive. An offset at or past the size gives an empty stream. */
   reader(path: string, options?: ReadOptions): Promise<Readable>;
-  /** A writer for `path`; with `append`, resumes an existing file (which must exist) at its end. */
-  writer(path: string, options?: { append?: boolean }): Promise<FileWriter>;
+  /**
+   * A writer for `path`; with `append`, resumes an existing file (which must exist) at its end; with
+   * `create`, writes a new empty file in place (replacing any), its bytes readable as they are written and
+   * synced by `commit` (a cache's partial fill, which is moved into place once verified).
+   */
+  writer(path: string, options?: { append?: boolean; create?: boolean }): Promise<FileWriter>;
   /**
    * Optional: the file opened for positional reads. It stays readable when the path is moved afterwards
    * (a cache follows a blob while it is written, then moved into place). Drivers without it are read with

@@ -125,8 +125,14 @@ export class FilesystemDriver implements StorageDriver {
     };
   }
 
-  async writer(path: string, options: { append?: boolean } = {}): Promise<FileWriter> {
+  async writer(path: string, options: { append?: boolean; create?: boolean } = {}): Promise<FileWriter> {
     const file = this.#resolveWritable(path);
+    if (options.create) {
+      // A new file written in place: no temporary file, no sync until commit (a cache's partial fill).
+      await mkdir(dirname(file), { recursive: true });
+      const handle = await open(file, 'w');
+      return new FilesystemWriter(handle, 0, { kind: 'append', file });
+    }
     if (options.append) {
       let handle: FileHandle;
       try {

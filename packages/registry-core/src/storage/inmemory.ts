@@ -64,9 +64,10 @@ export class InMemoryDriver implements StorageDriver {
     return Readable.from(chunks(data, offset, stop), { objectMode: false });
   }
 
-  async writer(path: string, options: { append?: boolean } = {}): Promise<FileWriter> {
+  async writer(path: string, options: { append?: boolean; create?: boolean } = {}): Promise<FileWriter> {
     checkWritable(path);
-    if (options.append) {
+    if (options.create) this.#install(path, Buffer.alloc(0));
+    if (options.append || options.create) {
       const node = this.#file(path);
       return new InMemoryWriter(node.length, {
         kind: 'append',

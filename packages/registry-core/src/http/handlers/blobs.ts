@@ -25,6 +25,9 @@ export const getBlob: Handler = async ({ ctx, params, repo, request }) => {
   ctx.set('Cache-Control', 'max-age=31536000');
   ctx.type = 'application/octet-stream';
   ctx.length = length;
+  // The status and headers go out now, not with the first byte of the body: a cache filling a miss knows
+  // both once its upstream answered, and the client's time to first byte should not wait for the disk.
+  if (ctx.method === 'GET' && length > 0) ctx.flushHeaders();
 };
 
 /** DELETE `/v2/<name>/blobs/<digest>`. */
