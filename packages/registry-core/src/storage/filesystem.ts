@@ -36,7 +36,7 @@ export const FILESYSTEM_RESERVED_DIRECTORY = '_cascade';
 export const FILESYSTEM_TEMP_DIRECTORY = `${FILESYSTEM_RESERVED_DIRECTORY}/tmp`;
 
 /** Read buffer of blob streams: large reads are what lets a warm blob stream near the disk limit. */
-const READ_HIGH_WATER_MARK = 1024 * 1024;
+const READ_HIGH_WATER_MARK = 256 * 1024;
 
 const RESERVED_PATH = `/${FILESYSTEM_RESERVED_DIRECTORY}`;
 
