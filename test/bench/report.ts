@@ -394,7 +394,10 @@ export function renderMarkdown(results: Results, svgName: string | undefined): s
   L.push('');
   L.push('- Blobs are pseudo-random (AES-CTR keystream), uploaded to the origin once per invocation; every cache starts');
   L.push('  empty for each cold measurement. Files are in the page cache (the machine has enough memory), so the disk');
-  L.push("  matters only for writes (Cascade fsyncs a filled blob before it sends the last byte).");
+  L.push("  matters only for writes (Cascade sends the last byte of a fill once its digest is verified, then fsyncs the");
+  L.push('  blob and moves it into place).');
+  L.push('- What changed Cascade\'s figures between runs, and what stands in the way of the targets it misses:');
+  L.push('  [performance.md](performance.md).');
   L.push('- Correctness: every transfer must be a 200 with the full size and no transport error. The smoke run writes every');
   L.push('  body to a file and checks its sha256; full runs check one hashed download per scenario and system (the first');
   L.push('  fill, the warm blob, the blob after each cold pull and burst) so that hashing does not take CPU from the servers.');
