@@ -11,93 +11,15 @@ import { describe, it } from 'node:test';
 import bcrypt from 'bcryptjs';
 import { stringify } from 'yaml';
 import { spawnCascade, startCascade, testScope, type CascadeProcess } from '../lib/cascade.js';
+import { api, basic, startStack, USERS } from '../lib/stack.js';
 import { makeOciImage } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
-import { distributionRequests, skopeo, startDistribution } from '../lib/peers.js';
-
-const USERS = { alice: 'alice-pw', bob: 'bob-pw', carol: 'carol-pw', svc: 'svc-pw' } as const;
-const basic = (user: keyof typeof USERS) => `Basic ${Buffer.from(`${user}:${USERS[user]}`).toString('base64')}`;
-
-/** The origin: a Cascade registry or distribution's, both with htpasswd. */
-interface Origin {
-  readonly url: string;
-  /** Paths of the GET requests the origin served. */
-  gets(): string[];
-  /** Its log lines, to check that no secret was logged. */
-  text(): string[];
-}
-
-interface Stack {
-  origin: Origin;
-  server: CascadeProcess;
-  regionA: CascadeProcess;
-  regionB: CascadeProcess;
-}
-
-async function startStack(originKind: 'cascade' | 'distribution', dir: string, defer: (fn: () => unknown) => void): Promise<Stack> {
-  await writeFile(join(dir, 'htpasswd'), Object.entries(USERS).map(([u, p]) => `${u}:${bcrypt.hashSync(p, 8)}`).join('\n') + '\n');
-  let origin: Origin;
-  if (originKind === 'cascade') {
-    const proc = await startCascade(join(dir, 'origin'), {
-      storage: { filesystem: { rootdirectory: join(dir, 'origin-data') }, delete: { enabled: true } },
-      auth: { htpasswd: { realm: 'origin', path: join(dir, 'htpasswd') } },
-    });
-    defer(() => proc.stop());
-    origin = {
-      url: proc.url,
-      gets: () => proc.requests().filter((r) => r.method === 'GET').map((r) => String(r.path)),
-      text: () => [...proc.text, ...proc.logs.map((l) => JSON.stringify(l))],
-    };
-  } else {
-    const { mkdir } = await import('node:fs/promises');
-    await mkdir(join(dir, 'origin-data'), { recursive: true });
-    const dist = await startDistribution({ rootdirectory: join(dir, 'origin-data'), deleteEnabled: true, htpasswd: join(dir, 'htpasswd') });
-    defer(() => dist.stop());
-    origin = {
-      url: dist.url,
-      gets: () => distributionRequests(dist.output).filter((r) => r.method === 'GET').map((r) => r.path),
-      text: () => [...dist.output],
-    };
-  }
-  const serverFile = join(dir, 'server.yml');
-  await writeFile(
-    serverFile,
-    stringify({
-      http: { addr: '127.0.0.1:0' },
-      origin: { url: origin.url, username: 'svc', password: USERS.svc },
-      grants: { keysdir: join(dir, 'keys'), ttl: '60s', issuer: 'cascade-test' },
-      database: { sqlite: join(dir, 'state.db') },
-      admins: ['alice'],
-      healthcheck: { interval: '1s' },
-    }),
-  );
-  const server = await spawnCascade(['server', serverFile]);
-  defer(() => server.stop());
-  const cacheConfig = (name: string, upstreams: Record<string, unknown>, downstreams: string[] = []) => ({
-    storage: { filesystem: { rootdirectory: join(dir, `${name}-data`) }, delete: { enabled: true } },
-    middleware: { registry: [{ name: 'downstream', options: { ...upstreams, auth: 'grant', name, issuer: 'cascade-test', downstreams, blobttl: '24h' } }] },
-  });
-  const regionA = await startCascade(join(dir, 'region-a'), cacheConfig('region-a', { originhost: server.url }, ['region-b']));
-  defer(() => regionA.stop());
-  const regionB = await startCascade(join(dir, 'region-b'), cacheConfig('region-b', { upstreams: [{ originhost: server.url, upstreamhosts: [regionA.url] }] }));
-  defer(() => regionB.stop());
-  return { origin, server, regionA, regionB };
-}
-
-async function api(server: CascadeProcess, method: string, path: string, user: keyof typeof USERS | undefined, body?: unknown): Promise<{ status: number; json: unknown }> {
-  const res = await fetch(`${server.url}${path}`, {
-    method,
-    headers: { ...(user ? { authorization: basic(user) } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await res.text();
-  return { status: res.status, json: text ? (JSON.parse(text) as unknown) : undefined };
-}
+import { skopeo } from '../lib/peers.js';
 
 for (const originKind of ['cascade', 'distribution'] as const) describe(`server: the DTR pull flow, origin ${originKind} with htpasswd`, () => {
   it('a user whose cache is region-b pulls through region-b -> region-a; a user without a cache pulls from the server', { timeout: 120_000 }, async (t) => {
     const { dir, defer } = await testScope(t, 'e2e-server-');
-    const stack = await startStack(originKind, dir, defer);
+    const stack = await startStack(dir, defer, { originKind });
     const { server, regionA, regionB, origin } = stack;
 
     // Admin registers the caches; bob picks region-b.
