@@ -27,8 +27,11 @@ function forgeKeys(): { privateKey: forge.pki.rsa.PrivateKey; publicKey: forge.p
 }
 
 function serial(): string {
-  // positive: first hex digit below 8
-  return `0${randomBytes(15).toString('hex')}`;
+  // Positive and minimally encoded in DER: the first byte from 0x01 to 0x7f. (An odd-length hex string, as
+  // this used to be, can encode with a leading zero byte, which TLS libraries may refuse now and then.)
+  const bytes = randomBytes(16);
+  bytes[0] = (bytes[0]! & 0x7f) || 0x01;
+  return bytes.toString('hex');
 }
 
 /** Makes a new CA (self-signed, `basicConstraints cA`, keyCertSign). */
