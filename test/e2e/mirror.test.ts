@@ -11,8 +11,9 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import bcrypt from 'bcryptjs';
+import { stringify } from 'yaml';
 import { startCascadeOrigin, startDistributionOrigin, waitFor, type Hop } from '../lib/cache.js';
-import { startCascade, tempDir, testScope, type CascadeProcess } from '../lib/cascade.js';
+import { spawnCascade, startCascade, tempDir, testScope, type CascadeProcess } from '../lib/cascade.js';
 import { layoutBlobs, makeOciImage, type OciImageLayout } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
 import { canMount, skopeo, startContainerd, type Containerd } from '../lib/peers.js';
@@ -189,6 +190,61 @@ describe('mirror mode: one node, several remotes, real clients', () => {
       assert.equal(res.status, 403, 'a registry that is not a remote is refused');
       assert.match(await res.text(), /does not proxy quay\.io/);
     });
+  });
+
+  test('a mirror registered as a cache at the Cascade server serves the blobs it is redirected for, with the server\'s grants', { timeout: 90_000 }, async (t) => {
+    const { dir, defer } = await testScope(t, 'e2e-mirror-grants-');
+    const users = { alice: 'alice-pw', bob: 'bob-pw', svc: 'svc-pw' };
+    const htpasswd = join(dir, 'htpasswd');
+    await writeFile(htpasswd, Object.entries(users).map(([u, p]) => `${u}:${bcrypt.hashSync(p, 5)}\n`).join(''));
+    const origin = await startCascade(join(dir, 'origin'), {
+      storage: { filesystem: { rootdirectory: join(dir, 'origin', 'data') } },
+      auth: { htpasswd: { realm: 'origin', path: htpasswd } },
+    });
+    defer(() => origin.stop());
+    const serverFile = join(dir, 'server.yml');
+    await writeFile(
+      serverFile,
+      stringify({
+        http: { addr: '127.0.0.1:0' },
+        origin: { url: origin.url, username: 'svc', password: users.svc },
+        grants: { keysdir: join(dir, 'keys'), issuer: 'cascade-test' },
+        database: { sqlite: join(dir, 'state.db') },
+        admins: ['alice'],
+        healthcheck: { interval: '1s' },
+      }),
+    );
+    const server = await spawnCascade(['server', serverFile]);
+    defer(() => server.stop());
+    const mirror = await startCascade(join(dir, 'mirror'), {
+      storage: { filesystem: { rootdirectory: join(dir, 'mirror', 'data') } },
+      proxy: {
+        remotes: [{ url: origin.url, username: 'svc', password: users.svc, default: true }],
+        grants: { issuer: 'cascade-test', name: 'mirror-a', keys: server.url },
+      },
+    });
+    defer(() => mirror.stop());
+    const basicOf = (u: keyof typeof users) => `Basic ${Buffer.from(`${u}:${users[u]}`).toString('base64')}`;
+    const created = await fetch(`${server.url}/api/v0/content_caches`, { method: 'POST', headers: { authorization: basicOf('alice'), 'content-type': 'application/json' }, body: JSON.stringify({ name: 'mirror-a', host: mirror.url }) });
+    assert.equal(created.status, 201);
+    const { id } = (await created.json()) as { id: string };
+    const picked = await fetch(`${server.url}/api/v0/accounts/bob/settings`, { method: 'PATCH', headers: { authorization: basicOf('bob'), 'content-type': 'application/json' }, body: JSON.stringify({ contentCacheUUID: id }) });
+    assert.equal(picked.status, 200);
+
+    await skopeo(['copy', '--dest-creds', `alice:${users.alice}`, imageA.ref, `docker://${server.host}/team/app:v1`]);
+    await skopeo(['copy', '--src-creds', `bob:${users.bob}`, `docker://${server.host}/team/app:v1`, `oci:${join(dir, 'bob')}:v1`]);
+    await assertLayoutHolds(join(dir, 'bob'), 'v1', imageA);
+    for (const digest of await blobsOf(imageA)) {
+      assert.ok(
+        mirror.requests().some((r) => r.method === 'GET' && r.status === 200 && String(r.path).endsWith(`/blobs/${digest}`) && r.user === 'bob'),
+        `the mirror served ${digest} to bob, with his grant`,
+      );
+    }
+    const [layer] = await blobsOf(imageA);
+    const anonymous = await fetch(`${mirror.url}/v2/team/app/blobs/${layer}`);
+    assert.equal(anonymous.status, 401, 'no grant, no auth: the private remote is not served to anonymous clients');
+    const forged = await fetch(`${mirror.url}/v2/team/app/blobs/${layer}?grant=not.a.grant`);
+    assert.equal(forged.status, 401);
   });
 
   test('a token-auth origin mirrored with credentials from the config, served only to the mirror\'s own users', async (t) => {

@@ -53,7 +53,7 @@ export interface UpstreamAuth {
    * new {@link headers}, false when the 401 is final.
    * @throws RegistryError when the credentials cannot be obtained (token endpoint down, realm refused).
    */
-  challenge(challenge: string | undefined, request: UpstreamRequest, host: UpstreamHost): Promise<boolean>;
+  challenge(challenge: string | undefined, request: UpstreamRequest, host: UpstreamHost, sent: Readonly<Record<string, string>>): Promise<boolean>;
 }
 
 /** An upstream's successful answer to a blob request. */
@@ -185,12 +185,13 @@ export class UpstreamPool {
       let response: Response;
       let body: Readable;
       try {
-        ({ response, body } = await this.send(host, request));
+        let sent: Record<string, string>;
+        ({ response, body, sent } = await this.send(host, request));
         const auth = this.options.auth;
         if (response.statusCode === 401 && auth) {
           const challenge = response.headers['www-authenticate'];
           body.resume();
-          if (await auth.challenge(typeof challenge === 'string' ? challenge : undefined, request, host)) {
+          if (await auth.challenge(typeof challenge === 'string' ? challenge : undefined, request, host, sent)) {
             ({ response, body } = await this.send(host, request));
           }
         }
@@ -301,7 +302,7 @@ export class UpstreamPool {
     this.agents.https.destroy();
   }
 
-  private async send(host: UpstreamHost, request: UpstreamRequest): Promise<{ response: Response; body: Readable }> {
+  private async send(host: UpstreamHost, request: UpstreamRequest): Promise<{ response: Response; body: Readable; sent: Record<string, string> }> {
     const client = this.clients.get(host.url) as Got;
     const auth = this.options.auth ? await this.options.auth.headers(request, host) : {};
     const stream = client.stream(request.path.replace(/^\//, ''), {
@@ -315,7 +316,7 @@ export class UpstreamPool {
       stream.once('response', (response: Response) => {
         stream.off('error', onError);
         // Later errors (a cut mid-body) surface on the body stream itself.
-        resolve({ response, body: stream });
+        resolve({ response, body: stream, sent: auth });
       });
     });
   }

@@ -5,8 +5,8 @@
  *     cascade version
  */
 import { readFileSync } from 'node:fs';
-import { ConfigError, createLogger, loadConfig, parseConfig, startRegistry, type LoadConfigOptions } from '@cascade/registry-core';
-import { DOWNSTREAM, downstreamMiddleware, downstreamOptionsOf, grantAuthorizationOf, mirrorMiddleware, mirrorOptionsOf, validateDownstreamOptions, validateMirrorConfig } from '@cascade/downstream';
+import { ConfigError, createAuth, createLogger, loadConfig, parseConfig, startRegistry, type LoadConfigOptions } from '@cascade/registry-core';
+import { DOWNSTREAM, downstreamMiddleware, downstreamOptionsOf, grantAuthorizationOf, mirrorGrantAuthorizer, mirrorMiddleware, mirrorOptionsOf, validateDownstreamOptions, validateMirrorConfig } from '@cascade/downstream';
 import { loadServerConfig } from './front/config.js';
 import { startServer } from './front/run.js';
 import { runCerts } from './commands/certs.js';
@@ -120,6 +120,9 @@ async function runRegistry(args: string[]): Promise<number | undefined> {
     throw new UsageError('the config has both a downstream middleware (a cache node) and a proxy section (a mirror): a node is one or the other');
   }
   const grant = downstream?.auth === 'grant' ? grantAuthorizationOf(downstream, logger) : undefined;
+  // A mirror registered as a cache at the server takes its grants, and its own auth for the rest.
+  const mirrorAuth = mirror?.grants ? createAuth(config, logger) : undefined;
+  const mirrorGrants = mirror?.grants && mirrorAuth ? { authorizer: mirrorGrantAuthorizer(mirror.grants, mirrorAuth.authorizer, logger), extraRoutes: mirrorAuth.routes } : undefined;
   stopper.attach(
     await startRegistry({
       config,
@@ -127,6 +130,7 @@ async function runRegistry(args: string[]): Promise<number | undefined> {
       middleware: downstream ? [downstreamMiddleware(downstream)] : mirror ? [mirrorMiddleware(mirror)] : [],
       role: downstream ? 'cache' : mirror ? 'mirror' : 'registry',
       ...(grant ? { authorizer: grant.authorizer, extraRoutes: grant.routes } : {}),
+      ...(mirrorGrants ?? {}),
     }),
   );
   return undefined;

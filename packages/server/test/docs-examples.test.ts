@@ -23,7 +23,14 @@ const DOCS = [...readdirSync(new URL('docs/', ROOT)).filter((f) => f.endsWith('.
 /** The fenced ```yaml blocks of a Markdown file. */
 function yamlBlocks(file: string): string[] {
   const text = readFileSync(new URL(file, ROOT), 'utf8');
-  return [...text.matchAll(/^```yaml\n([\s\S]*?)^```/gm)].map((m) => m[1] as string);
+  // Blocks inside list items are indented: the fence's indentation is removed from every line.
+  return [...text.matchAll(/^( *)```yaml\n([\s\S]*?)^\1```/gm)].map((m) => {
+    const indent = (m[1] as string).length;
+    return (m[2] as string)
+      .split('\n')
+      .map((line) => line.slice(Math.min(indent, line.length - line.trimStart().length)))
+      .join('\n');
+  });
 }
 
 const caDir = mkdtempSync(join(tmpdir(), 'docs-examples-'));

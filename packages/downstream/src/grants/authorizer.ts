@@ -72,3 +72,19 @@ function asList(value: string | string[] | undefined): string[] {
 function identityOf(claims: GrantClaims): Identity {
   return claims.sub ? { user: claims.sub } : {};
 }
+
+/**
+ * A mirror registered as a cache at the Cascade server: requests carrying a grant are checked as grants,
+ * every other request by the mirror's own authorizer (its `auth` section, or none).
+ */
+export class GrantOrAuthorizer implements Authorizer {
+  constructor(
+    private readonly grants: GrantAuthorizer,
+    private readonly otherwise: Authorizer,
+  ) {}
+
+  authorize(headers: IncomingHttpHeaders, access: Access[], path: string, query?: Readonly<Record<string, string | string[] | undefined>>): Promise<Identity> {
+    const hasGrant = asList(query?.[GRANT_QUERY_PARAMETER]).length > 0 || asList(headers[GRANT_HEADER]).length > 0;
+    return hasGrant ? this.grants.authorize(headers, access, path, query) : this.otherwise.authorize(headers, access, path, query);
+  }
+}

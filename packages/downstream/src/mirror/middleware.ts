@@ -4,14 +4,16 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { isPathNotFound, paths, type NamespaceMiddleware } from '@cascade/registry-core';
+import { isPathNotFound, paths, type Authorizer, type NamespaceMiddleware } from '@cascade/registry-core';
 import { CacheNamespace } from '../cache.js';
 import { loadCAs } from '../cas.js';
 import { ExpiryIndex } from '../expiry.js';
 import { UpstreamPool } from '../upstream.js';
 import { observeCache, upstreamLatency } from '../metrics.js';
 import { localBlobMarker, MirrorNamespace, type RemoteRuntime } from './namespace.js';
-import type { MirrorOptions } from './options.js';
+import type { MirrorGrants, MirrorOptions } from './options.js';
+import { GrantAuthorizer, GrantOrAuthorizer } from '../grants/authorizer.js';
+import { GrantVerifier, RemoteJwks } from '../grants/grant.js';
 import { RemoteAuth } from './remote-auth.js';
 
 /** How often the mirror logs its counters (when they changed). */
@@ -126,4 +128,15 @@ export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSetting
       },
     };
   };
+}
+
+/**
+ * The authorizer of a mirror with `proxy.grants`: the server's grants for blob GETs (keys fetched from the
+ * server's `/api/v0/keys`), the mirror's own `auth` for everything else.
+ */
+export function mirrorGrantAuthorizer(grants: MirrorGrants, otherwise: Authorizer, logger: Logger): Authorizer {
+  const ca = grants.cas.length > 0 ? loadCAs(grants.cas).pem : undefined;
+  const keys = new RemoteJwks({ urls: [grants.keys], ...(ca ? { ca } : {}), logger: logger.child({ component: 'grant-keys' }) });
+  const verifier = new GrantVerifier({ issuer: grants.issuer, acceptAudiences: [grants.name], keys });
+  return new GrantOrAuthorizer(new GrantAuthorizer(verifier), otherwise);
 }

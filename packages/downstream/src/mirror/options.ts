@@ -64,8 +64,21 @@ export interface MirrorOptions {
   readonly local: readonly string[];
   /** Blob time to live after the last access, in ms; undefined: never expire. */
   readonly ttlMs?: number;
-  /** The mirror authenticates its clients (auth.htpasswd or auth.token). */
+  /** The mirror authenticates its clients (auth.htpasswd or auth.token, or the server's grants). */
   readonly clientAuth: boolean;
+  /** Accept the Cascade server's grants for blob GETs (the mirror is registered as a cache there). */
+  readonly grants?: MirrorGrants;
+}
+
+/** `proxy.grants`: the server whose grants a mirror accepts. */
+export interface MirrorGrants {
+  /** The server's `grants.issuer`. */
+  readonly issuer: string;
+  /** The mirror's name as registered at the server (the grants' audience). */
+  readonly name: string;
+  /** Where the server's keys are: its base URL (`/api/v0/keys` is appended). */
+  readonly keys: string;
+  readonly cas: readonly string[];
 }
 
 const COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*$/;
@@ -117,7 +130,8 @@ export function parseMirrorOptions(config: RegistryConfig): { options?: MirrorOp
     );
     return { errors };
   }
-  const clientAuth = Boolean(config.auth?.htpasswd || config.auth?.token);
+  const clientAuth = Boolean(config.auth?.htpasswd || config.auth?.token || proxy.grants);
+  if (proxy.grants) errors.push(...validateCaFiles(proxy.grants.cas ?? [], 'proxy.grants.cas'));
   const revalidateAll = proxy.revalidate ?? DEFAULT_REVALIDATE_MS;
   const remotes: MirrorRemote[] = [];
   const byName = new Map<string, string>();
@@ -144,7 +158,7 @@ export function parseMirrorOptions(config: RegistryConfig): { options?: MirrorOp
     const anonymous = r.anonymous ?? proxy.anonymous ?? false;
     if (hasCredentials && !anonymous && !clientAuth) {
       errors.push(
-        `${r.key}.username: expected client authentication on this mirror (auth.htpasswd or auth.token) before it serves a remote's private content, or anonymous: true (${r.key === 'proxy' ? 'proxy.anonymous' : `${r.key}.anonymous`}) to serve it to anyone who can reach the mirror, got credentials and no auth section`,
+        `${r.key}.username: expected client authentication on this mirror (auth.htpasswd or auth.token) before it serves a remote's private content, or anonymous: true (${r.key === 'proxy' ? 'proxy.anonymous' : `${r.key}.anonymous`}) to serve it to anyone who can reach the mirror, got credentials and no auth section (or proxy.grants)`,
       );
     }
     const cas = [...(proxy.cas ?? []), ...(r.cas ?? [])];
@@ -183,5 +197,6 @@ export function parseMirrorOptions(config: RegistryConfig): { options?: MirrorOp
   });
   if (errors.length > 0) return { errors };
   const ttlMs = proxy.ttl > 0 ? proxy.ttl : undefined;
-  return { options: { remotes, ...(defaultRemote ? { defaultRemote } : {}), local, ...(ttlMs !== undefined ? { ttlMs } : {}), clientAuth }, errors };
+  const grants = proxy.grants ? { issuer: proxy.grants.issuer, name: proxy.grants.name, keys: proxy.grants.keys.replace(/\/+$/, ''), cas: proxy.grants.cas ?? [] } : undefined;
+  return { options: { remotes, ...(defaultRemote ? { defaultRemote } : {}), local, ...(ttlMs !== undefined ? { ttlMs } : {}), clientAuth, ...(grants ? { grants } : {}) }, errors };
 }

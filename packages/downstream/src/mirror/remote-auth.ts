@@ -133,11 +133,13 @@ export class RemoteAuth implements UpstreamAuth {
     return {};
   }
 
-  async challenge(header: string | undefined, request: UpstreamRequest, host: UpstreamHost): Promise<boolean> {
+  async challenge(header: string | undefined, request: UpstreamRequest, host: UpstreamHost, sent: Readonly<Record<string, string>> = {}): Promise<boolean> {
     const challenge = parseChallenge(header);
     if (!challenge) return false;
     if (challenge.scheme === 'basic') {
-      if (!this.basic || this.scheme === 'basic') return false;
+      // Refused although it carried the credentials: final. (Concurrent requests sent before the first
+      // challenge was seen carry none, and are retried with them.)
+      if (!this.basic || sent['authorization'] === this.basic) return false;
       this.scheme = 'basic';
       return true;
     }

@@ -376,6 +376,8 @@ const proxySchema = z.strictObject({
   revalidate: goDuration().optional(),
   anonymous: bool().optional(),
   cas: z.array(z.string().min(1)).optional(),
+  // A mirror registered as a cache at the Cascade server: blob GETs with the server's grants.
+  grants: z.strictObject({ issuer: z.string().min(1), name: z.string().min(1), keys: httpUrl(), cas: z.array(z.string().min(1)).optional() }).optional(),
 });
 
 const checkCommon = {
