@@ -288,6 +288,7 @@ class ScriptedRemote {
   url = '';
   realm = '';
   requireToken = false;
+  requireBasic = false;
   tokenRequests: { authorization?: string; scope?: string }[] = [];
   manifests = new Map<string, Buffer>();
   blobRedirect = '';
@@ -322,6 +323,10 @@ class ScriptedRemote {
       return;
     }
     this.seen.push({ method: req.method ?? '', path: url.pathname, ...(authorization ? { authorization } : {}) });
+    if (this.requireBasic && authorization !== `Basic ${Buffer.from('robot:s3cret').toString('base64')}`) {
+      res.writeHead(401, { 'www-authenticate': 'Basic realm="scripted"', 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAUTHORIZED","message":"x"}]}');
+      return;
+    }
     if (this.requireToken && !authorization?.startsWith('Bearer tok-')) {
       res.writeHead(401, { 'www-authenticate': `Bearer realm="${this.realm}",service="scripted"`, 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAUTHORIZED","message":"x"}]}');
       return;
@@ -403,6 +408,27 @@ describe('mirror and misbehaving or protected remotes', () => {
     assert.equal(remote.tokenRequests.length, 1, JSON.stringify(remote.tokenRequests));
     assert.equal(remote.tokenRequests[0]?.scope, 'repository:app:pull');
     assert.equal(remote.tokenRequests[0]?.authorization, `Basic ${Buffer.from('robot:s3cret').toString('base64')}`);
+  });
+
+  it('answers a Basic challenge for every request sent before it was seen, not only the first', async (t) => {
+    const remote = new ScriptedRemote();
+    await remote.start();
+    t.after(() => remote.server.close());
+    remote.requireBasic = true;
+    remote.delayMs = 50;
+    const digests = Array.from({ length: 8 }, (_, i) => {
+      const m = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { mediaType: 'x', digest: sha(`c${i}`), size: 1 }, layers: [] }));
+      remote.manifests.set(sha(m), m);
+      return sha(m);
+    });
+    const m = await startMirror(`proxy:\n  remotes: [{url: "${remote.url}", username: robot, password: s3cret, anonymous: true}]\n`);
+    t.after(() => m.reg.close());
+    const all = await Promise.all(digests.map((d) => req(`${m.reg.url}/v2/app/manifests/${d}`, { headers: { accept: OCI_MANIFEST } })));
+    assert.deepEqual(all.map((r) => r.status), digests.map(() => 200), all.map((r) => r.body.toString()).join('\n'));
+    const wrong = await startMirror(`proxy:\n  remotes: [{url: "${remote.url}", username: robot, password: wrong, anonymous: true}]\n`);
+    t.after(() => wrong.reg.close());
+    const refused = await req(`${wrong.reg.url}/v2/app/manifests/${digests[0]}`, { headers: { accept: OCI_MANIFEST } });
+    assert.equal(refused.status, 403, 'wrong credentials are refused once, not retried forever');
   });
 
   it('refuses a token realm off the remote\'s host: the credentials are never sent there', async (t) => {
