@@ -5,15 +5,13 @@
  * which stops them all at the end and reports the ones that died on their own (a crash is a correctness
  * failure of the benchmark).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { stringify } from 'yaml';
-import { CASCADE_BIN, startCascade, type CascadeProcess, type LogLine } from '../lib/cascade.js';
+import { startCascade, type CascadeProcess } from '../lib/cascade.js';
 import { cacheConfig } from '../lib/cache.js';
-import { distributionRequests, freePort, type DistributionAccessLine } from '../lib/peers.js';
+import { cleanEnv, daemon, distributionRequests, freePort, waitUntil, type Daemon, type DistributionAccessLine } from '../lib/peers.js';
 
 /** A benchmarked server: its URL, its process id (for RSS), and its access log. */
 export interface Peer {
@@ -60,71 +58,16 @@ export class Fleet {
   }
 }
 
-interface Daemon {
-  readonly child: ChildProcess;
-  readonly output: string[];
-  readonly exited: Promise<number | null>;
-  hasExited(): boolean;
-  kill(graceMs?: number): Promise<void>;
-}
+/** Log lines kept per peer: a run's access log, every upstream GET of which is counted. */
+const ACCESS_LOG_LINES = 200_000;
 
-function daemon(cmd: string, args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv; keep?: number } = {}): Daemon {
-  const child = spawn(cmd, args, { cwd: options.cwd, env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const output: string[] = [];
-  const keep = options.keep ?? 200_000;
-  let pending = '';
-  const onChunk = (chunk: string) => {
-    pending += chunk;
-    const idx = pending.lastIndexOf('\n');
-    if (idx < 0) return;
-    for (const line of pending.slice(0, idx).split('\n')) if (line.trim()) output.push(line);
-    pending = pending.slice(idx + 1);
-    if (output.length > keep) output.splice(0, output.length - keep);
-  };
-  child.stdout!.setEncoding('utf8').on('data', onChunk);
-  child.stderr!.setEncoding('utf8').on('data', onChunk);
-  let done = false;
-  let stopping = false;
-  const exited = new Promise<number | null>((res) => {
-    child.on('exit', (code) => { done = true; res(code); });
-    child.on('error', (err) => { done = true; output.push(`spawn error: ${err.message}`); res(null); });
-  });
-  return {
-    child,
-    output,
-    exited,
-    hasExited: () => done && !stopping,
-    async kill(graceMs = 5000) {
-      stopping = true;
-      if (done) return;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-      await exited;
-      clearTimeout(timer);
-    },
-  };
-}
-
-async function waitHttp(what: string, d: Daemon, url: string, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (d.hasExited()) throw new Error(`${what} exited before it was ready:\n${d.output.slice(-40).join('\n')}`);
-    try {
-      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
-      await res.arrayBuffer();
-      if (res.status < 500) return;
-    } catch {
-      // not listening yet
-    }
-    await sleep(50);
-  }
-  await d.kill();
-  throw new Error(`${what} was not ready after ${timeoutMs} ms:\n${d.output.slice(-40).join('\n')}`);
-}
-
-/** The environment without `REGISTRY_*` overrides, so a developer's shell cannot reconfigure a peer. */
-function cleanEnv(): NodeJS.ProcessEnv {
-  return Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_')));
+/** Polls `url` until it answers below 500. */
+function waitHttp(what: string, d: Daemon, url: string, timeoutMs = 15_000): Promise<void> {
+  return waitUntil(what, d, async () => {
+    const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
+    await res.arrayBuffer();
+    return res.status < 500;
+  }, timeoutMs);
 }
 
 export interface DistributionOptions {
@@ -160,7 +103,7 @@ export async function startDistribution(fleet: Fleet, o: DistributionOptions): P
     };
     const configPath = join(o.dir, 'config.yml');
     await writeFile(configPath, JSON.stringify(config, null, 2));
-    const d = daemon('docker-registry', ['serve', configPath], { cwd: o.dir, env: cleanEnv() });
+    const d = daemon('docker-registry', ['serve', configPath], { cwd: o.dir, env: cleanEnv(), keep: ACCESS_LOG_LINES });
     const url = `http://127.0.0.1:${port}`;
     try {
       await waitHttp(`docker-registry ${o.name} on ${url}`, d, `${url}/v2/`);
@@ -215,7 +158,7 @@ export async function startNginx(fleet: Fleet, dir: string, file: string): Promi
     ].join('\n');
     const confPath = join(dir, 'nginx.conf');
     await writeFile(confPath, conf);
-    const d = daemon('nginx', ['-c', confPath, '-p', dir, '-g', 'daemon off;'], { cwd: dir });
+    const d = daemon('nginx', ['-c', confPath, '-p', dir, '-g', 'daemon off;'], { cwd: dir, keep: ACCESS_LOG_LINES });
     const url = `http://127.0.0.1:${port}`;
     try {
       await waitHttp(`nginx on ${url}`, d, `${url}/ping`);
@@ -271,63 +214,12 @@ export async function startCascadeCache(fleet: Fleet, o: CascadeCacheOptions): P
     ...(o.upstreamhosts ? { upstreamhosts: o.upstreamhosts } : {}),
     ...(o.options ? { options: o.options } : {}),
   });
-  const proc = o.nodeArgs?.length
-    ? await spawnWithNodeArgs(o.dir, config, o.nodeArgs)
-    : await startCascade(o.dir, config, o.env ? { env: o.env } : {});
-  return fleet.add(cascadeNode(o.name, proc, rootdirectory));
-}
-
-/**
- * `node NODEARGS packages/server/bin/cascade.js registry config.yml` (what startCascade does, plus
- * arguments for node itself): waits for the "listening" line, keeps the JSON log lines.
- */
-async function spawnWithNodeArgs(dir: string, config: Record<string, unknown>, nodeArgs: string[]): Promise<CascadeProcess> {
-  const file = join(dir, 'config.yml');
-  await mkdir(dir, { recursive: true });
-  await writeFile(file, stringify({ version: '0.1', ...config, http: { addr: '127.0.0.1:0' } }));
-  const child = spawn(process.execPath, [...nodeArgs, CASCADE_BIN, 'registry', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const logs: LogLine[] = [];
-  const text: string[] = [];
-  let exited: number | null | undefined;
-  const exit = new Promise<number | null>((res) => child.on('exit', (code) => { exited = code; res(code); }));
-  const url = await new Promise<string>((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error(`cascade with ${nodeArgs.join(' ')} did not start in time\n${text.join('\n')}`)), 15_000);
-    let pending = '';
-    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-      pending += chunk;
-      const idx = pending.lastIndexOf('\n');
-      if (idx < 0) return;
-      for (const line of pending.slice(0, idx).split('\n')) {
-        if (!line.trim()) continue;
-        try {
-          const l = JSON.parse(line) as LogLine;
-          logs.push(l);
-          if (l.msg === 'listening' && typeof l.url === 'string') { clearTimeout(timer); resolveUrl(l.url); }
-        } catch {
-          text.push(line);
-        }
-      }
-      pending = pending.slice(idx + 1);
-    });
-    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => text.push(...chunk.split('\n').filter(Boolean)));
-    void exit.then((code) => { clearTimeout(timer); reject(new Error(`cascade with ${nodeArgs.join(' ')} exited with ${code} before listening\n${text.join('\n')}`)); });
+  // A profiled process writes its profile on exit: give it longer to stop.
+  const proc = await startCascade(o.dir, config, {
+    ...(o.env ? { env: o.env } : {}),
+    ...(o.nodeArgs?.length ? { nodeArgs: o.nodeArgs, stopGraceMs: 10_000 } : {}),
   });
-  return {
-    url,
-    host: new URL(url).host,
-    logs,
-    text,
-    child,
-    requests: () => logs.filter((l) => l.msg === 'request'),
-    async stop(signal: NodeJS.Signals = 'SIGTERM') {
-      if (exited !== undefined) return exited;
-      child.kill(signal);
-      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      const code = await exit;
-      clearTimeout(t);
-      return code;
-    },
-  };
+  return fleet.add(cascadeNode(o.name, proc, rootdirectory));
 }
 
 /** Wraps a running `cascade` process (cache node or server) as a benchmark node. */

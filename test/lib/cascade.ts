@@ -51,7 +51,7 @@ export async function tempDir(prefix = 'cascade-test-'): Promise<{ dir: string; 
 export async function startCascade(
   dir: string,
   config: Record<string, unknown>,
-  options: { role?: string; env?: Record<string, string>; args?: string[]; timeoutMs?: number } = {},
+  options: { role?: string; args?: string[] } & SpawnOptions = {},
 ): Promise<CascadeProcess> {
   const http = { addr: '127.0.0.1:0', ...((config.http as Record<string, unknown> | undefined) ?? {}) };
   const file = join(dir, 'config.yml');
@@ -60,9 +60,20 @@ export async function startCascade(
   return spawnCascade([options.role ?? 'registry', file, ...(options.args ?? [])], options);
 }
 
+/** Options of {@link spawnCascade}. */
+export interface SpawnOptions {
+  env?: Record<string, string>;
+  /** How long to wait for the "listening" line (default 15 s). */
+  timeoutMs?: number;
+  /** Arguments for `node` itself, before the script (`--cpu-prof` is refused in NODE_OPTIONS). */
+  nodeArgs?: string[];
+  /** How long `stop()` waits after SIGTERM before SIGKILL (default 5 s). */
+  stopGraceMs?: number;
+}
+
 /** Starts `cascade ARGS...` and waits for its "listening" log line. */
-export async function spawnCascade(args: string[], options: { env?: Record<string, string>; timeoutMs?: number } = {}): Promise<CascadeProcess> {
-  const child = spawn(process.execPath, [CASCADE_BIN, ...args], {
+export async function spawnCascade(args: string[], options: SpawnOptions = {}): Promise<CascadeProcess> {
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), CASCADE_BIN, ...args], {
     env: { ...process.env, ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -108,7 +119,7 @@ export async function spawnCascade(args: string[], options: { env?: Record<strin
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
       if (exited !== undefined) return exited;
       child.kill(signal);
-      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+      const t = setTimeout(() => child.kill('SIGKILL'), options.stopGraceMs ?? 5000);
       const code = await exitPromise;
       clearTimeout(t);
       return code;

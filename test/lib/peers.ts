@@ -65,26 +65,35 @@ export async function freePort(): Promise<number> {
 }
 
 /** A long-running child process whose output is kept for diagnostics. */
-interface Daemon {
+export interface Daemon {
   readonly child: ChildProcess;
   readonly output: string[];
   /** Resolves with the exit code once the process has exited. */
   readonly exited: Promise<number | null>;
+  /** True when the process exited although nobody stopped it (a crash, or a failed start). */
   hasExited(): boolean;
   /** SIGTERM, then SIGKILL after `graceMs`; resolves when the process is gone. */
   kill(graceMs?: number): Promise<void>;
 }
 
-function daemon(cmd: string, args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string }): Daemon {
+/** Starts `cmd`; its stdout and stderr are kept as whole lines, the last `keep` of them (default 5000). */
+export function daemon(cmd: string, args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; keep?: number } = {}): Daemon {
   const child = spawn(cmd, args, { env: options.env ?? process.env, cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   const output: string[] = [];
-  const keep = (chunk: string) => {
-    for (const line of chunk.split('\n')) if (line.trim()) output.push(line);
-    if (output.length > 5000) output.splice(0, output.length - 5000);
+  const keep = options.keep ?? 5000;
+  // A line can arrive in two chunks: only complete lines are kept, the rest waits for the next chunk.
+  const onChunk = (stream: { pending: string }) => (chunk: string) => {
+    stream.pending += chunk;
+    const idx = stream.pending.lastIndexOf('\n');
+    if (idx < 0) return;
+    for (const line of stream.pending.slice(0, idx).split('\n')) if (line.trim()) output.push(line);
+    stream.pending = stream.pending.slice(idx + 1);
+    if (output.length > keep) output.splice(0, output.length - keep);
   };
-  child.stdout!.setEncoding('utf8').on('data', keep);
-  child.stderr!.setEncoding('utf8').on('data', keep);
+  child.stdout!.setEncoding('utf8').on('data', onChunk({ pending: '' }));
+  child.stderr!.setEncoding('utf8').on('data', onChunk({ pending: '' }));
   let done = false;
+  let stopping = false;
   const exited = new Promise<number | null>((res) => {
     child.on('exit', (code) => { done = true; res(code); });
     child.on('error', (err) => { done = true; output.push(`spawn error: ${err.message}`); res(null); });
@@ -93,8 +102,9 @@ function daemon(cmd: string, args: string[], options: { env?: NodeJS.ProcessEnv;
     child,
     output,
     exited,
-    hasExited: () => done,
+    hasExited: () => done && !stopping,
     async kill(graceMs = 5000) {
+      stopping = true;
       if (done) return;
       child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
@@ -105,7 +115,7 @@ function daemon(cmd: string, args: string[], options: { env?: NodeJS.ProcessEnv;
 }
 
 /** Polls `probe` every 50 ms until it returns true, the daemon exits, or `timeoutMs` passes. */
-async function waitUntil(what: string, d: Daemon, probe: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+export async function waitUntil(what: string, d: Daemon, probe: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (d.hasExited()) throw new Error(`${what} exited before it was ready:\n${d.output.slice(-40).join('\n')}`);
@@ -117,7 +127,7 @@ async function waitUntil(what: string, d: Daemon, probe: () => Promise<boolean>,
 }
 
 /** The environment without `REGISTRY_*` overrides, so a developer's shell cannot reconfigure a peer. */
-function cleanEnv(): NodeJS.ProcessEnv {
+export function cleanEnv(): NodeJS.ProcessEnv {
   return Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_')));
 }
 
