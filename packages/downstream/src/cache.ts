@@ -28,7 +28,7 @@ import {
   type TagStore,
 } from '@cascade/registry-core';
 import { FillManager, type Fill, type FillSource } from './fill.js';
-import { blobPath, type UpstreamPool } from './upstream.js';
+import { blobPath, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
 
 /** Records accesses and protects blobs being served (see expiry.ts); optional. */
 export interface AccessTracker {
@@ -231,10 +231,31 @@ export class CacheBlobStore implements BlobStore {
   }
 }
 
-const MANIFEST_ACCEPT = [...MANIFEST_MEDIA_TYPES].join(', ');
+/** The Accept header of manifest requests upstream: every manifest and index type. */
+export const MANIFEST_ACCEPT = [...MANIFEST_MEDIA_TYPES].join(', ');
+
+/**
+ * The manifest in an upstream's answer to a GET by `digest`, once its bytes hash to that digest.
+ * @throws RegistryError UNAVAILABLE (502) when they do not: the upstream sent something else.
+ */
+export async function verifiedManifest(res: UpstreamBlobResponse, digest: Digest): Promise<ParsedManifest> {
+  const bytes = await readLimited(res.body, MANIFEST_MAX_BYTES);
+  const actual = Digest.of(bytes, digest.algorithm);
+  if (!actual.equals(digest)) {
+    throw new RegistryError('UNAVAILABLE', `upstream ${res.host.url} sent a manifest whose digest is ${actual.toString()}, not ${digest.toString()}`, { status: 502 });
+  }
+  const contentType = typeof res.headers['content-type'] === 'string' ? res.headers['content-type'] : undefined;
+  return readManifest(bytes, digest, contentType);
+}
+
+/** The descriptors of an upstream's answer to a referrers request (an image index). */
+export async function referrersOf(res: UpstreamBlobResponse): Promise<Descriptor[]> {
+  const index = JSON.parse((await readLimited(res.body, MANIFEST_MAX_BYTES)).toString('utf8')) as { manifests?: Descriptor[] };
+  return Array.isArray(index.manifests) ? index.manifests : [];
+}
 
 /** Manifests read from the upstreams on every request, verified against their digest, never stored. */
-export class PassthroughManifestStore implements ManifestStore {
+class PassthroughManifestStore implements ManifestStore {
   constructor(
     private readonly upstreams: UpstreamPool,
     private readonly name: string,
@@ -246,13 +267,7 @@ export class PassthroughManifestStore implements ManifestStore {
       { method: 'GET', path: `/v2/${this.name}/manifests/${digest.toString()}`, headers: { ...this.headers, accept: MANIFEST_ACCEPT } },
       'MANIFEST_UNKNOWN',
     );
-    const bytes = await readLimited(res.body, MANIFEST_MAX_BYTES);
-    const actual = Digest.of(bytes, digest.algorithm);
-    if (!actual.equals(digest)) {
-      throw new RegistryError('UNAVAILABLE', `upstream ${res.host.url} sent a manifest whose digest is ${actual.toString()}, not ${digest.toString()}`, { status: 502 });
-    }
-    const contentType = typeof res.headers['content-type'] === 'string' ? res.headers['content-type'] : undefined;
-    return readManifest(bytes, digest, contentType);
+    return verifiedManifest(res, digest);
   }
 
   async exists(digest: Digest): Promise<boolean> {
@@ -277,9 +292,7 @@ export class PassthroughManifestStore implements ManifestStore {
   async referrers(digest: Digest, artifactType?: string): Promise<Descriptor[]> {
     const query = artifactType ? `?artifactType=${encodeURIComponent(artifactType)}` : '';
     try {
-      const res = await this.upstreams.fetch({ method: 'GET', path: `/v2/${this.name}/referrers/${digest.toString()}${query}`, headers: this.headers }, 'NOT_FOUND');
-      const index = JSON.parse((await readLimited(res.body, MANIFEST_MAX_BYTES)).toString('utf8')) as { manifests?: Descriptor[] };
-      return Array.isArray(index.manifests) ? index.manifests : [];
+      return await referrersOf(await this.upstreams.fetch({ method: 'GET', path: `/v2/${this.name}/referrers/${digest.toString()}${query}`, headers: this.headers }, 'NOT_FOUND'));
     } catch (err) {
       if (err instanceof RegistryError && err.code === 'NOT_FOUND') return [];
       throw err;
@@ -288,7 +301,7 @@ export class PassthroughManifestStore implements ManifestStore {
 }
 
 /** Tags resolved by the upstreams on every request. */
-export class PassthroughTagStore implements TagStore {
+class PassthroughTagStore implements TagStore {
   constructor(
     private readonly upstreams: UpstreamPool,
     private readonly name: string,

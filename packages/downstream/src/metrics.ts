@@ -135,10 +135,8 @@ function counter(obs: NodeObservability, name: string, help: string, labelNames:
     registers: [obs.registry],
     collect() {
       this.reset();
-      read((labels, value) => {
-        if (value > 0) this.inc(labels, value);
-        else this.inc(labels, 0);
-      });
+      // Every series is set, zero included, so that it exists from the first scrape.
+      read((labels, value) => this.inc(labels, value));
     },
   });
 }

@@ -21,7 +21,6 @@ import {
   Digest,
   isPathNotFound,
   MANIFEST_MAX_BYTES,
-  MANIFEST_MEDIA_TYPES,
   paths,
   readManifest,
   RegistryError,
@@ -40,7 +39,7 @@ import {
   type StorageRepository,
   type TagStore,
 } from '@cascade/registry-core';
-import { CacheBlobStore, readLimited, statBlob, type CacheNamespace } from '../cache.js';
+import { CacheBlobStore, MANIFEST_ACCEPT, readLimited, referrersOf, statBlob, verifiedManifest, type CacheNamespace } from '../cache.js';
 import type { Fill } from '../fill.js';
 import type { UpstreamBlobResponse, UpstreamPool, UpstreamRequest } from '../upstream.js';
 import type { MirrorOptions, MirrorRemote } from './options.js';
@@ -57,7 +56,6 @@ export function localBlobMarker(digest: Digest): string {
 /** The request header that lists the mirrors a request went through. */
 export const VIA_HEADER = 'x-cascade-via';
 
-const MANIFEST_ACCEPT = [...MANIFEST_MEDIA_TYPES].join(', ');
 const STALE_WARNING = '110 cascade "Response is Stale"';
 
 /** A remote and what the mirror keeps about it at run time. */
@@ -241,14 +239,13 @@ class MirrorRepository implements Repository {
   /** Fetches a manifest by digest, checks that its bytes hash to that digest, and stores it. */
   async fetchManifest(digest: Digest): Promise<ParsedManifest> {
     const res = await this.fetch({ method: 'GET', path: `/v2/${this.upstreamName}/manifests/${digest.toString()}`, headers: { accept: MANIFEST_ACCEPT } }, 'MANIFEST_UNKNOWN');
-    const bytes = await readLimited(res.body, MANIFEST_MAX_BYTES);
-    const actual = Digest.of(bytes, digest.algorithm);
-    if (!actual.equals(digest)) {
-      this.log.warn({ remote: this.remote.url, repository: this.upstreamName, requested: digest.toString(), actual: actual.toString() }, 'remote sent a manifest that does not match its digest: refused, not stored');
-      throw new RegistryError('UNAVAILABLE', `${this.remote.url} sent a manifest whose digest is ${actual.toString()}, not ${digest.toString()}: refused`, { status: 502 });
+    let manifest: ParsedManifest;
+    try {
+      manifest = await verifiedManifest(res, digest);
+    } catch (err) {
+      this.log.warn({ remote: this.remote.url, repository: this.upstreamName, requested: digest.toString(), reason: (err as Error).message }, 'remote sent a manifest that does not match its digest: refused, not stored');
+      throw err;
     }
-    const contentType = typeof res.headers['content-type'] === 'string' ? res.headers['content-type'] : undefined;
-    const manifest = readManifest(bytes, digest, contentType);
     await this.stored.manifests.put(manifest, { checkReferences: false });
     this.mirror.metrics.manifestFetches += 1;
     return manifest;
@@ -292,9 +289,7 @@ class MirrorManifestStore implements ManifestStore {
   async referrers(digest: Digest, artifactType?: string): Promise<Descriptor[]> {
     const query = artifactType ? `?artifactType=${encodeURIComponent(artifactType)}` : '';
     try {
-      const res = await this.repo.fetch({ method: 'GET', path: `/v2/${this.repo.upstreamName}/referrers/${digest.toString()}${query}` }, 'NOT_FOUND');
-      const index = JSON.parse((await readLimited(res.body, MANIFEST_MAX_BYTES)).toString('utf8')) as { manifests?: Descriptor[] };
-      return Array.isArray(index.manifests) ? index.manifests : [];
+      return await referrersOf(await this.repo.fetch({ method: 'GET', path: `/v2/${this.repo.upstreamName}/referrers/${digest.toString()}${query}` }, 'NOT_FOUND'));
     } catch (err) {
       if (isCode(err, 'NOT_FOUND')) return [];
       // The remote is down: what this mirror stored is the best answer it has.
