@@ -33,6 +33,19 @@ async function scrape(base: string): Promise<string> {
   return res.text();
 }
 
+/**
+ * Scrapes until `settled` holds or 2 s pass, and returns the last scrape. Byte counters move when the
+ * server's read stream ends, which can come a moment after the client has the last byte.
+ */
+async function scrapeSettled(base: string, settled: (text: string) => boolean): Promise<string> {
+  const deadline = Date.now() + 2000;
+  for (;;) {
+    const text = await scrape(base);
+    if (settled(text) || Date.now() > deadline) return text;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 /** The value of one sample (`name{labels}`, labels in any order given as a substring match), or undefined. */
 function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
   for (const line of text.split('\n')) {
@@ -72,8 +85,9 @@ describe('/metrics, /health and /ready on every role', () => {
     for (const step of expected) {
       const res = await fetchBlob(blobUrl(cache.url, 'team/app', digest));
       assert.equal(res.status, 200);
-      text = await scrape(cache.url);
+      text = await scrapeSettled(cache.url, (t) => sample(t, 'cascade_cache_bytes_total', { source: 'disk' }) === step.hits * 300_000);
       assert.equal(sample(text, 'cascade_cache_blob_requests_total', { result: 'hit' }), step.hits);
+      assert.equal(sample(text, 'cascade_cache_bytes_total', { source: 'disk' }), step.hits * 300_000);
       assert.equal(sample(text, 'cascade_cache_blob_requests_total', { result: 'miss' }), step.misses);
       assert.ok(Math.abs((sample(text, 'cascade_cache_hit_ratio') ?? -1) - step.ratio) < 1e-9, `hit ratio ${step.ratio}`);
     }
