@@ -12,6 +12,7 @@ import { HtpasswdAuthorizer } from './auth/htpasswd-authorizer.js';
 import { createTokenAuth } from './auth/token/setup.js';
 import type { RegistryConfig } from './config/index.js';
 import { createRegistryApp, type ExtraRoute } from './http/app.js';
+import { loadSendfile } from './http/sendfile.js';
 import { listen, type RunningServer } from './http/listen.js';
 import { createLogger } from './logger.js';
 import { NodeObservability } from './metrics.js';
@@ -113,6 +114,8 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
   }
   // A given authorizer replaces the whole `auth` section, token endpoint included, as it always has.
   const auth: RegistryAuth = options.authorizer ? { authorizer: options.authorizer, routes: [] } : createAuth(config, logger);
+  const sendfile = config.http.sendfile.enabled ? loadSendfile(config.http.sendfile.threads) : 'turned off (http.sendfile.enabled: false)';
+  if (typeof sendfile === 'string') logger.info({ reason: sendfile }, 'blob bodies are streamed, not sent with sendfile');
   const app = createRegistryApp({
     namespace,
     logger,
@@ -123,6 +126,7 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
     headers: config.http.headers ?? {},
     prefix: config.http.prefix ?? '',
     accessLog: !config.log.accesslog?.disabled,
+    ...(typeof sendfile === 'string' ? {} : { sendfile }),
   });
   const tls = config.http.tls?.certificate && config.http.tls.key ? { certificate: config.http.tls.certificate, key: config.http.tls.key } : undefined;
   const running = await listen(app.callback(), { addr: config.http.addr, net: config.http.net === 'unix' ? 'unix' : 'tcp', ...(tls ? { tls } : {}), role: options.role ?? 'registry' }, logger);

@@ -12,6 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { createRegistryApp } from '../src/http/app.js';
 import { listen, type RunningServer } from '../src/http/listen.js';
+import { loadSendfile } from '../src/http/sendfile.js';
 import { MediaType } from '../src/mediatypes.js';
 import type { StorageDriver } from '../src/storage/driver.js';
 import { FilesystemDriver } from '../src/storage/filesystem.js';
@@ -29,7 +30,10 @@ interface Harness {
 
 async function start(driver: StorageDriver, deleteEnabled = true): Promise<{ server: RunningServer; url: string }> {
   await driver.recover();
-  const app = createRegistryApp({ namespace: new StorageNamespace(driver), logger: silent, deleteEnabled, headers: { 'X-Content-Type-Options': ['nosniff'] } });
+  // The filesystem driver's blob bodies go out with sendfile, as they do in `cascade registry`.
+  const sendfile = driver instanceof FilesystemDriver ? loadSendfile() : undefined;
+  if (typeof sendfile === 'string') throw new Error(sendfile);
+  const app = createRegistryApp({ namespace: new StorageNamespace(driver), logger: silent, deleteEnabled, headers: { 'X-Content-Type-Options': ['nosniff'] }, ...(sendfile ? { sendfile } : {}) });
   const server = await listen(app.callback(), { addr: '127.0.0.1:0' }, silent);
   return { server, url: server.url };
 }

@@ -194,6 +194,8 @@ const httpSchema = z.strictObject({
     })
     .optional(),
   http2: z.strictObject({ disabled: bool().default(false) }).prefault({}),
+  // Cascade: blob bodies from files are sent with sendfile(2) by `threads` native threads (Linux, plain TCP).
+  sendfile: z.strictObject({ enabled: bool().default(true), threads: z.number().int().min(1).max(16).default(2) }).prefault({}),
 }).superRefine((value: unknown, ctx) => {
   // Go's listener fails late on `addr: 5000`; catch it while the file is being read.
   if (!isRecord(value) || value['net'] === 'unix' || typeof value['addr'] !== 'string') return;

@@ -10,6 +10,7 @@ import { errorEnvelope, RegistryError } from '../errors.js';
 import type { Namespace } from '../registry.js';
 import { dispatch } from './dispatch.js';
 import { emptyResponse } from './respond.js';
+import type { Sendfile } from './sendfile.js';
 import { routeLabel, type NodeObservability } from '../metrics.js';
 
 /**
@@ -43,6 +44,8 @@ export interface RegistryAppOptions {
   readonly extraRoutes?: readonly ExtraRoute[];
   /** Where request counts and latencies go (`/metrics`). */
   readonly observability?: NodeObservability;
+  /** Blob bodies read from files go out with sendfile(2) (see `http/sendfile.ts`). */
+  readonly sendfile?: Sendfile;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
@@ -62,14 +65,16 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
     if (api === '/v2' || api.startsWith('/v2/')) throw new Error(`${route.path}: an extra route cannot be served inside the registry API (/v2/)`);
     extraRoutes.set(route.path, [...(extraRoutes.get(route.path) ?? []), route]);
   }
+  const log = options.logger;
   const dispatcherOptions = {
     namespace: options.namespace,
     authorizer: options.authorizer ?? allowAll,
     deleteEnabled: options.deleteEnabled ?? false,
     prefix,
     catalogMaxEntries: options.catalogMaxEntries ?? 1000,
+    ...(options.sendfile ? { sendfile: options.sendfile } : {}),
+    onBodyError: (err: Error) => log.warn({ err: { code: (err as { code?: string }).code, message: err.message } }, 'blob body failed'),
   };
-  const log = options.logger;
 
   // Errors escaping Koa's own handling (a stream that fails after the headers went out) are logged here.
   app.on('error', (err: Error & { status?: number }, ctx?: Koa.Context) => {

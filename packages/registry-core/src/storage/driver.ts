@@ -50,6 +50,19 @@ export interface FileWriter {
   close(): Promise<void>;
 }
 
+/**
+ * Marks a reader's stream whose bytes are exactly `length` bytes of an open file from `start` (the
+ * filesystem driver's). An HTTP response may then send them with sendfile instead of reading them; the
+ * stream still owns the descriptor and must stay unread until it is ended or destroyed.
+ */
+export const FILE_RANGE = Symbol.for('cascade.fileRange');
+
+export interface FileRange {
+  readonly fd: number;
+  readonly start: number;
+  readonly length: number;
+}
+
 /** A file open for positional reads (see {@link StorageDriver.openForRead}). */
 export interface PositionalReader {
   /** Reads into `buffer` from `position`; resolves with the number of bytes read (0 at the end). */

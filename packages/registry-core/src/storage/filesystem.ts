@@ -11,6 +11,8 @@ import {
   type FileInfo,
   type FileWriter,
   checkRange,
+  FILE_RANGE,
+  type FileRange,
   InvalidPathError,
   isPathNotFound,
   PathNotFoundError,
@@ -101,11 +103,12 @@ export class FilesystemDriver implements StorageDriver {
         return emptyStream();
       }
       // The stream owns the handle from here (autoClose), so an abandoned or destroyed stream releases the fd.
-      return handle.createReadStream(
-        end === undefined
-          ? { start: offset, highWaterMark: READ_HIGH_WATER_MARK }
-          : { start: offset, end, highWaterMark: READ_HIGH_WATER_MARK },
-      );
+      const last = Math.min(end ?? info.size - 1, info.size - 1);
+      const stream = handle.createReadStream({ start: offset, end: last, highWaterMark: READ_HIGH_WATER_MARK });
+      // An HTTP response may send these bytes with sendfile instead of reading them (http/sendfile.ts).
+      const range: FileRange = { fd: handle.fd, start: offset, length: last - offset + 1 };
+      Object.defineProperty(stream, FILE_RANGE, { value: range });
+      return stream;
     } catch (err) {
       await handle.close().catch(() => undefined);
       throw err;

@@ -5,18 +5,20 @@ import { validateName } from '../../names.js';
 import { rangeHeader } from '../../store/blobs.js';
 import { hasBody } from '../body.js';
 import { resolveRange } from '../range.js';
+import { respondWithSendfile, sendfileRange } from '../sendfile.js';
 import { emptyResponse } from '../respond.js';
 import type { Handler, HandlerContext } from './context.js';
 
 /** GET and HEAD `/v2/<name>/blobs/<digest>`, with Range. */
-export const getBlob: Handler = async ({ ctx, params, repo, request }) => {
+export const getBlob: Handler = async ({ ctx, params, repo, request, options }) => {
   const digest = Digest.parse(params.digest ?? '');
   const desc = await repo.blobs.stat(digest, request);
   const range = resolveRange(ctx.get('range') || undefined, desc.size);
   const length = range ? range.end - range.start + 1 : desc.size;
+  const body = ctx.method === 'GET' && length > 0 ? await repo.blobs.open(digest, range, request) : undefined;
+  const file = body && options.sendfile ? sendfileRange(ctx, body, length) : undefined;
   // Koa's body setter drops Content-Type and Content-Length, so the body goes first and headers after.
-  if (ctx.method === 'HEAD' || length === 0) ctx.body = length === 0 && ctx.method !== 'HEAD' ? Buffer.alloc(0) : null;
-  else ctx.body = await repo.blobs.open(digest, range, request);
+  if (!file) ctx.body = body ?? (length === 0 && ctx.method !== 'HEAD' ? Buffer.alloc(0) : null);
   ctx.status = range ? 206 : 200;
   if (range) ctx.set('Content-Range', `bytes ${range.start}-${range.end}/${desc.size}`);
   ctx.set('Docker-Content-Digest', digest.toString());
@@ -25,9 +27,10 @@ export const getBlob: Handler = async ({ ctx, params, repo, request }) => {
   ctx.set('Cache-Control', 'max-age=31536000');
   ctx.type = 'application/octet-stream';
   ctx.length = length;
+  if (body && file && options.sendfile) return respondWithSendfile(ctx, options.sendfile, body, file, (err) => options.onBodyError?.(err));
   // The status and headers go out now, not with the first byte of the body: a cache filling a miss knows
   // both once its upstream answered, and the client's time to first byte should not wait for the disk.
-  if (ctx.method === 'GET' && length > 0) ctx.flushHeaders();
+  if (body) ctx.flushHeaders();
 };
 
 /** DELETE `/v2/<name>/blobs/<digest>`. */

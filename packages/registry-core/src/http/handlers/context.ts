@@ -3,6 +3,7 @@ import type { Context } from 'koa';
 import type { Identity } from '../../auth/authorizer.js';
 import type { Namespace, Repository, RequestContext } from '../../registry.js';
 import type { RouteParams } from '../routes.js';
+import type { Sendfile } from '../sendfile.js';
 
 /** Options of the API that handlers consult. */
 export interface HandlerOptions {
@@ -12,6 +13,10 @@ export interface HandlerOptions {
   readonly prefix: string;
   /** Largest page of `_catalog` when the client gives no `n`. */
   readonly catalogMaxEntries: number;
+  /** Sends whole-file blob bodies with sendfile(2) when set (plain TCP only). */
+  readonly sendfile?: Sendfile;
+  /** Hears a body that failed after its headers went out. */
+  readonly onBodyError?: (err: Error) => void;
 }
 
 /** The request as a handler sees it. */

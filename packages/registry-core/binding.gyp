@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "cascade_sendfile",
+      "sources": ["native/sendfile.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    }
+  ]
+}

@@ -1,0 +1,163 @@
+/**
+ * Blob bodies sent with sendfile(2): nginx's way of serving static files. The native addon
+ * (`native/sendfile.c`, built by node-gyp on install) sends a file range to a socket from its own worker
+ * threads, so the bytes go from the page cache to the socket inside the kernel and the JavaScript thread
+ * only starts and ends the transfer. Plain-TCP HTTP/1 responses whose body is a whole file range (a
+ * filesystem driver's reader marks its streams with {@link FILE_RANGE}) take this path; TLS, other drivers
+ * and other platforms stream as before.
+ */
+import { createRequire } from 'node:module';
+import type { ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Readable } from 'node:stream';
+import { getSystemErrorName } from 'node:util';
+import type Koa from 'koa';
+import { FILE_RANGE, type FileRange } from '../storage/driver.js';
+
+interface Addon {
+  available(): boolean;
+  init(dispatch: (id: number, errno: number, sent: number) => void, threads: number): void;
+  /** A transfer's id, or a negative errno when a descriptor cannot be duplicated. */
+  send(socketFd: number, fileFd: number, offset: number, length: number, stallMs: number): number;
+  cancel(id: number): void;
+}
+
+/** Sends file ranges to sockets; one per process (see {@link loadSendfile}). */
+export interface Sendfile {
+  readonly threads: number;
+  /**
+   * Resolves with the bytes sent once all `length` bytes are in the socket; rejects with a system error
+   * (ETIMEDOUT after `stallMs` without progress, ECANCELED when the socket closed first).
+   */
+  send(socket: Socket, fd: number, offset: number, length: number, stallMs?: number): Promise<number>;
+}
+
+/** A transfer that makes no progress for this long (a client that stopped reading) is ended. */
+const STALL_MS = 120_000;
+
+let loaded: Sendfile | string | undefined;
+
+/**
+ * The process's sendfile, started with `threads` worker threads on first use, or the reason it is not
+ * available (not Linux, the addon not built). The thread count of the first call holds for the process.
+ */
+export function loadSendfile(threads = 2): Sendfile | string {
+  if (loaded !== undefined) return loaded;
+  let addon: Addon;
+  try {
+    addon = createRequire(import.meta.url)('../../../build/Release/cascade_sendfile.node') as Addon;
+  } catch (err) {
+    return (loaded = `the native addon is not built (${(err as Error).message.split('\n')[0]}); run \`npm rebuild @cascade/registry-core\``);
+  }
+  if (!addon.available()) return (loaded = `sendfile is only used on Linux (this is ${process.platform})`);
+  const pending = new Map<number, { resolve: (sent: number) => void; reject: (err: Error) => void }>();
+  addon.init((id, errno, sent) => {
+    const p = pending.get(id);
+    if (!p) return;
+    pending.delete(id);
+    if (errno === 0) p.resolve(sent);
+    else {
+      const code = getSystemErrorName(-errno);
+      p.reject(Object.assign(new Error(`sendfile: ${code} after ${sent} bytes`), { code, sent }));
+    }
+  }, threads);
+  loaded = {
+    threads,
+    send(socket, fd, offset, length, stallMs = STALL_MS) {
+      const socketFd = socketFdOf(socket);
+      if (socketFd === undefined) return Promise.reject(new Error('sendfile: the socket has no file descriptor'));
+      return new Promise((resolve, reject) => {
+        const id = addon.send(socketFd, fd, offset, length, stallMs);
+        if (id < 0) {
+          const code = getSystemErrorName(id);
+          return reject(Object.assign(new Error(`sendfile: ${code}`), { code, sent: 0 }));
+        }
+        // A client that leaves: Node closes its descriptor; the addon's copy is closed by cancelling.
+        const onClose = () => addon.cancel(id);
+        socket.once('close', onClose);
+        pending.set(id, {
+          resolve: (sent) => {
+            socket.off('close', onClose);
+            resolve(sent);
+          },
+          reject: (err) => {
+            socket.off('close', onClose);
+            reject(err);
+          },
+        });
+      });
+    },
+  };
+  return loaded;
+}
+
+function socketFdOf(socket: Socket): number | undefined {
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+}
+
+/** The file range behind `body` if this response can be sent with sendfile. */
+export function sendfileRange(ctx: Koa.Context, body: Readable, length: number): FileRange | undefined {
+  const range = (body as Readable & { [FILE_RANGE]?: FileRange })[FILE_RANGE];
+  if (!range || range.length !== length || ctx.req.httpVersionMajor !== 1) return undefined;
+  const socket = ctx.req.socket as Socket & { encrypted?: boolean };
+  if (socket.encrypted || socket.destroyed || socketFdOf(socket) === undefined) return undefined;
+  return range;
+}
+
+/**
+ * Sends the status, the headers already set on `ctx`, and `range` as the body, and takes the response
+ * away from Koa. The headers are written by Node first; the body follows once they have left. `body`
+ * (the stream the range came from) ends normally after the transfer, so its listeners (metrics, pins)
+ * run, and is destroyed on failure, as is the connection: the client sees a short body, never wrong bytes.
+ */
+export function respondWithSendfile(ctx: Koa.Context, sendfile: Sendfile, body: Readable, range: FileRange, onError: (err: Error) => void): void {
+  ctx.respond = false;
+  const { res } = ctx;
+  const socket = ctx.req.socket;
+  res.flushHeaders();
+  void (async () => {
+    try {
+      await headersWritten(res, socket);
+      await sendfile.send(socket, range.fd, range.start, range.length);
+      res.end();
+      body.push(null);
+      body.resume();
+    } catch (err) {
+      body.destroy();
+      socket.destroy();
+      if ((err as { code?: string }).code !== 'ECANCELED') onError(err as Error);
+    }
+  })();
+}
+
+/**
+ * Resolves once the headers of `res` are in the kernel: the body must not overtake them. A client that
+ * reuses its connection may send its next request before the previous response ended; Node then keeps the
+ * new response's output until the socket is handed over to it, so the socket alone says nothing.
+ */
+async function headersWritten(res: ServerResponse, socket: Socket): Promise<void> {
+  const left = () => Object.assign(new Error('the client left'), { code: 'ECANCELED' });
+  if (res.socket !== socket) {
+    // Queued behind the connection's previous response: Node hands the socket over with a 'socket' event.
+    await new Promise<void>((resolve, reject) => {
+      const onSocket = () => {
+        socket.off('close', onClose);
+        resolve();
+      };
+      const onClose = () => {
+        res.off('socket', onSocket);
+        reject(left());
+      };
+      res.once('socket', onSocket);
+      socket.once('close', onClose);
+    });
+  }
+  const deadline = Date.now() + STALL_MS;
+  while (res.writableLength > 0 || socket.writableCorked > 0) {
+    if (socket.destroyed) throw left();
+    if (Date.now() > deadline) throw Object.assign(new Error('the response headers were not sent'), { code: 'ETIMEDOUT' });
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  if (socket.destroyed) throw left();
+}
