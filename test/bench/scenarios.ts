@@ -104,6 +104,8 @@ export interface Context {
   readonly nginx: Peer | undefined;
   readonly big: BlobData;
   readonly conc: BlobData;
+  /** 1 MiB, pulled through each chain before its cold pull: the nodes have served a request before. */
+  readonly warmup: BlobData;
   readonly image: OciImageLayout | undefined;
   readonly problems: string[];
   readonly notes: string[];
@@ -330,6 +332,13 @@ export async function cold(ctx: Context, m: Metrics): Promise<void> {
     for (const chain of chains) {
       const hops = chain.nodes;
       const last = hops[hops.length - 1]!;
+      // A running node, not a fresh process, is what clients meet: every node of the chain first passes on
+      // one unrelated small blob (its first request costs start-up work: connections, lazily compiled code).
+      // That first request's TTFB is kept as an informative figure.
+      const warmDirect = await get(ctx, blobUrl(ctx.origin, ctx.warmup.digest), 1);
+      const warm = await get(ctx, blobUrl(last, ctx.warmup.digest), 1);
+      checkBatch(ctx, `s2 warm-up ${chain.key}`, warm, ctx.warmup);
+      m[`s2.${chain.key}.firstTtfbExtraMs`] = warm.transfers[0]!.ttfbMs - warmDirect.transfers[0]!.ttfbMs;
       // The origin directly, right before the cold pull: the pair is compared within the run.
       const direct = await get(ctx, blobUrl(ctx.origin, ctx.big.digest), 1);
       checkBatch(ctx, 's2 origin direct', direct, ctx.big);
@@ -632,6 +641,7 @@ export async function setup(cfg: BenchConfig, work: string, fleet: Fleet, log: (
   log(`origin (distribution) at ${origin.url}; generating and uploading ${cfg.bigMiB} MiB and ${cfg.concMiB} MiB blobs`);
   const big = await seedBlob(work, origin, 'big', cfg.bigMiB * MiB);
   const conc = await seedBlob(work, origin, 'conc', cfg.concMiB * MiB);
+  const warmup = await seedBlob(work, origin, 'warmup', MiB);
   const needNginx = cfg.scenarios.has(1);
   const nginx = needNginx ? await startNginx(fleet, join(work, 'nginx'), big.path) : undefined;
   let image: OciImageLayout | undefined;
@@ -640,5 +650,5 @@ export async function setup(cfg: BenchConfig, work: string, fleet: Fleet, log: (
     log(`generating a ${cfg.imageLayers.length}-layer image (${(total / MiB).toFixed(0)} MiB of layer content) and pushing it with skopeo`);
     image = await seedImage(work, origin, cfg.imageLayers);
   }
-  return { cfg, work, origin, nginx, big, conc, image, problems: [], notes: [] };
+  return { cfg, work, origin, nginx, big, conc, warmup, image, problems: [], notes: [] };
 }
