@@ -392,15 +392,16 @@ export class FillManager {
       let pendingBytes = 0;
       const flush = () => {
         if (pendingBytes === 0) return;
-        queue(pending.length === 1 ? (pending[0] as Buffer) : Buffer.concat(pending, pendingBytes));
+        queue(pending, pendingBytes);
         pending = [];
         pendingBytes = 0;
       };
-      const queue = (data: Buffer) => {
-        queuedBytes += data.length;
-        const write = w.write(data).then(() => {
-          queuedBytes -= data.length;
-          fill.progress(data.length);
+      // One gathered write (pwritev) per batch: no copy of the socket's chunks into a batch buffer.
+      const queue = (chunks: Buffer[], bytes: number) => {
+        queuedBytes += bytes;
+        const write = (chunks.length === 1 ? w.write(chunks[0]!) : w.writev(chunks)).then(() => {
+          queuedBytes -= bytes;
+          fill.progress(bytes);
         });
         write.catch(() => undefined); // awaited below; this only marks the rejection as handled meanwhile
         inFlight.push(write);

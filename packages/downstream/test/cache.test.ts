@@ -270,6 +270,10 @@ describe('cache with a full disk', () => {
           if (full && w.size > 100_000) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
           await w.write(chunk);
         },
+        writev: async (chunks: readonly Uint8Array[]) => {
+          if (full && w.size > 100_000) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+          await w.writev(chunks);
+        },
         commit: () => w.commit(),
         cancel: () => w.cancel(),
         close: () => w.close(),

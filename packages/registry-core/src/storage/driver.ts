@@ -33,8 +33,13 @@ export interface ReadOptions {
 export interface FileWriter {
   /** Bytes in the file so far, including content that was there before an appending writer opened it. */
   readonly size: number;
-  /** Appends `chunk`; resolves once the driver accepted it (backpressure). */
+  /**
+   * Appends `chunk`; resolves once the driver accepted it (backpressure). The driver does not keep `chunk`
+   * after that: the caller may reuse it.
+   */
   write(chunk: Uint8Array): Promise<void>;
+  /** Appends `chunks` in order, as one write where the medium allows (a gathered write, without a copy). */
+  writev(chunks: readonly Uint8Array[]): Promise<void>;
   /**
    * Makes the content durable (fsync where the medium has it) and visible at the writer's path. A writer
    * opened without `append` writes elsewhere and replaces the path atomically here: before `commit` readers

@@ -343,6 +343,19 @@ class FilesystemWriter implements FileWriter {
     });
   }
 
+  writev(chunks: readonly Uint8Array[]): Promise<void> {
+    return this.#serialize(async () => {
+      this.#assertOpen();
+      try {
+        await writevFully(this.handle, chunks, this.#size);
+      } catch (err) {
+        this.#fail(err);
+        throw err;
+      }
+      for (const c of chunks) this.#size += c.byteLength;
+    });
+  }
+
   commit(): Promise<void> {
     return this.#serialize(async () => {
       this.#assertOpen();
@@ -412,6 +425,21 @@ async function writeFully(handle: FileHandle, chunk: Uint8Array, position: numbe
   while (done < chunk.byteLength) {
     const { bytesWritten } = await handle.write(chunk, done, chunk.byteLength - done, position + done);
     done += bytesWritten;
+  }
+}
+
+/** One `pwritev` for all of `chunks` (the kernel may take fewer bytes: the rest goes in further calls). */
+async function writevFully(handle: FileHandle, chunks: readonly Uint8Array[], position: number): Promise<void> {
+  let rest = chunks.filter((c) => c.byteLength > 0);
+  while (rest.length > 0) {
+    const { bytesWritten } = await handle.writev(rest as Uint8Array[], position);
+    position += bytesWritten;
+    let skip = bytesWritten;
+    while (rest.length > 0 && skip >= rest[0]!.byteLength) {
+      skip -= rest[0]!.byteLength;
+      rest = rest.slice(1);
+    }
+    if (skip > 0) rest = [rest[0]!.subarray(skip), ...rest.slice(1)];
   }
 }
 

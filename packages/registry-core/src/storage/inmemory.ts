@@ -221,6 +221,15 @@ class InMemoryWriter implements FileWriter {
 
   async write(chunk: Uint8Array): Promise<void> {
     this.#assertOpen();
+    this.#append(chunk);
+  }
+
+  async writev(chunks: readonly Uint8Array[]): Promise<void> {
+    this.#assertOpen();
+    for (const c of chunks) this.#append(c);
+  }
+
+  #append(chunk: Uint8Array): void {
     if (this.target.kind === 'append') this.target.append(chunk);
     else this.#chunks.push(Buffer.from(chunk));
     this.#size += chunk.byteLength;
