@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { Digest, isPathNotFound, paths, RegistryError, type PositionalReader, type StorageDriver } from '@cascade/registry-core';
+import { Digest, FILE_SEGMENTS, type FileSegment, type FileSegments, isPathNotFound, paths, RegistryError, type PositionalReader, type StorageDriver } from '@cascade/registry-core';
 import { blobPath, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
 
 /** Bytes a fill may have received and not yet written before it stops reading from upstream. */
@@ -198,6 +198,23 @@ export class Fill extends EventEmitter {
         pumping = false;
       }
     };
+    // Or, for a response sent with sendfile, the written stretches of the file (the stream is not read then).
+    const segments = async function* (): AsyncGenerator<FileSegment> {
+      while (pos <= end) {
+        if (stream.destroyed) throw Object.assign(new Error('the follower was closed'), { code: 'ECANCELED' });
+        if (fill.state === 'failed') throw fill.error ?? new Error('fill failed');
+        const available = fill.available();
+        if (pos < available) {
+          file ??= await open();
+          const length = Math.min(available, end + 1) - pos;
+          yield { fd: file.fd, offset: pos, length };
+          pos += length;
+          continue;
+        }
+        if (fill.state === 'done') throw new RegistryError('RANGE_INVALID', 'range beyond the end of the blob');
+        await fill.nextProgress();
+      }
+    };
     const stream = new Readable({
       highWaterMark: FOLLOW_CHUNK,
       read() {
@@ -213,6 +230,8 @@ export class Fill extends EventEmitter {
         );
       },
     });
+    const marker: FileSegments = { length: end - start + 1, segments };
+    Object.defineProperty(stream, FILE_SEGMENTS, { value: marker });
     return stream;
   }
 
@@ -365,10 +384,16 @@ export class FillManager {
       fill.succeed();
       return;
     }
+    // The upstream request follows the fill's signal only while it runs: aborting a fill that is syncing its
+    // file must not reach a finished response (got would emit an error nobody listens to any more).
+    const request = new AbortController();
+    const abortRequest = () => request.abort(fill.signal.reason);
+    fill.signal.addEventListener('abort', abortRequest, { once: true });
     let response: UpstreamBlobResponse;
     try {
-      response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers, signal: fill.signal });
+      response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers, signal: request.signal });
     } catch (err) {
+      fill.signal.removeEventListener('abort', abortRequest);
       this.options.onFailed?.(digest, err instanceof Error ? err.message : String(err));
       fill.fail(err as Error);
       return;
@@ -428,6 +453,7 @@ export class FillManager {
       flush();
       while (inFlight.length > 0) await inFlight[0];
       fill.signal.removeEventListener('abort', onAbort);
+      fill.signal.removeEventListener('abort', abortRequest);
       if (expected !== undefined && fill.written !== expected) {
         throw new Error(`upstream sent ${fill.written} of ${expected} bytes`);
       }

@@ -8,7 +8,22 @@ import { createServer, request, type IncomingMessage, type Server, type ServerRe
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
-import { createRegistryApp, Digest, InMemoryDriver, listen, paths, StorageNamespace, type RunningServer } from '@cascade/registry-core';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  createRegistryApp,
+  Digest,
+  FilesystemDriver,
+  InMemoryDriver,
+  listen,
+  loadSendfile,
+  paths,
+  StorageNamespace,
+  type RunningServer,
+  type Sendfile,
+  type StorageDriver,
+} from '@cascade/registry-core';
 import { CacheNamespace } from '../src/cache.js';
 import { UpstreamPool } from '../src/upstream.js';
 
@@ -87,25 +102,38 @@ function get(url: string, headers: Record<string, string> = {}): Promise<{ statu
   });
 }
 
-describe('cache namespace', () => {
+// In memory, bodies are streamed; on the filesystem they go out with sendfile, hits and followers of a
+// running fill alike, and the counts prove it.
+for (const kind of ['in-memory, streamed', 'filesystem, sendfile'] as const) describe(`cache namespace (${kind})`, () => {
   const origin = new Origin();
-  let driver: InMemoryDriver;
+  let driver: StorageDriver;
   let cache: CacheNamespace;
   let server: RunningServer;
   let url = '';
+  let root: string | undefined;
+  const sent = { transfers: 0 };
 
   before(async () => {
     await origin.start();
-    driver = new InMemoryDriver();
+    let sendfile: Sendfile | undefined;
+    if (kind === 'filesystem, sendfile') {
+      root = await mkdtemp(join(tmpdir(), 'cascade-cache-test-'));
+      driver = new FilesystemDriver({ rootDirectory: root });
+      const real = loadSendfile();
+      if (typeof real === 'string') throw new Error(real);
+      sendfile = { threads: real.threads, send: (...a) => (sent.transfers++, real.send(...a)) };
+    } else driver = new InMemoryDriver();
     const upstreams = new UpstreamPool({ upstreamhosts: [], originhost: origin.url, logger: silent, deadForMs: 1 });
     cache = new CacheNamespace({ driver, upstreams, logger: silent, forwardAuthorization: true, fillTimeoutMs: 60_000, rangeAheadBytes: 1 << 20 });
-    server = await listen(createRegistryApp({ namespace: cache, logger: silent }).callback(), { addr: '127.0.0.1:0' }, silent);
+    server = await listen(createRegistryApp({ namespace: cache, logger: silent, ...(sendfile ? { sendfile } : {}) }).callback(), { addr: '127.0.0.1:0' }, silent);
     url = server.url;
   });
   after(async () => {
     await server.close();
     await cache.close();
     origin.server.close();
+    if (root) await rm(root, { recursive: true, force: true });
+    if (kind === 'filesystem, sendfile') assert.ok(sent.transfers > 20, `bodies went out with sendfile (${sent.transfers} transfers)`);
   });
 
   it('a miss fills from the origin and the next request is a hit', async () => {
@@ -118,6 +146,8 @@ describe('cache namespace', () => {
     const second = await get(`${url}/v2/a/b/blobs/${d}`);
     assert.equal(sha(second.body), d);
     assert.equal(origin.gets.get(d), 1);
+    // The last byte goes out once the digest is verified; the file is synced and moved into place after.
+    await cache.fills.get(Digest.parse(d))?.finished;
     assert.equal((await driver.stat(paths.blobData(Digest.parse(d)))).size, data.length);
     assert.ok(cache.metrics.hits >= 1 && cache.metrics.misses >= 1);
   });

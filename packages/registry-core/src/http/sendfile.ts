@@ -12,7 +12,7 @@ import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { getSystemErrorName } from 'node:util';
 import type Koa from 'koa';
-import { FILE_RANGE, type FileRange } from '../storage/driver.js';
+import { FILE_RANGE, FILE_SEGMENTS, type FileRange, type FileSegments } from '../storage/driver.js';
 
 interface Addon {
   available(): boolean;
@@ -96,22 +96,26 @@ function socketFdOf(socket: Socket): number | undefined {
   return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
 
-/** The file range behind `body` if this response can be sent with sendfile. */
-export function sendfileRange(ctx: Koa.Context, body: Readable, length: number): FileRange | undefined {
-  const range = (body as Readable & { [FILE_RANGE]?: FileRange })[FILE_RANGE];
-  if (!range || range.length !== length || ctx.req.httpVersionMajor !== 1) return undefined;
+/** The file bytes behind `body` if this response can be sent with sendfile. */
+export function sendfileSource(ctx: Koa.Context, body: Readable, length: number): FileSegments | undefined {
+  const marked = body as Readable & { [FILE_RANGE]?: FileRange; [FILE_SEGMENTS]?: FileSegments };
+  const range = marked[FILE_RANGE];
+  const source: FileSegments | undefined = range
+    ? { length: range.length, segments: async function* () { yield { fd: range.fd, offset: range.start, length: range.length }; } }
+    : marked[FILE_SEGMENTS];
+  if (!source || source.length !== length || ctx.req.httpVersionMajor !== 1) return undefined;
   const socket = ctx.req.socket as Socket & { encrypted?: boolean };
   if (socket.encrypted || socket.destroyed || socketFdOf(socket) === undefined) return undefined;
-  return range;
+  return source;
 }
 
 /**
- * Sends the status, the headers already set on `ctx`, and `range` as the body, and takes the response
+ * Sends the status, the headers already set on `ctx`, and `source` as the body, and takes the response
  * away from Koa. The headers are written by Node first; the body follows once they have left. `body`
- * (the stream the range came from) ends normally after the transfer, so its listeners (metrics, pins)
+ * (the stream the source came from) ends normally after the transfer, so its listeners (metrics, pins)
  * run, and is destroyed on failure, as is the connection: the client sees a short body, never wrong bytes.
  */
-export function respondWithSendfile(ctx: Koa.Context, sendfile: Sendfile, body: Readable, range: FileRange, onError: (err: Error) => void): void {
+export function respondWithSendfile(ctx: Koa.Context, sendfile: Sendfile, body: Readable, source: FileSegments, onError: (err: Error) => void): void {
   ctx.respond = false;
   const { res } = ctx;
   const socket = ctx.req.socket;
@@ -119,7 +123,12 @@ export function respondWithSendfile(ctx: Koa.Context, sendfile: Sendfile, body: 
   void (async () => {
     try {
       await headersWritten(res, socket);
-      await sendfile.send(socket, range.fd, range.start, range.length);
+      let sent = 0;
+      for await (const segment of source.segments()) {
+        if (socket.destroyed) throw Object.assign(new Error('the client left'), { code: 'ECANCELED' });
+        sent += await sendfile.send(socket, segment.fd, segment.offset, segment.length);
+      }
+      if (sent !== source.length) throw new Error(`sendfile: ${sent} of ${source.length} bytes`);
       res.end();
       body.push(null);
       body.resume();

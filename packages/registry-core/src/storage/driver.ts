@@ -68,8 +68,29 @@ export interface FileRange {
   readonly length: number;
 }
 
+/** A stretch of an open file. */
+export interface FileSegment {
+  readonly fd: number;
+  readonly offset: number;
+  readonly length: number;
+}
+
+/**
+ * Marks a stream whose `length` bytes may instead be taken, without reading the stream, as stretches of open
+ * files, each yielded once its bytes are there (a cache's file still being filled). Whoever takes them ends
+ * the stream (`push(null)`) after the last or destroys it on failure; the stream owns the descriptors.
+ */
+export const FILE_SEGMENTS = Symbol.for('cascade.fileSegments');
+
+export interface FileSegments {
+  readonly length: number;
+  segments(): AsyncIterable<FileSegment>;
+}
+
 /** A file open for positional reads (see {@link StorageDriver.openForRead}). */
 export interface PositionalReader {
+  /** The open file's descriptor: responses may send from it with sendfile. */
+  readonly fd: number;
   /** Reads into `buffer` from `position`; resolves with the number of bytes read (0 at the end). */
   read(buffer: Buffer, position: number): Promise<number>;
   close(): Promise<void>;
@@ -92,7 +113,7 @@ export interface StorageDriver {
    */
   writer(path: string, options?: { append?: boolean; create?: boolean }): Promise<FileWriter>;
   /**
-   * Optional: the file opened for positional reads. It stays readable when the path is moved afterwards
+   * Optional, for drivers of real files: the file opened for positional reads. It stays readable when the path is moved afterwards
    * (a cache follows a blob while it is written, then moved into place). Drivers without it are read with
    * {@link reader}.
    */

@@ -123,6 +123,7 @@ export class FilesystemDriver implements StorageDriver {
       throw notFound(path, err);
     }
     return {
+      fd: handle.fd,
       read: async (buffer, position) => (await handle.read(buffer, 0, buffer.length, position)).bytesRead,
       close: () => handle.close(),
     };

@@ -5,7 +5,7 @@ import { validateName } from '../../names.js';
 import { rangeHeader } from '../../store/blobs.js';
 import { hasBody } from '../body.js';
 import { resolveRange } from '../range.js';
-import { respondWithSendfile, sendfileRange } from '../sendfile.js';
+import { respondWithSendfile, sendfileSource } from '../sendfile.js';
 import { emptyResponse } from '../respond.js';
 import type { Handler, HandlerContext } from './context.js';
 
@@ -16,7 +16,7 @@ export const getBlob: Handler = async ({ ctx, params, repo, request, options }) 
   const range = resolveRange(ctx.get('range') || undefined, desc.size);
   const length = range ? range.end - range.start + 1 : desc.size;
   const body = ctx.method === 'GET' && length > 0 ? await repo.blobs.open(digest, range, request) : undefined;
-  const file = body && options.sendfile ? sendfileRange(ctx, body, length) : undefined;
+  const file = body && options.sendfile ? sendfileSource(ctx, body, length) : undefined;
   // Koa's body setter drops Content-Type and Content-Length, so the body goes first and headers after.
   if (!file) ctx.body = body ?? (length === 0 && ctx.method !== 'HEAD' ? Buffer.alloc(0) : null);
   ctx.status = range ? 206 : 200;
