@@ -377,6 +377,7 @@ export function renderMarkdown(results: Results, svgName: string | undefined): s
   L.push('node test/dist/bench/run.js --only profile --merge   # re-profile only, merged into docs/benchmarks.json');
   L.push('node test/dist/bench/run.js --render                 # re-render this file and the chart from benchmarks.json');
   L.push('npm run bench:smoke    # small sizes, 1 run, results in a temp folder; fails on correctness problems only');
+  L.push('node test/dist/bench/cpu.js --runs 3   # CPU seconds per process of one cold pull, direct and through a cache');
   L.push('```');
   L.push('');
   L.push('What the runner starts, each on 127.0.0.1 and a free port, each with its own temporary folder:');

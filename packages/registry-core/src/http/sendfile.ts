@@ -2,9 +2,10 @@
  * Blob bodies sent with sendfile(2): nginx's way of serving static files. The native addon
  * (`native/sendfile.c`, built by node-gyp on install) sends a file range to a socket from its own worker
  * threads, so the bytes go from the page cache to the socket inside the kernel and the JavaScript thread
- * only starts and ends the transfer. Plain-TCP HTTP/1 responses whose body is a whole file range (a
- * filesystem driver's reader marks its streams with {@link FILE_RANGE}) take this path; TLS, other drivers
- * and other platforms stream as before.
+ * only starts and ends the transfer. Plain-TCP HTTP/1 responses whose body is a file range (a filesystem
+ * driver's reader marks its streams with {@link FILE_RANGE}) or the growing file of a cache's fill (a follow
+ * stream marked with {@link FILE_SEGMENTS}, sent stretch by stretch as it is written) take this path; TLS,
+ * other drivers and other platforms stream as before.
  */
 import { createRequire } from 'node:module';
 import type { ServerResponse } from 'node:http';
@@ -51,7 +52,7 @@ export function loadSendfile(threads = 2): Sendfile | string {
   }
   if (!addon.available()) return (loaded = `sendfile is only used on Linux (this is ${process.platform})`);
   const pending = new Map<number, { resolve: (sent: number) => void; reject: (err: Error) => void }>();
-  addon.init((id, errno, sent) => {
+  const dispatch = (id: number, errno: number, sent: number) => {
     const p = pending.get(id);
     if (!p) return;
     pending.delete(id);
@@ -60,12 +61,19 @@ export function loadSendfile(threads = 2): Sendfile | string {
       const code = getSystemErrorName(-errno);
       p.reject(Object.assign(new Error(`sendfile: ${code} after ${sent} bytes`), { code, sent }));
     }
-  }, threads);
+  };
+  try {
+    addon.init(dispatch, threads);
+  } catch (err) {
+    // Another thread of this process (a worker_threads Worker) started it first: that one sends.
+    return (loaded = `sendfile could not start here: ${(err as Error).message}`);
+  }
   loaded = {
     threads,
     send(socket, fd, offset, length, stallMs = STALL_MS) {
       const socketFd = socketFdOf(socket);
-      if (socketFd === undefined) return Promise.reject(new Error('sendfile: the socket has no file descriptor'));
+      // A closed socket would never report 'close' again, and so never cancel the transfer.
+      if (socket.destroyed || socketFd === undefined) return Promise.reject(Object.assign(new Error('sendfile: the socket is closed'), { code: 'ECANCELED', sent: 0 }));
       return new Promise((resolve, reject) => {
         const id = addon.send(socketFd, fd, offset, length, stallMs);
         if (id < 0) {
