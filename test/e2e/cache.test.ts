@@ -42,6 +42,11 @@ describe('cache node: one hop', () => {
     const digest = up.addBlob(blob);
     const cache = await startCacheNode(dir, 'cache', { origin: up.url });
     defer(() => cache.stop());
+    // The native addon was built by `npm install` and is in use: these bodies go out with sendfile.
+    assert.ok(
+      cache.proc!.logs.some((l) => l.msg === 'blob bodies from files are sent with sendfile (plain HTTP)'),
+      `sendfile is in use:\n${cache.proc!.logs.filter((l) => /sendfile/.test(String(l.msg))).map((l) => JSON.stringify(l)).join('\n')}`,
+    );
 
     await assertBlob(cache, NAME, digest, blob.length, 'cold');
     assert.equal(up.count(digest, 'GET'), 1, 'one upstream GET for the miss');

@@ -116,6 +116,7 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
   const auth: RegistryAuth = options.authorizer ? { authorizer: options.authorizer, routes: [] } : createAuth(config, logger);
   const sendfile = config.http.sendfile.enabled ? loadSendfile(config.http.sendfile.threads) : 'turned off (http.sendfile.enabled: false)';
   if (typeof sendfile === 'string') logger.info({ reason: sendfile }, 'blob bodies are streamed, not sent with sendfile');
+  else logger.info({ threads: sendfile.threads }, 'blob bodies from files are sent with sendfile (plain HTTP)');
   const app = createRegistryApp({
     namespace,
     logger,
