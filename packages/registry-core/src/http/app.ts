@@ -99,7 +99,8 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
       options.observability?.observeRequest(routeLabel(ctx.path, prefix), ctx.method, status, seconds);
       if (options.accessLog !== false) {
         const declared = Number(ctx.res.getHeader('content-length'));
-        const bytes = ctx.method === 'HEAD' ? 0 : finished && Number.isFinite(declared) ? declared : socket.bytesWritten - written0;
+        const sendfileBytes = (ctx.state as { sendfileBytes?: number }).sendfileBytes ?? 0;
+        const bytes = ctx.method === 'HEAD' ? 0 : finished && Number.isFinite(declared) ? declared : socket.bytesWritten - written0 + sendfileBytes;
         log.info(
           {
             reqId,

@@ -131,12 +131,20 @@ export function respondWithSendfile(ctx: Koa.Context, sendfile: Sendfile, body: 
   void (async () => {
     try {
       await headersWritten(res, socket);
-      let sent = 0;
+      // The access log of an aborted response counts what was sent before the client left (Node never sees
+      // these bytes; a transfer still running when the socket closes is not counted).
+      const state = ctx.state as { sendfileBytes?: number };
+      state.sendfileBytes = 0;
       for await (const segment of source.segments()) {
         if (socket.destroyed) throw Object.assign(new Error('the client left'), { code: 'ECANCELED' });
-        sent += await sendfile.send(socket, segment.fd, segment.offset, segment.length);
+        try {
+          state.sendfileBytes += await sendfile.send(socket, segment.fd, segment.offset, segment.length);
+        } catch (err) {
+          state.sendfileBytes += (err as { sent?: number }).sent ?? 0;
+          throw err;
+        }
       }
-      if (sent !== source.length) throw new Error(`sendfile: ${sent} of ${source.length} bytes`);
+      if (state.sendfileBytes !== source.length) throw new Error(`sendfile: ${state.sendfileBytes} of ${source.length} bytes`);
       res.end();
       body.push(null);
       body.resume();
