@@ -3,6 +3,7 @@
  * namespace (optionally wrapped by registry middleware such as the downstream cache), auth, and the
  * listener.
  */
+import type { StatsFs } from 'node:fs';
 import { statfs } from 'node:fs/promises';
 import { Gauge } from 'prom-client';
 import type { Logger } from 'pino';
@@ -160,7 +161,16 @@ function observeStorage(observability: NodeObservability, driver: StorageDriver,
     },
   });
   if (rootdirectory === undefined) return;
-  const fsStats = async () => statfs(rootdirectory);
+  // One statfs per scrape serves both gauges: the first collect starts it, the second reuses it.
+  let pending: Promise<StatsFs> | undefined;
+  const fsStats = () => {
+    if (!pending) {
+      pending = statfs(rootdirectory);
+      const clear = () => (pending = undefined);
+      pending.then(() => setImmediate(clear), () => setImmediate(clear));
+    }
+    return pending;
+  };
   new Gauge({
     name: 'cascade_storage_capacity_bytes',
     help: 'Size of the filesystem that holds the storage root directory.',
