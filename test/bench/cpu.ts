@@ -1,6 +1,6 @@
 /**
- * CPU seconds per process for one cold pull of a big blob: directly from the origin (distribution), and
- * through a fresh Cascade cache node. Shows what a cold pull costs the machine, not only how long it takes:
+ * CPU seconds per process for one cold pull of a big blob: directly from the origin (distribution), through
+ * a fresh Cascade cache node, and through a fresh distribution proxy (`proxy.remoteurl`). Shows what a cold pull costs the machine, not only how long it takes:
  *   node test/dist/bench/cpu.js [--mib 512] [--runs 3]
  * Each process's user + system time is read from /proc/<pid>/stat before and after; curl's from `time`.
  */
@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pushBlob, startCacheNode, startDistributionOrigin } from '../lib/cache.js';
+import { Fleet, startDistribution } from './procs.js';
 
 const { values } = parseArgs({ options: { mib: { type: 'string', default: '512' }, runs: { type: 'string', default: '3' } } });
 const TICKS = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
@@ -41,28 +42,37 @@ try {
   const digest = await pushBlob(origin.url, 'bench/cpu', randomBytes(Number(values.mib) << 20));
   const originPid = listenerPid(origin.url);
   const f = (n: number) => n.toFixed(2);
-  console.log(`| run | direct: origin | curl | total | wall s | cold 1 hop: origin | cache node | curl | total | wall s |`);
-  console.log('|---|---|---|---|---|---|---|---|---|---|');
-  for (let run = 1; run <= Number(values.runs); run++) {
-    let o0 = cpuSeconds(originPid);
-    const direct = curl(`${origin.url}/v2/bench/cpu/blobs/${digest}`);
-    const originDirect = cpuSeconds(originPid) - o0;
-    const cache = await startCacheNode(dir, `cache${run}`, { origin: origin.url });
+  console.log(`| run | path | origin | cache node | curl | total | wall s |`);
+  console.log('|---|---|---|---|---|---|---|');
+  const fleet = new Fleet();
+  const row = (run: number, path: string, origin: number, cache: number | undefined, client: { cpu: number; wall: number }) =>
+    console.log(`| ${run} | ${path} | ${f(origin)} | ${cache === undefined ? '–' : f(cache)} | ${f(client.cpu)} | ${f(origin + (cache ?? 0) + client.cpu)} | ${f(client.wall)} |`);
+  /** One cold pull through a node started by `start`, with the CPU of origin, node and curl. */
+  const through = async (run: number, path: string, start: () => Promise<{ url: string; pid: number; stop: () => Promise<void> }>) => {
+    const node = await start();
     try {
-      const cachePid = cache.proc!.child.pid!;
-      o0 = cpuSeconds(originPid);
-      const c0 = cpuSeconds(cachePid);
-      const cold = curl(`${cache.url}/v2/bench/cpu/blobs/${digest}`);
-      // The fill syncs and moves its file after the client's last byte: that work is the cold pull's too.
+      const o0 = cpuSeconds(originPid);
+      const c0 = cpuSeconds(node.pid);
+      const client = curl(`${node.url}/v2/bench/cpu/blobs/${digest}`);
+      // A cache syncs and moves its file after the client's last byte: that work is the cold pull's too.
       await new Promise((r) => setTimeout(r, 2000));
-      const originCold = cpuSeconds(originPid) - o0;
-      const cacheCold = cpuSeconds(cachePid) - c0;
-      console.log(
-        `| ${run} | ${f(originDirect)} | ${f(direct.cpu)} | ${f(originDirect + direct.cpu)} | ${f(direct.wall)} | ${f(originCold)} | ${f(cacheCold)} | ${f(cold.cpu)} | ${f(originCold + cacheCold + cold.cpu)} | ${f(cold.wall)} |`,
-      );
+      row(run, path, cpuSeconds(originPid) - o0, cpuSeconds(node.pid) - c0, client);
     } finally {
-      await cache.stop();
+      await node.stop();
     }
+  };
+  for (let run = 1; run <= Number(values.runs); run++) {
+    const o0 = cpuSeconds(originPid);
+    const direct = curl(`${origin.url}/v2/bench/cpu/blobs/${digest}`);
+    row(run, 'directly', cpuSeconds(originPid) - o0, undefined, direct);
+    await through(run, 'Cascade, 1 hop', async () => {
+      const cache = await startCacheNode(dir, `cache${run}`, { origin: origin.url });
+      return { url: cache.url, pid: cache.proc!.child.pid!, stop: () => cache.stop() };
+    });
+    await through(run, 'distribution proxy, 1 hop', async () => {
+      const proxy = await startDistribution(fleet, { dir: join(dir, `proxy${run}`), name: `proxy${run}`, remoteurl: origin.url });
+      return { url: proxy.url, pid: proxy.pid, stop: () => proxy.stop() };
+    });
   }
 } finally {
   await origin.stop();
