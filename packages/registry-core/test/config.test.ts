@@ -203,6 +203,14 @@ describe('seed configurations', () => {
     const { config, warnings } = parseConfig(SEALER_NO_PROXY, FILE, {});
     assert.deepEqual(warnings, []);
     assert.equal(config.proxy, undefined);
+    assert.deepEqual(config.http.sendfile, { enabled: true, threads: 2 });
+  });
+
+  test('http.sendfile: set in the file or by REGISTRY_HTTP_SENDFILE_*; threads from 1 to 16', () => {
+    const { config } = parseConfig(`${MINIMAL}http:\n  sendfile:\n    threads: 4\n`, FILE, { REGISTRY_HTTP_SENDFILE_ENABLED: 'false' });
+    assert.deepEqual(config.http.sendfile, { enabled: false, threads: 4 });
+    assert.throws(() => parseConfig(`${MINIMAL}http:\n  sendfile:\n    threads: 0\n`, FILE, {}), (err: Error) => /http\.sendfile\.threads/.test(err.message));
+    assert.throws(() => parseConfig(`${MINIMAL}http:\n  sendfile:\n    thread: 2\n`, FILE, {}), (err: Error) => /http\.sendfile\.thread\b/.test(err.message));
   });
 
   test('distribution pull-through cache (seeds 001, 002) parses', () => {
