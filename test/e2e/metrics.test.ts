@@ -91,6 +91,8 @@ describe('/metrics, /health and /ready on every role', () => {
       assert.equal(sample(text, 'cascade_cache_blob_requests_total', { result: 'miss' }), step.misses);
       assert.ok(Math.abs((sample(text, 'cascade_cache_hit_ratio') ?? -1) - step.ratio) < 1e-9, `hit ratio ${step.ratio}`);
     }
+    // The fill counts as completed once its file is synced and moved into place, which follows the last byte.
+    text = await scrapeSettled(cache.url, (t) => sample(t, 'cascade_cache_fills_total', { result: 'completed' }) === 1);
     assert.equal(sample(text, 'cascade_cache_bytes_total', { source: 'upstream' }), 300_000);
     assert.equal(sample(text, 'cascade_cache_bytes_total', { source: 'disk' }), 600_000);
     assert.equal(sample(text, 'cascade_cache_fills_total', { result: 'completed' }), 1);
