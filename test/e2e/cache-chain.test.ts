@@ -27,6 +27,7 @@ import {
   startDistributionOrigin,
   type Hop,
   testScope,
+  waitFor,
 } from '../lib/cache.js';
 import { makeOciImage, type OciImageLayout } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
@@ -82,7 +83,8 @@ for (const [originKind, startOrigin] of ORIGINS) {
         `cache-a answered 200\n${diagnostics(cacheA)}`,
       );
       for (const hop of [cacheA, cacheB]) {
-        for (const d of digests) assert.ok(await hasBlobData(hop.rootdirectory, d), `${hop.name} stored ${d}`);
+        // A fill's file is synced and moved into place after the client's last byte: wait for it, briefly.
+        for (const d of digests) await waitFor(`${hop.name} stored ${d}`, () => hasBlobData(hop.rootdirectory, d), 5000);
         assert.deepEqual((await assertStoreIntegrity(hop.rootdirectory)).sort(), [...digests].sort(), `${hop.name} stores exactly the blobs fetched`);
       }
 
@@ -161,7 +163,10 @@ for (const [originKind, startOrigin] of ORIGINS) {
         assert.equal(blobRequests(cacheA, d, 'GET').length, 1, `cache-a fetched ${d} once`);
         assert.equal(blobRequests(origin, d, 'GET').length, 1, `the origin served ${d} once (to cache-a)`);
       }
-      for (const hop of [cacheA, cacheB]) assert.deepEqual((await assertStoreIntegrity(hop.rootdirectory)).sort(), [...digests].sort(), `${hop.name} keeps a copy of each blob`);
+      for (const hop of [cacheA, cacheB]) {
+        for (const d of digests) await waitFor(`${hop.name} stored ${d}`, () => hasBlobData(hop.rootdirectory, d), 5000);
+        assert.deepEqual((await assertStoreIntegrity(hop.rootdirectory)).sort(), [...digests].sort(), `${hop.name} keeps a copy of each blob`);
+      }
 
       // a second pull is all hits at cache-b
       const aBefore = contentRequests(cacheA).length;

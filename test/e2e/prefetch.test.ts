@@ -13,7 +13,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import bcrypt from 'bcryptjs';
-import { hasBlobData, runCascadeCommand, settle, startCacheNode, startCascadeOrigin, testScope, type AccessLine, type Hop } from '../lib/cache.js';
+import { hasBlobData, runCascadeCommand, settle, startCacheNode, startCascadeOrigin, testScope, waitFor, type AccessLine, type Hop } from '../lib/cache.js';
 import { ROOT } from '../lib/cascade.js';
 import { makeOciIndex, type ImageInfo } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
@@ -132,7 +132,7 @@ describe('cascade prefetch', () => {
       blobs.map((b) => `GET ${b.digest} 200`),
       `the cache filled each blob from the origin once\n${origin.diagnostics()}`,
     );
-    for (const b of blobs) assert.ok(await hasBlobData(cache.rootdirectory, b.digest), `the cache stored ${b.digest}`);
+    for (const b of blobs) await waitFor(`the cache stored ${b.digest}`, () => hasBlobData(cache.rootdirectory, b.digest), 5000); // synced and moved after the last byte
 
     // a pull of every platform from the cache: blobs come from the cache's disk
     const pulled = blobCount(origin);
@@ -217,7 +217,7 @@ describe('cascade prefetch', () => {
 
     const ok = await cascade('CASCADE_PREFETCH_AUTH=alice:$PASSWORD cascade prefetch team/app:v1 --cache $CACHE --ca $CA', vars);
     assertPlainOutput(ok, blobsOf(layout.images), 2);
-    for (const b of blobsOf(layout.images)) assert.ok(await hasBlobData(cache.rootdirectory, b.digest), `the cache stored ${b.digest}`);
+    for (const b of blobsOf(layout.images)) await waitFor(`the cache stored ${b.digest}`, () => hasBlobData(cache.rootdirectory, b.digest), 5000); // synced and moved after the last byte
     for (const r of [wrong, ok]) assert.ok(!`${r.stdout}${r.stderr}`.includes(password), 'the password is never printed');
   });
 
