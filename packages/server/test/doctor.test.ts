@@ -244,8 +244,9 @@ describe('cascade doctor', () => {
     }
     assert.match(r.stdout, /^ok {4}storage .*data: writable by /m);
     assert.match(r.stdout, /^ok {4}storage .*data: [\d.]+ \w+ free of /m);
+    assert.match(r.stdout, /^ok {4}sendfile: blob bodies from files go out with sendfile on 2 threads$/m);
     assert.doesNotMatch(r.stdout, /FAIL|→ fix/);
-    assert.match(lines.at(-1) as string, /^doctor .*good\.yml: 12 checks: 12 ok, 0 warnings, 0 failed: all good$/);
+    assert.match(lines.at(-1) as string, /^doctor .*good\.yml: 13 checks: 13 ok, 0 warnings, 0 failed: all good$/);
 
     const bad = await config('bad.yml', cacheYml({ origin: url['wrongCa'] as string, cas: [cacheCaFile], root: join(dir, 'data') }));
     const b = await cascade(['doctor', bad], dir);
@@ -304,12 +305,12 @@ proxy:
     assert.ok(!results.some((r) => /keys/.test(r.message)), 'no key check for a mirror');
   });
 
-  it('a plain registry config: storage checks only', async () => {
+  it('a plain registry config: storage and sendfile checks only', async () => {
     const file = await config('registry.yml', `version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir, 'data')}\nhttp:\n  addr: 127.0.0.1:5000\n`);
     const results = await diagnose(file);
     assert.deepEqual(
       results.map((r) => `${r.status} ${r.subject.replace(dir, 'DIR')}`),
-      ['ok config DIR/registry.yml', 'ok storage DIR/data', 'ok storage DIR/data'],
+      ['ok config DIR/registry.yml', 'ok storage DIR/data', 'ok storage DIR/data', 'ok sendfile'],
     );
     // a file in the way of the directory
     await writeFile(join(dir, 'a-file'), 'x');

@@ -24,7 +24,7 @@ import { request as httpsRequest } from 'node:https';
 import { connect as netConnect, isIP } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { connect as tlsConnect, rootCertificates, type PeerCertificate, type TLSSocket } from 'node:tls';
-import { ConfigError, loadConfig, type LoadConfigOptions, type RegistryConfig } from '@cascade/registry-core';
+import { ConfigError, loadConfig, loadSendfile, type LoadConfigOptions, type RegistryConfig } from '@cascade/registry-core';
 import {
   CaError,
   DOWNSTREAM,
@@ -257,6 +257,20 @@ export async function* runChecks(file: string, options: DoctorOptions = {}): Asy
   for (const check of checks) yield* await check;
 
   yield* await checkStorage(plan.config, plan.downstream?.options.maxsizeBytes);
+  yield checkSendfile(plan.config);
+}
+
+/** Whether blob bodies will go out with sendfile (`http.sendfile`): the native addon built, plain HTTP, files. */
+export function checkSendfile(config: RegistryConfig): CheckResult {
+  const subject = 'sendfile';
+  if (!config.storage.filesystem) return { status: 'ok', subject, message: 'not used: the in-memory driver streams blob bodies' };
+  if (!config.http.sendfile.enabled) return { status: 'ok', subject, message: 'turned off (http.sendfile.enabled: false): blob bodies are streamed' };
+  const loaded = loadSendfile(config.http.sendfile.threads);
+  if (typeof loaded === 'string') {
+    return { status: 'warn', subject, message: `blob bodies will be streamed, not sent with sendfile: ${loaded}`, fix: 'run `npm rebuild @cascade/registry-core` (needs python3, make and a C compiler); bodies are correct either way, only slower' };
+  }
+  const tls = config.http.tls?.certificate ? ' (over TLS, which this node serves, bodies are streamed)' : '';
+  return { status: 'ok', subject, message: `blob bodies from files go out with sendfile on ${loaded.threads} threads${tls}` };
 }
 
 /**
