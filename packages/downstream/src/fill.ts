@@ -167,38 +167,8 @@ export class Fill extends EventEmitter {
         }
       }
     };
-    const pump = async (): Promise<void> => {
-      if (pumping) return;
-      pumping = true;
-      try {
-        for (;;) {
-          if (stream.destroyed) return;
-          if (pos > end) {
-            stream.push(null);
-            return;
-          }
-          if (fill.state === 'failed') throw fill.error ?? new Error('fill failed');
-          const available = fill.available();
-          if (pos < available) {
-            file ??= await open();
-            const want = Math.min(FOLLOW_CHUNK, available - pos, end - pos + 1);
-            const buf = Buffer.allocUnsafe(want);
-            const n = await file.read(buf, pos);
-            if (n === 0) throw new Error(`the blob file ended at ${pos} bytes, before the ${available} written`);
-            pos += n;
-            if (!stream.push(n < want ? buf.subarray(0, n) : buf)) return;
-            continue;
-          }
-          if (fill.state === 'done') throw new RegistryError('RANGE_INVALID', 'range beyond the end of the blob');
-          await fill.nextProgress();
-        }
-      } catch (err) {
-        stream.destroy(err as Error);
-      } finally {
-        pumping = false;
-      }
-    };
-    // Or, for a response sent with sendfile, the written stretches of the file (the stream is not read then).
+    // The written stretches of the file, each once its bytes are there: sent as they are with sendfile, or
+    // read in FOLLOW_CHUNK pieces into the stream.
     const segments = async function* (): AsyncGenerator<FileSegment> {
       while (pos <= end) {
         if (stream.destroyed) throw Object.assign(new Error('the follower was closed'), { code: 'ECANCELED' });
@@ -213,6 +183,39 @@ export class Fill extends EventEmitter {
         }
         if (fill.state === 'done') throw new RegistryError('RANGE_INVALID', 'range beyond the end of the blob');
         await fill.nextProgress();
+      }
+    };
+    let stretches: AsyncGenerator<FileSegment> | undefined;
+    // What is left to read of the current stretch.
+    let offset = 0;
+    let left = 0;
+    const pump = async (): Promise<void> => {
+      if (pumping) return;
+      pumping = true;
+      try {
+        for (;;) {
+          if (stream.destroyed) return;
+          if (left === 0) {
+            const next = await (stretches ??= segments()).next();
+            if (next.done) {
+              stream.push(null);
+              return;
+            }
+            ({ offset, length: left } = next.value);
+            continue;
+          }
+          const want = Math.min(FOLLOW_CHUNK, left);
+          const buf = Buffer.allocUnsafe(want);
+          const n = await (file as PositionalReader).read(buf, offset);
+          if (n === 0) throw new Error(`the blob file ended at ${offset} bytes, before the ${offset + left} written`);
+          offset += n;
+          left -= n;
+          if (!stream.push(n < want ? buf.subarray(0, n) : buf)) return;
+        }
+      } catch (err) {
+        stream.destroy(err as Error);
+      } finally {
+        pumping = false;
       }
     };
     const stream = new Readable({
@@ -424,7 +427,7 @@ export class FillManager {
       // One gathered write (pwritev) per batch: no copy of the socket's chunks into a batch buffer.
       const queue = (chunks: Buffer[], bytes: number) => {
         queuedBytes += bytes;
-        const write = (chunks.length === 1 ? w.write(chunks[0]!) : w.writev(chunks)).then(() => {
+        const write = w.writev(chunks).then(() => {
           queuedBytes -= bytes;
           fill.progress(bytes);
         });

@@ -102,9 +102,9 @@ function get(url: string, headers: Record<string, string> = {}): Promise<{ statu
   });
 }
 
-// In memory, bodies are streamed; on the filesystem they go out with sendfile, hits and followers of a
-// running fill alike, and the counts prove it.
-for (const kind of ['in-memory, streamed', 'filesystem, sendfile'] as const) describe(`cache namespace (${kind})`, () => {
+// In memory, bodies are streamed; on the filesystem they are streamed (followers read the partial file with
+// positional reads) or go out with sendfile, hits and followers of a running fill alike, and the counts prove it.
+for (const kind of ['in-memory, streamed', 'filesystem, streamed', 'filesystem, sendfile'] as const) describe(`cache namespace (${kind})`, () => {
   const origin = new Origin();
   let driver: StorageDriver;
   let cache: CacheNamespace;
@@ -116,13 +116,16 @@ for (const kind of ['in-memory, streamed', 'filesystem, sendfile'] as const) des
   before(async () => {
     await origin.start();
     let sendfile: Sendfile | undefined;
-    if (kind === 'filesystem, sendfile') {
+    if (kind === 'in-memory, streamed') driver = new InMemoryDriver();
+    else {
       root = await mkdtemp(join(tmpdir(), 'cascade-cache-test-'));
       driver = new FilesystemDriver({ rootDirectory: root });
+    }
+    if (kind === 'filesystem, sendfile') {
       const real = loadSendfile();
       if (typeof real === 'string') throw new Error(real);
       sendfile = { threads: real.threads, send: (...a) => (sent.transfers++, real.send(...a)) };
-    } else driver = new InMemoryDriver();
+    }
     const upstreams = new UpstreamPool({ upstreamhosts: [], originhost: origin.url, logger: silent, deadForMs: 1 });
     cache = new CacheNamespace({ driver, upstreams, logger: silent, forwardAuthorization: true, fillTimeoutMs: 60_000, rangeAheadBytes: 1 << 20 });
     server = await listen(createRegistryApp({ namespace: cache, logger: silent, ...(sendfile ? { sendfile } : {}) }).callback(), { addr: '127.0.0.1:0' }, silent);

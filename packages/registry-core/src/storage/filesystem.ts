@@ -332,16 +332,7 @@ class FilesystemWriter implements FileWriter {
   }
 
   write(chunk: Uint8Array): Promise<void> {
-    return this.#serialize(async () => {
-      this.#assertOpen();
-      try {
-        await writeFully(this.handle, chunk, this.#size);
-      } catch (err) {
-        this.#fail(err);
-        throw err;
-      }
-      this.#size += chunk.byteLength;
-    });
+    return this.writev([chunk]);
   }
 
   writev(chunks: readonly Uint8Array[]): Promise<void> {
@@ -418,14 +409,6 @@ class FilesystemWriter implements FileWriter {
     if (!this.#handleOpen) return;
     this.#handleOpen = false;
     await this.handle.close();
-  }
-}
-
-async function writeFully(handle: FileHandle, chunk: Uint8Array, position: number): Promise<void> {
-  let done = 0;
-  while (done < chunk.byteLength) {
-    const { bytesWritten } = await handle.write(chunk, done, chunk.byteLength - done, position + done);
-    done += bytesWritten;
   }
 }
 
