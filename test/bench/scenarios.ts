@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import bcrypt from 'bcryptjs';
 import { stringify } from 'yaml';
-import { spawnCascade, startCascade } from '../lib/cascade.js';
+import { startCascade } from '../lib/cascade.js';
+import { startServer } from '../lib/stack.js';
 import { makeOciImage, type OciImageLayout } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
 import { skopeo } from '../lib/peers.js';
@@ -498,18 +499,7 @@ async function startServerStack(ctx: Context): Promise<ServerStack> {
   const image = await makeOciImage(join(dir, 'src'), { layers: [256 * 1024, 1024 * 1024], tag: 'v1', seed: 'server-bench' });
   await skopeo(['copy', '--dest-creds', `alice:${USERS.alice}`, image.ref, `docker://${origin.host}/${IMAGE_REPO}:v1`]);
   trace('s6: image pushed');
-  const serverFile = join(dir, 'server.yml');
-  await writeFile(
-    serverFile,
-    stringify({
-      http: { addr: '127.0.0.1:0' },
-      origin: { url: origin.url, username: 'svc', password: USERS.svc },
-      grants: { keysdir: join(dir, 'keys'), ttl: '60s', issuer: 'cascade-bench' },
-      database: { sqlite: join(dir, 'state.db') },
-      admins: ['alice'],
-    }),
-  );
-  const server = fleet.add(cascadeNode('server', await spawnCascade(['server', serverFile]), dir));
+  const server = fleet.add(cascadeNode('server', await startServer(dir, { origin: origin.url, password: USERS.svc, issuer: 'cascade-bench', ttl: '60s' }), dir));
   trace('s6: server started');
   const cacheData = join(dir, 'region-a', 'data');
   const cacheProc = await startCascade(join(dir, 'region-a'), {

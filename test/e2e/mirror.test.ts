@@ -13,7 +13,8 @@ import { after, before, describe, test } from 'node:test';
 import bcrypt from 'bcryptjs';
 import { stringify } from 'yaml';
 import { startCascadeOrigin, startDistributionOrigin, waitFor, type Hop } from '../lib/cache.js';
-import { spawnCascade, startCascade, tempDir, testScope, type CascadeProcess } from '../lib/cascade.js';
+import { startCascade, tempDir, testScope, type CascadeProcess } from '../lib/cascade.js';
+import { startServer } from '../lib/stack.js';
 import { layoutBlobs, makeOciImage, type OciImageLayout } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
 import { canMount, skopeo, startContainerd, type Containerd } from '../lib/peers.js';
@@ -202,19 +203,7 @@ describe('mirror mode: one node, several remotes, real clients', () => {
       auth: { htpasswd: { realm: 'origin', path: htpasswd } },
     });
     defer(() => origin.stop());
-    const serverFile = join(dir, 'server.yml');
-    await writeFile(
-      serverFile,
-      stringify({
-        http: { addr: '127.0.0.1:0' },
-        origin: { url: origin.url, username: 'svc', password: users.svc },
-        grants: { keysdir: join(dir, 'keys'), issuer: 'cascade-test' },
-        database: { sqlite: join(dir, 'state.db') },
-        admins: ['alice'],
-        healthcheck: { interval: '1s' },
-      }),
-    );
-    const server = await spawnCascade(['server', serverFile]);
+    const server = await startServer(dir, { origin: origin.url, password: users.svc, issuer: 'cascade-test', healthInterval: '1s' });
     defer(() => server.stop());
     const mirror = await startCascade(join(dir, 'mirror'), {
       storage: { filesystem: { rootdirectory: join(dir, 'mirror', 'data') } },

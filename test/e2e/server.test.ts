@@ -10,8 +10,8 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import bcrypt from 'bcryptjs';
 import { stringify } from 'yaml';
-import { spawnCascade, startCascade, testScope, type CascadeProcess } from '../lib/cascade.js';
-import { api, basic, startStack, USERS } from '../lib/stack.js';
+import { startCascade, testScope, type CascadeProcess } from '../lib/cascade.js';
+import { api, basic, startServer, startStack, USERS } from '../lib/stack.js';
 import { makeOciImage } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
 import { skopeo } from '../lib/peers.js';
@@ -150,17 +150,7 @@ describe('server: origin with the Docker token flow', () => {
       },
     });
     defer(() => origin.stop());
-    await writeFile(
-      join(dir, 'server.yml'),
-      stringify({
-        http: { addr: '127.0.0.1:0' },
-        origin: { url: origin.url, username: 'svc', password: users.svc },
-        grants: { keysdir: join(dir, 'keys'), issuer: 'cascade-test' },
-        database: { sqlite: join(dir, 'state.db') },
-        admins: ['alice'],
-      }),
-    );
-    const server = await spawnCascade(['server', join(dir, 'server.yml')]);
+    const server = await startServer(dir, { origin: origin.url, password: users.svc, issuer: 'cascade-test' });
     defer(() => server.stop());
     const cache = await startCascade(join(dir, 'region-a'), {
       storage: { filesystem: { rootdirectory: join(dir, 'region-a-data') }, delete: { enabled: true } },

@@ -17,6 +17,37 @@ export type StackUser = keyof typeof USERS;
 /** The Basic Authorization header of a user. */
 export const basic = (user: StackUser): string => `Basic ${Buffer.from(`${user}:${USERS[user]}`).toString('base64')}`;
 
+/** The server options the tests vary; the rest is fixed: admin alice, the origin account svc, state in `dir`. */
+export interface ServerOptions {
+  /** The origin's URL. */
+  origin: string;
+  /** svc's password at the origin. */
+  password: string;
+  /** `grants.issuer`. */
+  issuer: string;
+  /** `grants.ttl`. */
+  ttl?: string;
+  /** `healthcheck.interval`. */
+  healthInterval?: string;
+}
+
+/** Writes `dir/server.yml` (listening on a free port) and starts `cascade server` with it. */
+export async function startServer(dir: string, o: ServerOptions): Promise<CascadeProcess> {
+  const file = join(dir, 'server.yml');
+  await writeFile(
+    file,
+    stringify({
+      http: { addr: '127.0.0.1:0' },
+      origin: { url: o.origin, username: 'svc', password: o.password },
+      grants: { keysdir: join(dir, 'keys'), issuer: o.issuer, ...(o.ttl ? { ttl: o.ttl } : {}) },
+      database: { sqlite: join(dir, 'state.db') },
+      admins: ['alice'],
+      ...(o.healthInterval ? { healthcheck: { interval: o.healthInterval } } : {}),
+    }),
+  );
+  return spawnCascade(['server', file]);
+}
+
 /** The origin: a Cascade registry or distribution's, both with htpasswd. */
 export interface StackOrigin {
   readonly url: string;
@@ -68,19 +99,7 @@ export async function startStack(dir: string, defer: (fn: () => unknown) => void
       text: () => [...dist.output],
     };
   }
-  const serverFile = join(dir, 'server.yml');
-  await writeFile(
-    serverFile,
-    stringify({
-      http: { addr: '127.0.0.1:0' },
-      origin: { url: origin.url, username: 'svc', password: USERS.svc },
-      grants: { keysdir: join(dir, 'keys'), ttl: '60s', issuer },
-      database: { sqlite: join(dir, 'state.db') },
-      admins: ['alice'],
-      healthcheck: { interval: options.healthInterval ?? '1s' },
-    }),
-  );
-  const server = await spawnCascade(['server', serverFile]);
+  const server = await startServer(dir, { origin: origin.url, password: USERS.svc, issuer, ttl: '60s', healthInterval: options.healthInterval ?? '1s' });
   defer(() => server.stop());
   const cacheConfig = (name: string, upstreams: Record<string, unknown>, downstreams: string[] = []) => ({
     storage: { filesystem: { rootdirectory: join(dir, `${name}-data`) }, delete: { enabled: true } },
