@@ -7,7 +7,7 @@ import { CURL_ARGS } from './client.js';
 import type { ProfileSummary } from './profile.js';
 import type { BenchConfig, Metrics } from './scenarios.js';
 import { median, MiB } from './util.js';
-import type { Environment } from './util.js';
+import type { Environment, MachineFloors } from './util.js';
 
 export interface Results {
   readonly config: BenchConfig;
@@ -17,6 +17,8 @@ export interface Results {
   readonly problems: string[];
   readonly notes: string[];
   readonly profile?: ProfileSummary[];
+  /** Measured at the end of the invocation (scenario 2 runs): what the machine allows a cold pull. */
+  readonly floors?: MachineFloors;
   /** Wall time of the whole invocation (setup, runs, profile), in seconds. */
   readonly wallSeconds: number;
 }
@@ -256,6 +258,25 @@ export function renderMarkdown(results: Results, svgName: string | undefined): s
   L.push('');
   L.push('Targets: one hop ≤ 1.15× direct, three hops ≤ 1.3×; TTFB ≤ origin + 10 ms per hop.');
   L.push('');
+  const fl = results.floors;
+  const direct = agg.med('s2.directMs');
+  if (fl && direct !== undefined) {
+    const bytes = cfg.bigMiB * MiB;
+    const hashMs = bytes / 1e3 / fl.sha256MBps;
+    const freshMs = bytes / 1e3 / fl.freshWriteMBps;
+    L.push('What this machine allows a cache that checks every byte against its digest before the last one leaves, and');
+    L.push('keeps a copy (measured at the end of this invocation, `machineFloors` in test/bench/util.ts):');
+    L.push('');
+    L.push(`- SHA-256 runs at ${fmt(fl.sha256MBps)} MB/s on one core. A digest is sequential, so checking the ${cfg.bigMiB} MiB blob`);
+    L.push(`  takes at least ${fmt(hashMs)} ms at each hop: ${fmt(hashMs / direct, 2)}× the direct pull (${fmt(direct)} ms) for one hop, before any other`);
+    L.push('  work. distribution\'s proxy streams its client a second, unchecked upstream GET, which is how it can come close to');
+    L.push('  the direct time.');
+    L.push(`- A new ${cfg.bigMiB} MiB file goes into the page cache at ${fmt(fl.freshWriteMBps)} MB/s on memory the kernel had not used`);
+    L.push(`  lately (${fmt(freshMs)} ms), and at ${fmt(fl.recycledWriteMBps)} MB/s right after a file of that size was deleted. Cascade`);
+    L.push('  sends a cold blob from the file it is filling, so where the first figure is low (a virtual machine whose host');
+    L.push('  backs guest pages on first use) it bounds the cold pull too. See performance.md.');
+    L.push('');
+  }
   L.push("From Cascade's own logs (`upstream request` duration: until the upstream's headers; `fill complete` duration: from");
   L.push('those headers to the blob committed, fsync included), per hop, the hop nearest the origin first:');
   L.push('');

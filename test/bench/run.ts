@@ -24,7 +24,7 @@ import { profileCascade, type ProfileSummary } from './profile.js';
 import { Fleet } from './procs.js';
 import { renderMarkdown, renderSvg, verdicts, type Results } from './report.js';
 import { endRun, FULL, SCENARIOS, setup, SMOKE, startServerEarly, stopServer, type BenchConfig, type Context, type Metrics } from './scenarios.js';
-import { environment } from './util.js';
+import { environment, machineFloors, MiB, type MachineFloors } from './util.js';
 
 const { values } = parseArgs({
   options: {
@@ -121,6 +121,7 @@ const env = environment();
 log(`${cfg.mode} benchmark, ${cfg.runs} run(s), scenarios ${[...scenarios].join(',')}${wantProfile ? ', profile' : ''}, client ${client}; work folder ${work}`);
 const runs: Metrics[] = [];
 let profile: ProfileSummary[] | undefined;
+let floors: MachineFloors | undefined;
 let fatal: unknown;
 try {
   ctx = await setup(cfg, work, fleet, log);
@@ -151,6 +152,11 @@ try {
       return undefined;
     });
   }
+  if (scenarios.has(2)) {
+    // Last: the probe's freed pages would make the page cache cheaper for whatever runs after it.
+    floors = machineFloors(work, cfg.bigMiB * MiB);
+    log(`machine floors: SHA-256 ${floors.sha256MBps.toFixed(0)} MB/s on one core; a new ${cfg.bigMiB} MiB file written at ${floors.freshWriteMBps.toFixed(0)} MB/s (fresh memory), ${floors.recycledWriteMBps.toFixed(0)} MB/s (recycled)`);
+  }
 } catch (err) {
   fatal = err;
   console.error(err);
@@ -168,6 +174,7 @@ const measured: Results = {
   problems: [...(ctx?.problems ?? []), ...fleet.crashes, ...(fatal ? [`fatal: ${(fatal as Error).stack ?? String(fatal)}`] : [])],
   notes: ctx?.notes ?? [],
   ...(profile ? { profile } : {}),
+  ...(floors ? { floors } : {}),
   wallSeconds: (performance.now() - started) / 1000,
 };
 // --merge (with --only profile): add this profile to the results already in the output folder.
@@ -192,6 +199,7 @@ async function mergeInto(file: string, fresh: Results): Promise<Results> {
   return {
     ...prior,
     ...(fresh.profile ? { profile: fresh.profile } : {}),
+    ...(fresh.floors ? { floors: fresh.floors } : {}),
     problems: [...prior.problems.filter((p) => !p.startsWith('profile failed')), ...fresh.problems],
     notes: [
       ...prior.notes.filter((n) => !n.startsWith('The profile')),

@@ -1,7 +1,7 @@
 /** Small helpers of the benchmark: test data, uploads, statistics, the machine and the versions. */
 import { execFileSync } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
+import { closeSync, createReadStream, createWriteStream, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { request } from 'node:http';
 import { cpus, loadavg, release, totalmem } from 'node:os';
@@ -139,4 +139,59 @@ export function environment(): Environment {
     dirty: status === 'unavailable' ? [] : status.split('\n').filter(Boolean),
     date: new Date().toISOString(),
   };
+}
+
+/** What the machine itself allows a cache that verifies and stores a cold blob: see `machineFloors`. */
+export interface MachineFloors {
+  /** Size of the probe, in bytes (the cold blob's). */
+  readonly bytes: number;
+  /** SHA-256 on one core, from memory already in the CPU cache (Node's crypto, OpenSSL). */
+  readonly sha256MBps: number;
+  /** Writing a new file of `bytes` into the page cache (no fsync), on memory the kernel had not used lately. */
+  readonly freshWriteMBps: number;
+  /** The same again right after deleting the first file: the kernel reuses the pages it just freed. */
+  readonly recycledWriteMBps: number;
+}
+
+/**
+ * Measures the floors of a cold pull through a verifying, storing cache on this machine: how fast one core
+ * hashes (a SHA-256 is sequential, so one blob's check cannot use more than one core) and how fast a new
+ * file is written into the page cache. On some virtual machines the second is far slower for memory the
+ * guest has not touched lately (the host backs each page on first use); run it last, since the first file's
+ * freed pages make later writes cheaper.
+ */
+export function machineFloors(dir: string, bytes: number): MachineFloors {
+  const chunk = Buffer.alloc(MiB, 0x5a);
+  const n = Math.max(1, Math.round(bytes / MiB));
+  const hash = createHash('sha256');
+  let t = performance.now();
+  for (let i = 0; i < n; i++) hash.update(chunk);
+  hash.digest();
+  const sha256MBps = mbps(n * MiB, performance.now() - t);
+  const write = (file: string): number => {
+    const fd = openSync(file, 'w');
+    try {
+      t = performance.now();
+      for (let i = 0; i < n; i++) writeSync(fd, chunk);
+      return mbps(n * MiB, performance.now() - t);
+    } finally {
+      closeSync(fd);
+    }
+  };
+  const fresh = join(dir, 'floor-probe-1');
+  const recycled = join(dir, 'floor-probe-2');
+  try {
+    const freshWriteMBps = write(fresh);
+    unlinkSync(fresh);
+    const recycledWriteMBps = write(recycled);
+    return { bytes: n * MiB, sha256MBps, freshWriteMBps, recycledWriteMBps };
+  } finally {
+    for (const f of [fresh, recycled]) {
+      try {
+        unlinkSync(f);
+      } catch {
+        // already removed
+      }
+    }
+  }
 }
