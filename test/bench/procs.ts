@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { startCascade, type CascadeProcess } from '../lib/cascade.js';
 import { cacheConfig } from '../lib/cache.js';
-import { cleanEnv, daemon, distributionRequests, freePort, waitUntil, type Daemon, type DistributionAccessLine } from '../lib/peers.js';
+import { daemon, distributionRequests, freePort, startDistribution as startRegistry, waitUntil, type Daemon, type DistributionAccessLine } from '../lib/peers.js';
 
 /** A benchmarked server: its URL, its process id (for RSS), and its access log. */
 export interface Peer {
@@ -71,7 +71,7 @@ function waitHttp(what: string, d: Daemon, url: string, timeoutMs = 15_000): Pro
 }
 
 export interface DistributionOptions {
-  /** Holds `config.yml` and `data/` (the storage root). */
+  /** Holds `data/` (the storage root). */
   dir: string;
   name: string;
   /** Pull-through proxy of this registry (`proxy.remoteurl`). */
@@ -81,50 +81,31 @@ export interface DistributionOptions {
 }
 
 /**
- * Starts `docker-registry serve config.yml` with filesystem storage in `dir/data`, JSON logs with the
- * combined-format access log enabled (so requests can be counted), and, with `remoteurl`, proxy mode.
+ * Starts `docker-registry serve` (test/lib/peers.ts) with filesystem storage in `dir/data`, deletes enabled,
+ * its access log kept long enough to count a run's requests, and, with `remoteurl`, proxy mode.
  */
 export async function startDistribution(fleet: Fleet, o: DistributionOptions): Promise<Peer> {
   const rootdirectory = join(o.dir, 'data');
   await mkdir(rootdirectory, { recursive: true });
-  for (let attempt = 1; ; attempt++) {
-    const port = await freePort();
-    const config = {
-      version: 0.1,
-      log: { level: 'info', formatter: 'json', accesslog: { disabled: false } },
-      storage: {
-        filesystem: { rootdirectory },
-        delete: { enabled: true },
-        maintenance: { uploadpurging: { enabled: false } },
-      },
-      http: { addr: `127.0.0.1:${port}`, secret: 'bench-secret' },
-      ...(o.remoteurl ? { proxy: { remoteurl: o.remoteurl } } : {}),
-      ...(o.htpasswd ? { auth: { htpasswd: { realm: 'bench', path: o.htpasswd } } } : {}),
-    };
-    const configPath = join(o.dir, 'config.yml');
-    await writeFile(configPath, JSON.stringify(config, null, 2));
-    const d = daemon('docker-registry', ['serve', configPath], { cwd: o.dir, env: cleanEnv(), keep: ACCESS_LOG_LINES });
-    const url = `http://127.0.0.1:${port}`;
-    try {
-      await waitHttp(`docker-registry ${o.name} on ${url}`, d, `${url}/v2/`);
-    } catch (err) {
-      await d.kill();
-      if (attempt < 3 && d.output.some((l) => l.includes('address already in use'))) continue;
-      throw err;
-    }
-    return fleet.add({
-      name: o.name,
-      kind: 'distribution',
-      url,
-      host: `127.0.0.1:${port}`,
-      pid: d.child.pid!,
-      rootdirectory,
-      requests: () => distributionRequests(d.output),
-      tail: (n = 40) => d.output.slice(-n).join('\n'),
-      crashed: () => d.hasExited(),
-      stop: () => d.kill(),
-    });
-  }
+  const d = await startRegistry({
+    rootdirectory,
+    deleteEnabled: true,
+    keepLogLines: ACCESS_LOG_LINES,
+    ...(o.remoteurl ? { remoteurl: o.remoteurl } : {}),
+    ...(o.htpasswd ? { htpasswd: o.htpasswd } : {}),
+  });
+  return fleet.add({
+    name: o.name,
+    kind: 'distribution',
+    url: d.url,
+    host: d.host,
+    pid: d.pid,
+    rootdirectory,
+    requests: () => distributionRequests(d.output),
+    tail: (n = 40) => d.output.slice(-n).join('\n'),
+    crashed: () => d.exited(),
+    stop: () => d.stop(),
+  });
 }
 
 /**

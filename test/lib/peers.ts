@@ -140,6 +140,9 @@ export interface Distribution {
   readonly rootdirectory: string;
   /** Its log lines (JSON) so far. */
   readonly output: readonly string[];
+  readonly pid: number;
+  /** Whether the process has exited (crashed, when nobody stopped it). */
+  exited(): boolean;
   /** Kills the registry and removes its config directory (not `rootdirectory`, which the caller owns). */
   stop(): Promise<void>;
 }
@@ -153,6 +156,10 @@ export interface DistributionOptions {
    * with `htpasswd -B` (distribution accepts bcrypt only).
    */
   htpasswd?: string | Record<string, string>;
+  /** Pull-through proxy of this registry (`proxy.remoteurl`). */
+  remoteurl?: string;
+  /** Log lines kept in `output` (default: the daemon's default). */
+  keepLogLines?: number;
 }
 
 /** Starts distribution's `docker-registry serve` on a free port and waits until `GET /v2/` answers. */
@@ -181,12 +188,13 @@ export async function startDistribution(options: DistributionOptions): Promise<D
           maintenance: { uploadpurging: { enabled: false } },
         },
         http: { addr: `127.0.0.1:${port}`, secret: 'e2e-test-secret' },
+        ...(options.remoteurl ? { proxy: { remoteurl: options.remoteurl } } : {}),
         ...(htpasswdPath ? { auth: { htpasswd: { realm: 'e2e', path: htpasswdPath } } } : {}),
       };
       // JSON is valid YAML, and distribution reads YAML
       const configPath = join(dir, 'config.yml');
       await writeFile(configPath, JSON.stringify(config, null, 2));
-      const d = daemon('docker-registry', ['serve', configPath], { env: cleanEnv(), cwd: dir });
+      const d = daemon('docker-registry', ['serve', configPath], { env: cleanEnv(), cwd: dir, ...(options.keepLogLines ? { keep: options.keepLogLines } : {}) });
       const url = `http://127.0.0.1:${port}`;
       try {
         await waitUntil(`docker-registry on ${url}`, d, async () => {
@@ -204,6 +212,8 @@ export async function startDistribution(options: DistributionOptions): Promise<D
         host: `127.0.0.1:${port}`,
         rootdirectory: options.rootdirectory,
         output: d.output,
+        pid: d.child.pid!,
+        exited: () => d.hasExited(),
         async stop() {
           await d.kill();
           await rm(dir, { recursive: true, force: true });
