@@ -2,9 +2,11 @@
  * Compact JWS (RFC 7515) with ES256 only, on node:crypto. Grants are the one token this project signs,
  * so the verifier accepts exactly one algorithm: no `none`, no HMAC (the classic confusion where a public
  * key is used as an HMAC secret), no RSA, whatever the header says. Keys are named by their RFC 7638
- * thumbprint, so a key's `kid` is the same wherever it is published.
+ * thumbprint (registry-core's `thumbprintOfJwk`, which its token keys use too), so a key's `kid` is the
+ * same wherever it is published.
  */
-import { createHash, createPublicKey, KeyObject, sign, verify, type JsonWebKey } from 'node:crypto';
+import { createPublicKey, KeyObject, sign, verify, type JsonWebKey } from 'node:crypto';
+import { thumbprintOfJwk } from '@cascade/registry-core';
 
 /** The only JWS algorithm signed and accepted. */
 export const JWS_ALGORITHM = 'ES256';
@@ -88,11 +90,9 @@ export function assertEs256Key(key: KeyObject): void {
  */
 export function jwkThumbprint(key: KeyObject | JsonWebKey): string {
   const jwk: JsonWebKey = key instanceof KeyObject ? (key.type === 'private' ? createPublicKey(key) : key).export({ format: 'jwk' }) : key;
-  let canonical: string;
-  if (jwk.kty === 'EC') canonical = JSON.stringify({ crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y });
-  else if (jwk.kty === 'RSA') canonical = JSON.stringify({ e: jwk.e, kty: jwk.kty, n: jwk.n });
-  else throw new JwsError('key', `cannot compute the thumbprint of a ${String(jwk.kty)} key`);
-  return createHash('sha256').update(canonical).digest('base64url');
+  const thumbprint = jwk.kty === 'EC' || jwk.kty === 'RSA' ? thumbprintOfJwk(jwk as Record<string, unknown>) : undefined;
+  if (thumbprint === undefined) throw new JwsError('key', `cannot compute the thumbprint of a ${String(jwk.kty)} key`);
+  return thumbprint;
 }
 
 /** The public JWK of an ES256 key (private or public), with its thumbprint as `kid`. */

@@ -140,7 +140,7 @@ const THUMBPRINT_MEMBERS: Readonly<Record<string, readonly string[]>> = {
 };
 
 /** The RFC 7638 thumbprint of a JWK given as an object; undefined when it is not an EC, RSA or OKP key. */
-function thumbprintOfJwk(jwk: Record<string, unknown>): string | undefined {
+export function thumbprintOfJwk(jwk: Readonly<Record<string, unknown>>): string | undefined {
   const members = typeof jwk['kty'] === 'string' ? THUMBPRINT_MEMBERS[jwk['kty']] : undefined;
   if (members === undefined) return undefined;
   const parts: string[] = [];
