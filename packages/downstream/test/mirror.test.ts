@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { parseConfig, startRegistry, type RegistryConfig, type RunningRegistry } from '@cascade/registry-core';
-import { mirrorMiddleware } from '../src/mirror/middleware.js';
+import { mirrorMiddleware, type MirrorSettings } from '../src/mirror/middleware.js';
 import type { MirrorNamespace } from '../src/mirror/namespace.js';
 import { mirrorOptionsOf, parseMirrorOptions, validateMirrorConfig } from '../src/mirror/options.js';
 import { parseChallenge, realmRefusal, registrableDomain, scopeOf } from '../src/mirror/remote-auth.js';
@@ -62,12 +62,12 @@ async function startOrigin(yaml = ''): Promise<{ reg: RunningRegistry; seen: str
   return { reg, seen };
 }
 
-async function startMirror(yaml: string): Promise<{ reg: RunningRegistry; mirror: MirrorNamespace }> {
+async function startMirror(yaml: string, settings: MirrorSettings = {}): Promise<{ reg: RunningRegistry; mirror: MirrorNamespace }> {
   const cfg = config(yaml);
   const options = mirrorOptionsOf(cfg);
   assert.ok(options);
   let mirror: MirrorNamespace | undefined;
-  const reg = await startRegistry({ config: cfg, logger: silent, middleware: [mirrorMiddleware(options, { nodeId: 'test-mirror' }, (m) => (mirror = m))] });
+  const reg = await startRegistry({ config: cfg, logger: silent, middleware: [mirrorMiddleware(options, { nodeId: 'test-mirror', ...settings }, (m) => (mirror = m))] });
   return { reg, mirror: mirror as MirrorNamespace };
 }
 
@@ -222,6 +222,47 @@ describe('mirror over HTTP', () => {
     await pushImage(origin.reg.url, 'library/alpine', 'v2', 'two');
     const res = await req(`${m.reg.url}/v2/alpine/tags/list`);
     assert.deepEqual(JSON.parse(res.body.toString()).tags, ['v1', 'v2']);
+  });
+});
+
+describe('mirror expiry (proxy.ttl)', () => {
+  it('removes manifests and blobs not used for ttl, keeps the ones used, and fetches a removed one again', async (t) => {
+    const origin = await startOrigin();
+    t.after(() => origin.reg.close());
+    const used = await pushImage(origin.reg.url, 'app', 'used', 'used');
+    const idle = await pushImage(origin.reg.url, 'app', 'idle', 'idle');
+    const HOUR = 3600_000;
+    let now = Date.now();
+    // The sweep runs when the test says so (its timer would first fire in an hour of real time).
+    const m = await startMirror(`proxy:\n  remoteurl: "${origin.reg.url}"\n  ttl: 1h\n`, { now: () => now, sweepIntervalMs: HOUR });
+    t.after(() => m.reg.close());
+    const expiry = m.mirror.expiry;
+    assert.ok(expiry, 'proxy.ttl gives the mirror an expiry index');
+    await expiry.whenReconciled();
+    const pull = async (image: typeof used) => {
+      const manifest = await req(`${m.reg.url}/v2/app/manifests/${image.digest}`, { headers: { accept: OCI_MANIFEST } });
+      assert.equal(manifest.status, 200);
+      assert.equal(sha(manifest.body), image.digest);
+      const layer = await req(`${m.reg.url}/v2/app/blobs/${image.layerDigest}`);
+      assert.equal(layer.status, 200);
+      assert.equal(sha(layer.body), image.layerDigest);
+    };
+    await pull(used);
+    await pull(idle);
+    await expiry.flush();
+
+    now += HOUR / 2;
+    await pull(used); // served from storage: this use restarts its TTL
+    await expiry.flush();
+
+    now += HOUR / 2 + HOUR / 10;
+    assert.deepEqual(await expiry.sweep(), { expired: 2, evicted: 0, bytesFreed: idle.manifest.length + idle.layer.length }, 'the idle manifest and layer');
+    let before = origin.seen.length;
+    await pull(used);
+    assert.deepEqual(origin.seen.slice(before), [], 'what was used within the TTL is still stored');
+    before = origin.seen.length;
+    await pull(idle);
+    assert.deepEqual(origin.seen.slice(before), [`GET /v2/app/manifests/${idle.digest}`, `GET /v2/app/blobs/${idle.layerDigest}`], 'a removed manifest and blob are fetched again');
   });
 });
 

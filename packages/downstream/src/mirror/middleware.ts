@@ -27,6 +27,8 @@ export interface MirrorSettings {
   readonly sweepIntervalMs?: number;
   /** How long a fill runs on with no client (default 10 min). */
   readonly fillTimeoutMs?: number;
+  /** The clock of expiry and tag revalidation, in epoch milliseconds (default `Date.now`); for tests. */
+  readonly now?: () => number;
 }
 
 /** The registry middleware of a mirror with `options`; `onReady` receives the namespace (for tests and metrics). */
@@ -52,6 +54,7 @@ export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSetting
             driver,
             ttlMs: options.ttlMs,
             sweepIntervalMs: settings.sweepIntervalMs ?? 60_000,
+            ...(settings.now ? { now: settings.now } : {}),
             logger: log,
             remove: async (digest) => {
               // Pushed to a local repository: not the cache's to remove.
@@ -85,6 +88,8 @@ export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSetting
       remotes: runtimes,
       nodeId: settings.nodeId ?? randomBytes(6).toString('hex'),
       logger: log,
+      ...(settings.now ? { now: settings.now } : {}),
+      ...(expiry ? { expiry } : {}),
     });
     log.info(
       {

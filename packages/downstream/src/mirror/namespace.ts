@@ -7,7 +7,8 @@
  * contacted.
  *
  * Proxied content is stored under `<remote name>/<repository>` in distribution's layout:
- * - manifests by digest are stored once fetched (and verified) and never asked for again;
+ * - manifests by digest are stored once fetched (and verified) and never asked for again while stored; with
+ *   `ttl`, one not served for that long is removed like a blob, and fetched again when next asked for;
  * - a tag is checked with a HEAD (which Docker Hub does not count against its pull limit) at most once per
  *   `revalidate`, and the manifest is fetched only when the digest changed; with the remote down, or
  *   answering 429/5xx, the stored tag is served with a `Warning` header;
@@ -40,6 +41,7 @@ import {
   type TagStore,
 } from '@cascade/registry-core';
 import { CacheBlobStore, MANIFEST_ACCEPT, readLimited, referrersOf, statBlob, verifiedManifest, type CacheNamespace } from '../cache.js';
+import type { ExpiryIndex } from '../expiry.js';
 import type { Fill } from '../fill.js';
 import type { UpstreamBlobResponse, UpstreamPool, UpstreamRequest } from '../upstream.js';
 import type { MirrorOptions, MirrorRemote } from './options.js';
@@ -92,6 +94,8 @@ export interface MirrorNamespaceOptions {
   readonly nodeId: string;
   readonly logger: Logger;
   readonly now?: () => number;
+  /** Expiry of stored content by `proxy.ttl` (blobs through the cache's fills; manifests here). */
+  readonly expiry?: ExpiryIndex;
 }
 
 type Route = { kind: 'local'; name: string } | { kind: 'remote'; runtime: RemoteRuntime; upstreamName: string };
@@ -111,6 +115,19 @@ export class MirrorNamespace implements Namespace {
       for (const host of runtime.remote.hosts) this.byHost.set(host, runtime);
     }
     this.defaultRuntime = o.remotes.find((r) => r.remote === o.options.defaultRemote);
+  }
+
+  /** The expiry index, when `proxy.ttl` is set. */
+  get expiry(): ExpiryIndex | undefined {
+    return this.o.expiry;
+  }
+
+  /**
+   * Records that a proxied manifest was stored or served: like blobs, a manifest not used for `ttl` is
+   * removed, and fetched again (and checked against its digest) when it is next asked for.
+   */
+  touchManifest(manifest: ParsedManifest): void {
+    this.o.expiry?.touch(manifest.digest, manifest.bytes.length, 'hit');
   }
 
   repository(name: string, ctx?: RequestContext): Repository {
@@ -247,6 +264,7 @@ class MirrorRepository implements Repository {
       throw err;
     }
     await this.stored.manifests.put(manifest, { checkReferences: false });
+    this.mirror.touchManifest(manifest);
     this.mirror.metrics.manifestFetches += 1;
     return manifest;
   }
@@ -258,6 +276,7 @@ class MirrorManifestStore implements ManifestStore {
   async get(digest: Digest): Promise<ParsedManifest> {
     try {
       const manifest = await this.repo.stored.manifests.get(digest);
+      this.repo.mirror.touchManifest(manifest);
       this.repo.mirror.metrics.manifestHits += 1;
       return manifest;
     } catch (err) {
@@ -362,7 +381,9 @@ class MirrorTagStore implements TagStore {
       const bytes = await readLimited(res.body, MANIFEST_MAX_BYTES);
       digest = Digest.of(bytes);
       const contentType = typeof res.headers['content-type'] === 'string' ? res.headers['content-type'] : undefined;
-      await repo.stored.manifests.put(readManifest(bytes, digest, contentType), { checkReferences: false });
+      const manifest = readManifest(bytes, digest, contentType);
+      await repo.stored.manifests.put(manifest, { checkReferences: false });
+      repo.mirror.touchManifest(manifest);
       repo.mirror.metrics.manifestFetches += 1;
     }
     await repo.stored.tags.tag(tag, digest);
