@@ -122,6 +122,31 @@ describe('cache node: upstream faults', () => {
     });
   }
 
+  it('upstream dies mid-stream once: the fill resumes with a Range request from the byte it stopped at; the client gets every byte, one copy is stored', { timeout: 30_000 }, async (t) => {
+    const { dir, defer } = await testScope(t, 'e2e-faults-');
+    const up = await startFaultUpstream();
+    defer(() => up.stop());
+    const blob = randomBlob('resumed', 4 * MiB);
+    const digest = up.addBlob(blob, { kind: 'die', afterBytes: 1 * MiB, times: 1 });
+    const cache = await startCacheNode(dir, 'cache', { origin: up.url });
+    defer(() => cache.stop());
+
+    await assertBlob(cache, NAME, digest, blob.length, 'the blob, through a cut transfer and a resumed one');
+    const gets = up.requests.filter((r) => r.digest === digest && r.method === 'GET');
+    assert.equal(gets.length, 2, `the cut GET and the resumed one:\n${cache.diagnostics()}`);
+    assert.equal(gets[0]?.headers.range, undefined);
+    const [start, end] = (/^bytes=(\d+)-(\d+)$/.exec(String(gets[1]?.headers.range)) ?? []).slice(1).map(Number);
+    assert.ok(start !== undefined && start > 0 && start <= 1 * MiB, `resumed from the byte the cut GET stopped at: ${String(gets[1]?.headers.range)}`);
+    assert.equal(end, blob.length - 1);
+    const logs = cache.proc?.logs ?? [];
+    assert.ok(logs.some((l) => l.msg === 'fill interrupted: resuming with a range request' && l.received === start), 'the node logs the resume and where it resumed');
+    await waitFor('the resumed blob stored', () => hasBlobData(cache.rootdirectory, digest), 5000);
+    assert.deepEqual(await assertStoreIntegrity(cache.rootdirectory), [digest]);
+    // and it is a hit now
+    await assertBlob(cache, NAME, digest, blob.length, 'hit after the resumed fill');
+    assert.equal(up.requests.filter((r) => r.digest === digest && r.method === 'GET').length, 2);
+  });
+
   for (const kind of ['slow', 'hang'] as const) {
     it(`a client gives up on a ${kind === 'slow' ? 'trickling' : 'silent'} upstream with filltimeout 0: the fill stops, the upstream request is closed, nothing is stored`, { timeout: 30_000 }, async (t) => {
       const { dir, defer } = await testScope(t, 'e2e-faults-');

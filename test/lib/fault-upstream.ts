@@ -5,7 +5,8 @@
  *
  * Scenarios:
  * - `ok`: 200 with Content-Length and Docker-Content-Digest, the right bytes (honours a single `Range`);
- * - `die`: headers with the full Content-Length, `afterBytes` bytes, then the socket is destroyed;
+ * - `die`: headers with the full Content-Length (whatever Range was asked for), `afterBytes` bytes, then the
+ *   socket is destroyed; with `times`, only the first `times` GETs of the digest die, and later ones are `ok`;
  * - `wrong-bytes`: the right length, wrong content (the last byte flipped, so the prefix looks right);
  * - `extra-bytes`: the right bytes followed by `extra` more, with a Content-Length that counts them;
  * - `slow`: the right bytes, `chunkBytes` every `intervalMs` (a trickle);
@@ -19,7 +20,7 @@ import type { Socket } from 'node:net';
 
 export type Scenario =
   | { readonly kind: 'ok' }
-  | { readonly kind: 'die'; readonly afterBytes: number }
+  | { readonly kind: 'die'; readonly afterBytes: number; readonly times?: number }
   | { readonly kind: 'wrong-bytes' }
   | { readonly kind: 'extra-bytes'; readonly extra?: number }
   | { readonly kind: 'slow'; readonly chunkBytes: number; readonly intervalMs: number }
@@ -66,6 +67,8 @@ function sendError(res: ServerResponse, status: number, code: string, message: s
 /** Starts a fake upstream on a free port of 127.0.0.1. */
 export async function startFaultUpstream(): Promise<FaultUpstream> {
   const blobs = new Map<string, { bytes: Buffer; scenario: Scenario }>();
+  /** GETs of each digest cut by a `die` scenario with `times`. */
+  const deaths = new Map<string, number>();
   const requests: UpstreamRequest[] = [];
   const sockets = new Set<Socket>();
   const timers = new Set<NodeJS.Timeout>();
@@ -97,7 +100,13 @@ export async function startFaultUpstream(): Promise<FaultUpstream> {
       sendError(res, 404, 'BLOB_UNKNOWN', 'blob unknown to registry', {}, head);
       return;
     }
-    const { bytes, scenario } = entry;
+    const { bytes } = entry;
+    let { scenario } = entry;
+    if (scenario.kind === 'die' && scenario.times !== undefined && !head) {
+      const died = deaths.get(digest) ?? 0;
+      if (died >= scenario.times) scenario = { kind: 'ok' };
+      else deaths.set(digest, died + 1);
+    }
     const baseHeaders = { 'content-type': 'application/octet-stream', 'docker-content-digest': digest, 'docker-distribution-api-version': 'registry/2.0', 'accept-ranges': 'bytes' };
     switch (scenario.kind) {
       case 'hang':
@@ -203,6 +212,7 @@ export async function startFaultUpstream(): Promise<FaultUpstream> {
       const entry = blobs.get(digest);
       if (!entry) throw new Error(`fault upstream: unknown digest ${digest}`);
       entry.scenario = scenario;
+      deaths.delete(digest);
     },
     count(digest, method) {
       return requests.filter((r) => r.digest === digest && (method === undefined || r.method === method)).length;

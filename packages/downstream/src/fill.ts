@@ -23,6 +23,9 @@ const WRITE_BATCH = 1 << 20;
 /** Bytes a follower reads at a time from the blob file. */
 const FOLLOW_CHUNK = 1 << 20;
 
+/** Times a fill resumes a transfer the network cut (with a Range request) before it gives up. */
+const MAX_RESUMES = 3;
+
 /** Where partial fills live in the driver (distribution ignores `_` folders; emptied at start-up). */
 export const FILLS_DIR = '/docker/registry/v2/_cascade_fills';
 
@@ -438,20 +441,59 @@ export class FillManager {
           () => undefined,
         );
       };
-      for await (const chunk of response.body) {
-        const buf = chunk as Buffer;
-        received += buf.length;
-        if (expected !== undefined && received > expected) {
-          throw new Error(`upstream sent more than the ${expected} bytes it announced`);
+      // Bytes of the current response to drop before using any: an upstream that answered a resumed
+      // request with the whole blob (200) instead of the range asked for resends what was already received.
+      let skip = 0;
+      const receive = async (body: Readable): Promise<void> => {
+        const chunks = body[Symbol.asyncIterator]();
+        for (;;) {
+          let next: IteratorResult<unknown>;
+          try {
+            next = await chunks.next();
+          } catch (err) {
+            throw new ReceiveInterrupted(err);
+          }
+          if (next.done) return;
+          let buf = next.value as Buffer;
+          this.options.onUpstreamBytes?.(buf.length);
+          if (skip > 0) {
+            const dropped = Math.min(skip, buf.length);
+            skip -= dropped;
+            if (dropped === buf.length) continue;
+            buf = buf.subarray(dropped);
+          }
+          received += buf.length;
+          if (expected !== undefined && received > expected) {
+            throw new Error(`upstream sent more than the ${expected} bytes it announced`);
+          }
+          hash.update(buf);
+          pending.push(buf);
+          pendingBytes += buf.length;
+          // A write starts at once when the disk is idle (the first bytes reach followers without delay);
+          // otherwise chunks gather into writes of WRITE_BATCH: few large writes beat many small ones.
+          if (inFlight.length === 0 || pendingBytes >= WRITE_BATCH) flush();
+          while (queuedBytes > WRITE_AHEAD && inFlight.length > 0) await inFlight[0];
         }
-        hash.update(buf);
-        this.options.onUpstreamBytes?.(buf.length);
-        pending.push(buf);
-        pendingBytes += buf.length;
-        // A write starts at once when the disk is idle (the first bytes reach followers without delay);
-        // otherwise chunks gather into writes of WRITE_BATCH: few large writes beat many small ones.
-        if (inFlight.length === 0 || pendingBytes >= WRITE_BATCH) flush();
-        while (queuedBytes > WRITE_AHEAD && inFlight.length > 0) await inFlight[0];
+      };
+      // A transfer cut by the network is resumed where it stopped, with a Range request (to another
+      // upstream when there is one): the hash goes on over the new bytes, and followers see no gap.
+      for (let resumes = 0; ; resumes++) {
+        let interruption: string | undefined;
+        try {
+          await receive(response.body);
+          if (expected !== undefined && received < expected) interruption = `upstream ended the body after ${received} of ${expected} bytes`;
+        } catch (err) {
+          if (!(err instanceof ReceiveInterrupted)) throw err;
+          interruption = describeError(err.cause);
+          if (fill.signal.aborted || expected === undefined || resumes >= MAX_RESUMES) throw err.cause;
+        }
+        if (interruption === undefined) break;
+        if (fill.signal.aborted || expected === undefined || resumes >= MAX_RESUMES) throw new Error(interruption);
+        response.body.destroy();
+        upstreams.markFailed(response.host, interruption);
+        log.warn({ upstream: response.host.url, received, expected, reason: interruption, resume: resumes + 1 }, 'fill interrupted: resuming with a range request');
+        response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers: { ...headers, range: `bytes=${received}-${expected - 1}` }, signal: request.signal });
+        skip = resumeOffset(response, received, expected);
       }
       flush();
       while (inFlight.length > 0) await inFlight[0];
@@ -485,4 +527,30 @@ export class FillManager {
       fill.fail(err instanceof RegistryError ? err : new RegistryError('UNAVAILABLE', `fetching the blob from upstream failed: ${reason}`, { status: 502 }));
     }
   }
+}
+
+/** The upstream body stopped with an error (the network, not this node): the transfer may be resumed. */
+class ReceiveInterrupted extends Error {
+  constructor(override readonly cause: unknown) {
+    super(describeError(cause));
+  }
+}
+
+/**
+ * Checks the answer to a resumed request for bytes `received..expected-1`: a 206 must cover exactly
+ * that range of a blob of `expected` bytes; a 200 must be the whole blob, and its first `received` bytes are
+ * dropped (what they were does not matter: the digest is checked over the bytes kept). Returns the bytes to
+ * drop.
+ */
+export function resumeOffset(response: Pick<UpstreamBlobResponse, 'status' | 'headers' | 'size' | 'host'>, received: number, expected: number): number {
+  if (response.status === 200) {
+    if (response.size !== expected) throw new Error(`upstream ${response.host.url} answered a resumed request with ${response.size ?? 'an unknown number of'} bytes, not the ${expected} of the blob`);
+    return received;
+  }
+  const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(response.headers['content-range'] ?? ''));
+  const [start, end, total] = range ? [Number(range[1]), Number(range[2]), range[3]] : [];
+  if (start !== received || end !== expected - 1 || (total !== '*' && Number(total) !== expected)) {
+    throw new Error(`upstream ${response.host.url} answered a resumed request for bytes ${received}-${expected - 1} with Content-Range "${String(response.headers['content-range'] ?? '')}"`);
+  }
+  return 0;
 }

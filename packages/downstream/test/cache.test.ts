@@ -3,7 +3,7 @@
  * upstream that can be slowed or broken per test.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
@@ -38,6 +38,12 @@ class Origin {
   gets = new Map<string, number>();
   mode: 'ok' | 'slow' | 'truncate' | 'corrupt' | 'error' = 'ok';
   chunkDelayMs = 20;
+  /** The next this many GETs are cut halfway through their body (whatever the mode; 'truncate' cuts all). */
+  cutNext = 0;
+  /** Answers ranged GETs with the whole blob (200), as some servers do. */
+  ignoreRange = false;
+  /** The Range header of every ranged GET. */
+  ranges: string[] = [];
 
   async start(): Promise<void> {
     this.server = createServer((req, res) => void this.handle(req, res));
@@ -64,21 +70,23 @@ class Origin {
       return;
     }
     const range = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
-    if (range) {
+    if (range && req.method === 'GET') this.ranges.push(req.headers.range as string);
+    let body = this.mode === 'corrupt' ? Buffer.from(data).fill(0x41, 0, 16) : data;
+    if (range && !this.ignoreRange) {
       const [s, e] = [Number(range[1]), Number(range[2])];
       res.writeHead(206, { 'content-length': e - s + 1, 'content-range': `bytes ${s}-${e}/${data.length}` });
-      res.end(data.subarray(s, e + 1));
-      return;
+      body = body.subarray(s, e + 1);
+    } else {
+      res.writeHead(200, { 'content-length': data.length, 'content-type': 'application/octet-stream' });
     }
-    res.writeHead(200, { 'content-length': data.length, 'content-type': 'application/octet-stream' });
     if (req.method === 'HEAD') {
       res.end();
       return;
     }
-    const body = this.mode === 'corrupt' ? Buffer.from(data).fill(0x41, 0, 16) : data;
+    const cut = this.mode === 'truncate' || (req.method === 'GET' && this.cutNext > 0 && this.cutNext-- > 0);
     const step = 64 * 1024;
     for (let off = 0; off < body.length; off += step) {
-      if (this.mode === 'truncate' && off >= body.length / 2) {
+      if (cut && off >= body.length / 2) {
         res.destroy();
         return;
       }
@@ -226,6 +234,34 @@ for (const kind of ['in-memory, streamed', 'filesystem, streamed', 'filesystem, 
       const again = await get(`${url}/v2/x/blobs/${d}`);
       assert.equal(again.status, 200);
       assert.equal(sha(again.body), d);
+    });
+  }
+
+  for (const ignoreRange of [false, true]) {
+    it(`an upstream that dies mid-stream once: the fill resumes with a range request${ignoreRange ? ' (answered with the whole blob, whose first bytes are dropped)' : ''}; the client gets the blob, it is stored`, async () => {
+      origin.mode = 'ok';
+      origin.cutNext = 1;
+      origin.ignoreRange = ignoreRange;
+      origin.ranges = [];
+      try {
+        const failedBefore = cache.metrics.fillsFailed;
+        const data = randomBytes(1 << 20);
+        const d = origin.add(data);
+        const res = await get(`${url}/v2/x/blobs/${d}`);
+        assert.equal(res.status, 200);
+        assert.equal(sha(res.body), d, 'every byte, in order, once');
+        assert.equal(origin.gets.get(d), 2, 'the cut GET and the resumed one');
+        assert.equal(origin.ranges.length, 1);
+        const [start, end] = (/^bytes=(\d+)-(\d+)$/.exec(origin.ranges[0] ?? '') ?? []).slice(1).map(Number);
+        assert.ok(start !== undefined && start > 0 && start <= data.length / 2, `resumed from the byte the cut GET stopped at: ${origin.ranges[0]}`);
+        assert.equal(end, data.length - 1);
+        assert.equal(cache.metrics.fillsFailed, failedBefore);
+        await cache.fills.get(Digest.parse(d))?.finished;
+        assert.equal(sha(await driver.getContent(paths.blobData(Digest.parse(d)))), d, 'the stored copy is the blob');
+      } finally {
+        origin.ignoreRange = false;
+        origin.cutNext = 0;
+      }
     });
   }
 
