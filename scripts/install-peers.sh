@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the end-to-end tests drive (skopeo, containerd, distribution's
-# docker-registry, nginx, apache2-utils, prometheus for promtool, chromium for the web page test). Skips apt when every command is already there. Needs root.
+# docker-registry, nginx, apache2-utils, prometheus for promtool, chromium for the web page test,
+# postgresql for the server's PostgreSQL state). Skips apt when every command is already there. Needs root.
 set -euo pipefail
 
 need=(skopeo containerd ctr docker-registry nginx htpasswd promtool chromium)
@@ -8,6 +9,9 @@ missing=()
 for cmd in "${need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
+# PostgreSQL's server programs are not on PATH: Debian keeps them in /usr/lib/postgresql/<major>/bin.
+have_postgres() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
+have_postgres || missing+=(postgresql)
 
 if ((${#missing[@]})); then
   echo "ci: installing test peers (missing: ${missing[*]})"
@@ -25,10 +29,11 @@ if ((${#missing[@]})); then
   remove_policy() { if ((created_policy)); then rm -f "$policy"; fi; }
   trap remove_policy EXIT
   apt-get update
-  apt-get install -y --no-install-recommends skopeo containerd docker-registry nginx-light apache2-utils prometheus chromium chromium-driver
+  apt-get install -y --no-install-recommends skopeo containerd docker-registry nginx-light apache2-utils prometheus chromium chromium-driver postgresql
   remove_policy
   trap - EXIT
   for cmd in "${need[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || { echo "ci: $cmd is still missing after apt-get install" >&2; exit 1; }
   done
+  have_postgres || { echo "ci: PostgreSQL's initdb is still missing after apt-get install" >&2; exit 1; }
 fi

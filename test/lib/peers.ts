@@ -36,14 +36,22 @@ export class CommandError extends Error {
 export function run(
   cmd: string,
   args: string[],
-  options: { env?: NodeJS.ProcessEnv; timeoutMs?: number; allowFailure?: boolean; cwd?: string } = {},
+  options: { env?: NodeJS.ProcessEnv; timeoutMs?: number; allowFailure?: boolean; cwd?: string; uid?: number; gid?: number } = {},
 ): Promise<RunResult> {
   const command = [cmd, ...args].map((a) => (/[\s"']/.test(a) ? JSON.stringify(a) : a)).join(' ');
   return new Promise((resolve, reject) => {
     execFile(
       cmd,
       args,
-      { env: options.env ?? process.env, timeout: options.timeoutMs ?? 120_000, maxBuffer: 64 << 20, cwd: options.cwd, encoding: 'utf8' },
+      {
+        env: options.env ?? process.env,
+        timeout: options.timeoutMs ?? 120_000,
+        maxBuffer: 64 << 20,
+        cwd: options.cwd,
+        encoding: 'utf8',
+        ...(options.uid !== undefined ? { uid: options.uid } : {}),
+        ...(options.gid !== undefined ? { gid: options.gid } : {}),
+      },
       (err, stdout, stderr) => {
         const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
         const result = { code, stdout, stderr: err && err.killed ? `${stderr}\n(killed: timeout or signal ${err.signal})` : stderr };
@@ -77,8 +85,14 @@ export interface Daemon {
 }
 
 /** Starts `cmd`; its stdout and stderr are kept as whole lines, the last `keep` of them (default 5000). */
-export function daemon(cmd: string, args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; keep?: number } = {}): Daemon {
-  const child = spawn(cmd, args, { env: options.env ?? process.env, cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+export function daemon(cmd: string, args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; keep?: number; uid?: number; gid?: number } = {}): Daemon {
+  const child = spawn(cmd, args, {
+    env: options.env ?? process.env,
+    cwd: options.cwd,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...(options.uid !== undefined ? { uid: options.uid } : {}),
+    ...(options.gid !== undefined ? { gid: options.gid } : {}),
+  });
   const output: string[] = [];
   const keep = options.keep ?? 5000;
   // A line can arrive in two chunks: only complete lines are kept, the rest waits for the next chunk.

@@ -29,6 +29,10 @@ export interface ServerOptions {
   ttl?: string;
   /** `healthcheck.interval`. */
   healthInterval?: string;
+  /** `database` (default: SQLite in `dir/state.db`). */
+  database?: { postgres: string };
+  /** `grants.keysdir` (default `dir/keys`): servers that share a database share their signing keys too. */
+  keysdir?: string;
 }
 
 /** Writes `dir/server.yml` (listening on a free port) and starts `cascade server` with it. */
@@ -39,8 +43,8 @@ export async function startServer(dir: string, o: ServerOptions): Promise<Cascad
     stringify({
       http: { addr: '127.0.0.1:0' },
       origin: { url: o.origin, username: 'svc', password: o.password },
-      grants: { keysdir: join(dir, 'keys'), issuer: o.issuer, ...(o.ttl ? { ttl: o.ttl } : {}) },
-      database: { sqlite: join(dir, 'state.db') },
+      grants: { keysdir: o.keysdir ?? join(dir, 'keys'), issuer: o.issuer, ...(o.ttl ? { ttl: o.ttl } : {}) },
+      database: o.database ?? { sqlite: join(dir, 'state.db') },
       admins: ['alice'],
       ...(o.healthInterval ? { healthcheck: { interval: o.healthInterval } } : {}),
     }),
@@ -71,6 +75,8 @@ export interface StackOptions {
   healthInterval?: string;
   /** The grants' issuer (default `cascade-test`). */
   issuer?: string;
+  /** The server's state database (default: SQLite in the stack's folder). */
+  database?: { postgres: string };
 }
 
 /** Starts the origin, the server and the two chained caches; `defer` registers their stops. */
@@ -99,7 +105,14 @@ export async function startStack(dir: string, defer: (fn: () => unknown) => void
       text: () => [...dist.output],
     };
   }
-  const server = await startServer(dir, { origin: origin.url, password: USERS.svc, issuer, ttl: '60s', healthInterval: options.healthInterval ?? '1s' });
+  const server = await startServer(dir, {
+    origin: origin.url,
+    password: USERS.svc,
+    issuer,
+    ttl: '60s',
+    healthInterval: options.healthInterval ?? '1s',
+    ...(options.database ? { database: options.database } : {}),
+  });
   defer(() => server.stop());
   const cacheConfig = (name: string, upstreams: Record<string, unknown>, downstreams: string[] = []) => ({
     storage: { filesystem: { rootdirectory: join(dir, `${name}-data`) }, delete: { enabled: true } },

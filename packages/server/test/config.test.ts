@@ -13,7 +13,8 @@ describe('server.yml defaults', () => {
     assert.equal(c.grants.issuer, 'cascade');
     assert.equal(c.log.level, 'info');
     assert.equal(c.http.addr, ':8443');
-    assert.match(c.database.sqlite, /cascade\.db$/);
+    assert.match(c.database.sqlite ?? '', /cascade\.db$/);
+    assert.equal(c.database.postgres, undefined);
   });
 
   it('parses durations given in the file', () => {
@@ -21,5 +22,36 @@ describe('server.yml defaults', () => {
     assert.equal(c.healthcheck.interval, 2_000);
     assert.equal(c.authorization.cachettl, 0);
     assert.equal(c.grants.ttl, 300_000);
+  });
+});
+
+describe('server.yml database', () => {
+  const origin = 'origin: {url: "http://o:1"}\n';
+  const refused = (text: string, env: NodeJS.ProcessEnv, message: RegExp) =>
+    assert.throws(
+      () => parseServerConfig(text, 'server.yml', env),
+      (err: Error) => {
+        assert.match(err.message, message);
+        assert.doesNotMatch(err.message, /s3cret/, 'the password is never echoed');
+        return true;
+      },
+    );
+
+  it('takes a SQLite file (relative to the config) or a PostgreSQL URL', () => {
+    assert.equal(parseServerConfig(`${origin}database: {sqlite: state/cascade.db}\n`, '/etc/cascade/server.yml', {}).database.sqlite, '/etc/cascade/state/cascade.db');
+    const pg = parseServerConfig(`${origin}database: {postgres: "postgres://cascade:s3cret@db.internal:5432/cascade"}\n`, 'server.yml', {});
+    assert.deepEqual(pg.database, { postgres: 'postgres://cascade:s3cret@db.internal:5432/cascade' });
+  });
+
+  it('takes the PostgreSQL URL from CASCADE_DATABASE_URL, so the password need not be in the file', () => {
+    const c = parseServerConfig(origin, 'server.yml', { CASCADE_DATABASE_URL: 'postgresql://cascade:s3cret@db/cascade' });
+    assert.deepEqual(c.database, { postgres: 'postgresql://cascade:s3cret@db/cascade' });
+  });
+
+  it('refuses both kinds at once, and a URL that is not a postgres:// URL, naming the key', () => {
+    refused(`${origin}database: {sqlite: a.db, postgres: "postgres://u@h/d"}\n`, {}, /database: either sqlite or postgres, not both/);
+    refused(`${origin}database: {sqlite: a.db}\n`, { CASCADE_DATABASE_URL: 'postgres://u:s3cret@h/d' }, /database\.sqlite: CASCADE_DATABASE_URL is set too/);
+    refused(`${origin}database: {postgres: "mysql://u:s3cret@h/d"}\n`, {}, /database\.postgres: expected a postgres:\/\/user@host\/database URL, got a mysql: URL/);
+    refused(origin, { CASCADE_DATABASE_URL: 'not a url s3cret' }, /CASCADE_DATABASE_URL: expected a postgres:\/\/user@host\/database URL, got a string that is not a URL/);
   });
 });

@@ -228,7 +228,7 @@ describe('deploy/compose', () => {
     assert.equal(config.origin.password, 'from-env');
     assert.equal(config.origin.username, 'cascade-svc');
     assert.deepEqual(config.origin.cas, ['/etc/cascade/certs/ca.pem']);
-    assert.ok(config.grants.keysdir.startsWith('/var/lib/cascade/') && config.database.sqlite.startsWith('/var/lib/cascade/'), 'state in the volume');
+    assert.ok(config.grants.keysdir.startsWith('/var/lib/cascade/') && (config.database.sqlite ?? '').startsWith('/var/lib/cascade/'), 'state in the volume');
     assert.ok(config.admins.length > 0);
     for (const path of [config.origin.cas[0], config.http.tls?.certificate, config.http.tls?.key]) assert.ok(path && mounts('server').has(path), `${path} is mounted`);
     assert.doesNotMatch(readFileSync(file, 'utf8'), /^\s*password:/m, 'no password in the file');

@@ -55,18 +55,29 @@ export const serverConfigSchema = z.strictObject({
       issuer: z.string().min(1).default('cascade'),
     })
     .prefault({}),
-  database: z.strictObject({ sqlite: z.string().default('cascade.db') }).prefault({}),
+  database: z
+    .strictObject({
+      /** The SQLite file (default `cascade.db` beside the config), or `:memory:`. */
+      sqlite: z.string().min(1).optional(),
+      /** A PostgreSQL connection URL, for servers that share their state. */
+      postgres: z.string().min(1).optional(),
+    })
+    .refine((d) => d.sqlite === undefined || d.postgres === undefined, { message: 'either sqlite or postgres, not both' })
+    .prefault({}),
   admins: z.array(z.string().min(1)).default([]),
   authorization: z.strictObject({ cachettl: duration('5s') }).prefault({}),
   healthcheck: z.strictObject({ interval: duration('15s') }).prefault({}),
 });
 
+/** Where the server keeps its state: exactly one of a SQLite file and a PostgreSQL URL. */
+export type DatabaseConfig = { readonly sqlite: string; readonly postgres?: undefined } | { readonly postgres: string; readonly sqlite?: undefined };
+
 /** A validated server config, with paths made absolute. */
-export type ServerConfig = z.output<typeof serverConfigSchema> & { readonly file: string };
+export type ServerConfig = Omit<z.output<typeof serverConfigSchema>, 'database'> & { readonly database: DatabaseConfig; readonly file: string };
 
 /**
- * Reads and validates `file`. `CASCADE_ORIGIN_PASSWORD` overrides `origin.password` (so the secret need
- * not be in the file).
+ * Reads and validates `file`. `CASCADE_ORIGIN_PASSWORD` overrides `origin.password`, and
+ * `CASCADE_DATABASE_URL` sets `database.postgres` (so secrets need not be in the file).
  * @throws ConfigError with every problem, one per line.
  */
 export function loadServerConfig(file: string, env: NodeJS.ProcessEnv = process.env): ServerConfig {
@@ -102,12 +113,36 @@ export function parseServerConfig(text: string, file: string, env: NodeJS.Proces
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
   const config = parsed.data;
   const password = env.CASCADE_ORIGIN_PASSWORD ?? config.origin.password;
+  const postgres = env.CASCADE_DATABASE_URL || config.database.postgres;
+  if (postgres !== undefined) {
+    const problem = postgresUrlProblem(postgres);
+    const key = env.CASCADE_DATABASE_URL ? 'CASCADE_DATABASE_URL' : 'database.postgres';
+    if (problem) throw new ConfigError(file, [{ key, expected: 'a postgres:// URL', got: problem, message: `${file}: ${key}: expected a postgres://user@host/database URL, got ${problem}` }]);
+    if (config.database.sqlite !== undefined && env.CASCADE_DATABASE_URL) {
+      throw new ConfigError(file, [{ key: 'database.sqlite', expected: 'no sqlite file when CASCADE_DATABASE_URL is set', got: config.database.sqlite, message: `${file}: database.sqlite: CASCADE_DATABASE_URL is set too; remove one of them` }]);
+    }
+  }
+  const sqlite = config.database.sqlite ?? 'cascade.db';
+  const database: DatabaseConfig = postgres !== undefined ? { postgres } : { sqlite: sqlite === ':memory:' ? ':memory:' : abs(sqlite) };
   return {
     ...config,
     file,
     origin: { ...config.origin, ...(password !== undefined ? { password } : {}), cas: config.origin.cas.map(abs) },
     grants: { ...config.grants, keysdir: abs(config.grants.keysdir) },
-    database: { sqlite: config.database.sqlite === ':memory:' ? ':memory:' : abs(config.database.sqlite) },
+    database,
     ...(config.http.tls ? { http: { ...config.http, tls: { certificate: abs(config.http.tls.certificate), key: abs(config.http.tls.key) } } } : {}),
   };
+}
+
+/** Why `url` is not a PostgreSQL connection URL (without echoing a password); undefined when it is one. */
+function postgresUrlProblem(url: string): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return 'a string that is not a URL';
+  }
+  if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') return `a ${u.protocol} URL`;
+  if (!u.hostname && !u.searchParams.get('host')) return 'a URL without a host';
+  return undefined;
 }

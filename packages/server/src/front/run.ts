@@ -7,6 +7,7 @@ import { createLogger, listen, NodeObservability, type RunningServer } from '@ca
 import { GrantKeyStore, GrantSigner, LocalJwks } from '@cascade/downstream';
 import { createApiRouter } from '../api/router.js';
 import { selectCache } from '../state/select.js';
+import { PostgresStateRepository } from '../state/postgres.js';
 import { SqliteStateRepository } from '../state/sqlite.js';
 import type { StateRepository } from '../state/repository.js';
 import { createFrontApp, type FrontMetrics } from './app.js';
@@ -25,8 +26,7 @@ export interface RunningCascadeServer extends RunningServer {
 
 /** Starts the server and resolves once it listens. */
 export async function startServer(config: ServerConfig, logger: Logger = createLogger({ level: config.log.level, ...(config.log.fields ? { fields: config.log.fields } : {}) })): Promise<RunningCascadeServer> {
-  if (config.database.sqlite !== ':memory:') mkdirSync(dirname(config.database.sqlite), { recursive: true });
-  const state = new SqliteStateRepository(config.database.sqlite);
+  const state = await openState(config, logger);
   const originCas = config.origin.cas.map((f) => readFileSync(f, 'utf8'));
   const origin = new OriginClient({
     url: config.origin.url,
@@ -89,7 +89,7 @@ export async function startServer(config: ServerConfig, logger: Logger = createL
   });
   const running = await listen(app.callback(), { addr: config.http.addr, ...(config.http.tls ? { tls: config.http.tls } : {}), role: 'server' }, logger);
   health.start();
-  logger.info({ origin: config.origin.url, admins: [...admins], database: config.database.sqlite }, 'server ready');
+  logger.info({ origin: config.origin.url, admins: [...admins], database: config.database.postgres !== undefined ? 'postgres' : config.database.sqlite }, 'server ready');
   return {
     ...running,
     logger,
@@ -99,7 +99,7 @@ export async function startServer(config: ServerConfig, logger: Logger = createL
       health.stop();
       await running.close(drainMs);
       origin.close();
-      state.close();
+      await state.close();
     },
   };
 }
@@ -122,4 +122,18 @@ export async function authenticateThroughOrigin(origin: OriginClient, authorizat
   const res = await origin.request({ method: 'GET', path: '/v2/', headers: { authorization } });
   res.resume();
   return res.statusCode === 200 ? { user } : undefined;
+}
+
+/** Opens the state database the config names (creating a SQLite file's folder), and says which one. */
+async function openState(config: ServerConfig, logger: Logger): Promise<StateRepository> {
+  const { database } = config;
+  if (database.postgres !== undefined) {
+    const state = await PostgresStateRepository.open({ url: database.postgres });
+    logger.info({ database: 'postgres', where: state.where, schema: await state.schemaVersion() }, 'state database ready');
+    return state;
+  }
+  if (database.sqlite !== ':memory:') mkdirSync(dirname(database.sqlite), { recursive: true });
+  const state = new SqliteStateRepository(database.sqlite);
+  logger.info({ database: 'sqlite', where: database.sqlite, schema: state.schemaVersion() }, 'state database ready');
+  return state;
 }
