@@ -5,6 +5,7 @@
  * registered and choices saved through one are used by the other, for a real pull with skopeo.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -16,7 +17,7 @@ import { makeOciImage } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
 import { freePort, skopeo } from '../lib/peers.js';
 import { startPostgres, type Postgres } from '../lib/postgres.js';
-import { api, startServer, startStack, USERS } from '../lib/stack.js';
+import { api, basic, startServer, startStack, USERS } from '../lib/stack.js';
 
 let server: Postgres;
 let databases = 0;
@@ -26,6 +27,8 @@ before(async () => {
 after(async () => {
   await server?.stop();
 });
+
+const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 /** A new, empty database on the test server. */
 const freshDatabase = () => server.createDatabase(`cascade_${++databases}`);
@@ -123,5 +126,45 @@ describe('two servers sharing one PostgreSQL database', () => {
 
     const logs = [one, two].flatMap((p) => [...p.text, ...p.logs.map((l) => JSON.stringify(l))]).join('\n');
     for (const secret of Object.values(USERS)) assert.ok(!logs.includes(secret), `password ${secret} not logged`);
+  });
+
+  it('pulls go on while the database is down: blobs from the server, grant fills checked against the caches last read, /ready says why', { timeout: 120_000 }, async (t) => {
+    const { dir, defer } = await testScope(t, 'e2e-server-pg-down-');
+    const own = await startPostgres(); // this test stops its database
+    defer(() => own.stop());
+    const stack = await startStack(dir, defer, { database: { postgres: own.url() } });
+    const { server } = stack;
+    const b = await api(server, 'POST', '/api/v0/content_caches', 'alice', { name: 'region-b', host: stack.regionB.url });
+    assert.equal((await api(server, 'POST', '/api/v0/content_caches', 'alice', { name: 'region-a', host: stack.regionA.url })).status, 201);
+    assert.equal((await api(server, 'PATCH', '/api/v0/accounts/bob/settings', 'bob', { contentCacheUUID: (b.json as { id: string }).id })).status, 200);
+    const image = await makeOciImage(join(dir, 'src'), { layers: [300_000, 200_000], tag: 'v1', seed: 'server-postgres-down' });
+    await skopeo(['copy', '--dest-creds', `alice:${USERS.alice}`, `oci:${join(dir, 'src')}:v1`, `docker://${server.host}/team/app:v1`]);
+    const [first, second] = image.blobs.map((x) => x.digest).filter((d) => d !== image.digest);
+    const blob = (digest: string) => fetch(`${server.url}/v2/team/app/blobs/${digest}`, { headers: { authorization: basic('bob') }, redirect: 'manual' });
+    // Up: redirected to region-b; a grant taken now is used after the database is gone.
+    const redirect = await blob(first!);
+    assert.equal(redirect.status, 307);
+    const location = redirect.headers.get('location') ?? '';
+    assert.ok(location.startsWith(stack.regionB.url));
+    assert.equal((await fetch(`${server.url}/ready`)).status, 200);
+
+    await own.stop();
+    // A few health-check rounds (every second) without the database.
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(server.child.exitCode, null, `the server keeps running:\n${server.text.slice(-10).join('\n')}`);
+    assert.ok(server.logs.some((l) => l.msg === 'health checks paused: the state database cannot be read'));
+    const ready = await fetch(`${server.url}/ready`);
+    assert.equal(ready.status, 503, 'not ready without its database');
+    assert.match(await ready.text(), /database/);
+    const direct = await blob(second!);
+    assert.equal(direct.status, 200, 'no redirect without the state, but the blob is served');
+    assert.equal(sha256(Buffer.from(await direct.arrayBuffer())), second);
+    // region-b has not got the first blob: its fill through region-a reaches the server with the grant.
+    const filled = await fetch(location);
+    assert.equal(filled.status, 200, 'a grant fill is checked against the caches the server last read');
+    assert.equal(sha256(Buffer.from(await filled.arrayBuffer())), first);
+    assert.ok(server.logs.some((l) => l.msg === 'state database unavailable: serving blobs from the server, without redirects'), 'the server says why it does not redirect');
+    assert.equal((await api(server, 'GET', '/api/v0/content_caches', 'alice')).status, 500, 'the API cannot answer without its database');
+    assert.equal(server.child.exitCode, null, 'the server is still running');
   });
 });

@@ -15,7 +15,7 @@ import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { rootCertificates } from 'node:tls';
 import type { Logger } from 'pino';
 import type { CacheLiveHealth } from '../api/router.js';
-import type { StateRepository } from '../state/repository.js';
+import type { ContentCache, StateRepository } from '../state/repository.js';
 
 export type { CacheLiveHealth };
 
@@ -49,6 +49,8 @@ export class HealthChecker {
   private readonly live = new Map<string, CacheLiveHealth>();
   private readonly httpsAgent: HttpsAgent | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private known: ContentCache[] | undefined;
+  private stateDown = false;
 
   constructor(private readonly options: HealthCheckerOptions) {
     // Without extra CAs, node's defaults apply (NODE_EXTRA_CA_CERTS included).
@@ -76,9 +78,24 @@ export class HealthChecker {
     this.httpsAgent?.destroy();
   }
 
-  /** Checks every cache once. */
+  /** The caches as last read from the state database (undefined before the first read). */
+  lastKnownCaches(): readonly ContentCache[] | undefined {
+    return this.known;
+  }
+
+  /** Checks every cache once. Without the state database it checks nothing, and says so once per outage. */
   async checkAll(): Promise<void> {
-    const caches = await this.options.state.list();
+    let caches: ContentCache[];
+    try {
+      caches = await this.options.state.list();
+    } catch (err) {
+      if (!this.stateDown) this.options.logger.warn({ reason: err instanceof Error ? err.message : String(err) }, 'health checks paused: the state database cannot be read');
+      this.stateDown = true;
+      return;
+    }
+    if (this.stateDown) this.options.logger.info({}, 'health checks resumed: the state database answers again');
+    this.stateDown = false;
+    this.known = caches;
     const ids = new Set(caches.map((c) => c.id));
     for (const id of this.live.keys()) if (!ids.has(id)) this.live.delete(id);
     for (const id of this.down) if (!ids.has(id)) this.down.delete(id);

@@ -67,17 +67,42 @@ export async function startServer(config: ServerConfig, logger: Logger = createL
       return undefined;
     },
   });
+  let lastTroubleLog = 0;
+  /** Logs a state database failure on the pull path, at most once per 10 s. */
+  const stateTrouble = (err: unknown, msg: string) => {
+    if (Date.now() - lastTroubleLog < 10_000) return;
+    lastTroubleLog = Date.now();
+    logger.warn({ reason: err instanceof Error ? err.message : String(err) }, msg);
+  };
   const app = createFrontApp({
     observability,
     origin,
     logger,
     selectCache: async (req) => {
-      const cache = await selectCache(state, req);
+      let cache;
+      try {
+        cache = await selectCache(state, req);
+      } catch (err) {
+        // Pulls do not depend on the state database: without it, the server serves the blob itself.
+        stateTrouble(err, 'state database unavailable: serving blobs from the server, without redirects');
+        return undefined;
+      }
       if (!cache) return undefined;
       // A cache the health checker finds down is skipped: the server serves the blob itself.
       return health.isDown(cache.id) ? undefined : cache;
     },
-    cacheNames: async () => (await state.list()).map((c) => c.name),
+    cacheNames: async () => {
+      try {
+        return (await state.list()).map((c) => c.name);
+      } catch (err) {
+        // Caches filling a miss with a grant keep working on the caches the health checks last read (a
+        // grant lives a minute; a cache deleted just before the outage may be accepted until it ends).
+        const known = health.lastKnownCaches();
+        if (known === undefined) throw err;
+        stateTrouble(err, 'state database unavailable: checking grant fills against the caches last read');
+        return known.map((c) => c.name);
+      }
+    },
     signer,
     keys: new LocalJwks(keys),
     jwks: () => keys.jwks(),
