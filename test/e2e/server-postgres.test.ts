@@ -12,10 +12,10 @@ import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { POSTGRES_MIGRATIONS, PostgresStateRepository, type Migration } from '@cascade/server';
 import { runStateConformance } from '@cascade/server/conformance';
-import { testScope, type CascadeProcess } from '../lib/cascade.js';
+import { CASCADE_BIN, testScope, type CascadeProcess } from '../lib/cascade.js';
 import { makeOciImage } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
-import { freePort, skopeo } from '../lib/peers.js';
+import { freePort, run, skopeo } from '../lib/peers.js';
 import { startPostgres, type Postgres } from '../lib/postgres.js';
 import { api, basic, startServer, startStack, USERS } from '../lib/stack.js';
 
@@ -123,6 +123,12 @@ describe('two servers sharing one PostgreSQL database', () => {
     assert.equal((await api(two, 'DELETE', `/api/v0/content_caches/${regionB}`, 'alice')).status, 204);
     assert.deepEqual((await api(one, 'GET', '/api/v0/accounts/bob/settings', 'bob')).json, { contentCacheUUID: null });
     assert.equal((await api(one, 'GET', `/api/v0/content_caches/${regionB}`, 'alice')).status, 404);
+
+    // cascade doctor on server two's config: the PostgreSQL state read (without changing it), the cache left.
+    const doctor = await run(process.execPath, [CASCADE_BIN, 'doctor', join(dir, 'two', 'server.yml')], { allowFailure: true, env: { ...process.env, NO_COLOR: '1' } });
+    assert.equal(doctor.code, 0, doctor.stdout + doctor.stderr);
+    assert.match(doctor.stdout, /^ok {4}database postgres:\/\/cascade@127\.0\.0\.1:\d+\/cascade_\d+: schema version 1, 1 cache registered/m);
+    assert.match(doctor.stdout, /^ok {4}cache region-a http:\/\/127\.0\.0\.1:\d+: GET \/v2\/ → 401/m);
 
     const logs = [one, two].flatMap((p) => [...p.text, ...p.logs.map((l) => JSON.stringify(l))]).join('\n');
     for (const secret of Object.values(USERS)) assert.ok(!logs.includes(secret), `password ${secret} not logged`);

@@ -9,7 +9,7 @@ import { execFile } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -18,9 +18,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { publicJwk } from '@cascade/downstream';
+import Database from 'better-sqlite3';
+import { GrantKeyStore, publicJwk } from '@cascade/downstream';
 import { createCa, createServerCert, parseSans, type CertAndKey } from '../src/commands/certs.js';
 import { checkDirectory, formatResult, inspectJwks, runChecks, runDoctor, type CheckResult } from '../src/commands/doctor.js';
+import { SqliteStateRepository } from '../src/state/sqlite.js';
 
 const ROOT = new URL('../../../../', import.meta.url);
 const CASCADE = new URL('packages/server/bin/cascade.js', ROOT).pathname;
@@ -151,6 +153,73 @@ describe('cascade doctor', () => {
     servers.push(web as unknown as Server);
     url['web'] = `http://127.0.0.1:${(web.address() as AddressInfo).port}`;
     await mkdir(join(dir, 'data'));
+    // An origin with Basic auth: svc / svc-pw
+    const basicOrigin = createHttpServer((req, res) => {
+      const ok = req.url === '/v2/' && req.headers.authorization === `Basic ${Buffer.from('svc:svc-pw').toString('base64')}`;
+      res.writeHead(ok ? 200 : 401, { 'content-type': 'application/json', 'docker-distribution-api-version': 'registry/2.0', ...(ok ? {} : { 'www-authenticate': 'Basic realm="origin"' }) });
+      res.end('{}');
+    }).listen(0, '127.0.0.1');
+    await once(basicOrigin, 'listening');
+    servers.push(basicOrigin as unknown as Server);
+    url['basicOrigin'] = `http://127.0.0.1:${(basicOrigin.address() as AddressInfo).port}`;
+  });
+
+  /**
+   * A server.yml in its own folder, with keys (made as the server makes them) and a SQLite state holding
+   * `caches`; `password` goes in the file (tests only).
+   */
+  async function serverSetup(name: string, o: { caches: { name: string; host: string }[]; password?: string; username?: string | null; database?: string }): Promise<string> {
+    const home = join(dir, name);
+    await mkdir(home, { recursive: true });
+    await GrantKeyStore.open({ dir: join(home, 'keys'), maxGrantTtlMs: 60_000 });
+    const state = new SqliteStateRepository(join(home, 'state.db'));
+    for (const c of o.caches) await state.create(c);
+    await state.close();
+    const account = o.username === null ? '' : `  username: ${o.username ?? 'svc'}\n  password: ${o.password ?? 'svc-pw'}\n`;
+    return config(join(name, 'server.yml'), `origin:\n  url: ${url['basicOrigin']}\n${account}  cas: [${cacheCaFile}]\ngrants:\n  keysdir: keys\ndatabase:\n  ${o.database ?? 'sqlite: state.db'}\n`);
+  }
+
+  it('a server.yml: the origin, the service account, the keys, the state database and every registered cache', async () => {
+    const good = await serverSetup('server-good', { caches: [{ name: 'region-a', host: url['good'] as string }] });
+    const results = await diagnose(good);
+    assert.deepEqual(results.filter((r) => r.status !== 'ok').map((r) => formatResult(r)), [], 'all good');
+    find(results, 'ok', /^ok {4}config .*server\.yml: a server in front of http:\/\/127\.0\.0\.1:\d+, state in SQLite$/);
+    find(results, 'ok', /^ok {4}service account: the origin accepts svc/);
+    find(results, 'ok', /^ok {4}grant keys .*keys: 1 key, the newest from \d{4}-\d\d-\d\d$/);
+    find(results, 'ok', /^ok {4}database .*state\.db: schema version 1, 1 cache registered$/);
+    find(results, 'ok', new RegExp(`^ok {4}cache region-a ${url['good']}: TLS trusted`));
+    const r = await cascade(['doctor', good], dir);
+    assert.equal(r.code, 0, r.stdout);
+    assert.match(r.stdout.trimEnd(), /: all good$/);
+  });
+
+  it('a server.yml with faults: a refused service account, a bad key, a newer schema, a dead cache, an unreachable PostgreSQL', async () => {
+    const wrong = await serverSetup('server-wrong', { caches: [{ name: 'gone', host: url['dead'] as string }], password: 'not-it' });
+    await writeFile(join(dir, 'server-wrong', 'keys', 'junk.pem'), 'not a key');
+    const db = new Database(join(dir, 'server-wrong', 'state.db'));
+    db.prepare("INSERT INTO schema_migrations (version, name) VALUES (99, 'from the future')").run();
+    db.close();
+    const results = await diagnose(wrong);
+    assert.match(find(results, 'FAIL', /^FAIL {2}service account: the origin refuses svc/), /→ fix: check origin\.username and the password \(CASCADE_ORIGIN_PASSWORD/);
+    assert.match(find(results, 'FAIL', /^FAIL {2}grant keys .*: junk\.pem is not an EC P-256 private key/), /→ fix: remove .*junk\.pem, or replace it/);
+    assert.match(find(results, 'FAIL', /^FAIL {2}database .*state\.db: schema version 99, newer than this Cascade knows \(1\)/), /→ fix: run the Cascade version that migrated it/);
+    assert.ok(!results.some((r) => r.subject.startsWith('cache ')), 'caches of a database this Cascade cannot read are not listed');
+
+    const deadCache = await serverSetup('server-dead-cache', { caches: [{ name: 'gone', host: url['dead'] as string }] });
+    assert.match(find(await diagnose(deadCache), 'FAIL', /^FAIL {2}cache gone https:\/\/127\.0\.0\.1:\d+: dead upstream/), /the server's health check skips this cache and serves its users' blobs itself/);
+
+    const pgDown = await serverSetup('server-pg', { caches: [], database: `postgres: "postgres://cascade:s3cret@127.0.0.1:${await freePort()}/cascade"` });
+    const pgResults = await diagnose(pgDown);
+    const line = find(pgResults, 'FAIL', /^FAIL {2}database postgres:\/\/cascade:\*\*\*@127\.0\.0\.1:\d+\/cascade: cannot use it: connect ECONNREFUSED/);
+    assert.doesNotMatch(pgResults.map((r) => formatResult(r)).join('\n'), /s3cret/, 'the password is never printed');
+    assert.match(line, /→ fix: check the host, port, database, user, password/);
+
+    const noAccount = await serverSetup('server-no-account', { caches: [], username: null });
+    const noAccountResults = await diagnose(noAccount);
+    find(noAccountResults, 'warn', /^warn {2}service account: none configured/);
+    find(noAccountResults, 'warn', /^warn {2}caches: no cache is registered/);
+    const r = await cascade(['doctor', noAccount], dir);
+    assert.equal(r.code, 0, 'warnings do not fail');
   });
 
   after(async () => {
@@ -361,13 +430,15 @@ proxy:
         if (m?.[1]) commands.push(m[1].split(/\s+/));
       }
     }
-    assert.deepEqual(commands.map((c) => c.join(' ')), ['doctor cache.yml', 'doctor mirror.yml', 'doctor --timeout 2 registry.yml']);
+    assert.deepEqual(commands.map((c) => c.join(' ')), ['doctor cache.yml', 'doctor mirror.yml', 'doctor --timeout 2 registry.yml', 'doctor server.yml']);
     // The files those commands name, in a directory of their own: a grant cache, a mirror, a registry.
     const cwd = join(dir, 'docs');
     await mkdir(cwd);
     await writeFile(join(cwd, 'cache.yml'), cacheYml({ origin: url['good'] as string, cas: [cacheCaFile], root: join(cwd, 'cache-data'), auth: 'grant' }));
     await writeFile(join(cwd, 'mirror.yml'), `version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: ${join(cwd, 'mirror-data')}\nproxy:\n  remotes:\n    - url: ${url['good']}\n      cas: [${cacheCaFile}]\n`);
     await writeFile(join(cwd, 'registry.yml'), `version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: ./data\n`);
+    const serverYml = await serverSetup('docs-server', { caches: [{ name: 'region-a', host: url['good'] as string }] });
+    await writeFile(join(cwd, 'server.yml'), (await readFile(serverYml, 'utf8')).replace('keysdir: keys', `keysdir: ${join(dir, 'docs-server', 'keys')}`).replace('sqlite: state.db', `sqlite: ${join(dir, 'docs-server', 'state.db')}`));
     for (const args of commands) {
       const r = await cascade(args, cwd);
       assert.equal(r.code, 0, `cascade ${args.join(' ')}:\n${r.stdout}${r.stderr}`);

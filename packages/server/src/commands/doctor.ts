@@ -17,13 +17,14 @@
  * The exit code is 0 when no check failed (warnings do not fail), 1 when one did, 64 for a wrong command line.
  */
 import { randomBytes, X509Certificate } from 'node:crypto';
-import { constants as fsConstants } from 'node:fs';
+import { constants as fsConstants, readFileSync } from 'node:fs';
 import { access, open, stat, statfs, unlink } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { connect as netConnect, isIP } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { connect as tlsConnect, rootCertificates, type PeerCertificate, type TLSSocket } from 'node:tls';
+import { parse as parseYaml } from 'yaml';
 import { ConfigError, loadConfig, loadSendfile, type LoadConfigOptions, type RegistryConfig } from '@cascade/registry-core';
 import {
   CaError,
@@ -91,6 +92,8 @@ const USAGE = `Usage: cascade doctor [--timeout SECONDS] CONFIG.yml
 Checks a cache node, mirror or registry config and its path to the origin, with real connections:
 the config, every CA file in cas, every upstream (TCP, TLS trust and names, GET /v2/, and for
 auth: grant caches GET /api/v0/keys), and the storage rootdirectory (writable, free space).
+With a server.yml: the config, the origin and its CA files, the service account, the grant keys,
+the state database (SQLite or PostgreSQL, read only) and every registered cache.
 Prints one line per check, with the fix for each failure. Exit code 0 when no check failed
 (warnings do not fail), 1 when one did.
 
@@ -201,6 +204,12 @@ interface CaList {
 export async function* runChecks(file: string, options: DoctorOptions = {}): AsyncGenerator<CheckResult> {
   const env = options.env ?? process.env;
   const now = options.now ?? new Date();
+  // A server.yml has its own checks (doctor-server.ts, imported here: it builds on this module's checks).
+  const server = await import('./doctor-server.js');
+  if (server.isServerConfig(readYaml(file))) {
+    yield* server.runServerChecks(file, options);
+    return;
+  }
   const loaded = checkConfig(file, env);
   yield* loaded.results;
   const plan = loaded.plan;
@@ -258,6 +267,15 @@ export async function* runChecks(file: string, options: DoctorOptions = {}): Asy
 
   yield* await checkStorage(plan.config, plan.downstream?.options.maxsizeBytes);
   yield checkSendfile(plan.config);
+}
+
+/** The YAML document of `file`, or undefined when it cannot be read or parsed (the config check says why). */
+function readYaml(file: string): unknown {
+  try {
+    return parseYaml(readFileSync(file, 'utf8'));
+  } catch {
+    return undefined;
+  }
 }
 
 /** Whether blob bodies will go out with sendfile (`http.sendfile`): the native addon built, plain HTTP, files. */
@@ -413,8 +431,8 @@ export function checkCaFile(file: string, key: string, now: Date = new Date()): 
 
 /** One host to check, with the CAs its connections trust. */
 export interface UpstreamTarget {
-  /** `upstream` (upstreamhosts), `origin` (originhost) or `remote` (a mirror's remote). */
-  readonly label: 'upstream' | 'origin' | 'remote';
+  /** `upstream` (upstreamhosts), `origin` (originhost), `remote` (a mirror's remote) or `cache NAME` (a server's cache). */
+  readonly label: 'upstream' | 'origin' | 'remote' | `cache ${string}`;
   /** Base URL, `https://host:port`. */
   readonly url: string;
   /** PEM CA certificates added to Node's root certificates (as the cache does). */
