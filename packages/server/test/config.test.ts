@@ -43,14 +43,15 @@ describe('server.yml database', () => {
     assert.deepEqual(pg.database, { postgres: 'postgres://cascade:s3cret@db.internal:5432/cascade' });
   });
 
-  it('takes the PostgreSQL URL from CASCADE_DATABASE_URL, so the password need not be in the file', () => {
+  it('takes the PostgreSQL URL from CASCADE_DATABASE_URL, which overrides the file, so the password need not be in it', () => {
     const c = parseServerConfig(origin, 'server.yml', { CASCADE_DATABASE_URL: 'postgresql://cascade:s3cret@db/cascade' });
     assert.deepEqual(c.database, { postgres: 'postgresql://cascade:s3cret@db/cascade' });
+    const overridden = parseServerConfig(`${origin}database: {sqlite: a.db}\n`, 'server.yml', { CASCADE_DATABASE_URL: 'postgres://cascade@db/cascade' });
+    assert.deepEqual(overridden.database, { postgres: 'postgres://cascade@db/cascade' });
   });
 
   it('refuses both kinds at once, and a URL that is not a postgres:// URL, naming the key', () => {
     refused(`${origin}database: {sqlite: a.db, postgres: "postgres://u@h/d"}\n`, {}, /database: either sqlite or postgres, not both/);
-    refused(`${origin}database: {sqlite: a.db}\n`, { CASCADE_DATABASE_URL: 'postgres://u:s3cret@h/d' }, /database\.sqlite: CASCADE_DATABASE_URL is set too/);
     refused(`${origin}database: {postgres: "mysql://u:s3cret@h/d"}\n`, {}, /database\.postgres: expected a postgres:\/\/user@host\/database URL, got a mysql: URL/);
     refused(origin, { CASCADE_DATABASE_URL: 'not a url s3cret' }, /CASCADE_DATABASE_URL: expected a postgres:\/\/user@host\/database URL, got a string that is not a URL/);
   });

@@ -238,6 +238,28 @@ describe('deploy/compose', () => {
     assert.deepEqual(list(obj(services['server'], 'server')['ports'], 'ports'), [`${portOf(config.http.addr)}:${portOf(config.http.addr)}`]);
   });
 
+  it('compose.postgres.yml: both servers use the PostgreSQL service through CASCADE_DATABASE_URL, with the same config, keys and certificates', () => {
+    const override = obj(YAML.parse(readFileSync(join(COMPOSE, 'compose.postgres.yml'), 'utf8')), 'compose.postgres.yml');
+    const extra = obj(override['services'], 'services');
+    const postgres = obj(extra['postgres'], 'postgres');
+    const pgEnv = obj(postgres['environment'], 'postgres.environment');
+    const server2 = obj(extra['server-2'], 'server-2');
+    for (const name of ['server', 'server-2']) {
+      const env = obj(obj(extra[name], name)['environment'], `${name}.environment`);
+      const url = String(env['CASCADE_DATABASE_URL']);
+      assert.equal(url, `postgres://${String(pgEnv['POSTGRES_USER'])}:\${CASCADE_DB_PASSWORD}@postgres:5432/${String(pgEnv['POSTGRES_DB'])}`, `${name} reaches the postgres service`);
+      // The same server.yml, with that variable: the state goes to PostgreSQL.
+      const config = loadServerConfig(configFileOf('server'), { CASCADE_ORIGIN_PASSWORD: 'x', CASCADE_DATABASE_URL: url.replace('${CASCADE_DB_PASSWORD}', 'pw') });
+      assert.deepEqual(config.database, { postgres: 'postgres://cascade:pw@postgres:5432/cascade' });
+    }
+    assert.match(String(pgEnv['POSTGRES_PASSWORD']), /^\$\{CASCADE_DB_PASSWORD:\?/);
+    // server-2 is the server again: same command, mounts (config, CA, certificate) and volume (the keys).
+    assert.deepEqual(server2['command'], obj(services['server'], 'server')['command']);
+    assert.deepEqual(list(server2['volumes'], 'server-2.volumes'), list(obj(services['server'], 'server')['volumes'], 'server.volumes'));
+    assert.deepEqual(list(server2['ports'], 'server-2.ports'), ['8444:8443']);
+    assert.ok('postgres-data' in obj(override['volumes'], 'volumes'));
+  });
+
   it("each service's certificate names it (its compose host name), and is signed by the CA", () => {
     const ca = new X509Certificate(readFileSync(join(certs, 'ca.pem')));
     for (const name of Object.keys(services)) {

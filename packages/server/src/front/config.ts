@@ -77,7 +77,8 @@ export type ServerConfig = Omit<z.output<typeof serverConfigSchema>, 'database'>
 
 /**
  * Reads and validates `file`. `CASCADE_ORIGIN_PASSWORD` overrides `origin.password`, and
- * `CASCADE_DATABASE_URL` sets `database.postgres` (so secrets need not be in the file).
+ * `CASCADE_DATABASE_URL` overrides the `database` section with that PostgreSQL URL (so secrets need not be
+ * in the file, and one file serves a single server and a shared database).
  * @throws ConfigError with every problem, one per line.
  */
 export function loadServerConfig(file: string, env: NodeJS.ProcessEnv = process.env): ServerConfig {
@@ -118,9 +119,6 @@ export function parseServerConfig(text: string, file: string, env: NodeJS.Proces
     const problem = postgresUrlProblem(postgres);
     const key = env.CASCADE_DATABASE_URL ? 'CASCADE_DATABASE_URL' : 'database.postgres';
     if (problem) throw new ConfigError(file, [{ key, expected: 'a postgres:// URL', got: problem, message: `${file}: ${key}: expected a postgres://user@host/database URL, got ${problem}` }]);
-    if (config.database.sqlite !== undefined && env.CASCADE_DATABASE_URL) {
-      throw new ConfigError(file, [{ key: 'database.sqlite', expected: 'no sqlite file when CASCADE_DATABASE_URL is set', got: config.database.sqlite, message: `${file}: database.sqlite: CASCADE_DATABASE_URL is set too; remove one of them` }]);
-    }
   }
   const sqlite = config.database.sqlite ?? 'cascade.db';
   const database: DatabaseConfig = postgres !== undefined ? { postgres } : { sqlite: sqlite === ':memory:' ? ':memory:' : abs(sqlite) };
