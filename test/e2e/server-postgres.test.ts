@@ -6,7 +6,6 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
@@ -84,7 +83,6 @@ describe('two servers sharing one PostgreSQL database', () => {
     const database = { postgres: await freshDatabase() };
     const stack = await startStack(dir, defer, { database });
     const one = stack.server;
-    await mkdir(join(dir, 'two'), { recursive: true });
     const two: CascadeProcess = await startServer(join(dir, 'two'), {
       origin: stack.origin.url,
       password: USERS.svc,

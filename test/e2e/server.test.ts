@@ -173,10 +173,31 @@ describe('server: origin with the Docker token flow', () => {
       'bob\'s blobs came from region-a (the default cache)',
     );
 
+    // Clients talk only to the server: its challenges name its own token path, which relays to the origin's.
+    const anon = await fetch(`${server.url}/v2/team/app/manifests/v1`);
+    assert.equal(anon.status, 401);
+    assert.match(anon.headers.get('www-authenticate') ?? '', new RegExp(`^Bearer realm="${server.url}/auth/token",service="origin"`));
+    const tokenRequests = server.requests().filter((r) => r.path === '/auth/token');
+    assert.ok(tokenRequests.some((r) => r.status === 200 && r.user === 'bob'), `bob's skopeo got its tokens through the server: ${JSON.stringify(tokenRequests)}`);
+    const viaServer = await fetch(`${server.url}/auth/token?service=origin&scope=repository:team/app:pull`, { headers: { authorization: auth('bob') } });
+    assert.equal(viaServer.status, 200);
+    assert.equal(viaServer.headers.get('cache-control'), 'no-store');
+    assert.ok(((await viaServer.json()) as { token?: string }).token, 'a token from the origin, through the server');
+    assert.equal((await fetch(`${server.url}/auth/token?service=origin&scope=repository:team/app:pull`, { headers: { authorization: `Basic ${Buffer.from('bob:wrong').toString('base64')}` } })).status, 401, 'the origin refuses wrong credentials, through the server too');
+    // A grant the server refuses keeps its own challenge: it is not the origin's.
+    const badGrant = await fetch(`${server.url}/v2/team/app/blobs/${layer}?grant=not.a.grant`);
+    assert.equal(badGrant.status, 401);
+    assert.match(badGrant.headers.get('www-authenticate') ?? '', /^Bearer realm="cascade-grant"/);
+    // With tokenproxy off, the origin's realm is relayed as it is.
+    const plain = await startServer(join(dir, 'plain'), { origin: origin.url, password: users.svc, issuer: 'cascade-test', tokenproxy: false });
+    defer(() => plain.stop());
+    assert.match((await fetch(`${plain.url}/v2/`)).headers.get('www-authenticate') ?? '', new RegExp(`^Bearer realm="${realm}"`));
+    assert.equal((await fetch(`${plain.url}/auth/token`)).status, 404);
+
     // dave is a valid user without pull rights: the origin refuses his token's scope, the server relays it.
     const failed = await skopeo(['copy', '--src-creds', `dave:${users.dave}`, `docker://${server.host}/team/app:v1`, `oci:${join(dir, 'dave')}:v1`], { allowFailure: true });
     assert.notEqual(failed.code, 0, 'dave cannot pull');
-    const tokenRes = await fetch(`${realm}?service=origin&scope=repository:team/app:pull`, { headers: { authorization: auth('dave') } });
+    const tokenRes = await fetch(`${server.url}/auth/token?service=origin&scope=repository:team/app:pull`, { headers: { authorization: auth('dave') } });
     const { token } = (await tokenRes.json()) as { token: string };
     const blob = await fetch(`${server.url}/v2/team/app/blobs/${layer}`, { headers: { authorization: `Bearer ${token}` }, redirect: 'manual' });
     assert.equal(blob.status, 401);
@@ -186,5 +207,8 @@ describe('server: origin with the Docker token flow', () => {
     // bob has no rights outside team/: same answer.
     const bobToken = ((await (await fetch(`${realm}?service=origin&scope=repository:other/app:pull`, { headers: { authorization: auth('bob') } })).json()) as { token: string }).token;
     assert.equal((await fetch(`${server.url}/v2/other/app/blobs/${layer}`, { headers: { authorization: `Bearer ${bobToken}` }, redirect: 'manual' })).status, 401);
+    const logs = [...server.text, ...server.logs.map((l) => JSON.stringify(l))].join('\n');
+    for (const secret of Object.values(users)) assert.ok(!logs.includes(secret), `password ${secret} not logged`);
+    assert.ok(!logs.includes(token), 'tokens are not logged');
   });
 });

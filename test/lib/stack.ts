@@ -33,10 +33,13 @@ export interface ServerOptions {
   database?: { postgres: string };
   /** `grants.keysdir` (default `dir/keys`): servers that share a database share their signing keys too. */
   keysdir?: string;
+  /** `authorization.tokenproxy` (default: the server's default, true). */
+  tokenproxy?: boolean;
 }
 
 /** Writes `dir/server.yml` (listening on a free port) and starts `cascade server` with it. */
 export async function startServer(dir: string, o: ServerOptions): Promise<CascadeProcess> {
+  await mkdir(dir, { recursive: true });
   const file = join(dir, 'server.yml');
   await writeFile(
     file,
@@ -47,6 +50,7 @@ export async function startServer(dir: string, o: ServerOptions): Promise<Cascad
       database: o.database ?? { sqlite: join(dir, 'state.db') },
       admins: ['alice'],
       ...(o.healthInterval ? { healthcheck: { interval: o.healthInterval } } : {}),
+      ...(o.tokenproxy !== undefined ? { authorization: { tokenproxy: o.tokenproxy } } : {}),
     }),
   );
   return spawnCascade(['server', file]);

@@ -20,9 +20,9 @@ import { POSTGRES_MIGRATIONS, redactDatabaseUrl } from '../state/postgres.js';
 import { MIGRATIONS } from '../state/sqlite.js';
 import { checkCaFile, checkUpstream, type CheckResult, type DoctorOptions, type UpstreamTarget } from './doctor.js';
 
-/** Whether a YAML document is a `server.yml` (an `origin` section and no registry `version`). */
+/** Whether a YAML document is a `server.yml`: an `origin` section, and no `storage` (which a registry needs). */
 export function isServerConfig(doc: unknown): boolean {
-  return typeof doc === 'object' && doc !== null && 'origin' in doc && !('version' in doc);
+  return typeof doc === 'object' && doc !== null && 'origin' in doc && !('storage' in doc);
 }
 
 const DEFAULT_TIMEOUT_MS = 5000;

@@ -45,6 +45,30 @@ export interface FrontOptions {
   readonly ui?: Koa.Middleware;
   /** `/metrics`, `/health`, `/ready`, and where request and authorization timings go. */
   readonly observability?: NodeObservability;
+  /**
+   * Clients get Bearer tokens through the server: the origin's challenges name the server's
+   * {@link TOKEN_PATH} as their realm, and that path relays to the origin's token service.
+   */
+  readonly tokenProxy?: boolean;
+  /** The server's URL as clients reach it; default: the request's scheme and Host. */
+  readonly publicUrl?: string;
+}
+
+/** Where the server relays token requests to the origin's token service (with `tokenProxy`). */
+export const TOKEN_PATH = '/auth/token';
+
+/** The request headers a token request carries to the origin's token service. */
+const TOKEN_REQUEST_HEADERS = ['authorization', 'content-type', 'content-length', 'accept', 'user-agent'];
+/** The response headers of the token service relayed to the client. */
+const TOKEN_RESPONSE_HEADERS = ['content-type', 'content-length', 'cache-control', 'www-authenticate', 'docker-distribution-api-version'];
+
+/**
+ * `header` with the realm of a Bearer challenge replaced by `realm` when it is `originRealm` (the origin's
+ * token service); other challenges (Basic, a grant's) unchanged.
+ */
+export function withRealm(header: string, realm: string, originRealm: string): string {
+  if (!/^\s*bearer\s/i.test(header)) return header;
+  return header.replace(/realm="([^"]*)"/i, (whole, current: string) => (current === originRealm ? `realm="${realm}"` : whole));
 }
 
 /** Counters of the front, for logs and metrics. */
@@ -99,6 +123,16 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
       ctx.status = rerr.status;
       for (const [name, value] of Object.entries(rerr.headers)) ctx.set(name, value);
     }
+    // The origin's Bearer challenges send clients to the server for their tokens.
+    const challenge = ctx.response.get('WWW-Authenticate');
+    if (options.tokenProxy && typeof challenge === 'string' && challenge && ctx.path !== TOKEN_PATH) {
+      // The origin's scheme is known by now (its challenge is what is being relayed): a cached answer.
+      const originChallenge = await origin.scheme().catch(() => undefined);
+      if (originChallenge?.scheme === 'bearer') {
+        const base = (options.publicUrl ?? `${ctx.protocol}://${ctx.host}`).replace(/\/+$/, '');
+        ctx.set('WWW-Authenticate', withRealm(challenge, `${base}${TOKEN_PATH}`, originChallenge.realm));
+      }
+    }
   });
 
   app.use(async (ctx, next) => {
@@ -109,6 +143,7 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
       ctx.set('Cache-Control', 'max-age=60');
       return;
     }
+    if (ctx.path === TOKEN_PATH && options.tokenProxy) return relayToken(ctx);
     if (ctx.path.startsWith('/api/') && options.api) return options.api(ctx, next);
     if (options.ui && (ctx.path === '/' || ctx.path === '/ui' || ctx.path.startsWith('/ui/'))) return options.ui(ctx, next);
     return next();
@@ -183,6 +218,32 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
     ctx.body = null;
     ctx.status = 307;
     ctx.set('Location', location);
+    ctx.set('Cache-Control', 'no-store');
+  }
+
+  /**
+   * Relays a token request (GET with the query, or an OAuth2 POST form) to the origin's token service,
+   * the realm of the origin's own challenge (never a URL the client names), and its answer back.
+   */
+  async function relayToken(ctx: Koa.Context): Promise<void> {
+    if (ctx.method !== 'GET' && ctx.method !== 'POST') throw new RegistryError('UNSUPPORTED', `${ctx.method} is not a token request`, { status: 405 });
+    const challenge = await origin.scheme();
+    if (challenge.scheme !== 'bearer') throw new RegistryError('NOT_FOUND', 'the origin does not use the token flow: there is no token service to ask');
+    const url = new URL(challenge.realm);
+    for (const [key, value] of new URLSearchParams(ctx.querystring)) url.searchParams.append(key, value);
+    const headers: Record<string, string> = {};
+    for (const name of TOKEN_REQUEST_HEADERS) {
+      const value = ctx.get(name);
+      if (value) headers[name] = value;
+    }
+    ctx.state.user = userOf(ctx.get('authorization'));
+    const res = await origin.requestUrl(url, { method: ctx.method, headers, ...(ctx.method === 'POST' ? { body: ctx.req } : {}) });
+    ctx.body = res;
+    ctx.status = res.statusCode ?? 502;
+    for (const name of TOKEN_RESPONSE_HEADERS) {
+      const value = res.headers[name];
+      if (value !== undefined) ctx.set(name, value as string | string[]);
+    }
     ctx.set('Cache-Control', 'no-store');
   }
 

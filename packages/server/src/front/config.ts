@@ -38,6 +38,8 @@ export const serverConfigSchema = z.strictObject({
     .strictObject({
       addr: z.string().default(':8443'),
       tls: z.strictObject({ certificate: z.string(), key: z.string() }).optional(),
+      /** The server's URL as clients reach it (behind a load balancer); default: from each request. */
+      publicurl: httpUrl.optional(),
     })
     .prefault({}),
   origin: z.strictObject({
@@ -65,7 +67,13 @@ export const serverConfigSchema = z.strictObject({
     .refine((d) => d.sqlite === undefined || d.postgres === undefined, { message: 'either sqlite or postgres, not both' })
     .prefault({}),
   admins: z.array(z.string().min(1)).default([]),
-  authorization: z.strictObject({ cachettl: duration('5s') }).prefault({}),
+  authorization: z
+    .strictObject({
+      cachettl: duration('5s'),
+      /** Clients get tokens through the server (`/auth/token`), not from the origin's token service. */
+      tokenproxy: z.boolean().default(true),
+    })
+    .prefault({}),
   healthcheck: z.strictObject({ interval: duration('15s') }).prefault({}),
 });
 

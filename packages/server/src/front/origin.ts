@@ -46,6 +46,7 @@ export class OriginClient {
   private readonly agent: HttpAgent | HttpsAgent;
   private challenge: Promise<OriginChallenge> | undefined;
   private readonly tokens = new Map<string, CachedToken>();
+  private realmAgent: HttpsAgent | undefined;
 
   constructor(private readonly options: OriginOptions) {
     this.base = new URL(options.url);
@@ -62,6 +63,22 @@ export class OriginClient {
     const send = this.base.protocol === 'https:' ? httpsRequest : httpRequest;
     return new Promise((resolve, reject) => {
       const out = send(url, { method: req.method, headers: req.headers ?? {}, agent: this.agent, ...(req.signal ? { signal: req.signal } : {}) }, resolve);
+      out.on('error', reject);
+      if (req.body) req.body.pipe(out);
+      else out.end();
+    });
+  }
+
+  /**
+   * Sends a request to `url`, the origin's token service (which may be on another host), trusting the
+   * origin's CAs; resolves once the response headers arrive.
+   */
+  requestUrl(url: URL, req: Omit<OriginRequest, 'path'>): Promise<IncomingMessage> {
+    const https = url.protocol === 'https:';
+    const agent = url.origin === this.base.origin ? this.agent : https ? (this.realmAgent ??= new HttpsAgent({ keepAlive: true, ...(this.options.ca?.length ? { ca: [...rootCertificates, ...this.options.ca] } : {}) })) : undefined;
+    const send = https ? httpsRequest : httpRequest;
+    return new Promise((resolve, reject) => {
+      const out = send(url, { method: req.method, headers: req.headers ?? {}, ...(agent ? { agent } : {}), ...(req.signal ? { signal: req.signal } : {}) }, resolve);
       out.on('error', reject);
       if (req.body) req.body.pipe(out);
       else out.end();
@@ -104,21 +121,40 @@ export class OriginClient {
   /** Closes idle connections. */
   close(): void {
     this.agent.destroy();
+    this.realmAgent?.destroy();
   }
 
   private async fetchToken(challenge: { realm: string; service?: string }, scope: string, basic: string): Promise<CachedToken> {
     const url = new URL(challenge.realm);
     if (challenge.service) url.searchParams.set('service', challenge.service);
     url.searchParams.set('scope', scope);
-    const res = await fetch(url, { headers: { authorization: basic } });
-    if (!res.ok) throw new Error(`origin token endpoint ${url.origin}${url.pathname} refused the service account: HTTP ${res.status}`);
-    const body = (await res.json()) as { token?: string; access_token?: string; expires_in?: number };
+    const res = await this.requestUrl(url, { method: 'GET', headers: { authorization: basic } });
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of res) {
+      size += (chunk as Buffer).length;
+      if (size > TOKEN_MAX_BYTES) {
+        res.destroy();
+        throw new Error(`origin token endpoint ${url.origin}${url.pathname} sent more than ${TOKEN_MAX_BYTES} bytes`);
+      }
+      chunks.push(chunk as Buffer);
+    }
+    if (res.statusCode !== 200) throw new Error(`origin token endpoint ${url.origin}${url.pathname} refused the service account: HTTP ${res.statusCode}`);
+    let body: { token?: string; access_token?: string; expires_in?: number };
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as typeof body;
+    } catch {
+      throw new Error(`origin token endpoint ${url.origin}${url.pathname} sent no JSON`);
+    }
     const token = body.token ?? body.access_token;
     if (!token) throw new Error('origin token endpoint sent no token');
     // Renew 10 s early so a token never expires between fetch and use.
     return { token, expiresAt: Date.now() + Math.max(0, (body.expires_in ?? 60) - 10) * 1000 };
   }
 }
+
+/** Largest token answer read (a JWT with its claims is a few KiB). */
+const TOKEN_MAX_BYTES = 1 << 20;
 
 /** Parses a `WWW-Authenticate` value of the Basic or Bearer scheme. */
 export function parseChallenge(header: string): OriginChallenge {

@@ -109,6 +109,8 @@ export async function startServer(config: ServerConfig, logger: Logger = createL
     issuer: config.grants.issuer,
     grantTtlSeconds: Math.max(1, Math.round(config.grants.ttl / 1000)),
     authorizationCacheMs: config.authorization.cachettl,
+    tokenProxy: config.authorization.tokenproxy,
+    ...(config.http.publicurl ? { publicUrl: config.http.publicurl } : {}),
     api: (ctx, next) => api(ctx as never, next),
     ui: createUiMiddleware(),
   });
@@ -141,8 +143,10 @@ export async function authenticateThroughOrigin(origin: OriginClient, authorizat
   if (challenge.scheme === 'bearer' && authorization.toLowerCase().startsWith('basic ')) {
     const url = new URL(challenge.realm);
     if (challenge.service) url.searchParams.set('service', challenge.service);
-    const res = await fetch(url, { headers: { authorization } });
-    return res.ok ? { user } : undefined;
+    // Through the origin client: an https token service is trusted with origin.cas, as the origin is.
+    const res = await origin.requestUrl(url, { method: 'GET', headers: { authorization } });
+    res.resume();
+    return res.statusCode === 200 ? { user } : undefined;
   }
   const res = await origin.request({ method: 'GET', path: '/v2/', headers: { authorization } });
   res.resume();
