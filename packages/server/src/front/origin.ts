@@ -7,6 +7,7 @@ import { request as httpRequest, Agent as HttpAgent, type IncomingHttpHeaders, t
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
+import { readLimited } from '@cascade/downstream';
 import type { Logger } from 'pino';
 
 /** Options of {@link OriginClient}. */
@@ -129,20 +130,11 @@ export class OriginClient {
     if (challenge.service) url.searchParams.set('service', challenge.service);
     url.searchParams.set('scope', scope);
     const res = await this.requestUrl(url, { method: 'GET', headers: { authorization: basic } });
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of res) {
-      size += (chunk as Buffer).length;
-      if (size > TOKEN_MAX_BYTES) {
-        res.destroy();
-        throw new Error(`origin token endpoint ${url.origin}${url.pathname} sent more than ${TOKEN_MAX_BYTES} bytes`);
-      }
-      chunks.push(chunk as Buffer);
-    }
+    const raw = await readLimited(res, TOKEN_MAX_BYTES);
     if (res.statusCode !== 200) throw new Error(`origin token endpoint ${url.origin}${url.pathname} refused the service account: HTTP ${res.statusCode}`);
     let body: { token?: string; access_token?: string; expires_in?: number };
     try {
-      body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as typeof body;
+      body = JSON.parse(raw.toString('utf8')) as typeof body;
     } catch {
       throw new Error(`origin token endpoint ${url.origin}${url.pathname} sent no JSON`);
     }
