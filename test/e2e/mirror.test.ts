@@ -17,7 +17,7 @@ import { startCascade, tempDir, testScope, type CascadeProcess } from '../lib/ca
 import { startServer } from '../lib/stack.js';
 import { layoutBlobs, makeOciImage, type OciImageLayout } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
-import { canMount, skopeo, startContainerd, type Containerd } from '../lib/peers.js';
+import { canMount, podman, skopeo, startContainerd, type Containerd } from '../lib/peers.js';
 import { ACCESS, creds, startTokenCascade, USERS, writeSigningKey, writeUsers } from '../lib/token.js';
 
 const MiB = 1 << 20;
@@ -143,6 +143,18 @@ describe('mirror mode: one node, several remotes, real clients', () => {
       assert.ok(mirror.requests().some((r) => r.path === '/v2/dist/library/tool/manifests/v1' && r.status === 200), 'skopeo asked the mirror');
       const after = originB.requests().slice(before);
       assert.deepEqual(after.filter((r) => r.path.includes('/blobs/')), [], 'every blob came from the mirror\'s disk');
+    });
+
+    await t.test('podman with the same registries.conf pulls through the node', async () => {
+      const before = { origin: originB.requests().length, mirror: mirror.requests().length };
+      const home = join(dir, 'podman');
+      await podman(['pull', refB], { dir: home, registriesConf });
+      const id = (await podman(['image', 'inspect', '--format', '{{.Id}}', refB], { dir: home })).stdout.trim();
+      assert.equal(`sha256:${id}`, imageB.image.config.digest, 'podman stored the image whose config the origin has');
+      const asked = mirror.requests().slice(before.mirror);
+      assert.ok(asked.some((r) => r.path === '/v2/dist/library/tool/manifests/v1' && r.status === 200), `podman asked the mirror: ${JSON.stringify(asked.map((r) => r.path))}`);
+      for (const layer of imageB.image.layers) assert.ok(asked.some((r) => r.path === `/v2/dist/library/tool/blobs/${layer.digest}` && r.status === 200), `the mirror served ${layer.digest} to podman`);
+      assert.deepEqual(originB.requests().slice(before.origin).filter((r) => r.path.includes('/blobs/')), [], 'no blob from the origin');
     });
 
     await t.test('a local repository on the same node takes a push, next to the proxied ones', async () => {

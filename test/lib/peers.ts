@@ -5,7 +5,7 @@
  * `t.after(stop)` so it runs even when the test fails.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -336,6 +336,19 @@ export function skopeo(
   if (sub === 'copy' || sub === 'sync') tls = ['--src-tls-verify=false', '--dest-tls-verify=false'];
   else if (sub === 'inspect' || sub === 'delete' || sub === 'list-tags') tls = ['--tls-verify=false'];
   return run('skopeo', ['--insecure-policy', ...(options.global ?? []), sub, ...tls, ...rest], options);
+}
+
+/**
+ * Runs `podman ARGS...` with its own storage under `dir` (the vfs driver: no mounts or kernel overlay
+ * needed) and, when given, a `registries.conf` of the test's; `--tls-verify` is left to the caller's
+ * registries.conf (`insecure = true`) or arguments.
+ */
+export async function podman(args: string[], options: { dir: string; registriesConf?: string; allowFailure?: boolean; timeoutMs?: number }): Promise<RunResult> {
+  const storageConf = join(options.dir, 'storage.conf');
+  await mkdir(options.dir, { recursive: true });
+  await writeFile(storageConf, `[storage]\ndriver = "vfs"\nrunroot = "${join(options.dir, 'run')}"\ngraphroot = "${join(options.dir, 'root')}"\n`);
+  const env = { ...cleanEnv(), CONTAINERS_STORAGE_CONF: storageConf, ...(options.registriesConf ? { CONTAINERS_REGISTRIES_CONF: options.registriesConf } : {}) };
+  return run('podman', ['--log-level=error', '--events-backend=none', ...args], { env, ...(options.allowFailure ? { allowFailure: true } : {}), timeoutMs: options.timeoutMs ?? 120_000 });
 }
 
 /** One request in distribution's access log. */
