@@ -319,6 +319,65 @@ describe('key store', () => {
     assert.deepEqual(await store.retire(), []);
   });
 
+  test('maintain(): rotation on schedule, a new key published before it signs, servers sharing the directory agree', async () => {
+    const time = clock();
+    const dir = tempDir();
+    const options = { dir, now: time.now, activationDelayMs: 15 * 60_000, rotateAfterMs: 24 * 3600_000, retireAfterMs: 20 * 60_000 };
+    const one = await GrantKeyStore.open(options);
+    time.advance(5000);
+    const two = await GrantKeyStore.open(options); // another server, started later on the same directory
+    const first = one.active().kid;
+    assert.equal(two.active().kid, first, 'the first key signs at once, on both');
+    assert.deepEqual(await one.maintain(), { retired: [] }, 'nothing to do before the rotation time');
+
+    time.advance(24 * 3600_000);
+    const { created } = await one.maintain();
+    assert.ok(created && created !== first, 'a new key once the newest is rotateAfterMs old');
+    assert.equal(one.active().kid, first, 'the new key does not sign yet');
+    assert.deepEqual(one.jwks().keys.map((k) => k.kid).sort(), [first, created].sort(), 'but it is published');
+    assert.deepEqual(await two.maintain(), { retired: [] }, 'the other server finds the new key and makes none of its own');
+    assert.deepEqual(two.jwks().keys.map((k) => k.kid).sort(), [first, created].sort());
+    assert.equal(two.active().kid, first);
+    const signer = new GrantSigner({ issuer: ISSUER, keys: two, now: time.now });
+    const verifier = new GrantVerifier({ issuer: ISSUER, acceptAudiences: ['cache-eu'], keys: new LocalJwks(one), now: time.now });
+    const before = grantFor(signer, { ttlSeconds: 600 });
+    assert.equal(decodeJws(before).header.kid, first);
+    await verifier.verify(before, { repo: REPO, digest: DIGEST });
+
+    time.advance(15 * 60_000);
+    assert.equal(one.active().kid, created, 'active after the activation delay');
+    assert.equal(two.active().kid, created);
+    const after = grantFor(signer);
+    assert.equal(decodeJws(after).header.kid, created);
+    await verifier.verify(after, { repo: REPO, digest: DIGEST });
+    // A grant the old key signed just before the switch still verifies for its whole life.
+    time.advance(-1);
+    const last = grantFor(signer, { ttlSeconds: 600 });
+    assert.equal(decodeJws(last).header.kid, first);
+    time.advance(1 + 599_000);
+    await verifier.verify(last, { repo: REPO, digest: DIGEST });
+    time.advance(-599_000);
+
+    // The old key stays published retireAfterMs after the new one became active, then goes.
+    time.advance(20 * 60_000 - 1);
+    assert.deepEqual((await one.maintain()).retired, []);
+    time.advance(1);
+    assert.deepEqual((await one.maintain()).retired, [first]);
+    assert.deepEqual((await two.maintain()).retired, [], 'already deleted by the other server');
+    assert.deepEqual(two.jwks().keys.map((k) => k.kid), [created]);
+    assert.deepEqual(readdirSync(dir), [`${created}.pem`]);
+  });
+
+  test('maintain() keeps the loaded keys when the directory holds a bad file, and says why', async () => {
+    const dir = tempDir();
+    const store = await GrantKeyStore.open({ dir });
+    const kid = store.active().kid;
+    writeFileSync(join(dir, 'junk.pem'), 'not a key');
+    await assert.rejects(store.maintain(), /junk\.pem: not a PEM private key/);
+    assert.equal(store.active().kid, kid);
+    assert.equal(store.jwks().keys.length, 1);
+  });
+
   test('the default grace period outlasts the longest grant', async () => {
     const { signer, verifier, store, time } = await setup();
     const oldGrant = grantFor(signer, { ttlSeconds: MAX_GRANT_TTL_SECONDS });

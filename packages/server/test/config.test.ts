@@ -10,6 +10,7 @@ describe('server.yml defaults', () => {
     assert.equal(c.healthcheck.interval, 15_000);
     assert.equal(c.authorization.cachettl, 5_000);
     assert.equal(c.grants.ttl, 60_000);
+    assert.equal(c.grants.rotate, 720 * 3600_000, 'grant keys rotate every 30 days');
     assert.equal(c.grants.issuer, 'cascade');
     assert.equal(c.log.level, 'info');
     assert.equal(c.http.addr, ':8443');
@@ -54,5 +55,13 @@ describe('server.yml database', () => {
     refused(`${origin}database: {sqlite: a.db, postgres: "postgres://u@h/d"}\n`, {}, /database: either sqlite or postgres, not both/);
     refused(`${origin}database: {postgres: "mysql://u:s3cret@h/d"}\n`, {}, /database\.postgres: expected a postgres:\/\/user@host\/database URL, got a mysql: URL/);
     refused(origin, { CASCADE_DATABASE_URL: 'not a url s3cret' }, /CASCADE_DATABASE_URL: expected a postgres:\/\/user@host\/database URL, got a string that is not a URL/);
+  });
+});
+
+describe('server.yml grants.rotate', () => {
+  it('takes 0 (never) or at least an hour', () => {
+    assert.equal(parseServerConfig('origin: {url: "http://o:1"}\ngrants: {rotate: 0}\n', 'server.yml', {}).grants.rotate, 0);
+    assert.equal(parseServerConfig('origin: {url: "http://o:1"}\ngrants: {rotate: 2160h}\n', 'server.yml', {}).grants.rotate, 2160 * 3600_000);
+    assert.throws(() => parseServerConfig('origin: {url: "http://o:1"}\ngrants: {rotate: 30m}\n', 'server.yml', {}), /grants\.rotate: expected 0 \(never\) or at least 1h/);
   });
 });

@@ -41,8 +41,19 @@ export interface GrantKeyStoreOptions {
    * {@link MAX_GRANT_TTL_SECONDS}): sets the default of `retireAfterMs`.
    */
   readonly maxGrantTtlMs?: number;
-  /** How long a superseded key stays published (default twice `maxGrantTtlMs`, {@link DEFAULT_RETIRE_AFTER_MS}). */
+  /**
+   * How long a superseded key stays published after its successor became active (default twice
+   * `maxGrantTtlMs`, {@link DEFAULT_RETIRE_AFTER_MS}).
+   */
   readonly retireAfterMs?: number;
+  /**
+   * How long a new key is published before it signs (default 0): every server sharing the directory, and
+   * every cache down a chain, then knows it before the first grant it signs arrives. The first key of an
+   * empty directory signs at once.
+   */
+  readonly activationDelayMs?: number;
+  /** {@link GrantKeyStore.maintain} creates a new key once the newest is this old (default: never). */
+  readonly rotateAfterMs?: number;
   /** Clock, epoch ms (default Date.now). */
   readonly now?: () => number;
 }
@@ -70,6 +81,8 @@ export class GrantKeyStore {
   private keys: SigningKey[] = [];
   private readonly now: () => number;
   private readonly retireAfterMs: number;
+  private readonly activationDelayMs: number;
+  private readonly rotateAfterMs: number | undefined;
 
   private constructor(private readonly dir: string, options: GrantKeyStoreOptions) {
     this.now = options.now ?? Date.now;
@@ -79,6 +92,12 @@ export class GrantKeyStore {
     }
     this.retireAfterMs = options.retireAfterMs ?? 2 * maxTtlMs;
     if (!(this.retireAfterMs >= 0)) throw new Error(`grant keys: retireAfterMs must be a non-negative number, got ${this.retireAfterMs}`);
+    this.activationDelayMs = options.activationDelayMs ?? 0;
+    if (!(this.activationDelayMs >= 0)) throw new Error(`grant keys: activationDelayMs must be a non-negative number, got ${this.activationDelayMs}`);
+    this.rotateAfterMs = options.rotateAfterMs;
+    if (this.rotateAfterMs !== undefined && !(this.rotateAfterMs > this.activationDelayMs)) {
+      throw new Error(`grant keys: rotateAfterMs must be longer than the activation delay (${this.activationDelayMs} ms), got ${this.rotateAfterMs}`);
+    }
   }
 
   /**
@@ -94,9 +113,14 @@ export class GrantKeyStore {
     return store;
   }
 
-  /** The key new grants are signed with: the newest. */
+  /**
+   * The key new grants are signed with: the newest one published for at least the activation delay (the
+   * oldest key while none is, as for the first key of a directory).
+   */
   active(): SigningKey {
-    const key = this.keys[this.keys.length - 1];
+    const now = this.now();
+    // Without a delay the newest signs, even when its time is ahead of this clock (a file from elsewhere).
+    const key = (this.activationDelayMs === 0 ? this.keys.at(-1) : this.keys.findLast((k) => now - k.createdAt >= this.activationDelayMs)) ?? this.keys[0];
     // open() guarantees a key; only an outside deletion plus a reload could get here.
     if (key === undefined) throw new Error(`grant keys: no signing key in ${this.dir}`);
     return key;
@@ -137,12 +161,37 @@ export class GrantKeyStore {
     return retired.map((k) => k.kid);
   }
 
-  /** Keys not yet retired, oldest first. A key retires `retireAfterMs` after its successor was created. */
+  /**
+   * Keeps the store in step with its directory, for a server that runs for months or shares the directory:
+   * re-reads it (keys another server or an operator added), creates a new key when the newest is older than
+   * `rotateAfterMs`, and deletes retired keys. Call it periodically; a directory that cannot be read keeps
+   * the keys already loaded (the error is thrown for the caller to log).
+   */
+  async maintain(): Promise<{ created?: string; retired: string[] }> {
+    const previous = this.keys;
+    try {
+      await this.load();
+    } catch (err) {
+      this.keys = previous;
+      throw err;
+    }
+    if (this.keys.length === 0) this.keys = previous;
+    let created: string | undefined;
+    const newest = this.keys[this.keys.length - 1];
+    if (this.rotateAfterMs !== undefined && newest !== undefined && this.now() - newest.createdAt >= this.rotateAfterMs) created = (await this.create()).kid;
+    const retired = await this.retire();
+    return { ...(created ? { created } : {}), retired };
+  }
+
+  /**
+   * Keys not yet retired, oldest first. A key retires `retireAfterMs` after its successor became active
+   * (was created, plus the activation delay); keys not yet active are published already.
+   */
   private published(): SigningKey[] {
     const now = this.now();
     return this.keys.filter((key, i) => {
       const successor = this.keys[i + 1];
-      return successor === undefined || now - successor.createdAt < this.retireAfterMs;
+      return successor === undefined || now - (successor.createdAt + this.activationDelayMs) < this.retireAfterMs;
     });
   }
 

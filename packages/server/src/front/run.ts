@@ -17,6 +17,15 @@ import { userOf } from './identity.js';
 import { OriginClient } from './origin.js';
 import { createUiMiddleware } from '../web/ui.js';
 
+/**
+ * How long a new grant key is published before it signs: every server sharing the key folder re-reads it
+ * (every minute), and caches down a chain refresh their key sets (every 5 minutes, per hop) before the
+ * first grant it signs arrives.
+ */
+export const KEY_ACTIVATION_DELAY_MS = 15 * 60_000;
+/** How often the server re-reads its key folder, rotates on schedule and deletes retired keys. */
+const KEY_MAINTENANCE_INTERVAL_MS = 60_000;
+
 /** A running server. */
 export interface RunningCascadeServer extends RunningServer {
   readonly logger: Logger;
@@ -35,7 +44,24 @@ export async function startServer(config: ServerConfig, logger: Logger = createL
     ca: originCas,
     logger: logger.child({ component: 'origin' }),
   });
-  const keys = await GrantKeyStore.open({ dir: config.grants.keysdir, maxGrantTtlMs: config.grants.ttl });
+  const keys = await GrantKeyStore.open({
+    dir: config.grants.keysdir,
+    maxGrantTtlMs: config.grants.ttl,
+    activationDelayMs: KEY_ACTIVATION_DELAY_MS,
+    ...(config.grants.rotate > 0 ? { rotateAfterMs: config.grants.rotate } : {}),
+  });
+  // Rotation on schedule, keys other servers (or an operator) put in the folder, retired keys deleted.
+  const keyLog = logger.child({ component: 'grant-keys' });
+  const keyTimer = setInterval(() => {
+    keys.maintain().then(
+      ({ created, retired }) => {
+        if (created) keyLog.info({ kid: created, signsInMs: KEY_ACTIVATION_DELAY_MS }, 'grant key created: published now, signing after the activation delay');
+        if (retired.length > 0) keyLog.info({ kids: retired }, 'grant keys retired');
+      },
+      (err: unknown) => keyLog.warn({ reason: err instanceof Error ? err.message : String(err) }, 'grant keys folder unreadable: keeping the keys loaded'),
+    );
+  }, KEY_MAINTENANCE_INTERVAL_MS);
+  keyTimer.unref();
   const signer = new GrantSigner({ issuer: config.grants.issuer, keys });
   const admins = new Set(config.admins);
   // Caches are trusted with the origin's CAs too (one private CA usually signs every node).
@@ -123,6 +149,7 @@ export async function startServer(config: ServerConfig, logger: Logger = createL
     state,
     metrics: app.metrics,
     async close(drainMs?: number) {
+      clearInterval(keyTimer);
       health.stop();
       await running.close(drainMs);
       origin.close();
