@@ -69,8 +69,9 @@ const TEMP_FILE = /^\..*\.pem\.tmp-[0-9a-f]+$/;
  * published until `retireAfterMs` after the key that replaced them was created, then are deleted. Keys this
  * store creates are written as `<kid>.pem`, mode 0600, atomically (temporary file, then rename).
  *
- * One process owns the directory: two servers sharing it would each see the other's rotation only on
- * their next {@link GrantKeyStore.open}.
+ * Servers sharing the directory see each other's keys at their next {@link GrantKeyStore.maintain}: with an
+ * activation delay longer than the time between two calls, no server signs with a key another has not
+ * published yet.
  *
  * @example
  * const store = await GrantKeyStore.open({ dir: '/var/lib/cascade/grant-keys' });
