@@ -28,14 +28,36 @@ export interface SigningKey {
   readonly publicKey: KeyObject;
   /** When the key was created (its file's modification time), epoch ms. */
   readonly createdAt: number;
-  /** The key's file. */
+  /** The key's file (or, for keys not in a folder, its `ref` in the backend). */
   readonly file: string;
+}
+
+/** One stored key, as a {@link GrantKeyBackend} keeps it. */
+export interface StoredGrantKey {
+  /** The private key, PEM (PKCS#8, or SEC1 for EC keys). */
+  readonly pem: string;
+  /** When it was created, epoch ms: the newest key signs. */
+  readonly createdAt: number;
+  /** Names it in messages and for {@link GrantKeyBackend.remove}: its file, or `<store>:<kid>`. */
+  readonly ref: string;
+}
+
+/** Where a {@link GrantKeyStore} keeps its keys: a folder ({@link FolderKeyBackend}) or a database. */
+export interface GrantKeyBackend {
+  /** Every stored key. */
+  list(): Promise<StoredGrantKey[]>;
+  /** Stores a new key (nothing when `kid` is stored already); resolves with its `ref`. */
+  add(kid: string, pem: string, createdAt: number): Promise<string>;
+  /** Deletes a stored key (nothing when it is gone already). */
+  remove(ref: string): Promise<void>;
 }
 
 /** Options of {@link GrantKeyStore.open}. */
 export interface GrantKeyStoreOptions {
-  /** The key directory; created (mode 0700) when missing. */
-  readonly dir: string;
+  /** The key directory; created (mode 0700) when missing. One of `dir` and `backend`. */
+  readonly dir?: string;
+  /** Where the keys are kept instead of a directory (a state database shared by several servers). */
+  readonly backend?: GrantKeyBackend;
   /**
    * The longest lifetime of the grants this store's keys sign, in ms (default and at most
    * {@link MAX_GRANT_TTL_SECONDS}): sets the default of `retireAfterMs`.
@@ -62,6 +84,44 @@ const KEY_FILE = /^[^.].*\.pem$/;
 const TEMP_FILE = /^\..*\.pem\.tmp-[0-9a-f]+$/;
 
 /**
+ * Keys as files of a directory: every `*.pem` file is a key, created when its file was last modified. New
+ * keys are written as `<kid>.pem`, mode 0600, atomically (temporary file, then rename); temporary files left
+ * by a crash are removed when the directory is read.
+ */
+export class FolderKeyBackend implements GrantKeyBackend {
+  constructor(readonly dir: string) {}
+
+  async list(): Promise<StoredGrantKey[]> {
+    const keys: StoredGrantKey[] = [];
+    for (const name of (await readdir(this.dir)).sort()) {
+      const file = join(this.dir, name);
+      if (TEMP_FILE.test(name)) {
+        await rm(file, { force: true });
+        continue;
+      }
+      if (!KEY_FILE.test(name)) continue;
+      // Rounded: utimes takes seconds, and the float trip can move the time by a fraction of a millisecond.
+      keys.push({ pem: await readFile(file, 'utf8'), createdAt: Math.round((await stat(file)).mtimeMs), ref: file });
+    }
+    return keys;
+  }
+
+  async add(kid: string, pem: string, createdAt: number): Promise<string> {
+    const file = join(this.dir, `${kid}.pem`);
+    const temp = join(this.dir, `.${kid}.pem.tmp-${randomBytes(4).toString('hex')}`);
+    await writeFile(temp, pem, { mode: 0o600, flag: 'wx' });
+    // The time is set before the rename, so the key never appears with the wrong time.
+    await utimes(temp, createdAt / 1000, createdAt / 1000);
+    await rename(temp, file);
+    return file;
+  }
+
+  async remove(ref: string): Promise<void> {
+    await rm(ref, { force: true });
+  }
+}
+
+/**
  * Loads, creates and rotates the ES256 keys grants are signed with.
  *
  * Every `*.pem` file of the directory is a key (PKCS#8 or SEC1 EC P-256; a file of another kind stops
@@ -85,7 +145,12 @@ export class GrantKeyStore {
   private readonly activationDelayMs: number;
   private readonly rotateAfterMs: number | undefined;
 
-  private constructor(private readonly dir: string, options: GrantKeyStoreOptions) {
+  private constructor(
+    private readonly backend: GrantKeyBackend,
+    /** Where the keys are, for messages. */
+    private readonly where: string,
+    options: GrantKeyStoreOptions,
+  ) {
     this.now = options.now ?? Date.now;
     const maxTtlMs = options.maxGrantTtlMs ?? MAX_GRANT_TTL_SECONDS * 1000;
     if (!(maxTtlMs > 0 && maxTtlMs <= MAX_GRANT_TTL_SECONDS * 1000)) {
@@ -106,8 +171,12 @@ export class GrantKeyStore {
    * whose retirement time has passed (and temporary files left by a crash).
    */
   static async open(options: GrantKeyStoreOptions): Promise<GrantKeyStore> {
-    const store = new GrantKeyStore(options.dir, options);
-    await mkdir(options.dir, { recursive: true, mode: 0o700 });
+    let store: GrantKeyStore;
+    if (options.backend) store = new GrantKeyStore(options.backend, 'the key store', options);
+    else if (options.dir !== undefined) {
+      await mkdir(options.dir, { recursive: true, mode: 0o700 });
+      store = new GrantKeyStore(new FolderKeyBackend(options.dir), options.dir, options);
+    } else throw new Error('grant keys: give a directory (dir) or a backend');
     await store.load();
     if (store.keys.length === 0) await store.create();
     await store.retire();
@@ -123,7 +192,7 @@ export class GrantKeyStore {
     // Without a delay the newest signs, even when its time is ahead of this clock (a file from elsewhere).
     const key = (this.activationDelayMs === 0 ? this.keys.at(-1) : this.keys.findLast((k) => now - k.createdAt >= this.activationDelayMs)) ?? this.keys[0];
     // open() guarantees a key; only an outside deletion plus a reload could get here.
-    if (key === undefined) throw new Error(`grant keys: no signing key in ${this.dir}`);
+    if (key === undefined) throw new Error(`grant keys: no signing key in ${this.where}`);
     return key;
   }
 
@@ -157,7 +226,7 @@ export class GrantKeyStore {
   async retire(): Promise<string[]> {
     const published = new Set(this.published());
     const retired = this.keys.filter((k) => !published.has(k));
-    for (const key of retired) await rm(key.file, { force: true });
+    for (const key of retired) await this.backend.remove(key.file);
     this.keys = this.keys.filter((k) => published.has(k));
     return retired.map((k) => k.kid);
   }
@@ -198,28 +267,21 @@ export class GrantKeyStore {
 
   private async load(): Promise<void> {
     const byKid = new Map<string, SigningKey>();
-    for (const name of (await readdir(this.dir)).sort()) {
-      const file = join(this.dir, name);
-      if (TEMP_FILE.test(name)) {
-        await rm(file, { force: true });
-        continue;
-      }
-      if (!KEY_FILE.test(name)) continue;
+    for (const stored of await this.backend.list()) {
       let privateKey: KeyObject;
       try {
-        privateKey = createPrivateKey(await readFile(file));
+        privateKey = createPrivateKey(stored.pem);
         assertEs256Key(privateKey);
       } catch (err) {
         const reason = err instanceof JwsError ? err.message : 'not a PEM private key';
-        throw new Error(`grant keys: ${file}: ${reason} (expected an EC P-256 private key, e.g. from "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256")`);
+        throw new Error(`grant keys: ${stored.ref}: ${reason} (expected an EC P-256 private key, e.g. from "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256")`);
       }
       const publicKey = createPublicKey(privateKey);
       const kid = jwkThumbprint(publicKey);
-      // Rounded: utimes takes seconds, and the float trip can move the time by a fraction of a millisecond.
-      const createdAt = Math.round((await stat(file)).mtimeMs);
+      const { createdAt } = stored;
       const previous = byKid.get(kid);
       // The same key under two names (a copy): keep the newer file's time, since that is when it was (re)activated.
-      if (previous === undefined || createdAt > previous.createdAt) byKid.set(kid, { kid, privateKey, publicKey, createdAt, file });
+      if (previous === undefined || createdAt > previous.createdAt) byKid.set(kid, { kid, privateKey, publicKey, createdAt, file: stored.ref });
     }
     // Ties (coarse file times) are broken by kid so that every process picks the same active key.
     this.keys = [...byKid.values()].sort((a, b) => a.createdAt - b.createdAt || (a.kid < b.kid ? -1 : a.kid > b.kid ? 1 : 0));
@@ -231,13 +293,7 @@ export class GrantKeyStore {
     const newest = this.keys[this.keys.length - 1];
     // Strictly newer than the newest key, so the new key is the active one even with a coarse or stepped clock.
     const createdAt = Math.max(this.now(), newest === undefined ? 0 : newest.createdAt + 1);
-    const file = join(this.dir, `${kid}.pem`);
-    const temp = join(this.dir, `.${kid}.pem.tmp-${randomBytes(4).toString('hex')}`);
-    const pem = privateKey.export({ type: 'pkcs8', format: 'pem' });
-    await writeFile(temp, pem, { mode: 0o600, flag: 'wx' });
-    // The time is set before the rename, so the key never appears with the wrong time.
-    await utimes(temp, createdAt / 1000, createdAt / 1000);
-    await rename(temp, file);
+    const file = await this.backend.add(kid, privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, createdAt);
     const key: SigningKey = { kid, privateKey, publicKey, createdAt, file };
     this.keys = [...this.keys.filter((k) => k.kid !== kid), key];
     return key;
