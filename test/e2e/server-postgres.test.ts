@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
@@ -57,7 +58,7 @@ describe('PostgresStateRepository migrations and connection', () => {
     assert.equal(await upgraded.schemaVersion(), next.length);
     assert.deepEqual(await upgraded.get(cache.id), cache, 'the data survives the upgrade');
     await upgraded.close();
-    await assert.rejects(PostgresStateRepository.open({ url }), /schema version 2, newer than this Cascade knows \(1\): upgrade Cascade/);
+    await assert.rejects(PostgresStateRepository.open({ url }), new RegExp(`schema version ${next.length}, newer than this Cascade knows \\(${POSTGRES_MIGRATIONS.length}\\): upgrade Cascade`));
 
     const fresh = await freshDatabase();
     const broken: Migration[] = [...POSTGRES_MIGRATIONS, { version: POSTGRES_MIGRATIONS.length + 1, name: 'broken', sql: 'ALTER TABLE no_such_table ADD COLUMN x TEXT' }];
@@ -81,7 +82,8 @@ describe('two servers sharing one PostgreSQL database', () => {
   it('a cache registered and a choice saved through one server are used by the other, for a real pull', { timeout: 120_000 }, async (t) => {
     const { dir, defer } = await testScope(t, 'e2e-server-pg-');
     const database = { postgres: await freshDatabase() };
-    const stack = await startStack(dir, defer, { database });
+    // Both keep their grant keys in the database too: no folder is shared.
+    const stack = await startStack(dir, defer, { database, keystore: 'database' });
     const one = stack.server;
     const two: CascadeProcess = await startServer(join(dir, 'two'), {
       origin: stack.origin.url,
@@ -89,10 +91,14 @@ describe('two servers sharing one PostgreSQL database', () => {
       issuer: 'cascade-test',
       healthInterval: '1s',
       database,
-      keysdir: join(dir, 'keys'),
+      keystore: 'database',
     });
     defer(() => two.stop());
     assert.ok(two.logs.some((l) => l.msg === 'state database ready' && l.database === 'postgres'), 'the second server uses PostgreSQL');
+    const kids = async (server: CascadeProcess) => ((await (await fetch(`${server.url}/api/v0/keys`)).json()) as { keys: { kid: string }[] }).keys.map((k) => k.kid);
+    assert.deepEqual(await kids(two), await kids(one), 'one key, made by the first server, published by both');
+    assert.equal((await kids(one)).length, 1);
+    assert.equal(existsSync(join(dir, 'keys')) || existsSync(join(dir, 'two', 'keys')), false, 'no key folder');
 
     // Alice registers the caches through server one; bob picks region-b through server two.
     const b = await api(one, 'POST', '/api/v0/content_caches', 'alice', { name: 'region-b', host: stack.regionB.url });
@@ -125,7 +131,7 @@ describe('two servers sharing one PostgreSQL database', () => {
     // cascade doctor on server two's config: the PostgreSQL state read (without changing it), the cache left.
     const doctor = await run(process.execPath, [CASCADE_BIN, 'doctor', join(dir, 'two', 'server.yml')], { allowFailure: true, env: { ...process.env, NO_COLOR: '1' } });
     assert.equal(doctor.code, 0, doctor.stdout + doctor.stderr);
-    assert.match(doctor.stdout, /^ok {4}database postgres:\/\/cascade@127\.0\.0\.1:\d+\/cascade_\d+: schema version 1, 1 cache registered/m);
+    assert.match(doctor.stdout, /^ok {4}database postgres:\/\/cascade@127\.0\.0\.1:\d+\/cascade_\d+: schema version 2, 1 cache registered, 1 grant key/m);
     assert.match(doctor.stdout, /^ok {4}cache region-a http:\/\/127\.0\.0\.1:\d+: GET \/v2\/ → 401/m);
 
     const logs = [one, two].flatMap((p) => [...p.text, ...p.logs.map((l) => JSON.stringify(l))]).join('\n');

@@ -35,6 +35,8 @@ export interface ServerOptions {
   keysdir?: string;
   /** `authorization.tokenproxy` (default: the server's default, true). */
   tokenproxy?: boolean;
+  /** `grants.keystore` (default: the server's default, folder). */
+  keystore?: 'folder' | 'database';
 }
 
 /** Writes `dir/server.yml` (listening on a free port) and starts `cascade server` with it. */
@@ -46,7 +48,7 @@ export async function startServer(dir: string, o: ServerOptions): Promise<Cascad
     stringify({
       http: { addr: '127.0.0.1:0' },
       origin: { url: o.origin, username: 'svc', password: o.password },
-      grants: { keysdir: o.keysdir ?? join(dir, 'keys'), issuer: o.issuer, ...(o.ttl ? { ttl: o.ttl } : {}) },
+      grants: { keysdir: o.keysdir ?? join(dir, 'keys'), issuer: o.issuer, ...(o.ttl ? { ttl: o.ttl } : {}), ...(o.keystore ? { keystore: o.keystore } : {}) },
       database: o.database ?? { sqlite: join(dir, 'state.db') },
       admins: ['alice'],
       ...(o.healthInterval ? { healthcheck: { interval: o.healthInterval } } : {}),
@@ -81,6 +83,8 @@ export interface StackOptions {
   issuer?: string;
   /** The server's state database (default: SQLite in the stack's folder). */
   database?: { postgres: string };
+  /** The server's `grants.keystore`. */
+  keystore?: 'folder' | 'database';
 }
 
 /** Starts the origin, the server and the two chained caches; `defer` registers their stops. */
@@ -116,6 +120,7 @@ export async function startStack(dir: string, defer: (fn: () => unknown) => void
     ttl: '60s',
     healthInterval: options.healthInterval ?? '1s',
     ...(options.database ? { database: options.database } : {}),
+    ...(options.keystore ? { keystore: options.keystore } : {}),
   });
   defer(() => server.stop());
   const cacheConfig = (name: string, upstreams: Record<string, unknown>, downstreams: string[] = []) => ({

@@ -65,7 +65,23 @@ describe('SqliteStateRepository migrations and persistence', () => {
     assert.equal(again.schemaVersion(), next.length, 'the new migration ran once');
     await again.close();
 
-    assert.throws(() => new SqliteStateRepository(file), /schema version 2, newer than this Cascade knows \(1\)/);
+    assert.throws(() => new SqliteStateRepository(file), new RegExp(`schema version ${next.length}, newer than this Cascade knows \\(${MIGRATIONS.length}\\)`));
+  });
+
+  it("upgrades a database of the first schema (before grant keys) to today's, keeping its caches", async () => {
+    const file = await tempFile();
+    // What the Cascade of the first schema left: its migration, and a cache.
+    const old = new Database(file);
+    migrate(old, MIGRATIONS.slice(0, 1));
+    const c = { id: '6b1f0c59-5f0e-4f5c-9d57-4b0f1d2b6a10', name: 'us', host: 'http://us' };
+    old.prepare('INSERT INTO content_caches (id, name, name_key, host) VALUES (?, ?, ?, ?)').run(c.id, c.name, c.name, c.host);
+    old.close();
+    const now = new SqliteStateRepository(file);
+    assert.equal(now.schemaVersion(), MIGRATIONS.length);
+    assert.deepEqual(await now.list(), [c]);
+    await now.addGrantKey({ kid: 'k', pem: 'p', createdAt: 1 });
+    assert.deepEqual(await now.listGrantKeys(), [{ kid: 'k', pem: 'p', createdAt: 1 }]);
+    await now.close();
   });
 
   it('refuses a migration list with gaps', () => {

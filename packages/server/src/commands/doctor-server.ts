@@ -60,16 +60,21 @@ export async function* runServerChecks(file: string, options: DoctorOptions = {}
   const originChecks = checkUpstream(target('origin', config.origin.url));
   const account = checkServiceAccount(config, pem, timeoutMs);
   const database = checkDatabase(config, timeoutMs);
-  const keys = checkKeys(config.grants.keysdir);
+  const keys = config.grants.keystore === 'folder' ? checkKeys(config.grants.keysdir) : undefined;
   const originResults = await originChecks;
   yield* originResults;
   const accountResult = await account;
   yield originResults.some((r) => r.status === 'FAIL') && accountResult.status === 'FAIL'
     ? { status: 'skip', subject: accountResult.subject, message: 'not checked (the origin cannot be reached)' }
     : accountResult;
-  yield await keys;
+  if (keys) yield await keys;
   const db = await database;
   yield db.result;
+  if (config.grants.keystore === 'database' && db.grantKeys !== undefined) {
+    yield db.grantKeys > 0
+      ? { status: 'ok', subject: 'grant keys (state database)', message: `${db.grantKeys} key${db.grantKeys === 1 ? '' : 's'} in the database, shared by the servers that use it` }
+      : { status: 'warn', subject: 'grant keys (state database)', message: 'no key yet: the first server to start creates one' };
+  }
   if (db.caches === undefined) return;
   if (db.caches.length === 0) {
     yield { status: 'warn', subject: 'caches', message: 'no cache is registered: every blob is served by the server', fix: 'register caches with POST /api/v0/content_caches (docs/server-api.md) or on the web page' };
@@ -142,18 +147,21 @@ interface DatabaseFindings {
   readonly result: CheckResult;
   /** The registered caches, when the database could be read. */
   readonly caches?: readonly { name: string; host: string }[];
+  /** The grant keys stored in it, when it could be read. */
+  readonly grantKeys?: number;
 }
 
 /** The state database: reachable, and its schema one this Cascade knows. Reads only. */
 async function checkDatabase(config: ServerConfig, timeoutMs: number): Promise<DatabaseFindings> {
   const known = config.database.postgres !== undefined ? POSTGRES_MIGRATIONS.length : MIGRATIONS.length;
-  const verdict = (subject: string, version: number, caches: { name: string; host: string }[], ms?: number): DatabaseFindings => {
+  const verdict = (subject: string, version: number, caches: { name: string; host: string }[], grantKeys: number, ms?: number): DatabaseFindings => {
     if (version > known) {
       return { result: { status: 'FAIL', subject, message: `schema version ${version}, newer than this Cascade knows (${known})`, fix: 'run the Cascade version that migrated it, or a newer one' } };
     }
     const pending = known - version;
-    const message = `schema version ${version}${pending > 0 ? ` (${pending} migration${pending === 1 ? '' : 's'} to apply at the next start)` : ''}, ${caches.length} cache${caches.length === 1 ? '' : 's'} registered`;
-    return { result: { status: 'ok', subject, message, ...(ms !== undefined ? { ms } : {}) }, caches };
+    const keys = config.grants.keystore === 'database' ? `, ${grantKeys} grant key${grantKeys === 1 ? '' : 's'}` : '';
+    const message = `schema version ${version}${pending > 0 ? ` (${pending} migration${pending === 1 ? '' : 's'} to apply at the next start)` : ''}, ${caches.length} cache${caches.length === 1 ? '' : 's'} registered${keys}`;
+    return { result: { status: 'ok', subject, message, ...(ms !== undefined ? { ms } : {}) }, caches, grantKeys };
   };
   if (config.database.postgres !== undefined) {
     const where = redactDatabaseUrl(config.database.postgres);
@@ -164,10 +172,11 @@ async function checkDatabase(config: ServerConfig, timeoutMs: number): Promise<D
     try {
       await client.connect();
       const exists = (await client.query<{ t: string | null }>("SELECT to_regclass('schema_migrations')::text AS t")).rows[0]?.t;
-      if (!exists) return { result: { status: 'ok', subject, message: 'reachable and empty: the server creates the schema at its first start', ms: Date.now() - started }, caches: [] };
+      if (!exists) return { result: { status: 'ok', subject, message: 'reachable and empty: the server creates the schema at its first start', ms: Date.now() - started }, caches: [], grantKeys: 0 };
       const version = (await client.query<{ v: number | null }>('SELECT MAX(version) AS v FROM schema_migrations')).rows[0]?.v ?? 0;
       const caches = version >= 1 ? (await client.query<{ name: string; host: string }>('SELECT name, host FROM content_caches ORDER BY name_key COLLATE "C"')).rows : [];
-      return verdict(subject, version, caches, Date.now() - started);
+      const grantKeys = version >= 2 ? Number((await client.query<{ n: string }>('SELECT COUNT(*) AS n FROM grant_keys')).rows[0]?.n ?? 0) : 0;
+      return verdict(subject, version, caches, grantKeys, Date.now() - started);
     } catch (err) {
       const reason = err instanceof Error ? err.message : String(err);
       return { result: { status: 'FAIL', subject, message: `cannot use it: ${reason}`, ms: Date.now() - started, fix: 'check the host, port, database, user, password (CASCADE_DATABASE_URL or PGPASSWORD) and sslmode; the server cannot start without it' } };
@@ -177,11 +186,11 @@ async function checkDatabase(config: ServerConfig, timeoutMs: number): Promise<D
   }
   const file = config.database.sqlite;
   const subject = `database ${file}`;
-  if (file === ':memory:') return { result: { status: 'warn', subject, message: 'in memory: caches and settings are lost when the server stops', fix: 'set database.sqlite to a file on a volume' }, caches: [] };
+  if (file === ':memory:') return { result: { status: 'warn', subject, message: 'in memory: caches and settings are lost when the server stops', fix: 'set database.sqlite to a file on a volume' }, caches: [], grantKeys: 0 };
   try {
     await stat(file);
   } catch {
-    return { result: { status: 'ok', subject, message: 'no file yet: the server creates it at its first start' }, caches: [] };
+    return { result: { status: 'ok', subject, message: 'no file yet: the server creates it at its first start' }, caches: [], grantKeys: 0 };
   }
   let db: Database.Database | undefined;
   try {
@@ -189,7 +198,8 @@ async function checkDatabase(config: ServerConfig, timeoutMs: number): Promise<D
     const hasTable = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").get() !== undefined;
     const version = hasTable ? ((db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null }).v ?? 0) : 0;
     const caches = version >= 1 ? (db.prepare('SELECT name, host FROM content_caches ORDER BY name_key').all() as { name: string; host: string }[]) : [];
-    return verdict(subject, version, caches);
+    const grantKeys = version >= 2 ? (db.prepare('SELECT COUNT(*) AS n FROM grant_keys').get() as { n: number }).n : 0;
+    return verdict(subject, version, caches, grantKeys);
   } catch (err) {
     return { result: { status: 'FAIL', subject, message: `cannot read it: ${err instanceof Error ? err.message : String(err)}`, fix: 'give the server read and write access to the file and its folder, or restore it from a backup' } };
   } finally {

@@ -55,6 +55,8 @@ export const serverConfigSchema = z.strictObject({
       keysdir: z.string().default('keys'),
       ttl: duration('60s'),
       issuer: z.string().min(1).default('cascade'),
+      /** Where the signing keys are: files in `keysdir`, or the state database (servers sharing PostgreSQL). */
+      keystore: z.enum(['folder', 'database']).default('folder'),
       /** A new signing key once the newest is this old; 0: never. */
       rotate: duration('720h').refine((ms) => ms === 0 || ms >= 3_600_000, { message: 'expected 0 (never) or at least 1h' }),
     })

@@ -7,6 +7,7 @@ import { createLogger, listen, NodeObservability, type RunningServer } from '@ca
 import { GrantKeyStore, GrantSigner, LocalJwks } from '@cascade/downstream';
 import { createApiRouter } from '../api/router.js';
 import { selectCache } from '../state/select.js';
+import { StateKeyBackend } from '../state/keys.js';
 import { PostgresStateRepository } from '../state/postgres.js';
 import { SqliteStateRepository } from '../state/sqlite.js';
 import type { StateRepository } from '../state/repository.js';
@@ -45,7 +46,7 @@ export async function startServer(config: ServerConfig, logger: Logger = createL
     logger: logger.child({ component: 'origin' }),
   });
   const keys = await GrantKeyStore.open({
-    dir: config.grants.keysdir,
+    ...(config.grants.keystore === 'database' ? { backend: new StateKeyBackend(state) } : { dir: config.grants.keysdir }),
     maxGrantTtlMs: config.grants.ttl,
     activationDelayMs: KEY_ACTIVATION_DELAY_MS,
     ...(config.grants.rotate > 0 ? { rotateAfterMs: config.grants.rotate } : {}),

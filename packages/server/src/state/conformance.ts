@@ -1,6 +1,6 @@
 /**
  * The behaviour every {@link StateRepository} must have, as `node:test` tests: content caches, settings, the
- * default, namespace and network rules, health, and the cascade of a cache delete. It registers tests, so
+ * default, namespace and network rules, health, the cascade of a cache delete, and grant keys. It registers tests, so
  * it is imported only from tests (package export `./conformance`): the SQLite repository's unit tests and
  * the PostgreSQL end-to-end test run it.
  */
@@ -225,6 +225,20 @@ export function runStateConformance(name: string, open: () => Promise<StateRepos
       const fresh = await state.create({ name: 'gone', host: 'http://gone' });
       assert.notEqual(fresh.id, gone.id);
       assert.deepEqual(await state.getSettings('alice'), { contentCacheUUID: null });
+    });
+
+    it('keeps grant keys: added once per kid, listed oldest first, deleted', async (t) => {
+      const state = await openState(t);
+      assert.deepEqual(await state.listGrantKeys(), []);
+      const a = { kid: 'kid-a', pem: '-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n', createdAt: Date.UTC(2030, 0, 2) };
+      const b = { kid: 'kid-b', pem: '-----BEGIN PRIVATE KEY-----\nBBBB\n-----END PRIVATE KEY-----\n', createdAt: Date.UTC(2030, 0, 1) };
+      await state.addGrantKey(a);
+      await state.addGrantKey(b);
+      await state.addGrantKey({ ...a, pem: 'another', createdAt: 1 });
+      assert.deepEqual(await state.listGrantKeys(), [b, a], 'oldest first; a kid is stored once, as first added');
+      assert.equal(await state.deleteGrantKey('kid-b'), true);
+      assert.equal(await state.deleteGrantKey('kid-b'), false);
+      assert.deepEqual(await state.listGrantKeys(), [a]);
     });
   });
 }

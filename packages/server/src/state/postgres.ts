@@ -22,6 +22,7 @@ import {
   type CacheHealth,
   type ContentCache,
   type ContentCachePatch,
+  type GrantKeyRecord,
   type HealthReport,
   type NamespaceRule,
   type NetworkRule,
@@ -71,6 +72,17 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
         checked_at           TIMESTAMPTZ NOT NULL,
         last_ok_at           TIMESTAMPTZ,
         consecutive_failures INTEGER NOT NULL
+      );
+    `,
+  },
+  {
+    version: 2,
+    name: 'grant signing keys shared by the servers of a database',
+    sql: `
+      CREATE TABLE grant_keys (
+        kid        TEXT PRIMARY KEY,
+        pem        TEXT NOT NULL,
+        created_at BIGINT NOT NULL
       );
     `,
   },
@@ -467,6 +479,23 @@ export class PostgresStateRepository implements StateRepository {
       lastOkAt: row.last_ok_at,
       consecutiveFailures: row.consecutive_failures,
     };
+  }
+
+  /** {@inheritDoc StateRepository.listGrantKeys} */
+  async listGrantKeys(): Promise<GrantKeyRecord[]> {
+    // BIGINT comes back as a string (it may exceed 2^53); epoch milliseconds do not.
+    const rows = await this.rows<{ kid: string; pem: string; created_at: string }>('SELECT kid, pem, created_at FROM grant_keys ORDER BY created_at, kid COLLATE "C"');
+    return rows.map((r) => ({ kid: r.kid, pem: r.pem, createdAt: Number(r.created_at) }));
+  }
+
+  /** {@inheritDoc StateRepository.addGrantKey} */
+  async addGrantKey(key: GrantKeyRecord): Promise<void> {
+    await this.changes('INSERT INTO grant_keys (kid, pem, created_at) VALUES ($1, $2, $3) ON CONFLICT (kid) DO NOTHING', [key.kid, key.pem, Math.round(key.createdAt)]);
+  }
+
+  /** {@inheritDoc StateRepository.deleteGrantKey} */
+  async deleteGrantKey(kid: string): Promise<boolean> {
+    return (await this.changes('DELETE FROM grant_keys WHERE kid = $1', [kid])) > 0;
   }
 
   /** {@inheritDoc StateRepository.close} */

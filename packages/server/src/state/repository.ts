@@ -160,8 +160,27 @@ export interface StateRepository {
   /** The health of a cache (status `unknown` before any check); undefined when the cache does not exist. */
   health(id: string): Promise<CacheHealth | undefined>;
 
+  // Grant signing keys (with `grants.keystore: database`, for servers sharing the database)
+
+  /** Every stored grant key. */
+  listGrantKeys(): Promise<GrantKeyRecord[]>;
+  /** Stores a grant key; nothing when its kid is stored already. */
+  addGrantKey(key: GrantKeyRecord): Promise<void>;
+  /** Deletes a grant key; false when there was none. */
+  deleteGrantKey(kid: string): Promise<boolean>;
+
   /** Releases the database; the repository is unusable afterwards. */
   close(): Promise<void>;
+}
+
+/** A grant signing key as the state database keeps it. */
+export interface GrantKeyRecord {
+  /** The RFC 7638 thumbprint of its public key. */
+  readonly kid: string;
+  /** The private key, PKCS#8 PEM. */
+  readonly pem: string;
+  /** When it was created, epoch ms. */
+  readonly createdAt: number;
 }
 
 /** Why a state operation was refused. */

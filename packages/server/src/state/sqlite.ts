@@ -20,6 +20,7 @@ import {
   type CacheHealth,
   type ContentCache,
   type ContentCachePatch,
+  type GrantKeyRecord,
   type HealthReport,
   type NamespaceRule,
   type NetworkRule,
@@ -76,6 +77,17 @@ export const MIGRATIONS: readonly Migration[] = [
         checked_at           TEXT NOT NULL,
         last_ok_at           TEXT,
         consecutive_failures INTEGER NOT NULL
+      );
+    `,
+  },
+  {
+    version: 2,
+    name: 'grant signing keys shared by the servers of a database',
+    sql: `
+      CREATE TABLE grant_keys (
+        kid        TEXT PRIMARY KEY,
+        pem        TEXT NOT NULL,
+        created_at INTEGER NOT NULL
       );
     `,
   },
@@ -206,6 +218,9 @@ function prepareStatements(db: Database.Database) {
       'SELECT ok, latency_ms, error, checked_at, last_ok_at, consecutive_failures FROM cache_health WHERE content_cache_id = ?',
     ),
     schemaVersion: db.prepare<[], { version: number | null }>('SELECT MAX(version) AS version FROM schema_migrations'),
+    listKeys: db.prepare<[], { kid: string; pem: string; created_at: number }>('SELECT kid, pem, created_at FROM grant_keys ORDER BY created_at, kid'),
+    addKey: db.prepare<[string, string, number]>('INSERT INTO grant_keys (kid, pem, created_at) VALUES (?, ?, ?) ON CONFLICT (kid) DO NOTHING'),
+    deleteKey: db.prepare<[string]>('DELETE FROM grant_keys WHERE kid = ?'),
   };
 }
 
@@ -424,6 +439,21 @@ export class SqliteStateRepository implements StateRepository {
       lastOkAt: row.last_ok_at === null ? null : new Date(row.last_ok_at),
       consecutiveFailures: row.consecutive_failures,
     };
+  }
+
+  /** {@inheritDoc StateRepository.listGrantKeys} */
+  async listGrantKeys(): Promise<GrantKeyRecord[]> {
+    return this.stmt.listKeys.all().map((r) => ({ kid: r.kid, pem: r.pem, createdAt: r.created_at }));
+  }
+
+  /** {@inheritDoc StateRepository.addGrantKey} */
+  async addGrantKey(key: GrantKeyRecord): Promise<void> {
+    this.stmt.addKey.run(key.kid, key.pem, Math.round(key.createdAt));
+  }
+
+  /** {@inheritDoc StateRepository.deleteGrantKey} */
+  async deleteGrantKey(kid: string): Promise<boolean> {
+    return this.stmt.deleteKey.run(kid).changes > 0;
   }
 
   /** {@inheritDoc StateRepository.close} */
