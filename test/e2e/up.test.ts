@@ -13,7 +13,7 @@ import { waitFor } from '../lib/cache.js';
 import { CASCADE_BIN, testScope } from '../lib/cascade.js';
 import { makeOciImage } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
-import { freePort, skopeo } from '../lib/peers.js';
+import { freePort, run, skopeo } from '../lib/peers.js';
 
 interface Up {
   child: ChildProcess;
@@ -69,6 +69,13 @@ test('cascade up: the stack on localhost, a push and a pull through a cache, a c
   }, 5000);
   const a = await served('region-a');
   for (const d of blobDigests) assert.ok(a.has(d), `region-a filled ${d} for region-b`);
+  // The banner's doctor command: the server and both caches check out, with real connections.
+  for (const config of ['server/server.yml', 'region-a/config.yml', 'region-b/config.yml']) {
+    const doctor = await run(process.execPath, [CASCADE_BIN, 'doctor', join(state, config)], { allowFailure: true, env: { ...process.env, NO_COLOR: '1' } });
+    assert.equal(doctor.code, 0, `cascade doctor ${config}:\n${doctor.stdout}${doctor.stderr}`);
+    assert.match(doctor.stdout.trimEnd(), /: all good$/, `${config}:\n${doctor.stdout}`);
+  }
+  assert.ok(banner.includes(`npx cascade doctor ${join(state, 'server', 'server.yml')}`), 'the banner gives the doctor command');
   const logs = (await Promise.all(['origin', 'server', 'region-a', 'region-b'].map((n) => readFile(join(state, 'logs', `${n}.log`), 'utf8')))).join('\n');
   assert.ok(!logs.includes(creds.admin) && !logs.includes(creds.user), 'no password in the logs');
 

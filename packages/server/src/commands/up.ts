@@ -123,18 +123,20 @@ export async function startStack(options: UpOptions): Promise<RunningStack> {
         auth: { htpasswd: { realm: 'cascade-up origin', path: htpasswd } },
       }),
     );
-    const serverConfig = parseServerConfig(
-      stringify({
-        http: { addr: `127.0.0.1:${port}` },
-        origin: { url: urls.origin, username: 'service', password: passwords.service },
-        grants: { keysdir: join(dir, 'server', 'keys'), issuer: ISSUER },
-        database: { sqlite: join(dir, 'server', 'state.db') },
-        admins: ['admin'],
-        healthcheck: { interval: '5s' },
-      }),
-      '<cascade up: server>',
-      {},
-    );
+    // Written out like the registries' config files (mode 0600: it holds the service account's password),
+    // so that `cascade doctor` can check the server as it checks the caches.
+    const serverFile = join(dir, 'server', 'server.yml');
+    const serverText = stringify({
+      http: { addr: `127.0.0.1:${port}` },
+      origin: { url: urls.origin, username: 'service', password: passwords.service },
+      grants: { keysdir: join(dir, 'server', 'keys'), issuer: ISSUER },
+      database: { sqlite: join(dir, 'server', 'state.db') },
+      admins: ['admin'],
+      healthcheck: { interval: '5s' },
+    });
+    await mkdir(join(dir, 'server'), { recursive: true });
+    await writeFile(serverFile, serverText, { mode: 0o600 });
+    const serverConfig = parseServerConfig(serverText, serverFile, {});
     const server: RunningCascadeServer = await startServer(serverConfig, loggerFor('server'));
     running.push(server);
     const cache = (name: string, p: number, upstream: Record<string, unknown>, downstreams: string[]) => ({
@@ -244,6 +246,7 @@ Pull it as the user (blobs come from region-b):
 The caches:    curl -u admin:${passwords.admin} ${urls.server}/api/v0/content_caches
 Metrics:       curl ${urls.regionB}/metrics
 Logs:          tail -f ${join(dir, 'logs')}/*.log
+Check a node:  npx cascade doctor ${join(dir, 'server', 'server.yml')}   (or region-a/config.yml, region-b/config.yml)
 Stop:          Ctrl-C
 
 ready
