@@ -354,6 +354,80 @@ describe('deploy/k8s/cache-node.yml', () => {
   });
 });
 
+describe('deploy/k8s/server.yml', () => {
+  const docs = YAML.parseAllDocuments(readFileSync(join(DEPLOY, 'k8s', 'server.yml'), 'utf8')).map((d, i) => obj((d as YAML.Document).toJS(), `document ${i + 1}`));
+  const named = (kind: string, name?: string): Obj => {
+    const found = docs.filter((d) => d['kind'] === kind && (name === undefined || obj(d['metadata'], 'metadata')['name'] === name));
+    assert.equal(found.length, 1, `one ${kind} ${name ?? ''}`);
+    return found[0] as Obj;
+  };
+  const deployment = named('Deployment');
+  const pod = obj(obj(obj(deployment['spec'], 'spec')['template'], 'template')['spec'], 'pod spec');
+  const container = obj(list(pod['containers'], 'containers')[0], 'container');
+  const mounts = new Map(list(container['volumeMounts'], 'volumeMounts').map((m) => [String(obj(m, 'mount')['mountPath']), obj(m, 'mount')]));
+  const volumes = new Map(list(pod['volumes'], 'volumes').map((v) => [String(obj(v, 'volume')['name']), obj(v, 'volume')]));
+  const envSecret = named('Secret', 'cascade-server-env');
+  const env = obj(envSecret['stringData'], 'env secret stringData') as Record<string, string>;
+
+  it('has a Namespace, ConfigMap, two Secrets, a Deployment of several replicas and a Service, all in the namespace, and no volume claim', () => {
+    assert.deepEqual(docs.map((d) => d['kind']), ['Namespace', 'ConfigMap', 'Secret', 'Secret', 'Deployment', 'Service']);
+    const ns = String(obj(named('Namespace')['metadata'], 'metadata')['name']);
+    for (const d of docs.slice(1)) assert.equal(obj(d['metadata'], 'metadata')['namespace'], ns, String(d['kind']));
+    assert.ok(Number(obj(deployment['spec'], 'spec')['replicas']) >= 2, 'several replicas');
+    assert.ok(![...volumes.values()].some((v) => 'persistentVolumeClaim' in v), 'the state is in PostgreSQL, not on a volume');
+  });
+
+  it("the ConfigMap's server.yml loads with the Secret's environment: state and grant keys in PostgreSQL", async () => {
+    const text = String(obj(named('ConfigMap')['data'], 'data')['server.yml']);
+    const [role, configPath] = list(container['args'], 'args') as string[];
+    assert.equal(role, 'server');
+    const configMount = mounts.get(configPath as string);
+    assert.ok(configMount && configMount['subPath'] === 'server.yml', `${configPath} is mounted from the ConfigMap`);
+    assert.equal(obj(obj(volumes.get(String(configMount['name'])), 'v')['configMap'], 'cm')['name'], 'cascade-server');
+    const dir = await mkdtemp(join(tmpdir(), 'cascade-k8s-server-'));
+    try {
+      const file = join(dir, 'server.yml');
+      await writeFile(file, text);
+      const config = loadServerConfig(file, env);
+      assert.deepEqual(config.database, { postgres: env['CASCADE_DATABASE_URL'] });
+      assert.equal(config.origin.password, env['CASCADE_ORIGIN_PASSWORD']);
+      assert.equal(config.grants.keystore, 'database', 'the replicas share their keys through the database');
+      assert.ok(config.http.publicurl?.startsWith('https://'));
+      assert.equal(obj(list(container['ports'], 'ports')[0], 'port')['containerPort'], portOf(config.http.addr));
+      // The TLS files the config names come from the TLS Secret, mounted where the config reads them.
+      const tls = named('Secret', 'cascade-server-tls');
+      const keys = Object.keys(obj(tls['stringData'], 'tls stringData'));
+      for (const path of [config.http.tls?.certificate, config.http.tls?.key, ...config.origin.cas]) {
+        assert.ok(path?.startsWith('/etc/cascade/tls/') && keys.includes(path.slice('/etc/cascade/tls/'.length)), `${path} is in the TLS Secret`);
+      }
+      assert.equal(obj(obj(volumes.get(String(mounts.get('/etc/cascade/tls')?.['name'])), 'v')['secret'], 'secret')['secretName'], 'cascade-server-tls');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+    assert.doesNotMatch(text, /^\s*password:/m, 'no password in the ConfigMap');
+    assert.doesNotMatch(text, /^\s*postgres:/m, 'no database URL in the ConfigMap: it comes from the Secret');
+    const envFrom = list(container['envFrom'], 'envFrom').map((e) => obj(obj(e, 'envFrom')['secretRef'], 'secretRef')['name']);
+    assert.deepEqual(envFrom, ['cascade-server-env']);
+  });
+
+  it('probes /health and /ready on the server port, runs as non-root with a read-only root, and the Service targets it', () => {
+    const probe = (kind: string) => obj(obj(container[kind], kind)['httpGet'], `${kind}.httpGet`);
+    assert.equal(probe('livenessProbe')['path'], '/health');
+    assert.equal(probe('readinessProbe')['path'], '/ready');
+    const port = obj(list(container['ports'], 'ports')[0], 'port');
+    for (const kind of ['livenessProbe', 'readinessProbe']) assert.ok([port['name'], port['containerPort']].includes(probe(kind)['port']), kind);
+    assert.equal(obj(pod['securityContext'], 'pod securityContext')['runAsNonRoot'], true);
+    const security = obj(container['securityContext'], 'container securityContext');
+    assert.equal(security['allowPrivilegeEscalation'], false);
+    assert.equal(security['readOnlyRootFilesystem'], true);
+    assert.ok(mounts.has('/tmp'), 'a writable /tmp');
+    const spec = obj(named('Service')['spec'], 'service spec');
+    const labels = obj(obj(obj(obj(deployment['spec'], 'spec')['template'], 'template')['metadata'], 'metadata')['labels'], 'labels');
+    for (const [k, v] of Object.entries(obj(spec['selector'], 'selector'))) assert.equal(labels[k], v, k);
+    assert.ok([port['name'], port['containerPort']].includes(obj(list(spec['ports'], 'ports')[0], 'service port')['targetPort']));
+  });
+});
+
 describe('deploy/Dockerfile', () => {
   const dockerfile = readFileSync(join(DEPLOY, 'Dockerfile'), 'utf8');
   /** Instructions, with continuation lines joined and comments dropped. */
