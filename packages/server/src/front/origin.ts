@@ -52,31 +52,21 @@ export class OriginClient {
   constructor(private readonly options: OriginOptions) {
     this.base = new URL(options.url);
     const agentOptions = { keepAlive: true, maxSockets: 128, scheduling: 'lifo' as const };
-    this.agent =
-      this.base.protocol === 'https:'
-        ? new HttpsAgent({ ...agentOptions, ...(options.ca?.length ? { ca: [...rootCertificates, ...options.ca] } : {}) })
-        : new HttpAgent(agentOptions);
+    this.agent = this.base.protocol === 'https:' ? new HttpsAgent({ ...agentOptions, ...this.tlsTrust() }) : new HttpAgent(agentOptions);
   }
 
   /** Sends a request and resolves with the response once its headers arrive (the body is left to read). */
   request(req: OriginRequest): Promise<IncomingMessage> {
-    const url = new URL(req.path, this.base);
-    const send = this.base.protocol === 'https:' ? httpsRequest : httpRequest;
-    return new Promise((resolve, reject) => {
-      const out = send(url, { method: req.method, headers: req.headers ?? {}, agent: this.agent, ...(req.signal ? { signal: req.signal } : {}) }, resolve);
-      out.on('error', reject);
-      if (req.body) req.body.pipe(out);
-      else out.end();
-    });
+    return this.requestUrl(new URL(req.path, this.base), req);
   }
 
   /**
-   * Sends a request to `url`, the origin's token service (which may be on another host), trusting the
+   * Sends a request to `url`: the origin, or its token service (which may be on another host), trusting the
    * origin's CAs; resolves once the response headers arrive.
    */
   requestUrl(url: URL, req: Omit<OriginRequest, 'path'>): Promise<IncomingMessage> {
     const https = url.protocol === 'https:';
-    const agent = url.origin === this.base.origin ? this.agent : https ? (this.realmAgent ??= new HttpsAgent({ keepAlive: true, ...(this.options.ca?.length ? { ca: [...rootCertificates, ...this.options.ca] } : {}) })) : undefined;
+    const agent = url.origin === this.base.origin ? this.agent : https ? (this.realmAgent ??= new HttpsAgent({ keepAlive: true, ...this.tlsTrust() })) : undefined;
     const send = https ? httpsRequest : httpRequest;
     return new Promise((resolve, reject) => {
       const out = send(url, { method: req.method, headers: req.headers ?? {}, ...(agent ? { agent } : {}), ...(req.signal ? { signal: req.signal } : {}) }, resolve);
@@ -117,6 +107,11 @@ export class OriginClient {
     const token = await this.fetchToken(challenge, scope, basic);
     this.tokens.set(scope, token);
     return `Bearer ${token.token}`;
+  }
+
+  /** The CAs https connections trust: Node's roots plus `ca` (Node's defaults alone when none is given). */
+  private tlsTrust(): { ca?: string[] } {
+    return this.options.ca?.length ? { ca: [...rootCertificates, ...this.options.ca] } : {};
   }
 
   /** Closes idle connections. */
