@@ -18,14 +18,12 @@ import { OriginClient } from '../front/origin.js';
 import { authenticateThroughOrigin } from '../front/run.js';
 import { POSTGRES_MIGRATIONS, redactDatabaseUrl } from '../state/postgres.js';
 import { MIGRATIONS } from '../state/sqlite.js';
-import { checkCaFile, checkUpstream, type CheckResult, type DoctorOptions, type UpstreamTarget } from './doctor.js';
+import { checkCaFile, checkUpstream, DEFAULT_TIMEOUT_MS, withoutFile, type CheckResult, type DoctorOptions, type UpstreamTarget } from './doctor.js';
 
 /** Whether a YAML document is a `server.yml`: an `origin` section, and no `storage` (which a registry needs). */
 export function isServerConfig(doc: unknown): boolean {
   return typeof doc === 'object' && doc !== null && 'origin' in doc && !('storage' in doc);
 }
-
-const DEFAULT_TIMEOUT_MS = 5000;
 
 /** Every check of a server config, in the order they are printed. */
 export async function* runServerChecks(file: string, options: DoctorOptions = {}): AsyncGenerator<CheckResult> {
@@ -38,7 +36,7 @@ export async function* runServerChecks(file: string, options: DoctorOptions = {}
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     for (const issue of err.issues) {
-      yield { status: 'FAIL', subject: `config ${file}`, message: issue.message.startsWith(`${file}: `) ? issue.message.slice(file.length + 2) : issue.message, fix: 'correct the key in the file (docs/server.md lists every key)' };
+      yield { status: 'FAIL', subject: `config ${file}`, message: withoutFile(issue.message, file), fix: 'correct the key in the file (docs/server.md lists every key)' };
     }
     return;
   }

@@ -71,7 +71,8 @@ export interface DoctorOptions {
 export const LOW_DISK_BYTES = 1024 ** 3;
 /** A certificate that ends within this many days gets a warning. */
 export const EXPIRY_WARNING_DAYS = 14;
-const DEFAULT_TIMEOUT_MS = 5000;
+/** Timeout of each network step, in ms, unless `--timeout` says otherwise. */
+export const DEFAULT_TIMEOUT_MS = 5000;
 /** Largest body read from an upstream (a key set is a few hundred bytes). */
 const MAX_BODY_BYTES = 64 * 1024;
 
@@ -339,7 +340,8 @@ export function checkConfig(file: string, env: NodeJS.ProcessEnv = process.env):
   return { results, plan };
 }
 
-function withoutFile(message: string, file: string): string {
+/** A config message without its leading `file: ` (the line's subject names the file already). */
+export function withoutFile(message: string, file: string): string {
   return message.startsWith(`${file}: `) ? message.slice(file.length + 2) : message;
 }
 
