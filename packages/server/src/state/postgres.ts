@@ -14,7 +14,9 @@ import {
   normalizeCacheHost,
   normalizeCacheId,
   normalizeCidr,
+  referencedCacheId,
   StateError,
+  unknownHealth,
   validateCacheName,
   validateHealthReport,
   validateNamespace,
@@ -260,13 +262,6 @@ export class PostgresStateRepository implements StateRepository {
     }
   }
 
-  /** The id to store for a reference to a cache; refused when it cannot be a cache id. */
-  private referencedId(id: string): string {
-    const normalized = normalizeCacheId(id);
-    if (normalized === undefined) throw new StateError('INVALID', `no content cache with id ${JSON.stringify(id.slice(0, 100))}`);
-    return normalized;
-  }
-
   /** {@inheritDoc StateRepository.list} */
   async list(): Promise<ContentCache[]> {
     // COLLATE "C": the byte order SQLite uses, whatever the database's locale.
@@ -332,7 +327,7 @@ export class PostgresStateRepository implements StateRepository {
       await this.changes('DELETE FROM user_settings WHERE username = $1', [user]);
       return { contentCacheUUID: null };
     }
-    const cacheId = this.referencedId(settings.contentCacheUUID);
+    const cacheId = referencedCacheId(settings.contentCacheUUID);
     await this.write(
       () =>
         this.changes(
@@ -358,7 +353,7 @@ export class PostgresStateRepository implements StateRepository {
       await this.changes('DELETE FROM default_cache');
       return;
     }
-    const cacheId = this.referencedId(id);
+    const cacheId = referencedCacheId(id);
     await this.write(
       () =>
         this.changes(
@@ -378,7 +373,7 @@ export class PostgresStateRepository implements StateRepository {
   /** {@inheritDoc StateRepository.setNamespaceRule} */
   async setNamespaceRule(rule: NamespaceRule): Promise<NamespaceRule> {
     const namespace = validateNamespace(rule.namespace);
-    const cacheId = this.referencedId(rule.cacheId);
+    const cacheId = referencedCacheId(rule.cacheId);
     await this.write(
       () =>
         this.changes(
@@ -404,7 +399,7 @@ export class PostgresStateRepository implements StateRepository {
   /** {@inheritDoc StateRepository.setNetworkRule} */
   async setNetworkRule(rule: NetworkRule): Promise<NetworkRule> {
     const cidr = normalizeCidr(rule.cidr);
-    const cacheId = this.referencedId(rule.cacheId);
+    const cacheId = referencedCacheId(rule.cacheId);
     await this.write(
       () =>
         this.changes(
@@ -468,7 +463,7 @@ export class PostgresStateRepository implements StateRepository {
     const row = rows[0];
     if (row === undefined) return undefined;
     if (row.checked_at === null) {
-      return { cacheId: key, status: 'unknown', checkedAt: null, latencyMs: null, error: null, lastOkAt: null, consecutiveFailures: 0 };
+      return unknownHealth(key);
     }
     return {
       cacheId: key,

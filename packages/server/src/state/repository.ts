@@ -226,6 +226,21 @@ export function normalizeCacheId(id: string): string | undefined {
 }
 
 /**
+ * The id to store for a reference to a cache (a setting, the default, a rule).
+ * @throws StateError INVALID when it cannot be a cache id.
+ */
+export function referencedCacheId(id: string): string {
+  const normalized = normalizeCacheId(id);
+  if (normalized === undefined) throw new StateError('INVALID', `no content cache with id ${JSON.stringify(id.slice(0, 100))}`);
+  return normalized;
+}
+
+/** The health of a cache that was never checked. */
+export function unknownHealth(cacheId: string): CacheHealth {
+  return { cacheId, status: 'unknown', checkedAt: null, latencyMs: null, error: null, lastOkAt: null, consecutiveFailures: 0 };
+}
+
+/**
  * Validates a cache name: 1 to {@link CACHE_NAME_MAX_LENGTH} characters, no control characters, no
  * leading or trailing white space (two names differing only by a trailing space would look identical).
  * @throws StateError INVALID with the reason.

@@ -12,7 +12,9 @@ import {
   normalizeCacheHost,
   normalizeCacheId,
   normalizeCidr,
+  referencedCacheId,
   StateError,
+  unknownHealth,
   validateCacheName,
   validateHealthReport,
   validateNamespace,
@@ -281,13 +283,6 @@ export class SqliteStateRepository implements StateRepository {
     }
   }
 
-  /** The id to store for a reference to a cache; refused when it cannot be a cache id. */
-  private referencedId(id: string): string {
-    const normalized = normalizeCacheId(id);
-    if (normalized === undefined) throw new StateError('INVALID', `no content cache with id ${JSON.stringify(id.slice(0, 100))}`);
-    return normalized;
-  }
-
   /** {@inheritDoc StateRepository.list} */
   async list(): Promise<ContentCache[]> {
     return this.stmt.listCaches.all().map(toCache);
@@ -344,7 +339,7 @@ export class SqliteStateRepository implements StateRepository {
       this.stmt.deleteSettings.run(user);
       return { contentCacheUUID: null };
     }
-    const cacheId = this.referencedId(settings.contentCacheUUID);
+    const cacheId = referencedCacheId(settings.contentCacheUUID);
     this.write(() => this.stmt.upsertSettings.run(user, cacheId), { missingCache: cacheId });
     return { contentCacheUUID: cacheId };
   }
@@ -361,7 +356,7 @@ export class SqliteStateRepository implements StateRepository {
       this.stmt.deleteDefault.run();
       return;
     }
-    const cacheId = this.referencedId(id);
+    const cacheId = referencedCacheId(id);
     this.write(() => this.stmt.upsertDefault.run(cacheId), { missingCache: cacheId });
   }
 
@@ -373,7 +368,7 @@ export class SqliteStateRepository implements StateRepository {
   /** {@inheritDoc StateRepository.setNamespaceRule} */
   async setNamespaceRule(rule: NamespaceRule): Promise<NamespaceRule> {
     const namespace = validateNamespace(rule.namespace);
-    const cacheId = this.referencedId(rule.cacheId);
+    const cacheId = referencedCacheId(rule.cacheId);
     this.write(() => this.stmt.upsertNamespace.run(namespace, cacheId), { missingCache: cacheId });
     return { namespace, cacheId };
   }
@@ -391,7 +386,7 @@ export class SqliteStateRepository implements StateRepository {
   /** {@inheritDoc StateRepository.setNetworkRule} */
   async setNetworkRule(rule: NetworkRule): Promise<NetworkRule> {
     const cidr = normalizeCidr(rule.cidr);
-    const cacheId = this.referencedId(rule.cacheId);
+    const cacheId = referencedCacheId(rule.cacheId);
     this.write(() => this.stmt.upsertNetwork.run(cidr, cacheId), { missingCache: cacheId });
     return { cidr, cacheId };
   }
@@ -428,7 +423,7 @@ export class SqliteStateRepository implements StateRepository {
     if (key === undefined || this.stmt.getCache.get(key) === undefined) return undefined;
     const row = this.stmt.getHealth.get(key);
     if (row === undefined) {
-      return { cacheId: key, status: 'unknown', checkedAt: null, latencyMs: null, error: null, lastOkAt: null, consecutiveFailures: 0 };
+      return unknownHealth(key);
     }
     return {
       cacheId: key,
