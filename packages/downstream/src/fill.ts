@@ -478,17 +478,18 @@ export class FillManager {
       // A transfer cut by the network is resumed where it stopped, with a Range request (to another
       // upstream when there is one): the hash goes on over the new bytes, and followers see no gap.
       for (let resumes = 0; ; resumes++) {
-        let interruption: string | undefined;
+        // What stopped the transfer: the network's error, or a body that ended early.
+        let cut: unknown;
         try {
           await receive(response.body);
-          if (expected !== undefined && received < expected) interruption = `upstream ended the body after ${received} of ${expected} bytes`;
+          if (expected !== undefined && received < expected) cut = new Error(`upstream ended the body after ${received} of ${expected} bytes`);
         } catch (err) {
           if (!(err instanceof ReceiveInterrupted)) throw err;
-          interruption = describeError(err.cause);
-          if (fill.signal.aborted || expected === undefined || resumes >= MAX_RESUMES) throw err.cause;
+          cut = err.cause;
         }
-        if (interruption === undefined) break;
-        if (fill.signal.aborted || expected === undefined || resumes >= MAX_RESUMES) throw new Error(interruption);
+        if (cut === undefined) break;
+        if (fill.signal.aborted || expected === undefined || resumes >= MAX_RESUMES) throw cut;
+        const interruption = describeError(cut);
         response.body.destroy();
         upstreams.markFailed(response.host, interruption);
         log.warn({ upstream: response.host.url, received, expected, reason: interruption, resume: resumes + 1 }, 'fill interrupted: resuming with a range request');
