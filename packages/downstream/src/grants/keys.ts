@@ -124,12 +124,13 @@ export class FolderKeyBackend implements GrantKeyBackend {
 /**
  * Loads, creates and rotates the ES256 keys grants are signed with.
  *
- * Every `*.pem` file of the directory is a key (PKCS#8 or SEC1 EC P-256; a file of another kind stops
- * {@link GrantKeyStore.open} with an error naming it). The newest file is the active key; the others stay
- * published until `retireAfterMs` after the key that replaced them was created, then are deleted. Keys this
- * store creates are written as `<kid>.pem`, mode 0600, atomically (temporary file, then rename).
+ * The keys live in a directory ({@link FolderKeyBackend}: every `*.pem` file is a key) or in another
+ * {@link GrantKeyBackend}. Every key must be EC P-256 (PKCS#8 or SEC1; another kind stops
+ * {@link GrantKeyStore.open} with an error naming it). The newest key that has been published for
+ * `activationDelayMs` signs; the others stay published until `retireAfterMs` after the key that replaced them
+ * became active, then are deleted.
  *
- * Servers sharing the directory see each other's keys at their next {@link GrantKeyStore.maintain}: with an
+ * Servers sharing the keys see each other's at their next {@link GrantKeyStore.maintain}: with an
  * activation delay longer than the time between two calls, no server signs with a key another has not
  * published yet.
  *
@@ -167,8 +168,8 @@ export class GrantKeyStore {
   }
 
   /**
-   * Opens the directory: loads every key, creates a P-256 key when there is none, and deletes the keys
-   * whose retirement time has passed (and temporary files left by a crash).
+   * Opens the store: loads every key, creates a P-256 key when there is none, and deletes the keys whose
+   * retirement time has passed (and, in a directory, temporary files left by a crash).
    */
   static async open(options: GrantKeyStoreOptions): Promise<GrantKeyStore> {
     let store: GrantKeyStore;
@@ -232,10 +233,10 @@ export class GrantKeyStore {
   }
 
   /**
-   * Keeps the store in step with its directory, for a server that runs for months or shares the directory:
-   * re-reads it (keys another server or an operator added), creates a new key when the newest is older than
-   * `rotateAfterMs`, and deletes retired keys. Call it periodically; a directory that cannot be read keeps
-   * the keys already loaded (the error is thrown for the caller to log).
+   * Keeps the store in step with its backend, for a server that runs for months or shares its keys:
+   * re-reads them (keys another server or an operator added), creates a new key when the newest is older than
+   * `rotateAfterMs`, and deletes retired keys. Call it periodically; keys that cannot be read leave the keys
+   * already loaded in use (the error is thrown for the caller to log).
    */
   async maintain(): Promise<{ created?: string; retired: string[] }> {
     const previous = this.keys;

@@ -19,12 +19,12 @@ import { OriginClient } from './origin.js';
 import { createUiMiddleware } from '../web/ui.js';
 
 /**
- * How long a new grant key is published before it signs: every server sharing the key folder re-reads it
- * (every minute), and caches down a chain refresh their key sets (every 5 minutes, per hop) before the
- * first grant it signs arrives.
+ * How long a new grant key is published before it signs: every server sharing the keys (a folder or the
+ * state database) re-reads them (every minute), and caches down a chain refresh their key sets (every 5
+ * minutes, per hop) before the first grant it signs arrives.
  */
 export const KEY_ACTIVATION_DELAY_MS = 15 * 60_000;
-/** How often the server re-reads its key folder, rotates on schedule and deletes retired keys. */
+/** How often the server re-reads its keys, rotates on schedule and deletes retired keys. */
 const KEY_MAINTENANCE_INTERVAL_MS = 60_000;
 
 /** A running server. */
@@ -59,7 +59,7 @@ export async function startServer(config: ServerConfig, logger: Logger = createL
         if (created) keyLog.info({ kid: created, signsInMs: KEY_ACTIVATION_DELAY_MS }, 'grant key created: published now, signing after the activation delay');
         if (retired.length > 0) keyLog.info({ kids: retired }, 'grant keys retired');
       },
-      (err: unknown) => keyLog.warn({ reason: err instanceof Error ? err.message : String(err) }, 'grant keys folder unreadable: keeping the keys loaded'),
+      (err: unknown) => keyLog.warn({ reason: err instanceof Error ? err.message : String(err) }, 'grant keys unreadable: keeping the keys loaded'),
     );
   }, KEY_MAINTENANCE_INTERVAL_MS);
   keyTimer.unref();
