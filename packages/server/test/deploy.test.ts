@@ -270,92 +270,10 @@ describe('deploy/compose', () => {
   });
 });
 
-describe('deploy/k8s/cache-node.yml', () => {
-  const docs = YAML.parseAllDocuments(readFileSync(join(DEPLOY, 'k8s', 'cache-node.yml'), 'utf8')).map((d, i) => obj((d as YAML.Document).toJS(), `document ${i + 1}`));
-  const byKind = (kind: string): Obj => {
-    const found = docs.filter((d) => d['kind'] === kind);
-    assert.equal(found.length, 1, `one ${kind}`);
-    return found[0] as Obj;
-  };
-  const name = (o: Obj) => String(obj(o['metadata'], 'metadata')['name']);
-  const deployment = byKind('Deployment');
-  const pod = obj(obj(obj(deployment['spec'], 'spec')['template'], 'template')['spec'], 'pod spec');
-  const container = obj(list(pod['containers'], 'containers')[0], 'container');
-  const mountPaths = new Map(list(container['volumeMounts'], 'volumeMounts').map((m) => [String(obj(m, 'mount')['mountPath']), obj(m, 'mount')]));
-  const volumes = new Map(list(pod['volumes'], 'volumes').map((v) => [String(obj(v, 'volume')['name']), obj(v, 'volume')]));
-
-  it('has a Namespace, ConfigMap, Secret, PersistentVolumeClaim, Deployment and Service, all in the namespace', () => {
-    assert.deepEqual(docs.map((d) => d['kind']), ['Namespace', 'ConfigMap', 'Secret', 'PersistentVolumeClaim', 'Deployment', 'Service']);
-    const ns = name(byKind('Namespace'));
-    for (const d of docs.slice(1)) assert.equal(obj(d['metadata'], 'metadata')['namespace'], ns, String(d['kind']));
-  });
-
-  it("the ConfigMap's config.yml loads with the downstream validators (CA checked), without warnings", async () => {
-    const text = String(obj(byKind('ConfigMap')['data'], 'data')['config.yml']);
-    const dir = await mkdtemp(join(tmpdir(), 'cascade-k8s-'));
-    try {
-      assert.equal(await quietly(() => runCerts(['ca', '--out', dir])), 0);
-      await writeFile(join(dir, 'ca.crt'), readFileSync(join(dir, 'ca.pem')));
-      const { config, warnings } = parseConfig(text.replaceAll('/etc/cascade/tls/', `${dir}/`), 'cache-node.yml ConfigMap config.yml', {}, CONFIG_OPTIONS);
-      assert.deepEqual(warnings, []);
-      assert.equal(config.middleware.registry[0]?.name, 'downstream');
-      assert.ok(config.storage.filesystem?.rootdirectory?.startsWith('/var/lib/cascade/'));
-      assert.ok(mountPaths.has('/var/lib/cascade'), 'the storage is on the volume');
-      // The container's port is the one the config listens on.
-      assert.equal(obj(list(container['ports'], 'ports')[0], 'port')['containerPort'], portOf(config.http.addr));
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
-  });
-
-  it('mounts the ConfigMap where the container reads its config, and the Secret keys the config names', () => {
-    const [role, configPath] = list(container['args'], 'args') as string[];
-    assert.equal(role, 'registry');
-    const configMount = mountPaths.get(configPath as string);
-    assert.ok(configMount, `${configPath} is mounted`);
-    assert.equal(obj(volumes.get(String(configMount['name'])), 'config volume')['configMap'] && obj(obj(volumes.get(String(configMount['name'])), 'v')['configMap'], 'cm')['name'], name(byKind('ConfigMap')));
-    assert.equal(configMount['subPath'], 'config.yml');
-
-    const text = String(obj(byKind('ConfigMap')['data'], 'data')['config.yml']);
-    const secret = byKind('Secret');
-    const keys = Object.keys(obj(secret['stringData'] ?? secret['data'], 'secret data'));
-    const tlsMount = [...mountPaths.entries()].find(([, m]) => obj(volumes.get(String(m['name'])), 'v')['secret']);
-    assert.ok(tlsMount, 'the Secret is mounted');
-    assert.equal(obj(obj(volumes.get(String(tlsMount[1]['name'])), 'v')['secret'], 'secret')['secretName'], name(secret));
-    const named = [...text.matchAll(new RegExp(`${tlsMount[0]}/([\\w.-]+)`, 'g'))].map((m) => m[1]);
-    assert.ok(named.length >= 3, 'certificate, key and CA come from the Secret');
-    for (const key of named) assert.ok(keys.includes(key as string), `the Secret has ${key}`);
-
-    const pvc = volumes.get(String(mountPaths.get('/var/lib/cascade')?.['name']));
-    assert.equal(obj(obj(pvc, 'v')['persistentVolumeClaim'], 'pvc')['claimName'], name(byKind('PersistentVolumeClaim')));
-  });
-
-  it('probes /health (liveness) and /ready (readiness) on the registry port, and runs as non-root', () => {
-    const probe = (kind: string) => obj(obj(container[kind], kind)['httpGet'], `${kind}.httpGet`);
-    assert.equal(probe('livenessProbe')['path'], '/health');
-    assert.equal(probe('readinessProbe')['path'], '/ready');
-    const port = obj(list(container['ports'], 'ports')[0], 'port');
-    for (const kind of ['livenessProbe', 'readinessProbe']) assert.ok([port['name'], port['containerPort']].includes(probe(kind)['port']), kind);
-    assert.equal(obj(obj(deployment['spec'], 'spec'), 'spec')['replicas'], 1);
-    const podSecurity = obj(pod['securityContext'], 'pod securityContext');
-    assert.equal(podSecurity['runAsNonRoot'], true);
-    assert.ok(typeof podSecurity['runAsUser'] === 'number' && podSecurity['runAsUser'] > 0);
-    const containerSecurity = obj(container['securityContext'], 'container securityContext');
-    assert.equal(containerSecurity['allowPrivilegeEscalation'], false);
-    assert.notEqual(containerSecurity['runAsUser'], 0);
-  });
-
-  it('the Service selects the pods and targets the registry port', () => {
-    const spec = obj(byKind('Service')['spec'], 'service spec');
-    const labels = obj(obj(obj(obj(deployment['spec'], 'spec')['template'], 'template')['metadata'], 'metadata')['labels'], 'labels');
-    for (const [k, v] of Object.entries(obj(spec['selector'], 'selector'))) assert.equal(labels[k], v, k);
-    const port = obj(list(container['ports'], 'ports')[0], 'port');
-    assert.ok([port['name'], port['containerPort']].includes(obj(list(spec['ports'], 'ports')[0], 'service port')['targetPort']));
-  });
-});
-
-describe('deploy/k8s/server.yml', () => {
-  const docs = YAML.parseAllDocuments(readFileSync(join(DEPLOY, 'k8s', 'server.yml'), 'utf8')).map((d, i) => obj((d as YAML.Document).toJS(), `document ${i + 1}`));
+/** A Kubernetes manifest of deploy/k8s: its documents, and the Deployment's pod, container, mounts and volumes. */
+function k8sManifest(file: string) {
+  const docs = YAML.parseAllDocuments(readFileSync(join(DEPLOY, 'k8s', file), 'utf8')).map((d, i) => obj((d as YAML.Document).toJS(), `document ${i + 1}`));
+  /** The one document of `kind` (and `name`, when given). */
   const named = (kind: string, name?: string): Obj => {
     const found = docs.filter((d) => d['kind'] === kind && (name === undefined || obj(d['metadata'], 'metadata')['name'] === name));
     assert.equal(found.length, 1, `one ${kind} ${name ?? ''}`);
@@ -366,6 +284,96 @@ describe('deploy/k8s/server.yml', () => {
   const container = obj(list(pod['containers'], 'containers')[0], 'container');
   const mounts = new Map(list(container['volumeMounts'], 'volumeMounts').map((m) => [String(obj(m, 'mount')['mountPath']), obj(m, 'mount')]));
   const volumes = new Map(list(pod['volumes'], 'volumes').map((v) => [String(obj(v, 'volume')['name']), obj(v, 'volume')]));
+  const port = obj(list(container['ports'], 'ports')[0], 'port');
+  return { docs, named, deployment, pod, container, mounts, volumes, port };
+}
+
+/** Liveness on `/health` and readiness on `/ready`, both on the container's port. */
+function assertProbes(m: ReturnType<typeof k8sManifest>): void {
+  const probe = (kind: string) => obj(obj(m.container[kind], kind)['httpGet'], `${kind}.httpGet`);
+  assert.equal(probe('livenessProbe')['path'], '/health');
+  assert.equal(probe('readinessProbe')['path'], '/ready');
+  for (const kind of ['livenessProbe', 'readinessProbe']) assert.ok([m.port['name'], m.port['containerPort']].includes(probe(kind)['port']), kind);
+}
+
+/** The Service selects the Deployment's pods and targets the container's port. */
+function assertServiceTargets(m: ReturnType<typeof k8sManifest>): void {
+  const spec = obj(m.named('Service')['spec'], 'service spec');
+  const labels = obj(obj(obj(obj(m.deployment['spec'], 'spec')['template'], 'template')['metadata'], 'metadata')['labels'], 'labels');
+  for (const [k, v] of Object.entries(obj(spec['selector'], 'selector'))) assert.equal(labels[k], v, k);
+  assert.ok([m.port['name'], m.port['containerPort']].includes(obj(list(spec['ports'], 'ports')[0], 'service port')['targetPort']));
+}
+
+describe('deploy/k8s/cache-node.yml', () => {
+  const manifest = k8sManifest('cache-node.yml');
+  const { docs, named, deployment, pod, container, mounts, volumes } = manifest;
+  const name = (o: Obj) => String(obj(o['metadata'], 'metadata')['name']);
+
+  it('has a Namespace, ConfigMap, Secret, PersistentVolumeClaim, Deployment and Service, all in the namespace', () => {
+    assert.deepEqual(docs.map((d) => d['kind']), ['Namespace', 'ConfigMap', 'Secret', 'PersistentVolumeClaim', 'Deployment', 'Service']);
+    const ns = name(named('Namespace'));
+    for (const d of docs.slice(1)) assert.equal(obj(d['metadata'], 'metadata')['namespace'], ns, String(d['kind']));
+  });
+
+  it("the ConfigMap's config.yml loads with the downstream validators (CA checked), without warnings", async () => {
+    const text = String(obj(named('ConfigMap')['data'], 'data')['config.yml']);
+    const dir = await mkdtemp(join(tmpdir(), 'cascade-k8s-'));
+    try {
+      assert.equal(await quietly(() => runCerts(['ca', '--out', dir])), 0);
+      await writeFile(join(dir, 'ca.crt'), readFileSync(join(dir, 'ca.pem')));
+      const { config, warnings } = parseConfig(text.replaceAll('/etc/cascade/tls/', `${dir}/`), 'cache-node.yml ConfigMap config.yml', {}, CONFIG_OPTIONS);
+      assert.deepEqual(warnings, []);
+      assert.equal(config.middleware.registry[0]?.name, 'downstream');
+      assert.ok(config.storage.filesystem?.rootdirectory?.startsWith('/var/lib/cascade/'));
+      assert.ok(mounts.has('/var/lib/cascade'), 'the storage is on the volume');
+      // The container's port is the one the config listens on.
+      assert.equal(obj(list(container['ports'], 'ports')[0], 'port')['containerPort'], portOf(config.http.addr));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('mounts the ConfigMap where the container reads its config, and the Secret keys the config names', () => {
+    const [role, configPath] = list(container['args'], 'args') as string[];
+    assert.equal(role, 'registry');
+    const configMount = mounts.get(configPath as string);
+    assert.ok(configMount, `${configPath} is mounted`);
+    assert.equal(obj(volumes.get(String(configMount['name'])), 'config volume')['configMap'] && obj(obj(volumes.get(String(configMount['name'])), 'v')['configMap'], 'cm')['name'], name(named('ConfigMap')));
+    assert.equal(configMount['subPath'], 'config.yml');
+
+    const text = String(obj(named('ConfigMap')['data'], 'data')['config.yml']);
+    const secret = named('Secret');
+    const keys = Object.keys(obj(secret['stringData'] ?? secret['data'], 'secret data'));
+    const tlsMount = [...mounts.entries()].find(([, m]) => obj(volumes.get(String(m['name'])), 'v')['secret']);
+    assert.ok(tlsMount, 'the Secret is mounted');
+    assert.equal(obj(obj(volumes.get(String(tlsMount[1]['name'])), 'v')['secret'], 'secret')['secretName'], name(secret));
+    const fromSecret = [...text.matchAll(new RegExp(`${tlsMount[0]}/([\\w.-]+)`, 'g'))].map((m) => m[1]);
+    assert.ok(fromSecret.length >= 3, 'certificate, key and CA come from the Secret');
+    for (const key of fromSecret) assert.ok(keys.includes(key as string), `the Secret has ${key}`);
+
+    const pvc = volumes.get(String(mounts.get('/var/lib/cascade')?.['name']));
+    assert.equal(obj(obj(pvc, 'v')['persistentVolumeClaim'], 'pvc')['claimName'], name(named('PersistentVolumeClaim')));
+  });
+
+  it('probes /health (liveness) and /ready (readiness) on the registry port, and runs as non-root', () => {
+    assertProbes(manifest);
+    assert.equal(obj(obj(deployment['spec'], 'spec'), 'spec')['replicas'], 1);
+    const podSecurity = obj(pod['securityContext'], 'pod securityContext');
+    assert.equal(podSecurity['runAsNonRoot'], true);
+    assert.ok(typeof podSecurity['runAsUser'] === 'number' && podSecurity['runAsUser'] > 0);
+    const containerSecurity = obj(container['securityContext'], 'container securityContext');
+    assert.equal(containerSecurity['allowPrivilegeEscalation'], false);
+    assert.notEqual(containerSecurity['runAsUser'], 0);
+  });
+
+  it('the Service selects the pods and targets the registry port', () => {
+    assertServiceTargets(manifest);
+  });
+});
+
+describe('deploy/k8s/server.yml', () => {
+  const manifest = k8sManifest('server.yml');
+  const { docs, named, deployment, pod, container, mounts, volumes } = manifest;
   const envSecret = named('Secret', 'cascade-server-env');
   const env = obj(envSecret['stringData'], 'env secret stringData') as Record<string, string>;
 
@@ -411,20 +419,13 @@ describe('deploy/k8s/server.yml', () => {
   });
 
   it('probes /health and /ready on the server port, runs as non-root with a read-only root, and the Service targets it', () => {
-    const probe = (kind: string) => obj(obj(container[kind], kind)['httpGet'], `${kind}.httpGet`);
-    assert.equal(probe('livenessProbe')['path'], '/health');
-    assert.equal(probe('readinessProbe')['path'], '/ready');
-    const port = obj(list(container['ports'], 'ports')[0], 'port');
-    for (const kind of ['livenessProbe', 'readinessProbe']) assert.ok([port['name'], port['containerPort']].includes(probe(kind)['port']), kind);
+    assertProbes(manifest);
     assert.equal(obj(pod['securityContext'], 'pod securityContext')['runAsNonRoot'], true);
     const security = obj(container['securityContext'], 'container securityContext');
     assert.equal(security['allowPrivilegeEscalation'], false);
     assert.equal(security['readOnlyRootFilesystem'], true);
     assert.ok(mounts.has('/tmp'), 'a writable /tmp');
-    const spec = obj(named('Service')['spec'], 'service spec');
-    const labels = obj(obj(obj(obj(deployment['spec'], 'spec')['template'], 'template')['metadata'], 'metadata')['labels'], 'labels');
-    for (const [k, v] of Object.entries(obj(spec['selector'], 'selector'))) assert.equal(labels[k], v, k);
-    assert.ok([port['name'], port['containerPort']].includes(obj(list(spec['ports'], 'ports')[0], 'service port')['targetPort']));
+    assertServiceTargets(manifest);
   });
 });
 
