@@ -121,9 +121,7 @@ export class OriginClient {
   }
 
   private async fetchToken(challenge: { realm: string; service?: string }, scope: string, basic: string): Promise<CachedToken> {
-    const url = new URL(challenge.realm);
-    if (challenge.service) url.searchParams.set('service', challenge.service);
-    url.searchParams.set('scope', scope);
+    const url = tokenUrl(challenge, scope);
     const res = await this.requestUrl(url, { method: 'GET', headers: { authorization: basic } });
     const raw = await readLimited(res, TOKEN_MAX_BYTES);
     if (res.statusCode !== 200) throw new Error(`origin token endpoint ${url.origin}${url.pathname} refused the service account: HTTP ${res.statusCode}`);
@@ -138,6 +136,14 @@ export class OriginClient {
     // Renew 10 s early so a token never expires between fetch and use.
     return { token, expiresAt: Date.now() + Math.max(0, (body.expires_in ?? 60) - 10) * 1000 };
   }
+}
+
+/** The token request URL of a Bearer challenge: its realm with its service and, when given, a scope. */
+export function tokenUrl(challenge: { realm: string; service?: string }, scope?: string): URL {
+  const url = new URL(challenge.realm);
+  if (challenge.service) url.searchParams.set('service', challenge.service);
+  if (scope !== undefined) url.searchParams.set('scope', scope);
+  return url;
 }
 
 /** Largest token answer read (a JWT with its claims is a few KiB). */

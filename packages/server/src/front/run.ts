@@ -15,7 +15,7 @@ import { createFrontApp, type FrontMetrics } from './app.js';
 import type { ServerConfig } from './config.js';
 import { HealthChecker } from './health.js';
 import { userOf } from './identity.js';
-import { OriginClient } from './origin.js';
+import { OriginClient, tokenUrl } from './origin.js';
 import { createUiMiddleware } from '../web/ui.js';
 
 /**
@@ -169,10 +169,8 @@ export async function authenticateThroughOrigin(origin: OriginClient, authorizat
   if (!user) return undefined;
   const challenge = await origin.scheme();
   if (challenge.scheme === 'bearer' && authorization.toLowerCase().startsWith('basic ')) {
-    const url = new URL(challenge.realm);
-    if (challenge.service) url.searchParams.set('service', challenge.service);
     // Through the origin client: an https token service is trusted with origin.cas, as the origin is.
-    const res = await origin.requestUrl(url, { method: 'GET', headers: { authorization } });
+    const res = await origin.requestUrl(tokenUrl(challenge), { method: 'GET', headers: { authorization } });
     res.resume();
     return res.statusCode === 200 ? { user } : undefined;
   }
