@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { X509Certificate, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
+import { X509Certificate, generateKeyPairSync, sign } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, request, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import forge from 'node-forge';
 import { CaError, loadCAs, validateCaFiles } from '../src/cas.js';
+import { randomSerial } from './serial.js';
 
 const { asn1, pki } = forge;
 
@@ -41,22 +42,11 @@ interface CertSpec {
   readonly dns?: string[];
 }
 
-/**
- * A random serial number, positive and minimally encoded in DER (first byte 0x01 to 0x7f), as test/lib/pki.ts
- * and `cascade certs` make them. The odd-length hex this file used could encode with a leading zero byte,
- * which OpenSSL refuses ("illegal padding") now and then: a flaky test.
- */
-function serial(): string {
-  const bytes = randomBytes(16);
-  bytes[0] = (bytes[0]! & 0x7f) || 0x01;
-  return bytes.toString('hex');
-}
-
 function makeCert(spec: CertSpec): forge.pki.Certificate {
   const keys = spec.keys ?? caKeys;
   const cert = pki.createCertificate();
   cert.publicKey = keys.forgePublic;
-  cert.serialNumber = serial();
+  cert.serialNumber = randomSerial();
   cert.validity.notBefore = spec.notBefore ?? new Date(Date.now() - DAY);
   // After 2049, so the GeneralizedTime encoding is read too.
   cert.validity.notAfter = spec.notAfter ?? new Date('2060-01-01T00:00:00Z');

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +7,7 @@ import { after, describe, test } from 'node:test';
 import { ConfigError, parseConfig, type RegistryConfig } from '@cascade/registry-core';
 import forge from 'node-forge';
 import { DOWNSTREAM_OPTION_KEYS, parseDownstreamOptions, validateDownstreamOptions, type DownstreamOptions } from '../src/options.js';
+import { randomSerial } from './serial.js';
 
 const KEY = 'middleware.registry[0].options';
 const FILE = 'config.yml';
@@ -346,7 +347,7 @@ function writeCa(name: string, notAfter: Date): string {
   const key = forge.pki.privateKeyFromPem(privateKey.export({ type: 'pkcs1', format: 'pem' }).toString()) as forge.pki.rsa.PrivateKey;
   const cert = forge.pki.createCertificate();
   cert.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
-  cert.serialNumber = `0${randomBytes(15).toString('hex')}`;
+  cert.serialNumber = randomSerial();
   cert.validity.notBefore = new Date('2020-01-01T00:00:00Z');
   cert.validity.notAfter = notAfter;
   cert.setSubject([{ name: 'commonName', value: name }]);
