@@ -8,8 +8,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { GUARD_MARK } from './guard.js';
 import type { TestContext } from 'node:test';
 import { stringify } from 'yaml';
 
@@ -37,6 +38,15 @@ export interface CascadeProcess {
   /** Stops the process (SIGTERM, then SIGKILL after 5 s) and waits for it. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
+
+/** The guard module loaded into every process the tests start (see guard.ts). */
+const GUARD_MODULE = pathToFileURL(join(dirname(fileURLToPath(import.meta.url)), 'guard.js')).href;
+
+/**
+ * Every guard line seen so far, in this test process: an uncaught exception or unhandled rejection of a node
+ * under test. `testScope` fails the test during which one appears.
+ */
+export const guardTrips: string[] = [];
 
 /** Makes a temporary directory, removed by the returned cleanup. */
 export async function tempDir(prefix = 'cascade-test-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
@@ -73,8 +83,8 @@ export interface SpawnOptions {
 
 /** Starts `cascade ARGS...` and waits for its "listening" log line. */
 export async function spawnCascade(args: string[], options: SpawnOptions = {}): Promise<CascadeProcess> {
-  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), CASCADE_BIN, ...args], {
-    env: { ...process.env, ...options.env },
+  const child = spawn(process.execPath, ['--import', GUARD_MODULE, ...(options.nodeArgs ?? []), CASCADE_BIN, ...args], {
+    env: { ...process.env, ...options.env, CASCADE_TEST_GUARD: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: LogLine[] = [];
@@ -106,7 +116,11 @@ export async function spawnCascade(args: string[], options: SpawnOptions = {}): 
         if (l.msg === 'listening' && typeof l.url === 'string') { clearTimeout(timer); resolveUrl(l.url); }
       });
     });
-    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => text.push(...chunk.split('\n').filter(Boolean)));
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+      const lines = chunk.split('\n').filter(Boolean);
+      text.push(...lines);
+      for (const line of lines) if (line.startsWith(GUARD_MARK)) guardTrips.push(`cascade ${args.join(' ')} (pid ${child.pid}): ${line.slice(GUARD_MARK.length + 1)}`);
+    });
     void exitPromise.then((code) => { clearTimeout(timer); reject(new Error(`cascade ${args.join(' ')} exited with ${code} before listening\n${text.join('\n')}\n${JSON.stringify(logs)}`)); });
   });
   return {
@@ -136,9 +150,12 @@ export async function spawnCascade(args: string[], options: SpawnOptions = {}): 
 export async function testScope(t: TestContext, prefix: string): Promise<{ dir: string; defer: (fn: () => unknown) => void }> {
   const { dir, cleanup } = await tempDir(prefix);
   const stack: Array<() => unknown> = [];
+  const tripsBefore = guardTrips.length;
   t.after(async () => {
     for (const fn of stack.reverse()) await Promise.resolve().then(fn).catch(() => undefined);
     await cleanup();
+    const trips = guardTrips.slice(tripsBefore);
+    if (trips.length > 0) throw new Error(`a node under test ended on an unhandled error:\n${trips.join('\n')}`);
   });
   return { dir, defer: (fn) => void stack.push(fn) };
 }

@@ -311,11 +311,17 @@ export class UpstreamPool {
       ...(request.signal ? { signal: request.signal } : {}),
     });
     return new Promise((resolve, reject) => {
-      const onError = (err: Error) => reject(err);
-      stream.once('error', onError);
+      let responded = false;
+      // The listener stays for the stream's whole life: an upstream that cuts the body after the headers
+      // makes got emit 'error' at once, maybe before the caller reads the body (while a fill opens its file)
+      // or after it stopped listening (a body it resumed or destroyed), and an 'error' event nobody listens to
+      // ends the process. Consumers still see the error: the stream is destroyed with it, so reading it
+      // (async iteration, pipeline) rejects.
+      stream.on('error', (err: Error) => {
+        if (!responded) reject(err);
+      });
       stream.once('response', (response: Response) => {
-        stream.off('error', onError);
-        // Later errors (a cut mid-body) surface on the body stream itself.
+        responded = true;
         resolve({ response, body: stream, sent: auth });
       });
     });
