@@ -111,7 +111,9 @@ export function grantAuthorizationOf(options: DownstreamOptions, logger: Logger)
     ...(ca ? { ca } : {}),
     logger: logger.child({ component: 'grant-keys' }),
   });
-  const verifier = new GrantVerifier({ issuer: options.issuer, acceptAudiences: [options.name ?? '', ...options.downstreams].filter(Boolean), keys });
+  const audiences = [options.name ?? '', ...options.downstreams].filter(Boolean);
+  if (audiences.length === 0) throw new Error('downstream: auth: grant needs the name of this cache (name)');
+  const verifier = new GrantVerifier({ issuer: options.issuer, acceptAudiences: audiences, keys });
   return {
     authorizer: new GrantAuthorizer(verifier),
     routes: [

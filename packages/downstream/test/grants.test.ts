@@ -259,7 +259,10 @@ describe('grant signer and verifier', () => {
     await rejects(elsewhere.verify(token, { repo: REPO, digest: DIGEST }), 'DENIED', /another cache/, token);
     const upstream = new GrantVerifier({ issuer: ISSUER, acceptAudiences: ['cache-eu', 'cache-eu-edge'], keys: new LocalJwks(store), now: time.now });
     assert.equal((await upstream.verify(token, { repo: REPO, digest: DIGEST })).aud, 'cache-eu-edge');
-    assert.throws(() => new GrantVerifier({ issuer: ISSUER, acceptAudiences: [], keys: new LocalJwks(store) }), /acceptAudiences/);
+    // The server with no cache registered: no grant is for it, a genuine one is denied, a malformed one is 401.
+    const none = new GrantVerifier({ issuer: ISSUER, acceptAudiences: [], keys: new LocalJwks(store), now: time.now });
+    await rejects(none.verify(token, { repo: REPO, digest: DIGEST }), 'DENIED', /another cache/, token);
+    await rejects(none.verify('a.b.c', { repo: REPO, digest: DIGEST }), 'UNAUTHORIZED', /invalid grant/);
   });
 
   test('a grant signed by a key the server does not publish is refused', async () => {

@@ -41,13 +41,33 @@ async function start(driver: StorageDriver, deleteEnabled = true): Promise<{ ser
 /** A request with the path exactly as given (fetch would normalise `..`). */
 function rawRequest(url: string, method: string, path: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = request(`${url}${path}`, { method, path }, (res) => {
+    const { hostname, port } = new URL(url);
+    const req = request({ host: hostname, port, method, path }, (res) => {
       let body = '';
       res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode ?? 0, body }));
     });
     req.on('error', reject).end();
   });
 }
+
+describe('request targets', () => {
+  let server: RunningServer;
+  before(async () => {
+    ({ server } = await start(new InMemoryDriver()));
+  });
+  after(() => server.close(100));
+
+  it('absolute-form and asterisk-form targets get 400 REQUEST_INVALID: the registry is no proxy', async () => {
+    for (const path of ['http://127.0.0.1:1/v2/', 'https://example.invalid/v2/team/app/tags/list', '*']) {
+      for (const method of ['GET', 'OPTIONS', 'PUT']) {
+        const res = await rawRequest(server.url, method, path);
+        assert.equal(res.status, 400, `${method} ${path}: ${res.body}`);
+        assert.equal((JSON.parse(res.body) as { errors: { code: string }[] }).errors[0]?.code, 'REQUEST_INVALID', `${method} ${path}`);
+      }
+    }
+    assert.equal((await fetch(`${server.url}/v2/`)).status, 200, 'origin-form requests are served');
+  });
+});
 
 async function errorCode(res: Response): Promise<string> {
   const body = (await res.json()) as { errors: Array<{ code: string }> };
@@ -416,6 +436,16 @@ for (const kind of ['filesystem', 'inmemory'] as const) {
         assert.equal(res.status, 413);
         assert.equal(await errorCode(res), 'SIZE_INVALID');
         assert.equal((await fetch(`${h.url}/v2/`)).status, 200, 'the server keeps serving');
+      });
+
+      it('references that are neither a tag nor a digest get 404 MANIFEST_UNKNOWN on GET, HEAD and DELETE (the spec: a manifest that does not exist)', async () => {
+        for (const ref of ['.INVALID_MANIFEST_NAME', '-bad', 'x'.repeat(129), 'sha256:zz', `sha256:${'a'.repeat(63)}`]) {
+          for (const method of ['GET', 'HEAD', 'DELETE']) {
+            const res = await fetch(`${h.url}/v2/${repo}/manifests/${ref}`, { method });
+            assert.equal(res.status, 404, `${method} ${ref}`);
+            if (method !== 'HEAD') assert.equal(await errorCode(res), 'MANIFEST_UNKNOWN', `${method} ${ref}`);
+          }
+        }
       });
 
       it('unknown tags and digests get 404 MANIFEST_UNKNOWN', async () => {

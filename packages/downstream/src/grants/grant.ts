@@ -112,7 +112,8 @@ export interface GrantVerifierOptions {
   readonly issuer: string;
   /**
    * The audiences accepted: this cache's name, and the names of the caches that fill through it (a grant
-   * issued for a downstream cache travels up the chain with that cache's misses).
+   * issued for a downstream cache travels up the chain with that cache's misses). At the server, the caches
+   * registered now: none is a valid state (every grant is then refused, as any other invalid one).
    */
   readonly acceptAudiences: readonly string[];
   readonly keys: JwksSource;
@@ -137,7 +138,6 @@ export class GrantVerifier {
     this.now = options.now ?? Date.now;
     this.leeway = options.leewaySeconds ?? 30;
     this.audiences = new Set(options.acceptAudiences);
-    if (this.audiences.size === 0) throw new Error('grant: acceptAudiences must name at least this cache');
   }
 
   /**

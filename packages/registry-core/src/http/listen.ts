@@ -4,6 +4,7 @@ import { createServer as createHttpServer, type Server, type RequestListener } f
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
+import { errorEnvelope, RegistryError } from '../errors.js';
 
 /** Where and how to listen. */
 export interface ListenOptions {
@@ -35,12 +36,34 @@ export function parseAddr(addr: string): { host: string | undefined; port: numbe
   return { host: host === '' ? undefined : host, port };
 }
 
+/**
+ * `handler` for requests whose target is in origin form (`/path?query`, RFC 9112 §3.2.1) only. Any other
+ * form is answered 400 REQUEST_INVALID here, before any role sees it: an absolute-form target
+ * (`GET http://other-host/v2/ HTTP/1.1`) names a host, and a node that built an upstream URL from it would
+ * relay the request there (an open proxy); asterisk-form (`OPTIONS *`) has no resource. The connection is
+ * closed after the answer (the client speaks to a proxy, not to us). CONNECT never reaches a handler: Node
+ * closes the socket of a CONNECT that no 'connect' listener takes.
+ */
+export function originFormOnly(handler: RequestListener): RequestListener {
+  return (req, res) => {
+    if (req.url?.startsWith('/')) {
+      handler(req, res);
+      return;
+    }
+    const body = JSON.stringify(errorEnvelope(new RegistryError('REQUEST_INVALID', 'the request target must be a path (origin form): this server is not a proxy')));
+    req.resume();
+    res.shouldKeepAlive = false;
+    res.writeHead(400, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'docker-distribution-api-version': 'registry/2.0', connection: 'close' });
+    res.end(req.method === 'HEAD' ? undefined : body);
+  };
+}
+
 /** Listens with `handler` and logs `{msg: "listening", url}` once bound. */
 export async function listen(handler: RequestListener, options: ListenOptions, logger: Logger): Promise<RunningServer> {
   const tls = options.tls;
   const server: Server = tls
-    ? createHttpsServer({ cert: await readFile(tls.certificate), key: await readFile(tls.key) }, handler)
-    : createHttpServer(handler);
+    ? createHttpsServer({ cert: await readFile(tls.certificate), key: await readFile(tls.key) }, originFormOnly(handler))
+    : createHttpServer(originFormOnly(handler));
   // Blob uploads and downloads can take longer than Node's default 5-minute request timeout.
   server.requestTimeout = 0;
   server.headersTimeout = 60_000;

@@ -8,6 +8,7 @@ import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { readLimited } from '@cascade/downstream';
+import { RegistryError } from '@cascade/registry-core';
 import type { Logger } from 'pino';
 
 /** Options of {@link OriginClient}. */
@@ -57,7 +58,7 @@ export class OriginClient {
 
   /** Sends a request and resolves with the response once its headers arrive (the body is left to read). */
   request(req: OriginRequest): Promise<IncomingMessage> {
-    return this.requestUrl(new URL(req.path, this.base), req);
+    return this.requestUrl(originUrl(this.base, req.path), req);
   }
 
   /**
@@ -136,6 +137,19 @@ export class OriginClient {
     // Renew 10 s early so a token never expires between fetch and use.
     return { token, expiresAt: Date.now() + Math.max(0, (body.expires_in ?? 60) - 10) * 1000 };
   }
+}
+
+/**
+ * The URL of `path` (path and query, from a client's request) on the origin `base`. The origin's scheme, host
+ * and port come from `base` alone, whatever `path` holds: resolving it as a relative reference would let
+ * `http://other/...` (absolute form) or `//other/...` (a scheme-relative path) name another host.
+ * @throws RegistryError REQUEST_INVALID when `path` does not start with `/`.
+ */
+export function originUrl(base: URL, path: string): URL {
+  if (!path.startsWith('/')) throw new RegistryError('REQUEST_INVALID', 'the request target must be a path');
+  const url = new URL(`${base.origin}${path}`);
+  if (url.origin !== base.origin) throw new RegistryError('REQUEST_INVALID', 'the request target must be a path');
+  return url;
 }
 
 /** The token request URL of a Bearer challenge: its realm with its service and, when given, a scope. */

@@ -1,17 +1,34 @@
 /** Manifests by tag or digest: GET/HEAD with content negotiation, PUT, DELETE. */
 import { Digest } from '../../digest.js';
-import { RegistryError } from '../../errors.js';
+import { isRegistryError, RegistryError } from '../../errors.js';
 import { MANIFEST_MAX_BYTES, parseManifest, selectPlatform, type ParsedManifest } from '../../manifest.js';
 import { INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES } from '../../mediatypes.js';
-import { parseReference } from '../../names.js';
+import { parseReference, type Reference } from '../../names.js';
 import { readBody } from '../body.js';
 import { requireDelete } from './blobs.js';
 import { emptyResponse } from '../respond.js';
 import type { Handler } from './context.js';
 
+/**
+ * The reference of a request for a manifest that must exist (GET, HEAD, DELETE). A reference that is neither
+ * a valid tag nor a valid digest names no manifest: 404 MANIFEST_UNKNOWN, as the OCI distribution spec asks
+ * of a manifest that does not exist (its conformance suite GETs `.INVALID_MANIFEST_NAME`), not 400.
+ * @throws RegistryError MANIFEST_UNKNOWN
+ */
+function existingReference(value: string): Reference {
+  try {
+    return parseReference(value);
+  } catch (err) {
+    if (isRegistryError(err, 'TAG_INVALID') || isRegistryError(err, 'DIGEST_INVALID')) {
+      throw new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown: the reference is neither a valid tag nor a valid digest');
+    }
+    throw err;
+  }
+}
+
 /** GET and HEAD `/v2/<name>/manifests/<reference>`. */
 export const getManifest: Handler = async ({ ctx, params, repo }) => {
-  const ref = parseReference(params.reference ?? '');
+  const ref = existingReference(params.reference ?? '');
   const digest = ref.kind === 'tag' ? await repo.tags.resolve(ref.tag) : ref.digest;
   let manifest = await repo.manifests.get(digest);
   const accepted = parseAccept(ctx.get('accept'));
@@ -64,7 +81,7 @@ export const putManifest: Handler = async ({ ctx, params, repo, options }) => {
 /** DELETE `/v2/<name>/manifests/<reference>`: a digest deletes the manifest and its tags, a tag only the tag. */
 export const deleteManifest: Handler = async ({ ctx, params, repo, options }) => {
   requireDelete(options.deleteEnabled);
-  const ref = parseReference(params.reference ?? '');
+  const ref = existingReference(params.reference ?? '');
   if (ref.kind === 'tag') await repo.tags.untag(ref.tag);
   else await repo.manifests.delete(ref.digest);
   emptyResponse(ctx, 202);
