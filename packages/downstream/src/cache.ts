@@ -45,6 +45,8 @@ export interface CacheMetrics {
   bytesFromUpstream: number;
   fillsCompleted: number;
   fillsFailed: number;
+  /** Fills that failed on this node's own storage (disk full, I/O error), not on the upstream. */
+  storageErrors: number;
   rangePassthrough: number;
 }
 
@@ -67,7 +69,7 @@ export interface CacheNamespaceOptions {
 /** A registry namespace that is a cache of its upstreams. */
 export class CacheNamespace implements Namespace {
   readonly fills: FillManager;
-  readonly metrics: CacheMetrics = { hits: 0, misses: 0, bytesFromDisk: 0, bytesFromUpstream: 0, fillsCompleted: 0, fillsFailed: 0, rangePassthrough: 0 };
+  readonly metrics: CacheMetrics = { hits: 0, misses: 0, bytesFromDisk: 0, bytesFromUpstream: 0, fillsCompleted: 0, fillsFailed: 0, storageErrors: 0, rangePassthrough: 0 };
 
   constructor(readonly options: CacheNamespaceOptions) {
     this.fills = new FillManager({
@@ -79,8 +81,9 @@ export class CacheNamespace implements Namespace {
         this.metrics.fillsCompleted += 1;
         options.tracker?.touch(digest, size, 'fill');
       },
-      onFailed: () => {
+      onFailed: (_digest, _reason, cause) => {
         this.metrics.fillsFailed += 1;
+        if (cause === 'storage') this.metrics.storageErrors += 1;
       },
       onUpstreamBytes: (n) => {
         this.metrics.bytesFromUpstream += n;

@@ -45,8 +45,11 @@ export interface FillManagerOptions {
   readonly fillTimeoutMs?: number;
   /** Called when a blob was committed (for the expiry index and metrics). */
   readonly onCommitted?: (digest: Digest, size: number) => void;
-  /** Called when a fill failed and stored nothing (metrics). */
-  readonly onFailed?: (digest: Digest, reason: string) => void;
+  /**
+   * Called when a fill failed and stored nothing (metrics): `storage` when this node's own storage failed
+   * (disk full, I/O error), `upstream` for everything else.
+   */
+  readonly onFailed?: (digest: Digest, reason: string, cause: 'upstream' | 'storage') => void;
   /** Called for every chunk received from upstream (metrics). */
   readonly onUpstreamBytes?: (n: number) => void;
 }
@@ -400,17 +403,21 @@ export class FillManager {
       response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers, signal: request.signal });
     } catch (err) {
       fill.signal.removeEventListener('abort', abortRequest);
-      this.options.onFailed?.(digest, err instanceof Error ? err.message : String(err));
+      this.options.onFailed?.(digest, err instanceof Error ? err.message : String(err), 'upstream');
       fill.fail(err as Error);
       return;
     }
     const expected = response.size;
-    if (expected !== undefined) fill.setSize(expected);
+    // Clients get their headers (the size) once the first bytes are on this node's disk, not before: a disk
+    // that cannot take them (full, read-only) is then answered with an error status (507), not a 200 cut short.
+    const ready = () => {
+      if (fill.size === undefined && expected !== undefined) fill.setSize(expected);
+    };
     const started = Date.now();
     const hash = createHash(digest.algorithm);
     let writer: Awaited<ReturnType<StorageDriver['writer']>> | undefined;
     try {
-      writer = await driver.writer(fill.partialPath, { create: true });
+      writer = await localStorage(driver.writer(fill.partialPath, { create: true }));
       const onAbort = () => response.body.destroy(fill.signal.reason instanceof Error ? fill.signal.reason : new Error('fill aborted'));
       fill.signal.addEventListener('abort', onAbort, { once: true });
       // Chunks are written while the next ones arrive (the writer keeps them in order): the socket keeps
@@ -418,6 +425,7 @@ export class FillManager {
       const w = writer;
       let received = 0;
       let queuedBytes = 0;
+      let writeFailed: unknown;
       const inFlight: Promise<void>[] = [];
       let pending: Buffer[] = [];
       let pendingBytes = 0;
@@ -430,11 +438,16 @@ export class FillManager {
       // One gathered write (pwritev) per batch: no copy of the socket's chunks into a batch buffer.
       const queue = (chunks: Buffer[], bytes: number) => {
         queuedBytes += bytes;
-        const write = w.writev(chunks).then(() => {
+        const write = localStorage(w.writev(chunks)).then(() => {
           queuedBytes -= bytes;
+          ready();
           fill.progress(bytes);
         });
-        write.catch(() => undefined); // awaited below; this only marks the rejection as handled meanwhile
+        // Awaited below; meanwhile the first failure is noted, so that a full disk stops the transfer at the
+        // next chunk instead of after the whole blob was received.
+        write.catch((err: unknown) => {
+          writeFailed ??= err;
+        });
         inFlight.push(write);
         void write.then(
           () => inFlight.splice(inFlight.indexOf(write), 1),
@@ -453,6 +466,7 @@ export class FillManager {
           } catch (err) {
             throw new ReceiveInterrupted(err);
           }
+          if (writeFailed !== undefined) throw writeFailed;
           if (next.done) return;
           let buf = next.value as Buffer;
           this.options.onUpstreamBytes?.(buf.length);
@@ -510,24 +524,50 @@ export class FillManager {
       // The bytes are right: followers may send the last byte now, while the file is synced and moved into
       // place (syncing 512 MiB takes longer than receiving it; a request meanwhile follows this fill).
       fill.verify();
-      await writer.commit();
+      await localStorage(writer.commit());
       writer = undefined;
       if (fill.size === undefined) fill.setSize(fill.written);
-      await driver.move(fill.partialPath, paths.blobData(digest));
+      await localStorage(driver.move(fill.partialPath, paths.blobData(digest)));
       fill.succeed();
       this.options.onCommitted?.(digest, fill.written);
       log.info({ bytes: fill.written, upstream: response.host.url, duration: Date.now() - started }, 'fill complete');
     } catch (err) {
-      const reason = fill.signal.aborted ? String((fill.signal.reason as Error | undefined)?.message ?? 'aborted') : describeError(err);
-      if (!fill.signal.aborted && !(err instanceof RegistryError)) upstreams.markFailed(response.host, reason);
-      log.warn({ upstream: response.host.url, written: fill.written, expected, reason }, 'fill failed: nothing stored');
-      this.options.onFailed?.(digest, reason);
       response.body.destroy();
       if (writer) await writer.cancel().catch(() => undefined);
       await driver.delete(fill.partialPath).catch(() => undefined);
+      if (err instanceof LocalStorageError && !fill.signal.aborted) {
+        // This node's own disk failed (full, read-only, I/O error): the upstream did nothing wrong and stays
+        // in rotation; the client is told the truth (507 for a full disk).
+        const reason = describeError(err.cause);
+        log.error({ upstream: response.host.url, written: fill.written, expected, reason, code: err.code }, 'fill failed: local storage error, nothing stored (the upstream is not blamed)');
+        this.options.onFailed?.(digest, reason, 'storage');
+        fill.fail(err.code === 'ENOSPC' || err.code === 'EDQUOT' ? new RegistryError('UNAVAILABLE', 'insufficient storage: this cache node\'s disk is full', { status: 507 }) : new RegistryError('UNKNOWN', 'this cache node could not write to its storage; see its log'));
+        return;
+      }
+      const reason = fill.signal.aborted ? String((fill.signal.reason as Error | undefined)?.message ?? 'aborted') : describeError(err);
+      if (!fill.signal.aborted && !(err instanceof RegistryError)) upstreams.markFailed(response.host, reason);
+      log.warn({ upstream: response.host.url, written: fill.written, expected, reason }, 'fill failed: nothing stored');
+      this.options.onFailed?.(digest, reason, 'upstream');
       fill.fail(err instanceof RegistryError ? err : new RegistryError('UNAVAILABLE', `fetching the blob from upstream failed: ${reason}`, { status: 502 }));
     }
   }
+}
+
+/** This node's own storage failed during a fill (the disk, not the upstream). */
+export class LocalStorageError extends Error {
+  /** The system error code (ENOSPC, EDQUOT, EIO, EROFS...), when there is one. */
+  readonly code: string | undefined;
+  constructor(override readonly cause: unknown) {
+    super(`local storage: ${describeError(cause)}`);
+    this.code = (cause as { code?: string } | undefined)?.code;
+  }
+}
+
+/** `operation` with its failure marked as this node's storage's. */
+function localStorage<T>(operation: Promise<T>): Promise<T> {
+  return operation.catch((err: unknown) => {
+    throw err instanceof LocalStorageError ? err : new LocalStorageError(err);
+  });
 }
 
 /** The upstream body stopped with an error (the network, not this node): the transfer may be resumed. */

@@ -59,6 +59,7 @@ export function observeCache(obs: NodeObservability, o: ObservedCache): void {
     set({ result: 'completed' }, m.fillsCompleted);
     set({ result: 'failed' }, m.fillsFailed);
   });
+  counter(obs, 'cascade_cache_storage_errors_total', 'Fills that failed on this node\'s own storage (disk full, I/O error); counted in the failed fills too, and never against an upstream.', [], (set) => set({}, m.storageErrors));
   counter(obs, 'cascade_cache_range_passthrough_total', 'Range reads far ahead of a running fill, fetched from upstream directly.', [], (set) => set({}, m.rangePassthrough));
   new Gauge({
     name: 'cascade_cache_fills_in_flight',

@@ -370,8 +370,49 @@ describe('cache with a full disk', () => {
     await assert.rejects(inner.stat(paths.blobData(Digest.parse(d))), 'nothing stored');
     assert.deepEqual(await inner.list('/docker/registry/v2/_cascade_fills/sha256').catch(() => []), [], 'no partial file left');
     assert.equal(cache.metrics.fillsFailed, 1);
+    assert.equal(cache.metrics.storageErrors, 1, 'counted as a storage error');
+    assert.deepEqual(
+      upstreams.stats().map((s) => ({ down: s.down, errors: s.errors })),
+      [{ down: false, errors: 0 }],
+      'the upstream is not blamed for a full disk',
+    );
     full = false;
     const again = await get(`${server.url}/v2/x/blobs/${d}`);
     assert.equal(sha(again.body), d, 'once there is space, the blob is filled');
+  });
+
+  it('a disk full from the first byte: 507 before any body, every upstream left in rotation', async (t) => {
+    const origins = [new Origin(), new Origin()];
+    for (const o of origins) await o.start();
+    t.after(() => origins.forEach((o) => o.server.close()));
+    const inner = new InMemoryDriver();
+    const enospc = () => Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    const driver = new Proxy(inner, {
+      get: (target, prop) => {
+        if (prop === 'writer') return async () => Promise.reject(enospc());
+        const value = Reflect.get(target, prop) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const upstreams = new UpstreamPool({ upstreamhosts: [origins[0]!.url], originhost: origins[1]!.url, logger: silent });
+    const cache = new CacheNamespace({ driver, upstreams, logger: silent, forwardAuthorization: true });
+    const server = await listen(createRegistryApp({ namespace: cache, logger: silent }).callback(), { addr: '127.0.0.1:0' }, silent);
+    t.after(async () => {
+      await server.close();
+      await cache.close();
+    });
+    const data = Buffer.alloc(256 << 10, 5);
+    const d = origins[0]!.add(data);
+    origins[1]!.add(data);
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`${server.url}/v2/x/blobs/${d}`);
+      assert.equal(res.status, 507, 'Insufficient Storage');
+      const body = (await res.json()) as { errors: { code: string; message: string }[] };
+      assert.equal(body.errors[0]?.code, 'UNAVAILABLE');
+      assert.match(body.errors[0]?.message ?? '', /disk is full/);
+    }
+    assert.equal(cache.metrics.storageErrors, 3);
+    assert.ok(upstreams.stats().every((s) => !s.down && s.errors === 0), `no upstream marked down: ${JSON.stringify(upstreams.stats())}`);
+    assert.equal(upstreams.nextOrder()[0]?.url, origins[0]!.url, 'the upstream host is still tried first');
   });
 });
