@@ -30,6 +30,9 @@ import {
 import { FillManager, type Fill, type FillSource } from './fill.js';
 import { blobPath, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
 
+/** How long the upstream's answer to an anonymous `GET /v2/` is reused (`auth: passthrough`). */
+const PING_CACHE_MS = 30_000;
+
 /** Records accesses and protects blobs being served (see expiry.ts); optional. */
 export interface AccessTracker {
   /** `fill` when the blob was just stored (it counts towards the disk total), `hit` when it was served. */
@@ -100,6 +103,37 @@ export class CacheNamespace implements Namespace {
       tags: new PassthroughTagStore(this.options.upstreams, name, headers),
     };
   }
+
+  /**
+   * `GET /v2/` with `auth: passthrough`: answered as the upstream answers it, with the client's credentials,
+   * so that a client configured for the origin works unchanged through the cache (an origin that needs a
+   * password gets its challenge to the client, which then sends its credentials; a 200 with no challenge
+   * would make docker and skopeo pull anonymously and fail on the first manifest). The upstream's answer to
+   * anonymous requests is remembered for {@link PING_CACHE_MS}. With no upstream reachable the cache answers
+   * 200 itself (its stored blobs can still be served; `/ready` says the upstream is down).
+   */
+  async ping(ctx: RequestContext): Promise<void> {
+    if (!this.options.forwardAuthorization) return;
+    const headers = this.upstreamHeaders(ctx);
+    const anonymous = headers.authorization === undefined;
+    if (anonymous && this.anonymousPing && this.anonymousPing.until > Date.now()) {
+      if (this.anonymousPing.error) throw this.anonymousPing.error;
+      return;
+    }
+    let error: RegistryError | undefined;
+    try {
+      const res = await this.options.upstreams.fetch({ method: 'GET', path: '/v2/', headers, ...(ctx.signal ? { signal: ctx.signal } : {}) }, 'NOT_FOUND');
+      res.body.resume();
+    } catch (err) {
+      if (!(err instanceof RegistryError)) throw err;
+      if (err.code === 'UNAUTHORIZED' || err.code === 'DENIED') error = err;
+      else this.options.logger.debug({ reason: err.message }, 'upstream did not answer the version check; answering it here');
+    }
+    if (anonymous) this.anonymousPing = { until: Date.now() + PING_CACHE_MS, ...(error ? { error } : {}) };
+    if (error) throw error;
+  }
+
+  private anonymousPing: { until: number; error?: RegistryError } | undefined;
 
   async catalog(): Promise<string[]> {
     // A cache keeps blobs, not repositories: it has nothing to list.

@@ -89,6 +89,7 @@ export function downstreamMiddleware(options: DownstreamOptions): NamespaceMiddl
     return {
       repository: (name, ctx) => cache.repository(name, ctx),
       catalog: () => cache.catalog(),
+      ping: (ctx) => cache.ping(ctx),
       async close(): Promise<void> {
         clearInterval(timer);
         logMetrics(log, cache, upstreams, expiry);

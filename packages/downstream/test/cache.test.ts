@@ -416,3 +416,42 @@ describe('cache with a full disk', () => {
     assert.equal(upstreams.nextOrder()[0]?.url, origins[0]!.url, 'the upstream host is still tried first');
   });
 });
+
+describe('cache: GET /v2/ with auth: passthrough', () => {
+  it('answers as the upstream does: its challenge to anonymous clients, 200 to good credentials, 401 to bad ones', async (t) => {
+    const good = `Basic ${Buffer.from('alice:pw').toString('base64')}`;
+    let pings = 0;
+    const upstream = createServer((req, res) => {
+      if (req.url === '/v2/') pings += 1;
+      if (req.headers.authorization === good) res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      else res.writeHead(401, { 'www-authenticate': 'Basic realm="origin-realm"', 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAUTHORIZED","message":"x"}]}');
+    });
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
+    t.after(() => upstream.close());
+    const url = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+    const start = async (forwardAuthorization: boolean, originhost: string) => {
+      const cache = new CacheNamespace({ driver: new InMemoryDriver(), upstreams: new UpstreamPool({ upstreamhosts: [], originhost, logger: silent }), logger: silent, forwardAuthorization });
+      const namespace = { repository: cache.repository.bind(cache), catalog: cache.catalog.bind(cache), ping: cache.ping.bind(cache) };
+      const server = await listen(createRegistryApp({ namespace, logger: silent }).callback(), { addr: '127.0.0.1:0' }, silent);
+      t.after(async () => {
+        await server.close();
+        await cache.close();
+      });
+      return server.url;
+    };
+    const passthrough = await start(true, url);
+    const anonymous = await fetch(`${passthrough}/v2/`);
+    assert.equal(anonymous.status, 401);
+    assert.equal(anonymous.headers.get('www-authenticate'), 'Basic realm="origin-realm"', "the upstream's challenge");
+    assert.equal((await fetch(`${passthrough}/v2/`, { headers: { authorization: good } })).status, 200);
+    const wrong = await fetch(`${passthrough}/v2/`, { headers: { authorization: `Basic ${Buffer.from('alice:nope').toString('base64')}` } });
+    assert.equal(wrong.status, 401);
+    const before = pings;
+    for (let i = 0; i < 5; i++) assert.equal((await fetch(`${passthrough}/v2/`)).status, 401);
+    assert.equal(pings, before, 'the anonymous answer is remembered, not asked upstream each time');
+    // auth: none fetches without credentials: the client has nothing to send, and gets 200.
+    assert.equal((await fetch(`${await start(false, url)}/v2/`)).status, 200);
+    // No upstream reachable: the cache answers itself (its stored blobs can still be served).
+    assert.equal((await fetch(`${await start(true, 'http://127.0.0.1:1')}/v2/`)).status, 200);
+  });
+});

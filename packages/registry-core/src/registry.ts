@@ -125,4 +125,11 @@ export interface Namespace {
   repository(name: string, ctx?: RequestContext): Repository;
   /** Repository names in lexical path order after `last`, at most `n`. */
   catalog(n: number, last?: string): Promise<string[]>;
+  /**
+   * The API version check (`GET /v2/`) as this namespace answers it, when it is not a plain 200: a cache that
+   * passes the client's credentials upstream answers as its upstream does, so that a client configured for
+   * the upstream sends them (a 401 with the upstream's challenge).
+   * @throws RegistryError UNAUTHORIZED (with `WWW-Authenticate`) or DENIED
+   */
+  ping?(ctx: RequestContext): Promise<void>;
 }

@@ -5,7 +5,8 @@ import { MediaType } from '../../mediatypes.js';
 import type { Handler } from './context.js';
 
 /** GET `/v2/`: the API version check. */
-export const base: Handler = async ({ ctx }) => {
+export const base: Handler = async ({ ctx, namespace, request }) => {
+  await namespace.ping?.(request);
   ctx.body = {};
   ctx.status = 200;
 };
