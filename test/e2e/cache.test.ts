@@ -9,6 +9,9 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import bcrypt from 'bcryptjs';
 import { describe, it } from 'node:test';
 import {
   assertBlob,
@@ -30,6 +33,9 @@ import {
   testScope,
 } from '../lib/cache.js';
 import { startFaultUpstream } from '../lib/fault-upstream.js';
+import { makeOciImage } from '../lib/image.js';
+import { assertLayoutHolds } from '../lib/oci-assert.js';
+import { skopeo } from '../lib/peers.js';
 
 const NAME = 'team/app';
 
@@ -182,6 +188,31 @@ describe('cache node: one hop', () => {
     assert.equal(gets[0]!.headers.authorization, authorization, 'the upstream got the client credentials');
     const all = [...cache.proc!.text, ...cache.proc!.logs.map((l) => JSON.stringify(l))].join('\n');
     assert.ok(!all.includes('correct horse') && !all.includes(authorization.slice(6)), 'credentials never logged');
+  });
+
+  it('skopeo configured for a password-protected origin pulls through the cache unchanged (the origin challenge is relayed on /v2/)', { timeout: 60_000 }, async (t) => {
+    const { dir, defer } = await testScope(t, 'e2e-cache-');
+    const password = 'origin-Passw0rd';
+    await mkdir(join(dir, 'auth'), { recursive: true });
+    await writeFile(join(dir, 'auth', 'htpasswd'), `alice:${bcrypt.hashSync(password, 10)}\n`);
+    const origin = await startCascadeOrigin(dir, 'origin', { auth: { htpasswd: { realm: 'origin-realm', path: join(dir, 'auth', 'htpasswd') } } });
+    defer(() => origin.stop());
+    const image = await makeOciImage(join(dir, 'src'), { layers: [512 * 1024, 100_000], tag: 'v1', seed: 'passthrough-skopeo' });
+    const creds = `alice:${password}`;
+    await skopeo(['copy', '--dest-creds', creds, image.ref, `docker://${origin.host}/private/app:v1`]);
+    const cache = await startCacheNode(dir, 'cache', { origin: origin.url });
+    defer(() => cache.stop());
+
+    const ping = await fetch(`${cache.url}/v2/`);
+    assert.equal(ping.status, 401, 'the version check answers as the origin does');
+    assert.equal(ping.headers.get('www-authenticate'), 'Basic realm="origin-realm"');
+    const anonymous = await skopeo(['copy', `docker://${cache.host}/private/app:v1`, `oci:${join(dir, 'anon')}:v1`], { allowFailure: true });
+    assert.notEqual(anonymous.code, 0, 'no image without credentials');
+    await skopeo(['copy', '--src-creds', creds, `docker://${cache.host}/private/app:v1`, `oci:${join(dir, 'out')}:v1`]);
+    await assertLayoutHolds(join(dir, 'out'), 'v1', image);
+    for (const layer of image.image.layers) assert.ok(await hasBlobData(cache.rootdirectory, layer.digest), `layer ${layer.digest} stored by the cache`);
+    const all = [...cache.proc!.text, ...cache.proc!.logs.map((l) => JSON.stringify(l))].join('\n');
+    assert.ok(!all.includes(password) && !all.includes(Buffer.from(creds).toString('base64')), 'credentials never logged');
   });
 
   it('50 concurrent cold requests for one 64 MiB blob: one GET at the origin, 50 correct copies', { timeout: 120_000 }, async (t) => {
