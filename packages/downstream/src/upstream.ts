@@ -146,7 +146,18 @@ export class UpstreamPool {
           hooks: {
             beforeRedirect: [
               (opts) => {
-                log.debug({ to: redactUrl(String(opts.url)) }, 'upstream redirect');
+                const to = new URL(String(opts.url));
+                const from = new URL(host.url);
+                log.debug({ to: redactUrl(to.toString()) }, 'upstream redirect');
+                // An https upstream may not send a fill to plain http (the bytes are checked, but the
+                // credentials and grant would travel in clear text).
+                if (from.protocol === 'https:' && to.protocol !== 'https:') throw new Error(`upstream ${host.url} redirected to ${to.protocol} (refused: https only)`);
+                // Credentials are for the configured host only: got drops Authorization for another host, but
+                // not for another scheme on the same host, nor the server's grant header.
+                if (to.origin !== from.origin) {
+                  delete opts.headers.authorization;
+                  delete opts.headers['x-cascade-grant'];
+                }
               },
             ],
           },

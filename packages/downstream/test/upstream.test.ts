@@ -65,3 +65,32 @@ describe('upstream pool: a body cut after the headers', () => {
     });
   }
 });
+
+describe('upstream pool: redirects', () => {
+  it("follows a redirect to another host without the client's Authorization or the server's grant", async (t) => {
+    const seen: Record<string, string | undefined>[] = [];
+    const target = createServer((req, res) => {
+      seen.push({ authorization: req.headers.authorization, grant: req.headers['x-cascade-grant'] as string | undefined });
+      res.writeHead(200, { 'content-length': 3 }).end('abc');
+    });
+    await new Promise<void>((r) => target.listen(0, '127.0.0.1', () => r()));
+    const targetUrl = `http://127.0.0.1:${(target.address() as AddressInfo).port}`;
+    const upstream = createServer((req, res) => {
+      res.writeHead(307, { location: `${targetUrl}${req.url}` }).end();
+    });
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
+    t.after(() => {
+      target.close();
+      upstream.close();
+    });
+    const pool = new UpstreamPool({ upstreamhosts: [], originhost: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`, logger: silent });
+    try {
+      const res = await pool.fetch({ method: 'GET', path: '/v2/a/blobs/sha256:00', headers: { authorization: 'Basic c2VjcmV0', 'x-cascade-grant': 'a.b.c' } });
+      res.body.resume();
+      assert.equal(res.status, 200);
+      assert.deepEqual(seen, [{ authorization: undefined, grant: undefined }]);
+    } finally {
+      pool.close();
+    }
+  });
+});
