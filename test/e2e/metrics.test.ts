@@ -106,6 +106,9 @@ describe('/metrics, /health and /ready on every role', () => {
     assert.equal(ready.status, 200, await ready.clone().text());
     const body = (await ready.json()) as { checks: { name: string; ok: boolean }[] };
     assert.deepEqual(body.checks.map((c) => [c.name, c.ok]), [['storage writable', true], ['upstream reachable', true]]);
+    // Several probes at once (two load balancers, a kubelet) each get their own answer: 200, not each other's failure.
+    const probes = await Promise.all(Array.from({ length: 20 }, () => fetch(`${origin.url}/ready`).then(async (r) => [r.status, await r.text()] as const)));
+    assert.deepEqual(probes.filter(([status]) => status !== 200), [], 'concurrent /ready probes');
 
     await origin.stop();
     const notReady = await fetch(`${cache.url}/ready`);

@@ -3,6 +3,7 @@
  * namespace (optionally wrapped by registry middleware such as the downstream cache), auth, and the
  * listener.
  */
+import { randomUUID } from 'node:crypto';
 import type { StatsFs } from 'node:fs';
 import { statfs } from 'node:fs/promises';
 import { Gauge } from 'prom-client';
@@ -154,7 +155,8 @@ function observeStorage(observability: NodeObservability, driver: StorageDriver,
     name: 'storage writable',
     critical: true,
     async check() {
-      const path = `${READY_PROBE}/${process.pid}`;
+      // A file of its own per check: concurrent probes (several load balancers) must not delete each other's.
+      const path = `${READY_PROBE}/${process.pid}-${randomUUID()}`;
       await driver.putContent(path, Buffer.from(String(Date.now())));
       await driver.delete(path);
       return undefined;

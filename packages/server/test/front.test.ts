@@ -104,6 +104,18 @@ describe('server front: only the origin is ever contacted', () => {
     assert.equal(canaryConnections, 0, 'no connection to the host in the path');
   });
 
+  it("a GET with a body does not poison the pooled connection to the origin (the next request, maybe another user's, is answered)", async () => {
+    for (const length of [5, 700]) {
+      const res = await rawRequest(server.url, `GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: ${length}\r\nConnection: close\r\n\r\n${'z'.repeat(length)}`);
+      assert.equal(res.status, 200, res.text.slice(0, 300));
+      for (let i = 0; i < 3; i++) {
+        const next = await fetch(`${server.url}/v2/team/app/tags/list`, { signal: AbortSignal.timeout(3000) });
+        assert.equal(next.status, 200, `request ${i} after a GET with a ${length}-byte body`);
+        await next.arrayBuffer();
+      }
+    }
+  });
+
   it('answers 401 to an invalid grant when no cache is registered (not 500)', async () => {
     const res = await rawRequest(server.url, `GET /v2/team/app/blobs/sha256:${'b'.repeat(64)}?grant=a.b.c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
     assert.equal(res.status, 401, res.text.slice(0, 400));

@@ -69,8 +69,16 @@ export class OriginClient {
     const https = url.protocol === 'https:';
     const agent = url.origin === this.base.origin ? this.agent : https ? (this.realmAgent ??= new HttpsAgent({ keepAlive: true, ...this.tlsTrust() })) : undefined;
     const send = https ? httpsRequest : httpRequest;
+    const headers = { ...(req.headers ?? {}) };
+    if (!req.body) {
+      // No body goes out: a client's Content-Length (a GET with a body) would make the origin wait for bytes
+      // that never come, and the next request on this pooled connection, maybe another user's, would be
+      // read as that body.
+      delete headers['content-length'];
+      delete headers['transfer-encoding'];
+    }
     return new Promise((resolve, reject) => {
-      const out = send(url, { method: req.method, headers: req.headers ?? {}, ...(agent ? { agent } : {}), ...(req.signal ? { signal: req.signal } : {}) }, resolve);
+      const out = send(url, { method: req.method, headers, ...(agent ? { agent } : {}), ...(req.signal ? { signal: req.signal } : {}) }, resolve);
       out.on('error', reject);
       if (req.body) req.body.pipe(out);
       else out.end();
