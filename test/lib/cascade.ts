@@ -6,7 +6,7 @@
  * `method`, `path`, `status`, `bytes`, `duration`, `reqId`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -33,6 +33,10 @@ export interface CascadeProcess {
   /** Lines that were not JSON (stderr included). */
   readonly text: string[];
   readonly child: ChildProcess;
+  /** The node process's id (not a wrapper's). */
+  readonly pid: number;
+  /** True while the node process runs. */
+  alive(): boolean;
   /** Access-log lines so far (`msg === "request"`). */
   requests(): LogLine[];
   /** Stops the process (SIGTERM, then SIGKILL after 5 s) and waits for it. */
@@ -79,66 +83,98 @@ export interface SpawnOptions {
   nodeArgs?: string[];
   /** How long `stop()` waits after SIGTERM before SIGKILL (default 5 s). */
   stopGraceMs?: number;
+  /**
+   * A program and its arguments that run `node` (e.g. `strace -o FILE`). Signals then go to the node process
+   * itself, the wrapper's only child, so that `stop()` ends the node and not just the wrapper.
+   */
+  wrapper?: string[];
+  /** The working directory (default: the test's). */
+  cwd?: string;
+  /** The `cascade` script to run (default {@link CASCADE_BIN}): another build, to see a test fail on a fixed defect. */
+  bin?: string;
 }
 
 /** Starts `cascade ARGS...` and waits for its "listening" log line. */
 export async function spawnCascade(args: string[], options: SpawnOptions = {}): Promise<CascadeProcess> {
-  const child = spawn(process.execPath, ['--import', GUARD_MODULE, ...(options.nodeArgs ?? []), CASCADE_BIN, ...args], {
+  const nodeCommand = [process.execPath, '--import', GUARD_MODULE, ...(options.nodeArgs ?? []), options.bin ?? CASCADE_BIN, ...args];
+  const [command, ...commandArgs] = [...(options.wrapper ?? []), ...nodeCommand] as [string, ...string[]];
+  const child = spawn(command, commandArgs, {
     env: { ...process.env, ...options.env, CASCADE_TEST_GUARD: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(options.cwd ? { cwd: options.cwd } : {}),
   });
+  const what = `cascade ${args.join(' ')}${options.wrapper ? ` (under ${options.wrapper[0]})` : ''}`;
   const logs: LogLine[] = [];
   const text: string[] = [];
   let exited: number | null | undefined;
   const exitPromise = new Promise<number | null>((res) => child.on('exit', (code) => { exited = code; res(code); }));
-  const onData = (buf: string, onLine: (l: LogLine) => void) => {
-    for (const line of buf.split('\n')) {
-      if (!line.trim()) continue;
+  const url = await new Promise<string>((resolveUrl, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what} did not start in time\n${text.join('\n')}\n${JSON.stringify(logs)}`)), options.timeoutMs ?? 15000);
+    onLines(child.stdout!, (line) => {
       try {
         const parsed = JSON.parse(line) as LogLine;
         logs.push(parsed);
-        onLine(parsed);
+        if (parsed.msg === 'listening' && typeof parsed.url === 'string') { clearTimeout(timer); resolveUrl(parsed.url); }
       } catch {
         text.push(line);
       }
+    });
+    onLines(child.stderr!, (line) => {
+      text.push(line);
+      if (line.startsWith(GUARD_MARK)) guardTrips.push(`${what} (pid ${child.pid}): ${line.slice(GUARD_MARK.length + 1)}`);
+    });
+    void exitPromise.then((code) => { clearTimeout(timer); reject(new Error(`${what} exited with ${code} before listening\n${text.join('\n')}\n${JSON.stringify(logs)}`)); });
+  });
+  // Under a wrapper, the node process is the wrapper's only child.
+  let pid = child.pid ?? 0;
+  if (options.wrapper) {
+    const children = await readFile(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').catch(() => '');
+    pid = Number(children.trim().split(/\s+/)[0]);
+    if (!Number.isInteger(pid) || pid <= 0) throw new Error(`${what}: cannot find the node process under ${options.wrapper[0]} (pid ${child.pid})`);
+  }
+  const alive = () => {
+    if (exited !== undefined) return false;
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
     }
   };
-  const url = await new Promise<string>((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error(`cascade ${args.join(' ')} did not start in time\n${text.join('\n')}\n${JSON.stringify(logs)}`)), options.timeoutMs ?? 15000);
-    let pending = '';
-    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-      pending += chunk;
-      const idx = pending.lastIndexOf('\n');
-      if (idx < 0) return;
-      const complete = pending.slice(0, idx);
-      pending = pending.slice(idx + 1);
-      onData(complete, (l) => {
-        if (l.msg === 'listening' && typeof l.url === 'string') { clearTimeout(timer); resolveUrl(l.url); }
-      });
-    });
-    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
-      const lines = chunk.split('\n').filter(Boolean);
-      text.push(...lines);
-      for (const line of lines) if (line.startsWith(GUARD_MARK)) guardTrips.push(`cascade ${args.join(' ')} (pid ${child.pid}): ${line.slice(GUARD_MARK.length + 1)}`);
-    });
-    void exitPromise.then((code) => { clearTimeout(timer); reject(new Error(`cascade ${args.join(' ')} exited with ${code} before listening\n${text.join('\n')}\n${JSON.stringify(logs)}`)); });
-  });
+  const signal = (sig: NodeJS.Signals) => {
+    if (alive()) process.kill(pid, sig);
+  };
   return {
     url,
     host: new URL(url).host,
     logs,
     text,
     child,
+    pid,
+    alive,
     requests: () => logs.filter((l) => l.msg === 'request'),
-    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+    async stop(sig: NodeJS.Signals = 'SIGTERM') {
       if (exited !== undefined) return exited;
-      child.kill(signal);
-      const t = setTimeout(() => child.kill('SIGKILL'), options.stopGraceMs ?? 5000);
+      signal(sig);
+      const t = setTimeout(() => signal('SIGKILL'), options.stopGraceMs ?? 5000);
       const code = await exitPromise;
       clearTimeout(t);
       return code;
     },
   };
+}
+
+/** Calls `onLine` with every complete, non-empty line of `stream`. */
+function onLines(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
+  let pending = '';
+  stream.setEncoding('utf8');
+  stream.on('data', (chunk: string) => {
+    pending += chunk;
+    const idx = pending.lastIndexOf('\n');
+    if (idx < 0) return;
+    for (const line of pending.slice(0, idx).split('\n')) if (line.trim()) onLine(line);
+    pending = pending.slice(idx + 1);
+  });
 }
 
 /**

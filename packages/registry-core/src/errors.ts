@@ -87,3 +87,17 @@ export function errorEnvelope(...errors: RegistryError[]): { errors: ErrorEntry[
 export function isRegistryError(err: unknown, code?: ErrorCode): err is RegistryError {
   return err instanceof RegistryError && (code === undefined || err.code === code);
 }
+
+/** System error codes of a peer that went away or broke the protocol, not of this node. */
+const CLIENT_FAULT_CODES = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'ERR_STREAM_PREMATURE_CLOSE', 'ABORT_ERR']);
+
+/**
+ * True when `err` is the client's doing, not this node's: a connection it closed or reset, a request it
+ * aborted, or a body Node's HTTP parser refused (`HPE_*`: bad chunked framing, a lying Content-Length).
+ * Such errors are logged as one warning line without a stack: they are not bugs to look for.
+ */
+export function isClientFault(err: unknown): boolean {
+  const e = err as { code?: unknown; name?: unknown } | undefined;
+  const code = typeof e?.code === 'string' ? e.code : '';
+  return code.startsWith('HPE_') || CLIENT_FAULT_CODES.has(code) || e?.name === 'AbortError';
+}

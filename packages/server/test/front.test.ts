@@ -116,6 +116,30 @@ describe('server front: only the origin is ever contacted', () => {
     }
   });
 
+  it('an upload the origin answers before reading its body leaves the client connection usable for its next request', async () => {
+    const { hostname, port } = new URL(server.url);
+    const body = Buffer.alloc(4 << 20, 0x61);
+    const statuses = await new Promise<string[]>((resolve) => {
+      const socket = connect(Number(port), hostname);
+      let data = '';
+      const done = () => {
+        socket.destroy();
+        resolve([...data.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => m[1] as string));
+      };
+      socket.setEncoding('latin1');
+      socket.on('data', (chunk: string) => {
+        data += chunk;
+        if ((data.match(/HTTP\/1\.1 \d{3}/g) ?? []).length >= 2) done();
+      });
+      socket.on('error', done);
+      socket.setTimeout(5000, done);
+      socket.write(`PATCH /v2/a/../../blobs/uploads/x HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n`);
+      socket.write(body);
+      socket.write('GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n');
+    });
+    assert.deepEqual(statuses, ['200', '200'], 'both requests on the connection are answered');
+  });
+
   it('answers 401 to an invalid grant when no cache is registered (not 500)', async () => {
     const res = await rawRequest(server.url, `GET /v2/team/app/blobs/sha256:${'b'.repeat(64)}?grant=a.b.c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
     assert.equal(res.status, 401, res.text.slice(0, 400));

@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import Koa, { type Context } from 'koa';
 import type { Logger } from 'pino';
 import { allowAll, type Authorizer } from '../auth/authorizer.js';
-import { errorEnvelope, RegistryError } from '../errors.js';
+import { errorEnvelope, isClientFault, RegistryError } from '../errors.js';
 import type { Namespace } from '../registry.js';
 import { dispatch } from './dispatch.js';
 import { emptyResponse } from './respond.js';
@@ -79,7 +79,8 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
   // Errors escaping Koa's own handling (a stream that fails after the headers went out) are logged here.
   app.on('error', (err: Error & { status?: number }, ctx?: Koa.Context) => {
     if (err.status !== undefined && err.status < 500) return;
-    log.error({ err, reqId: ctx?.state.reqId }, 'response failed');
+    if (isClientFault(err)) log.warn({ reqId: ctx?.state.reqId, code: (err as { code?: string }).code, reason: err.message }, 'response failed: the client went away or sent a malformed body');
+    else log.error({ err, reqId: ctx?.state.reqId }, 'response failed');
   });
 
   app.use(async (ctx, next) => {
@@ -129,6 +130,7 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
       const rerr = toRegistryError(err);
       // Expected failures (an upstream down) are one warning line; only unexpected errors carry a stack.
       if (err instanceof RegistryError && rerr.status >= 500) log.warn({ reqId: ctx.state.reqId, code: rerr.code, reason: rerr.message }, 'request failed');
+      else if (rerr.status >= 500 && isClientFault(err)) log.warn({ reqId: ctx.state.reqId, code: (err as { code?: string }).code, reason: (err as Error).message }, 'request failed: the client went away or sent a malformed body');
       else if (rerr.status >= 500) log.error({ err, reqId: ctx.state.reqId }, 'request failed');
       // Drain what the client sent so the connection can be reused.
       if (!ctx.req.readableEnded) ctx.req.resume();

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import Koa from 'koa';
 import type { Logger } from 'pino';
 import { Counter, Histogram } from 'prom-client';
-import { Digest, errorEnvelope, matchRoute, RegistryError, routeLabel, toRegistryError, validateName, type NodeObservability } from '@cascade/registry-core';
+import { Digest, errorEnvelope, isClientFault, matchRoute, RegistryError, routeLabel, toRegistryError, validateName, type NodeObservability } from '@cascade/registry-core';
 import { GRANT_HEADER, GRANT_QUERY_PARAMETER, GrantVerifier, JWKS_PATH, type GrantSigner, type Jwks, type JwksSource } from '@cascade/downstream';
 import { userOf } from './identity.js';
 import type { OriginClient } from './origin.js';
@@ -92,7 +92,8 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
 
   app.on('error', (err: Error & { status?: number }) => {
     if (err.status !== undefined && err.status < 500) return;
-    log.error({ err }, 'response failed');
+    if (isClientFault(err)) log.warn({ code: (err as { code?: string }).code, reason: err.message }, 'response failed: the client went away or sent a malformed body');
+    else log.error({ err }, 'response failed');
   });
 
   app.use(async (ctx, next) => {
@@ -117,7 +118,8 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
       await next();
     } catch (err) {
       const rerr = toRegistryError(err);
-      if (!(err instanceof RegistryError)) log.error({ err }, 'request failed');
+      if (isClientFault(err)) log.warn({ code: (err as { code?: string }).code, reason: (err as Error).message }, 'request failed: the client went away or sent a malformed body');
+      else if (!(err instanceof RegistryError)) log.error({ err }, 'request failed');
       if (!ctx.req.readableEnded) ctx.req.resume();
       ctx.body = ctx.method === 'HEAD' ? null : errorEnvelope(rerr);
       ctx.status = rerr.status;

@@ -3,7 +3,7 @@
  * pushes and blobs without buffering), the origin's auth scheme, and the server's own service credentials
  * for filling caches that present a valid grant.
  */
-import { request as httpRequest, Agent as HttpAgent, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
+import { request as httpRequest, Agent as HttpAgent, type ClientRequest, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
@@ -78,10 +78,20 @@ export class OriginClient {
       delete headers['transfer-encoding'];
     }
     return new Promise((resolve, reject) => {
-      const out = send(url, { method: req.method, headers, ...(agent ? { agent } : {}), ...(req.signal ? { signal: req.signal } : {}) }, resolve);
+      const body = req.body;
+      const out = send(url, { method: req.method, headers, ...(agent ? { agent } : {}), ...(req.signal ? { signal: req.signal } : {}) }, (res) => {
+        // The origin answered without reading the whole body (a 401 to an upload): the rest is not worth
+        // sending, and a body the client never finishes would hold this connection forever.
+        if (body) res.once('end', () => endUnfinished(out, body));
+        resolve(res);
+      });
       out.on('error', reject);
-      if (req.body) req.body.pipe(out);
-      else out.end();
+      if (body) {
+        body.pipe(out);
+        // A client that goes away, or lied about its length, before its body is complete: the request to the
+        // origin ends too (a pooled connection otherwise waits for the missing bytes, and the pool runs dry).
+        body.once('close', () => endUnfinished(out, body));
+      } else out.end();
     });
   }
 
@@ -179,6 +189,18 @@ export function parseChallenge(header: string): OriginChallenge {
   for (const p of (m?.[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)) params[(p[1] as string).toLowerCase()] = p[2] as string;
   if (scheme === 'bearer' && params.realm) return { scheme: 'bearer', realm: params.realm, ...(params.service ? { service: params.service } : {}) };
   return { scheme: 'basic', realm: params.realm ?? '' };
+}
+
+/**
+ * Stops sending `body` to the origin when `out` has not ended: `out` is destroyed (its connection cannot be
+ * reused), and the rest of `body` is read and dropped, so that the client's connection reaches its next
+ * request (Node does not drain a body that was being piped, and a paused one would stall it for good).
+ */
+function endUnfinished(out: ClientRequest, body: Readable): void {
+  if (out.writableEnded) return;
+  body.unpipe(out);
+  body.resume();
+  out.destroy();
 }
 
 /** Hop-by-hop headers, never relayed by a proxy (RFC 9110 §7.6.1). */
