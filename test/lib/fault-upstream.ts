@@ -1,42 +1,97 @@
 /**
  * A programmable fake upstream registry for the cache node's fault tests: a real node:http server on
- * 127.0.0.1:0 that answers `/v2/` and blob GET/HEAD (`/v2/<name>/blobs/<digest>`) the way the scenario set
- * for that digest says, and records every request (method, path, headers, Range) it receives.
+ * 127.0.0.1:0 that answers `/v2/`, blob GET/HEAD (`/v2/<name>/blobs/<digest>`), manifest GET/HEAD
+ * (`/v2/<name>/manifests/<tag or digest>`) and `tags/list` the way the scenario set for that digest says,
+ * and records every request (method, path, headers, Range) it receives. It can stand in for a cache node's
+ * origin, a mirror's remote and the server role's origin (it needs no credentials: `/v2/` answers 200).
  *
- * Scenarios:
+ * Scenarios (for a blob, or for a manifest: by tag and by digest alike):
  * - `ok`: 200 with Content-Length and Docker-Content-Digest, the right bytes (honours a single `Range`);
  * - `die`: headers with the full Content-Length (whatever Range was asked for), `afterBytes` bytes, then the
- *   socket is destroyed; with `times`, only the first `times` GETs of the digest die, and later ones are `ok`;
+ *   socket is destroyed (0, 1, 100, the middle, all but the last byte...), `closeDelayMs` (default 50) after
+ *   the bytes left (0: at once, before the client has had a chance to start reading the body);
+ * - `close-before-headers`: the socket is destroyed as soon as the request arrived, nothing sent;
  * - `wrong-bytes`: the right length, wrong content (the last byte flipped, so the prefix looks right);
+ * - `flip`: the right length, one byte flipped at `at` (default: the middle);
  * - `extra-bytes`: the right bytes followed by `extra` more, with a Content-Length that counts them;
+ * - `wrong-length`: the real body with a Content-Length off by `delta` (< 0: shorter than the body, the rest of
+ *   the body follows on the connection, which stays open; > 0: longer, the connection is closed 100 ms after
+ *   the body);
  * - `slow`: the right bytes, `chunkBytes` every `intervalMs` (a trickle);
- * - `status`: any status with an OCI error body and extra headers (404, 401 + WWW-Authenticate, 500...);
- * - `hang`: reads the request and never answers.
- * Manifests and every other path answer 404 with an OCI error.
+ * - `status`: any status with an OCI error body and extra headers (404, 401 + WWW-Authenticate, 500,
+ *   429 + Retry-After...);
+ * - `hang`: reads the request and never answers (a stall before the headers);
+ * - `stall`: headers (the full Content-Length) and `afterBytes` (default 0) body bytes, then nothing, forever;
+ * - `redirect`: 307 to the same URL (`self`, an endless loop), to a path that does not exist (`missing`), or
+ *   back and forth between two redirecting paths (`loop`);
+ * - `huge-header`: a 200 whose headers hold one value of `bytes` (default 100 KiB);
+ * - `malformed-header`: a 200 with a header line that is not a header (no colon), then the body.
+ *
+ * Every scenario may say `times` (only the first `times` requests of its digest get the fault, later ones are
+ * `ok`) and `only` (the fault applies to that method; the other one is answered `ok`). Without `only`, HEAD
+ * requests get the header-level faults (status, hang, close-before-headers, redirects, headers, a wrong
+ * Content-Length) and the right headers for the body-level ones.
+ *
+ * Connections held by `hang` and `stall` are destroyed when the digest's scenario changes (so clearing a
+ * fault also ends the stalls it caused, as a real upstream's timeout would) and by `stop()`.
+ * Every other path answers 404 with an OCI error.
  */
 import { createHash } from 'node:crypto';
-import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 
-export type Scenario =
-  | { readonly kind: 'ok' }
-  | { readonly kind: 'die'; readonly afterBytes: number; readonly times?: number }
-  | { readonly kind: 'wrong-bytes' }
-  | { readonly kind: 'extra-bytes'; readonly extra?: number }
-  | { readonly kind: 'slow'; readonly chunkBytes: number; readonly intervalMs: number }
-  | { readonly kind: 'status'; readonly status: number; readonly headers?: Record<string, string>; readonly code?: string }
-  | { readonly kind: 'hang' };
+/** What a fault scenario may add: how many requests get it, and for which method. */
+interface Limits {
+  /** Only the first `times` requests (of the affected method) get the fault; later ones are `ok`. */
+  readonly times?: number;
+  /** The fault applies to this method only; the other method is answered `ok`. */
+  readonly only?: 'GET' | 'HEAD';
+}
+
+export type Scenario = Limits &
+  (
+    | { readonly kind: 'ok' }
+    | { readonly kind: 'die'; readonly afterBytes: number; readonly closeDelayMs?: number }
+    | { readonly kind: 'close-before-headers' }
+    | { readonly kind: 'wrong-bytes' }
+    | { readonly kind: 'flip'; readonly at?: number }
+    | { readonly kind: 'extra-bytes'; readonly extra?: number }
+    | { readonly kind: 'wrong-length'; readonly delta: number }
+    | { readonly kind: 'slow'; readonly chunkBytes: number; readonly intervalMs: number }
+    | { readonly kind: 'status'; readonly status: number; readonly headers?: Record<string, string>; readonly code?: string }
+    | { readonly kind: 'hang' }
+    | { readonly kind: 'stall'; readonly afterBytes?: number }
+    | { readonly kind: 'redirect'; readonly to: 'self' | 'missing' | 'loop' }
+    | { readonly kind: 'huge-header'; readonly bytes?: number }
+    | { readonly kind: 'malformed-header' }
+  );
 
 /** One request the fake upstream received. */
 export interface UpstreamRequest {
   readonly method: string;
   readonly path: string;
-  /** The digest for blob requests. */
+  /** The digest for blob and manifest requests (a tag resolved to its manifest's digest) and their redirects. */
   readonly digest?: string;
+  /** What was asked for. */
+  readonly kind: 'ping' | 'blob' | 'manifest' | 'tags' | 'redirect' | 'other';
   readonly headers: IncomingHttpHeaders;
   readonly at: number;
   /** When the connection closed before the response was complete (the client gave up, or the scenario cut it). */
   closedEarlyAt?: number;
+  /** When the response's connection was done with it (finished or closed); undefined while it is open. */
+  closedAt?: number;
+}
+
+/** An image the fake upstream serves: a manifest (tagged) pointing at a config and layer blobs it serves too. */
+export interface FakeImage {
+  readonly name: string;
+  readonly tag: string;
+  /** The manifest's digest. */
+  readonly digest: string;
+  readonly manifest: Buffer;
+  readonly mediaType: string;
+  readonly config: string;
+  readonly layers: string[];
 }
 
 export interface FaultUpstream {
@@ -46,7 +101,12 @@ export interface FaultUpstream {
   readonly requests: UpstreamRequest[];
   /** Serves `bytes` (under any repository name) with `scenario` (default ok); returns the digest. */
   addBlob(bytes: Buffer, scenario?: Scenario): string;
-  /** Changes what a digest's next requests get. */
+  /**
+   * Serves an OCI image manifest for `name:tag` (and by digest, under any name) whose config and layers
+   * (`layers`) are served as blobs (`ok`); the manifest gets `scenario` (default ok).
+   */
+  addImage(name: string, tag: string, layers: Buffer[], scenario?: Scenario): FakeImage;
+  /** Changes what a digest's next requests get; ends the stalls of its earlier scenario. */
   setScenario(digest: string, scenario: Scenario): void;
   /** Requests for one digest (optionally one method). */
   count(digest: string, method?: string): number;
@@ -57,6 +117,17 @@ export interface FaultUpstream {
 }
 
 const BLOB_PATH = /^\/v2\/(.+)\/blobs\/(sha256:[0-9a-f]{64})$/;
+const MANIFEST_PATH = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
+const TAGS_PATH = /^\/v2\/(.+)\/tags\/list$/;
+/** The targets of `redirect` scenarios: `/_redirect/<digest>/<step>`. */
+const REDIRECT_PATH = /^\/_redirect\/(sha256:[0-9a-f]{64})\/(\w+)$/;
+
+const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+const OCI_CONFIG = 'application/vnd.oci.image.config.v1+json';
+const OCI_LAYER = 'application/vnd.oci.image.layer.v1.tar+gzip';
+
+/** Faults that a HEAD gets as well (without `only`): they happen before or in the headers. */
+const HEADER_FAULTS = new Set<Scenario['kind']>(['status', 'hang', 'close-before-headers', 'redirect', 'huge-header', 'malformed-header', 'wrong-length']);
 
 function sendError(res: ServerResponse, status: number, code: string, message: string, headers: Record<string, string> = {}, head = false): void {
   const body = JSON.stringify({ errors: [{ code, message, detail: null }] });
@@ -64,58 +135,119 @@ function sendError(res: ServerResponse, status: number, code: string, message: s
   res.end(head ? undefined : body);
 }
 
+const sha256 = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+interface Served {
+  bytes: Buffer;
+  scenario: Scenario;
+  /** Requests that got the fault so far (for `times`). */
+  faulted: number;
+  /** Content-Type of a manifest; undefined for blobs. */
+  mediaType?: string;
+  /** Responses held open by `hang` and `stall`. */
+  held: Set<ServerResponse>;
+}
+
+/** Writes a raw HTTP/1.1 response head (and optionally a body) on the socket, bypassing node:http. */
+function rawHead(status: string, headers: Array<[string, string | number]>, extraLines: string[] = []): string {
+  return [`HTTP/1.1 ${status}`, ...headers.map(([k, v]) => `${k}: ${v}`), ...extraLines, '', ''].join('\r\n');
+}
+
 /** Starts a fake upstream on a free port of 127.0.0.1. */
 export async function startFaultUpstream(): Promise<FaultUpstream> {
-  const blobs = new Map<string, { bytes: Buffer; scenario: Scenario }>();
-  /** GETs of each digest cut by a `die` scenario with `times`. */
-  const deaths = new Map<string, number>();
+  const served = new Map<string, Served>();
+  /** `<name>:<tag>` -> manifest digest */
+  const tags = new Map<string, string>();
   const requests: UpstreamRequest[] = [];
   const sockets = new Set<Socket>();
   const timers = new Set<NodeJS.Timeout>();
   let ping: { status: number; headers: Record<string, string> } = { status: 200, headers: {} };
+  let base = '';
 
-  const server: Server = createServer((req, res) => {
-    const path = (req.url ?? '/').split('?')[0]!;
-    const m = BLOB_PATH.exec(path);
-    const record: UpstreamRequest = { method: req.method ?? 'GET', path, ...(m ? { digest: m[2] } : {}), headers: req.headers, at: Date.now() };
-    requests.push(record);
-    res.on('close', () => {
-      if (!res.writableFinished) record.closedEarlyAt = Date.now();
-    });
-    req.resume();
-    const head = req.method === 'HEAD';
-    if (path === '/v2/' || path === '/v2') {
-      const body = ping.status === 200 ? '{}' : JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] });
-      res.writeHead(ping.status, { 'content-type': 'application/json', 'content-length': body.length, 'docker-distribution-api-version': 'registry/2.0', ...ping.headers });
-      res.end(head ? undefined : body);
-      return;
+  const later = (ms: number, fn: () => void) => {
+    const t = setTimeout(() => {
+      timers.delete(t);
+      fn();
+    }, ms);
+    timers.add(t);
+  };
+
+  /** The scenario this request gets, counting it against `times`. */
+  function effective(entry: Served, method: string): Scenario {
+    const s = entry.scenario;
+    if (s.kind === 'ok') return s;
+    if (s.only !== undefined && s.only !== method) return { kind: 'ok' };
+    if (s.only === undefined && method === 'HEAD' && !HEADER_FAULTS.has(s.kind)) {
+      // the body-level faults answer a HEAD with the right headers (they count against `times` on GETs only)
+      return s.kind === 'extra-bytes' ? s : { kind: 'ok' };
     }
-    if (!m || (req.method !== 'GET' && !head)) {
-      sendError(res, 404, 'NOT_FOUND', `fault upstream: nothing at ${req.method} ${path}`, {}, head);
-      return;
+    if (s.times !== undefined) {
+      if (entry.faulted >= s.times) return { kind: 'ok' };
+      entry.faulted += 1;
     }
-    const digest = m[2]!;
-    const entry = blobs.get(digest);
-    if (!entry) {
-      sendError(res, 404, 'BLOB_UNKNOWN', 'blob unknown to registry', {}, head);
-      return;
-    }
+    return s;
+  }
+
+  function answer(req: IncomingMessage, res: ServerResponse, digest: string, entry: Served, scenario: Scenario, head: boolean): void {
     const { bytes } = entry;
-    let { scenario } = entry;
-    if (scenario.kind === 'die' && scenario.times !== undefined && !head) {
-      const died = deaths.get(digest) ?? 0;
-      if (died >= scenario.times) scenario = { kind: 'ok' };
-      else deaths.set(digest, died + 1);
-    }
-    const baseHeaders = { 'content-type': 'application/octet-stream', 'docker-content-digest': digest, 'docker-distribution-api-version': 'registry/2.0', 'accept-ranges': 'bytes' };
+    const socket = req.socket;
+    const baseHeaders: OutgoingHttpHeaders = {
+      'content-type': entry.mediaType ?? 'application/octet-stream',
+      'docker-content-digest': digest,
+      'docker-distribution-api-version': 'registry/2.0',
+      ...(entry.mediaType ? {} : { 'accept-ranges': 'bytes' }),
+    };
+    const rawBase = (): Array<[string, string | number]> => Object.entries(baseHeaders).map(([k, v]) => [k, String(v)]);
+    const hold = () => {
+      entry.held.add(res);
+      res.once('close', () => entry.held.delete(res));
+    };
     switch (scenario.kind) {
       case 'hang':
+        hold();
         return;
-      case 'status':
-        sendError(res, scenario.status, scenario.code ?? (scenario.status === 404 ? 'BLOB_UNKNOWN' : scenario.status === 401 ? 'UNAUTHORIZED' : 'UNKNOWN'), `fault upstream: ${scenario.status}`, scenario.headers ?? {}, head);
+      case 'close-before-headers':
+        socket.destroy();
         return;
+      case 'status': {
+        const code = scenario.code ?? (scenario.status === 404 ? (entry.mediaType ? 'MANIFEST_UNKNOWN' : 'BLOB_UNKNOWN') : scenario.status === 401 ? 'UNAUTHORIZED' : scenario.status === 429 ? 'TOOMANYREQUESTS' : 'UNKNOWN');
+        sendError(res, scenario.status, code, `fault upstream: ${scenario.status}`, scenario.headers ?? {}, head);
+        return;
+      }
+      case 'redirect': {
+        const path = (req.url ?? '/').split('?')[0]!;
+        let location: string;
+        if (scenario.to === 'self') location = `${base}${path}`;
+        else if (scenario.to === 'missing') location = `${base}/_missing/${digest}`;
+        else location = `${base}/_redirect/${digest}/${path.endsWith('/a') ? 'b' : 'a'}`;
+        res.writeHead(307, { location, 'content-length': 0, 'docker-distribution-api-version': 'registry/2.0' });
+        res.end();
+        return;
+      }
+      case 'huge-header':
+        socket.write(rawHead('200 OK', [...rawBase(), ['content-length', bytes.length], ['x-huge', 'h'.repeat(scenario.bytes ?? 100 * 1024)]]));
+        if (head) socket.end();
+        else socket.end(bytes);
+        return;
+      case 'malformed-header':
+        socket.write(rawHead('200 OK', [...rawBase(), ['content-length', bytes.length]], ['this line is not a header']));
+        if (head) socket.end();
+        else socket.end(bytes);
+        return;
+      case 'wrong-length': {
+        socket.write(rawHead('200 OK', [...rawBase(), ['content-length', Math.max(0, bytes.length + scenario.delta)]]));
+        if (head) {
+          socket.end();
+          return;
+        }
+        socket.write(bytes);
+        // longer than the body: the client waits for the rest, then the connection closes; shorter: the
+        // rest of the body is left on the (kept-alive) connection for the next response to trip on
+        if (scenario.delta > 0) later(100, () => socket.destroy());
+        return;
+      }
       case 'ok': {
-        const range = /^bytes=(\d+)-(\d*)$/.exec(String(req.headers.range ?? ''));
+        const range = entry.mediaType ? null : /^bytes=(\d+)-(\d*)$/.exec(String(req.headers.range ?? ''));
         if (range && !head) {
           const start = Number(range[1]);
           const end = range[2] ? Math.min(Number(range[2]), bytes.length - 1) : bytes.length - 1;
@@ -138,28 +270,37 @@ export async function startFaultUpstream(): Promise<FaultUpstream> {
         res.end(head ? undefined : Buffer.concat([bytes, extra]));
         return;
       }
-      case 'wrong-bytes': {
+      case 'wrong-bytes':
+      case 'flip': {
         const wrong = Buffer.from(bytes);
-        wrong[wrong.length - 1] = (wrong[wrong.length - 1] ?? 0) ^ 0xff;
+        const at = scenario.kind === 'flip' ? (scenario.at ?? Math.floor(bytes.length / 2)) : bytes.length - 1;
+        wrong[at] = (wrong[at] ?? 0) ^ 0xff;
         res.writeHead(200, { ...baseHeaders, 'content-length': bytes.length });
         res.end(head ? undefined : wrong);
         return;
       }
-      case 'die': {
+      case 'die':
+      case 'stall': {
         res.writeHead(200, { ...baseHeaders, 'content-length': bytes.length });
         if (head) {
           res.end();
           return;
         }
         res.flushHeaders();
-        res.write(bytes.subarray(0, scenario.afterBytes), () => {
-          // give the bytes a moment to leave, then cut the connection without finishing the body
-          const t = setTimeout(() => {
-            timers.delete(t);
-            res.socket?.destroy();
-          }, 50);
-          timers.add(t);
-        });
+        const n = scenario.afterBytes ?? 0;
+        const after = () => {
+          if (scenario.kind === 'stall') {
+            hold();
+            return;
+          }
+          // cut the connection without finishing the body, once the bytes have left (after a moment by default)
+          const delay = scenario.closeDelayMs ?? 50;
+          if (delay === 0) socket.destroy();
+          else later(delay, () => socket.destroy());
+        };
+        // the callback runs once the headers (and bytes) were handed to the socket
+        if (n > 0) res.write(bytes.subarray(0, n), after);
+        else socket.write('', after);
         return;
       }
       case 'slow': {
@@ -180,16 +321,76 @@ export async function startFaultUpstream(): Promise<FaultUpstream> {
             return;
           }
           res.write(chunk);
-          const t = setTimeout(() => {
-            timers.delete(t);
-            tick();
-          }, scenario.intervalMs);
-          timers.add(t);
+          later(scenario.intervalMs, tick);
         };
         tick();
         return;
       }
     }
+  }
+
+  const server: Server = createServer({ maxHeaderSize: 64 * 1024 }, (req, res) => {
+    const path = (req.url ?? '/').split('?')[0]!;
+    const head = req.method === 'HEAD';
+    const blob = BLOB_PATH.exec(path);
+    const manifest = blob ? null : MANIFEST_PATH.exec(path);
+    const tagList = TAGS_PATH.exec(path);
+    const redirect = REDIRECT_PATH.exec(path);
+    let digest: string | undefined;
+    let kind: UpstreamRequest['kind'] = 'other';
+    if (path === '/v2/' || path === '/v2') kind = 'ping';
+    else if (blob) {
+      kind = 'blob';
+      digest = blob[2];
+    } else if (manifest) {
+      kind = 'manifest';
+      const ref = manifest[2]!;
+      digest = ref.startsWith('sha256:') ? ref : tags.get(`${manifest[1]}:${ref}`);
+    } else if (tagList) kind = 'tags';
+    else if (redirect) {
+      kind = 'redirect';
+      digest = redirect[1];
+    } else if (path.startsWith('/_missing/')) digest = path.slice('/_missing/'.length);
+    const record: UpstreamRequest = { method: req.method ?? 'GET', path, kind, ...(digest ? { digest } : {}), headers: req.headers, at: Date.now() };
+    requests.push(record);
+    res.on('close', () => {
+      record.closedAt = Date.now();
+      if (!res.writableFinished) record.closedEarlyAt = Date.now();
+    });
+    req.resume();
+    if (kind === 'ping') {
+      const body = ping.status === 200 ? '{}' : JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] });
+      res.writeHead(ping.status, { 'content-type': 'application/json', 'content-length': body.length, 'docker-distribution-api-version': 'registry/2.0', ...ping.headers });
+      res.end(head ? undefined : body);
+      return;
+    }
+    if (kind === 'tags' && (req.method === 'GET' || head)) {
+      const name = tagList![1]!;
+      const list = [...tags.keys()].filter((k) => k.startsWith(`${name}:`)).map((k) => k.slice(name.length + 1)).sort();
+      if (list.length === 0) {
+        sendError(res, 404, 'NAME_UNKNOWN', `fault upstream: no repository ${name}`, {}, head);
+        return;
+      }
+      const body = JSON.stringify({ name, tags: list });
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'docker-distribution-api-version': 'registry/2.0' });
+      res.end(head ? undefined : body);
+      return;
+    }
+    const entry = digest !== undefined ? served.get(digest) : undefined;
+    if ((kind === 'blob' || kind === 'manifest' || kind === 'redirect') && (req.method === 'GET' || head) && entry) {
+      // a redirect target keeps redirecting while the fault is set; once cleared it serves the content
+      answer(req, res, digest!, entry, effective(entry, req.method ?? 'GET'), head);
+      return;
+    }
+    if (kind === 'blob' && (req.method === 'GET' || head)) {
+      sendError(res, 404, 'BLOB_UNKNOWN', 'blob unknown to registry', {}, head);
+      return;
+    }
+    if (kind === 'manifest' && (req.method === 'GET' || head)) {
+      sendError(res, 404, 'MANIFEST_UNKNOWN', 'manifest unknown', {}, head);
+      return;
+    }
+    sendError(res, 404, 'NOT_FOUND', `fault upstream: nothing at ${req.method} ${path}`, {}, head);
   });
   server.on('connection', (s: Socket) => {
     sockets.add(s);
@@ -199,20 +400,51 @@ export async function startFaultUpstream(): Promise<FaultUpstream> {
   const address = server.address();
   if (address === null || typeof address === 'string') throw new Error('fault upstream: no address');
   const host = `127.0.0.1:${address.port}`;
+  base = `http://${host}`;
+
+  const endHeld = (entry: Served) => {
+    for (const r of entry.held) r.socket?.destroy();
+    entry.held.clear();
+  };
+  const add = (bytes: Buffer, scenario: Scenario, mediaType?: string): string => {
+    const digest = sha256(bytes);
+    const existing = served.get(digest);
+    if (existing) endHeld(existing);
+    served.set(digest, { bytes, scenario, faulted: 0, held: new Set(), ...(mediaType ? { mediaType } : {}) });
+    return digest;
+  };
+
   return {
-    url: `http://${host}`,
+    url: base,
     host,
     requests,
     addBlob(bytes, scenario = { kind: 'ok' }) {
-      const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-      blobs.set(digest, { bytes, scenario });
-      return digest;
+      return add(bytes, scenario);
+    },
+    addImage(name, tag, layers, scenario = { kind: 'ok' }) {
+      const layerDigests = layers.map((l) => add(l, { kind: 'ok' }));
+      const config = Buffer.from(
+        JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: layerDigests }, history: [{ created_by: `fault upstream ${name}:${tag}` }] }),
+      );
+      const configDigest = add(config, { kind: 'ok' });
+      const manifest = Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: OCI_MANIFEST,
+          config: { mediaType: OCI_CONFIG, digest: configDigest, size: config.length },
+          layers: layers.map((l, i) => ({ mediaType: OCI_LAYER, digest: layerDigests[i], size: l.length })),
+        }),
+      );
+      const digest = add(manifest, scenario, OCI_MANIFEST);
+      tags.set(`${name}:${tag}`, digest);
+      return { name, tag, digest, manifest, mediaType: OCI_MANIFEST, config: configDigest, layers: layerDigests };
     },
     setScenario(digest, scenario) {
-      const entry = blobs.get(digest);
+      const entry = served.get(digest);
       if (!entry) throw new Error(`fault upstream: unknown digest ${digest}`);
+      endHeld(entry);
       entry.scenario = scenario;
-      deaths.delete(digest);
+      entry.faulted = 0;
     },
     count(digest, method) {
       return requests.filter((r) => r.digest === digest && (method === undefined || r.method === method)).length;

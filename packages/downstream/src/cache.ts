@@ -28,7 +28,7 @@ import {
   type TagStore,
 } from '@cascade/registry-core';
 import { FillManager, type Fill, type FillSource } from './fill.js';
-import { blobPath, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
+import { blobPath, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
 
 /** How long the upstream's answer to an anonymous `GET /v2/` is reused (`auth: passthrough`). */
 const PING_CACHE_MS = 30_000;
@@ -199,6 +199,10 @@ export class CacheBlobStore implements BlobStore {
       res.body.resume();
       if (res.size === undefined) throw new RegistryError('UNAVAILABLE', 'upstream did not give the blob size', { status: 502 });
       return { digest, size: res.size };
+    }
+    if (ctx?.range && this.cache.fills.failedRecently(digest)) {
+      // A downstream cache resuming what this node just failed to fill (after its own resumes).
+      throw new RegistryError('UNAVAILABLE', "this blob's fill failed on the upstream moments ago: a range of it is not fetched again yet", { status: 502 });
     }
     const fill = this.fill(digest);
     return { digest, size: await fill.waitReady(ctx?.signal) };
@@ -378,16 +382,26 @@ export async function statBlob(driver: StorageDriver, digest: Digest): Promise<n
   }
 }
 
+/**
+ * The whole body of an upstream's answer, at most `limit` bytes.
+ * @throws RegistryError UNAVAILABLE (502) when it is larger, or when the upstream cut it or broke its framing
+ *   (never the stream's own error: that would be answered 500, as if this node had failed).
+ */
 export async function readLimited(body: Readable, limit: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
-  for await (const chunk of body) {
-    total += (chunk as Buffer).length;
-    if (total > limit) {
-      body.destroy();
-      throw new RegistryError('UNAVAILABLE', `upstream response exceeds ${limit} bytes`, { status: 502 });
+  try {
+    for await (const chunk of body) {
+      total += (chunk as Buffer).length;
+      if (total > limit) {
+        body.destroy();
+        throw new RegistryError('UNAVAILABLE', `upstream response exceeds ${limit} bytes`, { status: 502 });
+      }
+      chunks.push(chunk as Buffer);
     }
-    chunks.push(chunk as Buffer);
+  } catch (err) {
+    if (err instanceof RegistryError) throw err;
+    throw new RegistryError('UNAVAILABLE', `the upstream's answer was cut or malformed after ${total} bytes: ${describeError(err)}`, { status: 502, cause: err });
   }
   return Buffer.concat(chunks, total);
 }

@@ -36,6 +36,9 @@ export interface FillSource {
   readonly key: string;
 }
 
+/** How long a fill that failed on its upstream refuses range requests (downstream resumes) of its blob. */
+export const FAILED_FILL_MEMORY_MS = 5000;
+
 /** Options of {@link FillManager}. */
 export interface FillManagerOptions {
   readonly driver: StorageDriver;
@@ -339,6 +342,28 @@ export class FillManager {
     this.fillTimeoutMs = options.fillTimeoutMs ?? 600_000;
   }
 
+  /**
+   * True when a fill of `digest` failed on its upstream within the last {@link FAILED_FILL_MEMORY_MS}: it
+   * already resumed as often as it may, so a downstream cache's resume (a range request) is refused at once
+   * instead of starting a new fill, and one client request costs each hop's upstream at most one fill's
+   * requests, however long the chain (without it, every hop's resumes start fills at the hop above, and a
+   * chain of n hops multiplies the origin's requests by 4^n).
+   */
+  failedRecently(digest: Digest): boolean {
+    const at = this.failedAt.get(digest.toString());
+    return at !== undefined && Date.now() - at < FAILED_FILL_MEMORY_MS;
+  }
+
+  private readonly failedAt = new Map<string, number>();
+
+  private noteFailure(digest: Digest): void {
+    const now = Date.now();
+    if (this.failedAt.size >= 10_000) {
+      for (const [key, at] of this.failedAt) if (now - at >= FAILED_FILL_MEMORY_MS) this.failedAt.delete(key);
+    }
+    this.failedAt.set(digest.toString(), now);
+  }
+
   /** The fill in progress for `digest`, if any. */
   get(digest: Digest): Fill | undefined {
     return this.fills.get(digest.toString());
@@ -404,6 +429,7 @@ export class FillManager {
     } catch (err) {
       fill.signal.removeEventListener('abort', abortRequest);
       this.options.onFailed?.(digest, err instanceof Error ? err.message : String(err), 'upstream');
+      if (!fill.signal.aborted) this.noteFailure(digest);
       fill.fail(err as Error);
       return;
     }
@@ -548,6 +574,7 @@ export class FillManager {
       if (!fill.signal.aborted && !(err instanceof RegistryError)) upstreams.markFailed(response.host, reason);
       log.warn({ upstream: response.host.url, written: fill.written, expected, reason }, 'fill failed: nothing stored');
       this.options.onFailed?.(digest, reason, 'upstream');
+      if (!fill.signal.aborted) this.noteFailure(digest);
       fill.fail(err instanceof RegistryError ? err : new RegistryError('UNAVAILABLE', `fetching the blob from upstream failed: ${reason}`, { status: 502 }));
     }
   }

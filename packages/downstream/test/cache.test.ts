@@ -237,6 +237,28 @@ for (const kind of ['in-memory, streamed', 'filesystem, streamed', 'filesystem, 
     });
   }
 
+  it('a range request right after a fill failed on its upstream is refused at once (a downstream resume does not start another fill)', async () => {
+    origin.mode = 'truncate';
+    try {
+      const data = randomBytes(1 << 20);
+      const d = origin.add(data);
+      const first = await get(`${url}/v2/x/blobs/${d}`).catch(() => ({ status: -1, body: Buffer.alloc(0) }));
+      assert.ok(first.body.length < data.length, 'the first client gets a cut transfer');
+      await new Promise((r) => setTimeout(r, 50));
+      const gets = origin.gets.get(d) ?? 0;
+      assert.equal(gets, 4, 'the fill made its GET and 3 resumes');
+      const resume = await get(`${url}/v2/x/blobs/${d}`, { range: `bytes=${first.body.length}-${data.length - 1}` });
+      assert.equal(resume.status, 502, "a downstream's resume gets 502 at once");
+      assert.equal(origin.gets.get(d), gets, 'and costs the upstream nothing');
+      // A client's new attempt (no range) starts a new fill.
+      origin.mode = 'ok';
+      const again = await get(`${url}/v2/x/blobs/${d}`);
+      assert.equal(sha(again.body), d);
+    } finally {
+      origin.mode = 'ok';
+    }
+  });
+
   for (const ignoreRange of [false, true]) {
     it(`an upstream that dies mid-stream once: the fill resumes with a range request${ignoreRange ? ' (answered with the whole blob, whose first bytes are dropped)' : ''}; the client gets the blob, it is stored`, async () => {
       origin.mode = 'ok';

@@ -34,6 +34,8 @@ export interface RequestContext {
    * to a mirror, or sealer's `domain` header. Lower-cased; a mirror routes by it.
    */
   readonly registryHost?: string;
+  /** The client's `Range` header, when it sent one (a cache refuses ranges of a blob whose fill just failed). */
+  readonly range?: string;
   /** Headers the namespace wants on a successful response (a mirror's `Warning` on a stale tag). */
   readonly responseHeaders?: Record<string, string>;
 }

@@ -260,7 +260,7 @@ class MirrorRepository implements Repository {
     try {
       manifest = await verifiedManifest(res, digest);
     } catch (err) {
-      this.log.warn({ remote: this.remote.url, repository: this.upstreamName, requested: digest.toString(), reason: (err as Error).message }, 'remote sent a manifest that does not match its digest: refused, not stored');
+      this.log.warn({ remote: this.remote.url, repository: this.upstreamName, requested: digest.toString(), reason: (err as Error).message }, 'manifest from the remote refused (cut, malformed, or not matching its digest): not stored');
       throw err;
     }
     await this.stored.manifests.put(manifest, { checkReferences: false });

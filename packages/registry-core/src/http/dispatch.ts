@@ -77,6 +77,7 @@ export async function dispatch(ctx: Context, path: string, options: DispatcherOp
     forward: forwardHeaders(ctx),
     signal: controller.signal,
     method: ctx.method,
+    ...(ctx.get('range') ? { range: ctx.get('range') } : {}),
     ...(registryHost ? { registryHost } : {}),
     responseHeaders,
   };

@@ -13,7 +13,7 @@ import { Digest, errorEnvelope, isClientFault, matchRoute, RegistryError, routeL
 import { GRANT_HEADER, GRANT_QUERY_PARAMETER, GrantVerifier, JWKS_PATH, type GrantSigner, type Jwks, type JwksSource } from '@cascade/downstream';
 import { userOf } from './identity.js';
 import type { OriginClient } from './origin.js';
-import { proxyToOrigin } from './proxy.js';
+import { clientGone, proxyToOrigin } from './proxy.js';
 
 /** A cache a blob can be redirected to. */
 export interface RedirectTarget {
@@ -192,15 +192,18 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
     } else {
       metrics.authorizationsAsked += 1;
       const asked = process.hrtime.bigint();
-      const res = await origin.request({ method: 'HEAD', path: `/v2/${name}/blobs/${digest.toString()}`, headers: authorization ? { authorization } : {} });
+      const res = await origin.request({ method: 'HEAD', path: `/v2/${name}/blobs/${digest.toString()}`, headers: authorization ? { authorization } : {}, signal: clientGone(ctx) });
       res.resume();
       authorizationSeconds?.(res.statusCode === 200 ? 'allowed' : 'refused', Number(process.hrtime.bigint() - asked) / 1e9);
       if (res.statusCode !== 200) {
         // The origin's answer stands: its challenge goes back to the client, and no byte is served.
+        // Any other answer (a 5xx, a redirect, a 2xx that is not 200) is no authorization, and the origin's
+        // failure: 502, not the origin's status relayed as if it were the answer to the client's request.
         const status = res.statusCode ?? 502;
-        const code = status === 401 ? 'UNAUTHORIZED' : status === 403 ? 'DENIED' : status === 404 ? 'BLOB_UNKNOWN' : 'UNAVAILABLE';
+        const code = status === 401 ? 'UNAUTHORIZED' : status === 403 ? 'DENIED' : status === 404 ? 'BLOB_UNKNOWN' : undefined;
+        if (code === undefined) throw new RegistryError('UNAVAILABLE', `the origin answered ${status} to the authorization request`, { status: 502 });
         const challenge = res.headers['www-authenticate'];
-        throw new RegistryError(code, `the origin answered ${status}`, { status, headers: typeof challenge === 'string' ? { 'WWW-Authenticate': challenge } : {} });
+        throw new RegistryError(code, `the origin answered ${status}`, { headers: typeof challenge === 'string' ? { 'WWW-Authenticate': challenge } : {} });
       }
       if (options.authorizationCacheMs > 0) {
         if (allowed.size > 10_000) allowed.clear();

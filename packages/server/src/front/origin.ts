@@ -7,7 +7,7 @@ import { request as httpRequest, Agent as HttpAgent, type ClientRequest, type In
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
-import { readLimited } from '@cascade/downstream';
+import { describeError, readLimited } from '@cascade/downstream';
 import { RegistryError } from '@cascade/registry-core';
 import type { Logger } from 'pino';
 
@@ -21,7 +21,12 @@ export interface OriginOptions {
   /** Extra CA certificates (PEM) trusted for the origin's TLS. */
   readonly ca?: readonly string[];
   readonly logger: Logger;
+  /** How long the origin may take to answer once a request is sent (default 30 s). */
+  readonly responseTimeoutMs?: number;
 }
+
+/** How long the origin may take to send its response headers once a request is sent. */
+const DEFAULT_RESPONSE_TIMEOUT_MS = 30_000;
 
 /** A request to the origin. */
 export interface OriginRequest {
@@ -77,15 +82,28 @@ export class OriginClient {
       delete headers['content-length'];
       delete headers['transfer-encoding'];
     }
+    const responseTimeoutMs = this.options.responseTimeoutMs ?? DEFAULT_RESPONSE_TIMEOUT_MS;
     return new Promise((resolve, reject) => {
       const body = req.body;
+      let timer: NodeJS.Timeout | undefined;
       const out = send(url, { method: req.method, headers, ...(agent ? { agent } : {}), ...(req.signal ? { signal: req.signal } : {}) }, (res) => {
+        clearTimeout(timer);
         // The origin answered without reading the whole body (a 401 to an upload): the rest is not worth
         // sending, and a body the client never finishes would hold this connection forever.
         if (body) res.once('end', () => endUnfinished(out, body));
         resolve(res);
       });
-      out.on('error', reject);
+      // The clock for the answer starts once the request is sent (an upload may take long to send).
+      out.once('finish', () => {
+        timer = setTimeout(() => out.destroy(new Error(`no answer within ${responseTimeoutMs / 1000} s`)), responseTimeoutMs);
+        timer.unref();
+      });
+      // Failing to reach the origin, or an answer Node cannot parse (a cut before the headers, a huge or
+      // malformed header), is the origin's failure: 502, never a 500 of this server.
+      out.on('error', (err) => {
+        clearTimeout(timer);
+        reject(err instanceof RegistryError ? err : new RegistryError('UNAVAILABLE', `the origin ${url.origin} failed: ${describeError(err)}`, { status: 502, cause: err }));
+      });
       if (body) {
         body.pipe(out);
         // A client that goes away, or lied about its length, before its body is complete: the request to the
