@@ -191,6 +191,7 @@ export class CacheBlobStore implements BlobStore {
     const running = this.cache.fills.get(digest);
     if (running) {
       this.onFill?.(running);
+      this.joinedUnverified = !running.verified;
       return { digest, size: await running.waitReady(ctx?.signal) };
     }
     if (ctx?.method === 'HEAD') {
@@ -205,8 +206,15 @@ export class CacheBlobStore implements BlobStore {
       throw new RegistryError('UNAVAILABLE', "this blob's fill failed on the upstream moments ago: a range of it is not fetched again yet", { status: 502 });
     }
     const fill = this.fill(digest);
+    this.joinedUnverified = !fill.verified;
     return { digest, size: await fill.waitReady(ctx?.signal) };
   }
+
+  /**
+   * This request (a store serves one) joined its fill before the bytes were verified: a miss, even when the
+   * fill is verified by the time the body is opened (the size is known once the first bytes are on disk).
+   */
+  private joinedUnverified = false;
 
   async open(digest: Digest, range?: ByteRange, ctx?: RequestContext): Promise<Readable> {
     const { driver, tracker } = this.cache.options;
@@ -230,7 +238,7 @@ export class CacheBlobStore implements BlobStore {
     }
     const fill = this.fill(digest);
     // A fill whose bytes are all here and verified (being synced into place) serves like a hit.
-    const hit = fill.verified;
+    const hit = fill.verified && !this.joinedUnverified;
     if (hit) metrics.hits += 1;
     else metrics.misses += 1;
     const size = await fill.waitReady(ctx?.signal);
