@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { Digest, FILE_SEGMENTS, type FileSegment, type FileSegments, isPathNotFound, paths, RegistryError, type PositionalReader, type StorageDriver } from '@cascade/registry-core';
+import { CASCADE_DIRS, Digest, FILE_SEGMENTS, type FileSegment, type FileSegments, isPathNotFound, paths, RegistryError, type PositionalReader, type StorageDriver } from '@cascade/registry-core';
 import { blobPath, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
 
 /** Bytes a fill may have received and not yet written before it stops reading from upstream. */
@@ -27,7 +27,7 @@ const FOLLOW_CHUNK = 1 << 20;
 const MAX_RESUMES = 3;
 
 /** Where partial fills live in the driver (distribution ignores `_` folders; emptied at start-up). */
-export const FILLS_DIR = '/docker/registry/v2/_cascade_fills';
+export const FILLS_DIR = CASCADE_DIRS.fills;
 
 /** Where a fill fetches from when it is not the manager's upstream pool: a mirror's remote. */
 export interface FillSource {

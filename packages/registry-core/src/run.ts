@@ -23,6 +23,7 @@ import type { StorageDriver } from './storage/driver.js';
 import { FilesystemDriver } from './storage/filesystem.js';
 import { InMemoryDriver } from './storage/inmemory.js';
 import { StorageNamespace } from './store/namespace.js';
+import { CASCADE_DIRS } from './store/paths.js';
 
 /** A namespace that holds resources (timers, connections) to release when the registry stops. */
 export interface ClosableNamespace extends Namespace {
@@ -93,11 +94,6 @@ export function createAuth(config: RegistryConfig, logger?: Logger): RegistryAut
   return { authorizer: allowAll, routes: [] };
 }
 
-/** The authorizer a config's `auth` section selects (see {@link createAuth}, which also gives the token endpoint). */
-export function createAuthorizer(config: RegistryConfig): Authorizer {
-  return createAuth(config).authorizer;
-}
-
 /** Starts a registry and resolves once it listens. */
 export async function startRegistry(options: StartRegistryOptions): Promise<RunningRegistry> {
   const { config } = options;
@@ -146,8 +142,6 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
   };
 }
 
-/** Where `/ready` writes to prove the storage is writable (distribution ignores `_` folders). */
-const READY_PROBE = '/docker/registry/v2/_cascade_ready';
 
 /** Storage readiness (a small write and delete) and, on a filesystem, its capacity and free bytes. */
 function observeStorage(observability: NodeObservability, driver: StorageDriver, rootdirectory: string | undefined): void {
@@ -156,7 +150,7 @@ function observeStorage(observability: NodeObservability, driver: StorageDriver,
     critical: true,
     async check() {
       // A file of its own per check: concurrent probes (several load balancers) must not delete each other's.
-      const path = `${READY_PROBE}/${process.pid}-${randomUUID()}`;
+      const path = `${CASCADE_DIRS.ready}/${process.pid}-${randomUUID()}`;
       await driver.putContent(path, Buffer.from(String(Date.now())));
       await driver.delete(path);
       return undefined;

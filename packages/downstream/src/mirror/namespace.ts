@@ -19,6 +19,7 @@
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import {
+  CASCADE_DIRS,
   Digest,
   isPathNotFound,
   MANIFEST_MAX_BYTES,
@@ -48,7 +49,7 @@ import type { MirrorOptions, MirrorRemote } from './options.js';
 import type { RemoteAuth } from './remote-auth.js';
 
 /** Marks blobs pushed to local repositories, which expiry must keep: `<dir>/<alg>/<hex>`. */
-export const LOCAL_BLOBS_DIR = '/docker/registry/v2/_cascade_local';
+export const LOCAL_BLOBS_DIR = CASCADE_DIRS.local;
 
 /** The path of the marker of a blob pushed to a local repository. */
 export function localBlobMarker(digest: Digest): string {

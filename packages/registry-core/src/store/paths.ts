@@ -9,7 +9,8 @@
  *     /docker/registry/v2/repositories/<name>/_manifests/tags/<tag>/index/<alg>/<hex>/link
  *     /docker/registry/v2/repositories/<name>/_uploads/<id>/{data,startedat}
  *
- * Cascade adds `_referrers/<subject alg>/<subject hex>/<alg>/<hex>/link` (distribution skips `_` folders).
+ * Cascade adds `_referrers/<subject alg>/<subject hex>/<alg>/<hex>/link` (distribution skips `_` folders),
+ * and its own folders beside `blobs/` and `repositories/`, all named here ({@link CASCADE_DIRS}).
  */
 import type { Digest } from '../digest.js';
 
@@ -38,3 +39,18 @@ export const paths = {
   referrerLink: (name: string, subject: Digest, d: Digest) =>
     `${REPOSITORIES}/${name}/_referrers/${subject.algorithm}/${subject.hex}/${d.algorithm}/${d.hex}/link`,
 };
+
+/**
+ * Cascade's own folders in the registry tree (distribution ignores folders whose name starts with `_`): one
+ * place for all of them, so that a reader of the storage folder finds what each holds.
+ */
+export const CASCADE_DIRS = {
+  /** Partial files of running fills (a cache node), removed on start. */
+  fills: `${ROOT}/_cascade_fills`,
+  /** The expiry index's journals and state file (`blobttl`, `maxsize`, `proxy.ttl`). */
+  expiry: `${ROOT}/_cascade_expiry`,
+  /** A mirror's record of the blobs pushed to its local repositories (never expired). */
+  local: `${ROOT}/_cascade_local`,
+  /** Where `/ready` writes and deletes a file to prove the storage writable. */
+  ready: `${ROOT}/_cascade_ready`,
+} as const;
