@@ -198,12 +198,12 @@ export class CacheBlobStore implements BlobStore {
       // A HEAD does not warrant downloading the blob: ask upstream for its size only.
       const res = await upstreams.fetch({ method: 'HEAD', path: blobPath(this.name, digest), headers: this.headers });
       res.body.resume();
-      if (res.size === undefined) throw new RegistryError('UNAVAILABLE', 'upstream did not give the blob size', { status: 502 });
+      if (res.size === undefined) throw new RegistryError('UPSTREAM_FAILED', 'upstream did not give the blob size');
       return { digest, size: res.size };
     }
     if (ctx?.range && this.cache.fills.failedRecently(digest)) {
       // A downstream cache resuming what this node just failed to fill (after its own resumes).
-      throw new RegistryError('UNAVAILABLE', "this blob's fill failed on the upstream moments ago: a range of it is not fetched again yet", { status: 502 });
+      throw new RegistryError('UPSTREAM_FAILED', "this blob's fill failed on the upstream moments ago: a range of it is not fetched again yet");
     }
     const fill = this.fill(digest);
     this.joinedUnverified = !fill.verified;
@@ -250,7 +250,7 @@ export class CacheBlobStore implements BlobStore {
       const res = await upstreams.fetch({ method: 'GET', path: blobPath(this.name, digest), headers: { ...this.headers, range: `bytes=${start}-${end}` } });
       if (res.status !== 206) {
         res.body.destroy();
-        throw new RegistryError('UNAVAILABLE', 'upstream ignored the range request', { status: 502 });
+        throw new RegistryError('UPSTREAM_FAILED', 'upstream ignored the range request');
       }
       return res.body.pipe(new PassThrough());
     }
@@ -291,7 +291,7 @@ export async function verifiedManifest(res: UpstreamBlobResponse, digest: Digest
   const bytes = await readLimited(res.body, MANIFEST_MAX_BYTES);
   const actual = Digest.of(bytes, digest.algorithm);
   if (!actual.equals(digest)) {
-    throw new RegistryError('UNAVAILABLE', `upstream ${res.host.url} sent a manifest whose digest is ${actual.toString()}, not ${digest.toString()}`, { status: 502 });
+    throw new RegistryError('UPSTREAM_FAILED', `upstream ${res.host.url} sent a manifest whose digest is ${actual.toString()}, not ${digest.toString()}`);
   }
   const contentType = typeof res.headers['content-type'] === 'string' ? res.headers['content-type'] : undefined;
   return readManifest(bytes, digest, contentType);
@@ -362,7 +362,7 @@ class PassthroughTagStore implements TagStore {
     res.body.resume();
     const header = res.headers['docker-content-digest'];
     const digest = typeof header === 'string' ? Digest.tryParse(header) : undefined;
-    if (!digest) throw new RegistryError('UNAVAILABLE', `upstream ${res.host.url} did not send Docker-Content-Digest for ${this.name}:${tag}`, { status: 502 });
+    if (!digest) throw new RegistryError('UPSTREAM_FAILED', `upstream ${res.host.url} did not send Docker-Content-Digest for ${this.name}:${tag}`);
     return digest;
   }
 
@@ -403,13 +403,13 @@ export async function readLimited(body: Readable, limit: number): Promise<Buffer
       total += (chunk as Buffer).length;
       if (total > limit) {
         body.destroy();
-        throw new RegistryError('UNAVAILABLE', `upstream response exceeds ${limit} bytes`, { status: 502 });
+        throw new RegistryError('UPSTREAM_FAILED', `upstream response exceeds ${limit} bytes`);
       }
       chunks.push(chunk as Buffer);
     }
   } catch (err) {
     if (err instanceof RegistryError) throw err;
-    throw new RegistryError('UNAVAILABLE', `the upstream's answer was cut or malformed after ${total} bytes: ${describeError(err)}`, { status: 502, cause: err });
+    throw new RegistryError('UPSTREAM_FAILED', `the upstream's answer was cut or malformed after ${total} bytes: ${describeError(err)}`, { cause: err });
   }
   return Buffer.concat(chunks, total);
 }

@@ -567,7 +567,7 @@ export class FillManager {
         const reason = describeError(err.cause);
         log.error({ upstream: response.host.url, written: fill.written, expected, reason, code: err.code }, 'fill failed: local storage error, nothing stored (the upstream is not blamed)');
         this.options.onFailed?.(digest, reason, 'storage');
-        fill.fail(err.code === 'ENOSPC' || err.code === 'EDQUOT' ? new RegistryError('UNAVAILABLE', 'insufficient storage: this cache node\'s disk is full', { status: 507 }) : new RegistryError('UNKNOWN', 'this cache node could not write to its storage; see its log'));
+        fill.fail(err.code === 'ENOSPC' || err.code === 'EDQUOT' ? new RegistryError('STORAGE_FULL', 'insufficient storage: this cache node\'s disk is full') : new RegistryError('UNKNOWN', 'this cache node could not write to its storage; see its log'));
         return;
       }
       const reason = fill.signal.aborted ? String((fill.signal.reason as Error | undefined)?.message ?? 'aborted') : describeError(err);
@@ -575,7 +575,7 @@ export class FillManager {
       log.warn({ upstream: response.host.url, written: fill.written, expected, reason }, 'fill failed: nothing stored');
       this.options.onFailed?.(digest, reason, 'upstream');
       if (!fill.signal.aborted) this.noteFailure(digest);
-      fill.fail(err instanceof RegistryError ? err : new RegistryError('UNAVAILABLE', `fetching the blob from upstream failed: ${reason}`, { status: 502 }));
+      fill.fail(err instanceof RegistryError ? err : new RegistryError('UPSTREAM_FAILED', `fetching the blob from upstream failed: ${reason}`));
     }
   }
 }

@@ -223,7 +223,7 @@ export class UpstreamPool {
       if (status === 508) {
         // The upstream saw this request come back to it (a mirror that is its own remote): not a failure to fail over from.
         body.resume();
-        throw new RegistryError('UNAVAILABLE', `request loop: ${host.url} received a request it had sent itself (508); check the mirror's remotes`, { status: 508 });
+        throw new RegistryError('REQUEST_LOOP', `request loop: ${host.url} received a request it had sent itself (508); check the mirror's remotes`);
       }
       if (status >= 500 || status === 429) {
         body.destroy();
@@ -245,9 +245,9 @@ export class UpstreamPool {
         });
       }
       if (status === 416) throw new RegistryError('RANGE_INVALID', `upstream ${host.url} cannot satisfy the range`);
-      throw new RegistryError('UNAVAILABLE', `upstream ${host.url} answered ${status}`, { status: 502 });
+      throw new RegistryError('UPSTREAM_FAILED', `upstream ${host.url} answered ${status}`);
     }
-    throw new RegistryError('UNAVAILABLE', `no upstream could answer: ${failures.join('; ')}`, { status: 502 });
+    throw new RegistryError('UPSTREAM_FAILED', `no upstream could answer: ${failures.join('; ')}`);
   }
 
   /** Records that a host failed after a response had started (a stream cut, wrong bytes). */

@@ -430,7 +430,7 @@ describe('cache with a full disk', () => {
       const res = await fetch(`${server.url}/v2/x/blobs/${d}`);
       assert.equal(res.status, 507, 'Insufficient Storage');
       const body = (await res.json()) as { errors: { code: string; message: string }[] };
-      assert.equal(body.errors[0]?.code, 'UNAVAILABLE');
+      assert.equal(body.errors[0]?.code, 'STORAGE_FULL');
       assert.match(body.errors[0]?.message ?? '', /disk is full/);
     }
     assert.equal(cache.metrics.storageErrors, 3);

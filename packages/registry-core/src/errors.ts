@@ -36,7 +36,11 @@ export const ERROR_CODES = {
   PAGINATION_NUMBER_INVALID: { status: 400, message: 'invalid number of results requested', description: 'The `n` query parameter is not a non-negative integer.' },
   REQUEST_INVALID: { status: 400, message: 'malformed request', description: 'The request target is not a path (absolute-form `http://host/...` or asterisk-form `*`): a registry is not a proxy.' },
   NOT_FOUND: { status: 404, message: 'not found', description: 'The path is not part of the registry API.' },
-  UNAVAILABLE: { status: 503, message: 'service unavailable', description: 'The registry or one of its upstreams is unavailable.' },
+  UNAVAILABLE: { status: 503, message: 'service unavailable', description: 'The registry is unavailable.' },
+  // Cascade's codes: each fixes its status, so no thrower overrides one
+  UPSTREAM_FAILED: { status: 502, message: 'upstream failed', description: "An upstream (the origin, an upstream cache, a mirror's remote or its token service) could not be reached, failed, or sent content that does not match its digest; the message names it." },
+  STORAGE_FULL: { status: 507, message: 'insufficient storage', description: "This node's disk is full (or over quota): nothing was stored." },
+  REQUEST_LOOP: { status: 508, message: 'request loop', description: 'A mirror received a request it had sent itself: it is, directly or through other mirrors, its own remote.' },
   UNKNOWN: { status: 500, message: 'unknown error', description: 'An internal error; details are in the server log.' },
 } as const satisfies Record<string, ErrorCodeDescriptor>;
 

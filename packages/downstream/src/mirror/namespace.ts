@@ -185,7 +185,7 @@ export class MirrorNamespace implements Namespace {
     if (via && via.split(',').some((id) => id.trim() === this.o.nodeId)) {
       this.metrics.loops += 1;
       this.o.logger.error({ via }, 'request loop: this mirror is (through others) its own remote; check proxy remotes');
-      throw new RegistryError('UNAVAILABLE', 'request loop: this mirror is (directly or through other mirrors) its own remote; check its proxy remotes', { status: 508 });
+      throw new RegistryError('REQUEST_LOOP', 'request loop: this mirror is (directly or through other mirrors) its own remote; check its proxy remotes');
     }
   }
 
@@ -203,8 +203,9 @@ function readOnly(remote: MirrorRemote): RegistryError {
   return new RegistryError('UNSUPPORTED', `this repository is a mirror of ${remote.url}: push to a local repository of this mirror (proxy.local) or to the remote itself`);
 }
 
-function isUnavailable(err: unknown): boolean {
-  return err instanceof RegistryError && err.code === 'UNAVAILABLE';
+/** The remote failed or could not be reached (a stored tag or referrers list may then be served, stale). */
+function isUpstreamFailure(err: unknown): boolean {
+  return err instanceof RegistryError && (err.code === 'UPSTREAM_FAILED' || err.code === 'UNAVAILABLE');
 }
 
 function isCode(err: unknown, code: string): boolean {
@@ -313,7 +314,7 @@ class MirrorManifestStore implements ManifestStore {
     } catch (err) {
       if (isCode(err, 'NOT_FOUND')) return [];
       // The remote is down: what this mirror stored is the best answer it has.
-      if (isUnavailable(err)) return this.repo.stored.manifests.referrers(digest, artifactType);
+      if (isUpstreamFailure(err)) return this.repo.stored.manifests.referrers(digest, artifactType);
       throw err;
     }
   }
@@ -345,7 +346,7 @@ class MirrorTagStore implements TagStore {
       runtime.checked.set(key, mirror.now());
       return digest;
     } catch (err) {
-      if (cached && isUnavailable(err)) {
+      if (cached && isUpstreamFailure(err)) {
         mirror.metrics.tagStale += 1;
         repo.log.warn({ remote: runtime.remote.url, repository: repo.upstreamName, tag, digest: cached.toString(), reason: (err as Error).message }, 'remote unavailable: serving the stored tag');
         if (repo.ctx?.responseHeaders) repo.ctx.responseHeaders['Warning'] = STALE_WARNING;
@@ -406,7 +407,7 @@ class MirrorTagStore implements TagStore {
       const body = JSON.parse((await readLimited(res.body, 16 << 20)).toString('utf8')) as { tags?: unknown };
       return Array.isArray(body.tags) ? body.tags.filter((t): t is string => typeof t === 'string').sort() : [];
     } catch (err) {
-      if (!isUnavailable(err)) throw err;
+      if (!isUpstreamFailure(err)) throw err;
       const stored = await repo.stored.tags.listOrEmpty();
       if (stored.length === 0) throw err;
       repo.log.warn({ remote: repo.remote.url, repository: repo.upstreamName, reason: (err as Error).message }, 'remote unavailable: listing the stored tags');

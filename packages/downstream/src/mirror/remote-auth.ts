@@ -149,12 +149,12 @@ export class RemoteAuth implements UpstreamAuth {
     try {
       realmUrl = new URL(realm);
     } catch {
-      throw new RegistryError('UNAVAILABLE', `remote ${host.url} named a token realm that is not a URL`, { status: 502 });
+      throw new RegistryError('UPSTREAM_FAILED', `remote ${host.url} named a token realm that is not a URL`);
     }
     const refusal = realmRefusal(realmUrl, new URL(this.options.url));
     if (refusal) {
       this.options.logger.warn({ realm: `${realmUrl.protocol}//${realmUrl.host}${realmUrl.pathname}`, reason: refusal }, 'token realm refused: no credentials sent');
-      throw new RegistryError('UNAVAILABLE', `remote ${host.url} asked for a token from ${realmUrl.host}, which this mirror refuses: ${refusal}`, { status: 502 });
+      throw new RegistryError('UPSTREAM_FAILED', `remote ${host.url} asked for a token from ${realmUrl.host}, which this mirror refuses: ${refusal}`);
     }
     this.scheme = 'bearer';
     this.realm = { url: realm, ...(challenge.params['service'] ? { service: challenge.params['service'] } : {}) };
@@ -193,7 +193,7 @@ export class RemoteAuth implements UpstreamAuth {
     try {
       res = await this.client.get(url, { headers: { 'user-agent': 'cascade-mirror', ...(basic ? { authorization: basic } : {}) } });
     } catch (err) {
-      throw new RegistryError('UNAVAILABLE', `cannot get a token from ${url.host}: ${describeError(err)}`, { status: 502 });
+      throw new RegistryError('UPSTREAM_FAILED', `cannot get a token from ${url.host}: ${describeError(err)}`);
     }
     const log = this.options.logger;
     log.info({ realm: `${url.protocol}//${url.host}${url.pathname}`, scope, status: res.statusCode, duration: this.now() - started }, 'token request');
@@ -201,16 +201,16 @@ export class RemoteAuth implements UpstreamAuth {
       throw new RegistryError('DENIED', `the token service of ${this.options.url} refused ${basic ? 'the configured credentials' : 'an anonymous token'} for ${scope || 'this request'}`);
     }
     if (res.statusCode !== 200) {
-      throw new RegistryError('UNAVAILABLE', `the token service of ${this.options.url} answered ${res.statusCode}`, { status: 502 });
+      throw new RegistryError('UPSTREAM_FAILED', `the token service of ${this.options.url} answered ${res.statusCode}`);
     }
     let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
       body = JSON.parse(res.body) as typeof body;
     } catch {
-      throw new RegistryError('UNAVAILABLE', `the token service of ${this.options.url} did not answer JSON`, { status: 502 });
+      throw new RegistryError('UPSTREAM_FAILED', `the token service of ${this.options.url} did not answer JSON`);
     }
     const token = typeof body.token === 'string' ? body.token : typeof body.access_token === 'string' ? body.access_token : undefined;
-    if (!token) throw new RegistryError('UNAVAILABLE', `the token service of ${this.options.url} sent no token`, { status: 502 });
+    if (!token) throw new RegistryError('UPSTREAM_FAILED', `the token service of ${this.options.url} sent no token`);
     // The spec's default lifetime is 60 s; renew a little early so a token does not expire in flight.
     const lifetimeMs = (typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : 60) * 1000;
     const margin = Math.min(10_000, lifetimeMs / 10);

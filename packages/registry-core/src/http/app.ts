@@ -168,7 +168,7 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
 export function toRegistryError(err: unknown): RegistryError {
   if (err instanceof RegistryError) return err;
   const code = (err as { code?: string }).code;
-  if (code === 'ENOSPC' || code === 'EDQUOT') return new RegistryError('UNAVAILABLE', 'insufficient storage', { status: 507 });
+  if (code === 'ENOSPC' || code === 'EDQUOT') return new RegistryError('STORAGE_FULL', 'insufficient storage');
   if (code === 'PATH_NOT_FOUND') return new RegistryError('NOT_FOUND', 'not found');
   return new RegistryError('UNKNOWN', 'internal error; see the registry log');
 }

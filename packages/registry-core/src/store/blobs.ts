@@ -143,7 +143,6 @@ class StorageBlobUpload implements BlobUpload {
       if (start !== undefined && start !== writer.size) {
         await writer.close();
         throw new RegistryError('RANGE_INVALID', `chunk starts at ${start}, but the upload has ${writer.size} bytes: send the chunk that starts at ${writer.size}`, {
-          status: 416,
           headers: { Range: rangeHeader(writer.size) },
         });
       }

@@ -201,7 +201,7 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
         // failure: 502, not the origin's status relayed as if it were the answer to the client's request.
         const status = res.statusCode ?? 502;
         const code = status === 401 ? 'UNAUTHORIZED' : status === 403 ? 'DENIED' : status === 404 ? 'BLOB_UNKNOWN' : undefined;
-        if (code === undefined) throw new RegistryError('UNAVAILABLE', `the origin answered ${status} to the authorization request`, { status: 502 });
+        if (code === undefined) throw new RegistryError('UPSTREAM_FAILED', `the origin answered ${status} to the authorization request`);
         const challenge = res.headers['www-authenticate'];
         throw new RegistryError(code, `the origin answered ${status}`, { headers: typeof challenge === 'string' ? { 'WWW-Authenticate': challenge } : {} });
       }
@@ -231,7 +231,7 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
    * the realm of the origin's own challenge (never a URL the client names), and its answer back.
    */
   async function relayToken(ctx: Koa.Context): Promise<void> {
-    if (ctx.method !== 'GET' && ctx.method !== 'POST') throw new RegistryError('UNSUPPORTED', `${ctx.method} is not a token request`, { status: 405 });
+    if (ctx.method !== 'GET' && ctx.method !== 'POST') throw new RegistryError('UNSUPPORTED', `${ctx.method} is not a token request`);
     const challenge = await origin.scheme();
     if (challenge.scheme !== 'bearer') throw new RegistryError('NOT_FOUND', 'the origin does not use the token flow: there is no token service to ask');
     const url = new URL(challenge.realm);

@@ -102,7 +102,7 @@ export class OriginClient {
       // malformed header), is the origin's failure: 502, never a 500 of this server.
       out.on('error', (err) => {
         clearTimeout(timer);
-        reject(err instanceof RegistryError ? err : new RegistryError('UNAVAILABLE', `the origin ${url.origin} failed: ${describeError(err)}`, { status: 502, cause: err }));
+        reject(err instanceof RegistryError ? err : new RegistryError('UPSTREAM_FAILED', `the origin ${url.origin} failed: ${describeError(err)}`, { cause: err }));
       });
       if (body) {
         body.pipe(out);

@@ -132,7 +132,7 @@ function parseContentRange(value: string): number | undefined {
   if (!value) return undefined;
   const m = /^(?:bytes[ =])?(\d+)-(\d+)(?:\/(?:\d+|\*))?$/.exec(value.trim());
   if (!m || Number(m[2]) < Number(m[1])) {
-    throw new RegistryError('RANGE_INVALID', `malformed Content-Range ${JSON.stringify(value.slice(0, 64))}: expected <start>-<end>`, { status: 416 });
+    throw new RegistryError('RANGE_INVALID', `malformed Content-Range ${JSON.stringify(value.slice(0, 64))}: expected <start>-<end>`);
   }
   return Number(m[1]);
 }
