@@ -429,7 +429,8 @@ export class FillManager {
     } catch (err) {
       fill.signal.removeEventListener('abort', abortRequest);
       this.options.onFailed?.(digest, err instanceof Error ? err.message : String(err), 'upstream');
-      if (!fill.signal.aborted) this.noteFailure(digest);
+      // A 404, 401 or 403 is an answer, not a failure (and it depends on the repository, not the digest).
+      if (!fill.signal.aborted && !(err instanceof RegistryError && err.status < 500)) this.noteFailure(digest);
       fill.fail(err as Error);
       return;
     }
@@ -574,7 +575,7 @@ export class FillManager {
       if (!fill.signal.aborted && !(err instanceof RegistryError)) upstreams.markFailed(response.host, reason);
       log.warn({ upstream: response.host.url, written: fill.written, expected, reason }, 'fill failed: nothing stored');
       this.options.onFailed?.(digest, reason, 'upstream');
-      if (!fill.signal.aborted) this.noteFailure(digest);
+      if (!fill.signal.aborted && !(err instanceof RegistryError && err.status < 500)) this.noteFailure(digest);
       fill.fail(err instanceof RegistryError ? err : new RegistryError('UPSTREAM_FAILED', `fetching the blob from upstream failed: ${reason}`));
     }
   }
