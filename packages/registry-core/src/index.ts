@@ -21,6 +21,7 @@ export * from './run.js';
 export * from './config/index.js';
 export * from './auth/htpasswd.js';
 export * from './auth/htpasswd-authorizer.js';
+export * from './jws/index.js';
 export * from './auth/token/jwt.js';
 export * from './auth/token/rules.js';
 export * from './auth/token/server.js';

@@ -8,8 +8,7 @@ import { randomBytes, type KeyObject } from 'node:crypto';
 import { rootCertificates } from 'node:tls';
 import got, { type Got, type Response } from 'got';
 import type { Logger } from 'pino';
-import { Digest, RegistryError, validateName } from '@cascade/registry-core';
-import { decodeJws, importPublicJwk, JwsError, signJws, verifyJwsSignature, type DecodedJws, type Jwks, type PublicJwk } from './jws.js';
+import { decodeJws, Digest, importPublicJwk, JwsError, RegistryError, signJws, validateName, verifyJwsSignature, type DecodedJws, type Jwks, type PublicJwk } from '@cascade/registry-core';
 import { MAX_GRANT_TTL_SECONDS, type GrantKeyStore, type SigningKey } from './keys.js';
 
 /** The JWS `typ` of a grant, so that no other token signed with the same keys can pass for one (RFC 8725 3.11). */

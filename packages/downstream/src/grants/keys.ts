@@ -6,7 +6,7 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { assertEs256Key, JwsError, jwkThumbprint, publicJwk, type Jwks, type PublicJwk } from './jws.js';
+import { assertEs256Key, JwsError, jwkThumbprint, publicJwk, type Jwks, type PublicJwk } from '@cascade/registry-core';
 
 /**
  * The longest lifetime a grant may have, in seconds. The signer refuses longer ones and verifiers refuse

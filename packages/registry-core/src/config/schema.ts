@@ -11,7 +11,7 @@
  *   come out as milliseconds.
  */
 import { z } from 'zod';
-import { JWS_ALGORITHMS } from '../auth/token/jwt.js';
+import { JWS_ALGORITHMS } from '../jws/index.js';
 import { GO_DURATION_EXPECTED, parseGoDuration } from './duration.js';
 
 /** Refinements that must run even when sibling keys failed, so that every issue is reported at once. */

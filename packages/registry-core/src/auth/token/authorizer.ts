@@ -10,7 +10,8 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { RegistryError } from '../../errors.js';
 import { scopeOf, type Access, type Authorizer, type Identity } from '../authorizer.js';
-import { verifyJwt, type JwsAlgorithm, type ResourceActions, type TokenClaims, type TrustedKeys } from './jwt.js';
+import type { JwsAlgorithm } from '../../jws/index.js';
+import { verifyJwt, type ResourceActions, type TokenClaims, type TrustedKeys } from './jwt.js';
 
 /** The part of a pino logger the authorizer uses: why a token was refused (never the token itself). */
 export interface TokenAuthorizerLogger {

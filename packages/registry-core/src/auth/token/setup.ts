@@ -9,7 +9,8 @@ import type { TokenAuthConfig } from '../../config/schema.js';
 import type { ExtraRoute } from '../../http/app.js';
 import { HtpasswdAuthenticator, type HtpasswdLogger } from '../htpasswd.js';
 import { TokenAuthorizer } from './authorizer.js';
-import { jwkThumbprint, JwsSigner, TrustedKeys, type TrustedKey } from './jwt.js';
+import { jwkThumbprint } from '../../jws/index.js';
+import { JwsSigner, TrustedKeys, type TrustedKey } from './jwt.js';
 import { AccessRules } from './rules.js';
 import { TokenServer } from './server.js';
 
