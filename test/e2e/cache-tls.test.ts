@@ -9,7 +9,7 @@ import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { assertBlob, blobRequests, blobUrl, errorCodes, fetchBlob, hasBlobData, randomBlob, runCacheExpectingExit, settle, sha256, startCacheNode, startCascadeOrigin, testScope } from '../lib/cache.js';
-import { makeCa, writePair, type TestCa } from '../lib/pki.js';
+import { makeCa, writePair, type TestCa } from '@cascade/testkit';
 
 const NAME = 'team/app';
 

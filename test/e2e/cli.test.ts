@@ -11,7 +11,7 @@ import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import bcrypt from 'bcryptjs';
-import forge from 'node-forge';
+import { makeCa } from '@cascade/testkit';
 import { stringify } from 'yaml';
 import { CASCADE_BIN, startCascade, testScope } from '../lib/cascade.js';
 import { makeOciImage } from '../lib/image.js';
@@ -130,20 +130,10 @@ describe('cascade registry: htpasswd auth', () => {
 describe('cascade registry: TLS', () => {
   it('serves HTTPS with http.tls', async (t) => {
     const { dir, defer } = await testScope(t, 'cascade-cli-');
-    const keys = forge.pki.rsa.generateKeyPair(2048);
-    const cert = forge.pki.createCertificate();
-    cert.publicKey = keys.publicKey;
-    cert.serialNumber = '01';
-    cert.validity.notBefore = new Date(Date.now() - 60_000);
-    cert.validity.notAfter = new Date(Date.now() + 86_400_000);
-    const attrs = [{ name: 'commonName', value: '127.0.0.1' }];
-    cert.setSubject(attrs);
-    cert.setIssuer(attrs);
-    cert.setExtensions([{ name: 'subjectAltName', altNames: [{ type: 7, ip: '127.0.0.1' }] }]);
-    cert.sign(keys.privateKey, forge.md.sha256.create());
-    const certPem = forge.pki.certificateToPem(cert);
-    await writeFile(join(dir, 'cert.pem'), certPem);
-    await writeFile(join(dir, 'key.pem'), forge.pki.privateKeyToPem(keys.privateKey));
+    const ca = makeCa();
+    const pair = ca.issue();
+    await writeFile(join(dir, 'cert.pem'), pair.certPem);
+    await writeFile(join(dir, 'key.pem'), pair.keyPem);
     const proc = await startCascade(dir, {
       storage: { inmemory: {} },
       http: { addr: '127.0.0.1:0', tls: { certificate: join(dir, 'cert.pem'), key: join(dir, 'key.pem') } },
@@ -151,7 +141,7 @@ describe('cascade registry: TLS', () => {
     defer(() => proc.stop());
     assert.match(proc.url, /^https:\/\//);
     const status = await new Promise<number>((resolve, reject) => {
-      httpsRequest(`${proc.url}/v2/`, { ca: certPem }, (res) => {
+      httpsRequest(`${proc.url}/v2/`, { ca: ca.certPem }, (res) => {
         res.resume();
         resolve(res.statusCode ?? 0);
       })

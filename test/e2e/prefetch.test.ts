@@ -18,7 +18,7 @@ import { ROOT } from '../lib/cascade.js';
 import { makeOciIndex, type ImageInfo } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
 import { freePort, skopeo } from '../lib/peers.js';
-import { makeCa, writePair } from '../lib/pki.js';
+import { makeCa, writePair } from '@cascade/testkit';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

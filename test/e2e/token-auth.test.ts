@@ -16,7 +16,7 @@ import { ACCESS, creds, ISSUER, SERVICE, startTokenCascade, USERS, writeSigningK
 import { makeOciImage, type OciImageLayout } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
 import { freePort, skopeo } from '../lib/peers.js';
-import { makeCa } from '../lib/pki.js';
+import { makeCa } from '@cascade/testkit';
 
 /** The text of every log line of the process, to search for leaked secrets. */
 function allOutput(proc: CascadeProcess): string {

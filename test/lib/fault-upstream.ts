@@ -1,8 +1,9 @@
 /**
- * A programmable fake upstream registry for the cache node's fault tests: a real node:http server on
- * 127.0.0.1:0 that answers `/v2/`, blob GET/HEAD (`/v2/<name>/blobs/<digest>`), manifest GET/HEAD
- * (`/v2/<name>/manifests/<tag or digest>`) and `tags/list` the way the scenario set for that digest says,
- * and records every request (method, path, headers, Range) it receives. It can stand in for a cache node's
+ * A programmable fake upstream registry for the cache node's fault tests: the testkit's fake registry
+ * (`@cascade/testkit`: a real node:http server on 127.0.0.1:0 that answers `/v2/`, blob and manifest GET/HEAD and
+ * `tags/list`, and records every request: method, path, headers, Range) with a hook that answers blob GET/HEAD
+ * (`/v2/<name>/blobs/<digest>`) and manifest GET/HEAD (`/v2/<name>/manifests/<tag or digest>`) the way the
+ * scenario set for that digest says. It can stand in for a cache node's
  * origin, a mirror's remote and the server role's origin (it needs no credentials: `/v2/` answers 200).
  *
  * Scenarios (for a blob, or for a manifest: by tag and by digest alike):
@@ -36,9 +37,8 @@
  * fault also ends the stalls it caused, as a real upstream's timeout would) and by `stop()`.
  * Every other path answers 404 with an OCI error.
  */
-import { createHash } from 'node:crypto';
-import { createServer, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import type { ServerResponse } from 'node:http';
+import { contentHeaders, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, startFakeRegistry, type Content, type Exchange, type FakeRequest } from '@cascade/testkit';
 
 /** What a fault scenario may add: how many requests get it, and for which method. */
 interface Limits {
@@ -66,21 +66,12 @@ export type Scenario = Limits &
     | { readonly kind: 'malformed-header' }
   );
 
-/** One request the fake upstream received. */
-export interface UpstreamRequest {
-  readonly method: string;
-  readonly path: string;
-  /** The digest for blob and manifest requests (a tag resolved to its manifest's digest) and their redirects. */
-  readonly digest?: string;
-  /** What was asked for. */
-  readonly kind: 'ping' | 'blob' | 'manifest' | 'tags' | 'redirect' | 'other';
-  readonly headers: IncomingHttpHeaders;
-  readonly at: number;
-  /** When the connection closed before the response was complete (the client gave up, or the scenario cut it). */
-  closedEarlyAt?: number;
-  /** When the response's connection was done with it (finished or closed); undefined while it is open. */
-  closedAt?: number;
-}
+/**
+ * One request the fake upstream received (the testkit's record). `kind` is `ping`, `blob`, `manifest`, `tags`,
+ * `redirect` (a redirect scenario's target) or `other`; `digest` is set for blob and manifest requests (a tag
+ * resolved to its manifest's digest) and their redirects.
+ */
+export type UpstreamRequest = FakeRequest;
 
 /** An image the fake upstream serves: a manifest (tagged) pointing at a config and layer blobs it serves too. */
 export interface FakeImage {
@@ -116,34 +107,16 @@ export interface FaultUpstream {
   stop(): Promise<void>;
 }
 
-const BLOB_PATH = /^\/v2\/(.+)\/blobs\/(sha256:[0-9a-f]{64})$/;
-const MANIFEST_PATH = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
-const TAGS_PATH = /^\/v2\/(.+)\/tags\/list$/;
 /** The targets of `redirect` scenarios: `/_redirect/<digest>/<step>`. */
 const REDIRECT_PATH = /^\/_redirect\/(sha256:[0-9a-f]{64})\/(\w+)$/;
-
-const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
-const OCI_CONFIG = 'application/vnd.oci.image.config.v1+json';
-const OCI_LAYER = 'application/vnd.oci.image.layer.v1.tar+gzip';
 
 /** Faults that a HEAD gets as well (without `only`): they happen before or in the headers. */
 const HEADER_FAULTS = new Set<Scenario['kind']>(['status', 'hang', 'close-before-headers', 'redirect', 'huge-header', 'malformed-header', 'wrong-length']);
 
-function sendError(res: ServerResponse, status: number, code: string, message: string, headers: Record<string, string> = {}, head = false): void {
-  const body = JSON.stringify({ errors: [{ code, message, detail: null }] });
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'docker-distribution-api-version': 'registry/2.0', ...headers });
-  res.end(head ? undefined : body);
-}
-
-const sha256 = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-
-interface Served {
-  bytes: Buffer;
+interface Fault {
   scenario: Scenario;
   /** Requests that got the fault so far (for `times`). */
   faulted: number;
-  /** Content-Type of a manifest; undefined for blobs. */
-  mediaType?: string;
   /** Responses held open by `hang` and `stall`. */
   held: Set<ServerResponse>;
 }
@@ -155,25 +128,10 @@ function rawHead(status: string, headers: Array<[string, string | number]>, extr
 
 /** Starts a fake upstream on a free port of 127.0.0.1. */
 export async function startFaultUpstream(): Promise<FaultUpstream> {
-  const served = new Map<string, Served>();
-  /** `<name>:<tag>` -> manifest digest */
-  const tags = new Map<string, string>();
-  const requests: UpstreamRequest[] = [];
-  const sockets = new Set<Socket>();
-  const timers = new Set<NodeJS.Timeout>();
-  let ping: { status: number; headers: Record<string, string> } = { status: 200, headers: {} };
-  let base = '';
-
-  const later = (ms: number, fn: () => void) => {
-    const t = setTimeout(() => {
-      timers.delete(t);
-      fn();
-    }, ms);
-    timers.add(t);
-  };
+  const faults = new Map<string, Fault>();
 
   /** The scenario this request gets, counting it against `times`. */
-  function effective(entry: Served, method: string): Scenario {
+  function effective(entry: Fault, method: string): Scenario {
     const s = entry.scenario;
     if (s.kind === 'ok') return s;
     if (s.only !== undefined && s.only !== method) return { kind: 'ok' };
@@ -188,16 +146,11 @@ export async function startFaultUpstream(): Promise<FaultUpstream> {
     return s;
   }
 
-  function answer(req: IncomingMessage, res: ServerResponse, digest: string, entry: Served, scenario: Scenario, head: boolean): void {
-    const { bytes } = entry;
+  function answer(x: Exchange, content: Content, entry: Fault, scenario: Scenario): void {
+    const { req, res, head } = x;
+    const { bytes, digest } = content;
     const socket = req.socket;
-    const baseHeaders: OutgoingHttpHeaders = {
-      'content-type': entry.mediaType ?? 'application/octet-stream',
-      'docker-content-digest': digest,
-      'docker-distribution-api-version': 'registry/2.0',
-      ...(entry.mediaType ? {} : { 'accept-ranges': 'bytes' }),
-    };
-    const rawBase = (): Array<[string, string | number]> => Object.entries(baseHeaders).map(([k, v]) => [k, String(v)]);
+    const rawBase = (): Array<[string, string | number]> => Object.entries(contentHeaders(content)).map(([k, v]) => [k, String(v)]);
     const hold = () => {
       entry.held.add(res);
       res.once('close', () => entry.held.delete(res));
@@ -210,16 +163,16 @@ export async function startFaultUpstream(): Promise<FaultUpstream> {
         socket.destroy();
         return;
       case 'status': {
-        const code = scenario.code ?? (scenario.status === 404 ? (entry.mediaType ? 'MANIFEST_UNKNOWN' : 'BLOB_UNKNOWN') : scenario.status === 401 ? 'UNAUTHORIZED' : scenario.status === 429 ? 'TOOMANYREQUESTS' : 'UNKNOWN');
-        sendError(res, scenario.status, code, `fault upstream: ${scenario.status}`, scenario.headers ?? {}, head);
+        const code = scenario.code ?? (scenario.status === 404 ? (content.mediaType ? 'MANIFEST_UNKNOWN' : 'BLOB_UNKNOWN') : scenario.status === 401 ? 'UNAUTHORIZED' : scenario.status === 429 ? 'TOOMANYREQUESTS' : 'UNKNOWN');
+        x.fail(scenario.status, code, `fault upstream: ${scenario.status}`, scenario.headers ?? {});
         return;
       }
       case 'redirect': {
-        const path = (req.url ?? '/').split('?')[0]!;
+        const path = x.record.path;
         let location: string;
-        if (scenario.to === 'self') location = `${base}${path}`;
-        else if (scenario.to === 'missing') location = `${base}/_missing/${digest}`;
-        else location = `${base}/_redirect/${digest}/${path.endsWith('/a') ? 'b' : 'a'}`;
+        if (scenario.to === 'self') location = `${fake.url}${path}`;
+        else if (scenario.to === 'missing') location = `${fake.url}/_missing/${digest}`;
+        else location = `${fake.url}/_redirect/${digest}/${path.endsWith('/a') ? 'b' : 'a'}`;
         res.writeHead(307, { location, 'content-length': 0, 'docker-distribution-api-version': 'registry/2.0' });
         res.end();
         return;
@@ -243,45 +196,26 @@ export async function startFaultUpstream(): Promise<FaultUpstream> {
         socket.write(bytes);
         // longer than the body: the client waits for the rest, then the connection closes; shorter: the
         // rest of the body is left on the (kept-alive) connection for the next response to trip on
-        if (scenario.delta > 0) later(100, () => socket.destroy());
+        if (scenario.delta > 0) void fake.sleep(100).then(() => socket.destroy());
         return;
       }
-      case 'ok': {
-        const range = entry.mediaType ? null : /^bytes=(\d+)-(\d*)$/.exec(String(req.headers.range ?? ''));
-        if (range && !head) {
-          const start = Number(range[1]);
-          const end = range[2] ? Math.min(Number(range[2]), bytes.length - 1) : bytes.length - 1;
-          if (start >= bytes.length || start > end) {
-            res.writeHead(416, { ...baseHeaders, 'content-range': `bytes */${bytes.length}` });
-            res.end();
-            return;
-          }
-          res.writeHead(206, { ...baseHeaders, 'content-length': end - start + 1, 'content-range': `bytes ${start}-${end}/${bytes.length}` });
-          res.end(bytes.subarray(start, end + 1));
-          return;
-        }
-        res.writeHead(200, { ...baseHeaders, 'content-length': bytes.length });
-        res.end(head ? undefined : bytes);
+      case 'ok':
+        void x.serve();
         return;
-      }
-      case 'extra-bytes': {
-        const extra = Buffer.alloc(scenario.extra ?? 16, 0x41);
-        res.writeHead(200, { ...baseHeaders, 'content-length': bytes.length + extra.length });
-        res.end(head ? undefined : Buffer.concat([bytes, extra]));
+      case 'extra-bytes':
+        void x.serve({ bytes: Buffer.concat([bytes, Buffer.alloc(scenario.extra ?? 16, 0x41)]), ignoreRange: true });
         return;
-      }
       case 'wrong-bytes':
       case 'flip': {
         const wrong = Buffer.from(bytes);
         const at = scenario.kind === 'flip' ? (scenario.at ?? Math.floor(bytes.length / 2)) : bytes.length - 1;
         wrong[at] = (wrong[at] ?? 0) ^ 0xff;
-        res.writeHead(200, { ...baseHeaders, 'content-length': bytes.length });
-        res.end(head ? undefined : wrong);
+        void x.serve({ bytes: wrong, ignoreRange: true });
         return;
       }
       case 'die':
       case 'stall': {
-        res.writeHead(200, { ...baseHeaders, 'content-length': bytes.length });
+        res.writeHead(200, { ...contentHeaders(content), 'content-length': bytes.length });
         if (head) {
           res.end();
           return;
@@ -296,137 +230,63 @@ export async function startFaultUpstream(): Promise<FaultUpstream> {
           // cut the connection without finishing the body, once the bytes have left (after a moment by default)
           const delay = scenario.closeDelayMs ?? 50;
           if (delay === 0) socket.destroy();
-          else later(delay, () => socket.destroy());
+          else void fake.sleep(delay).then(() => socket.destroy());
         };
         // the callback runs once the headers (and bytes) were handed to the socket
         if (n > 0) res.write(bytes.subarray(0, n), after);
         else socket.write('', after);
         return;
       }
-      case 'slow': {
-        res.writeHead(200, { ...baseHeaders, 'content-length': bytes.length });
-        if (head) {
-          res.end();
-          return;
-        }
-        res.flushHeaders();
-        let off = 0;
-        const tick = () => {
-          if (res.destroyed) return;
-          const next = Math.min(bytes.length, off + scenario.chunkBytes);
-          const chunk = bytes.subarray(off, next);
-          off = next;
-          if (off >= bytes.length) {
-            res.end(chunk);
-            return;
-          }
-          res.write(chunk);
-          later(scenario.intervalMs, tick);
-        };
-        tick();
+      case 'slow':
+        void x.serve({ ignoreRange: true, chunkBytes: scenario.chunkBytes, chunkDelayMs: scenario.intervalMs });
         return;
-      }
     }
   }
 
-  const server: Server = createServer({ maxHeaderSize: 64 * 1024 }, (req, res) => {
-    const path = (req.url ?? '/').split('?')[0]!;
-    const head = req.method === 'HEAD';
-    const blob = BLOB_PATH.exec(path);
-    const manifest = blob ? null : MANIFEST_PATH.exec(path);
-    const tagList = TAGS_PATH.exec(path);
-    const redirect = REDIRECT_PATH.exec(path);
-    let digest: string | undefined;
-    let kind: UpstreamRequest['kind'] = 'other';
-    if (path === '/v2/' || path === '/v2') kind = 'ping';
-    else if (blob) {
-      kind = 'blob';
-      digest = blob[2];
-    } else if (manifest) {
-      kind = 'manifest';
-      const ref = manifest[2]!;
-      digest = ref.startsWith('sha256:') ? ref : tags.get(`${manifest[1]}:${ref}`);
-    } else if (tagList) kind = 'tags';
-    else if (redirect) {
-      kind = 'redirect';
-      digest = redirect[1];
-    } else if (path.startsWith('/_missing/')) digest = path.slice('/_missing/'.length);
-    const record: UpstreamRequest = { method: req.method ?? 'GET', path, kind, ...(digest ? { digest } : {}), headers: req.headers, at: Date.now() };
-    requests.push(record);
-    res.on('close', () => {
-      record.closedAt = Date.now();
-      if (!res.writableFinished) record.closedEarlyAt = Date.now();
-    });
-    req.resume();
-    if (kind === 'ping') {
-      const body = ping.status === 200 ? '{}' : JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] });
-      res.writeHead(ping.status, { 'content-type': 'application/json', 'content-length': body.length, 'docker-distribution-api-version': 'registry/2.0', ...ping.headers });
-      res.end(head ? undefined : body);
-      return;
-    }
-    if (kind === 'tags' && (req.method === 'GET' || head)) {
-      const name = tagList![1]!;
-      const list = [...tags.keys()].filter((k) => k.startsWith(`${name}:`)).map((k) => k.slice(name.length + 1)).sort();
-      if (list.length === 0) {
-        sendError(res, 404, 'NAME_UNKNOWN', `fault upstream: no repository ${name}`, {}, head);
-        return;
-      }
-      const body = JSON.stringify({ name, tags: list });
-      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'docker-distribution-api-version': 'registry/2.0' });
-      res.end(head ? undefined : body);
-      return;
-    }
-    const entry = digest !== undefined ? served.get(digest) : undefined;
-    if ((kind === 'blob' || kind === 'manifest' || kind === 'redirect') && (req.method === 'GET' || head) && entry) {
+  const fake = await startFakeRegistry({
+    maxHeaderSize: 64 * 1024,
+    classify(path) {
+      const redirect = REDIRECT_PATH.exec(path);
+      if (redirect) return { kind: 'redirect', digest: redirect[1]! };
+      if (path.startsWith('/_missing/')) return { kind: 'other', digest: path.slice('/_missing/'.length) };
+      return undefined;
+    },
+    hook(x) {
+      const { record, req } = x;
+      req.resume();
+      const entry = record.digest !== undefined ? faults.get(record.digest) : undefined;
+      const content = record.digest !== undefined ? fake.content(record.digest) : undefined;
+      if (!['blob', 'manifest', 'redirect'].includes(record.kind) || !(req.method === 'GET' || x.head) || !entry || !content) return false;
       // a redirect target keeps redirecting while the fault is set; once cleared it serves the content
-      answer(req, res, digest!, entry, effective(entry, req.method ?? 'GET'), head);
-      return;
-    }
-    if (kind === 'blob' && (req.method === 'GET' || head)) {
-      sendError(res, 404, 'BLOB_UNKNOWN', 'blob unknown to registry', {}, head);
-      return;
-    }
-    if (kind === 'manifest' && (req.method === 'GET' || head)) {
-      sendError(res, 404, 'MANIFEST_UNKNOWN', 'manifest unknown', {}, head);
-      return;
-    }
-    sendError(res, 404, 'NOT_FOUND', `fault upstream: nothing at ${req.method} ${path}`, {}, head);
+      answer(x, content, entry, effective(entry, req.method ?? 'GET'));
+      return true;
+    },
   });
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
-  await new Promise<void>((res, rej) => server.once('error', rej).listen(0, '127.0.0.1', () => res()));
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('fault upstream: no address');
-  const host = `127.0.0.1:${address.port}`;
-  base = `http://${host}`;
 
-  const endHeld = (entry: Served) => {
+  const endHeld = (entry: Fault) => {
     for (const r of entry.held) r.socket?.destroy();
     entry.held.clear();
   };
-  const add = (bytes: Buffer, scenario: Scenario, mediaType?: string): string => {
-    const digest = sha256(bytes);
-    const existing = served.get(digest);
+  const track = (digest: string, scenario: Scenario): string => {
+    const existing = faults.get(digest);
     if (existing) endHeld(existing);
-    served.set(digest, { bytes, scenario, faulted: 0, held: new Set(), ...(mediaType ? { mediaType } : {}) });
+    faults.set(digest, { scenario, faulted: 0, held: new Set() });
     return digest;
   };
 
   return {
-    url: base,
-    host,
-    requests,
+    url: fake.url,
+    host: fake.host,
+    requests: fake.requests,
     addBlob(bytes, scenario = { kind: 'ok' }) {
-      return add(bytes, scenario);
+      return track(fake.addBlob(bytes), scenario);
     },
     addImage(name, tag, layers, scenario = { kind: 'ok' }) {
-      const layerDigests = layers.map((l) => add(l, { kind: 'ok' }));
+      const layerDigests = layers.map((l) => track(fake.addBlob(l), { kind: 'ok' }));
       const config = Buffer.from(
         JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: layerDigests }, history: [{ created_by: `fault upstream ${name}:${tag}` }] }),
       );
-      const configDigest = add(config, { kind: 'ok' });
+      const configDigest = track(fake.addBlob(config), { kind: 'ok' });
       const manifest = Buffer.from(
         JSON.stringify({
           schemaVersion: 2,
@@ -435,30 +295,21 @@ export async function startFaultUpstream(): Promise<FaultUpstream> {
           layers: layers.map((l, i) => ({ mediaType: OCI_LAYER, digest: layerDigests[i], size: l.length })),
         }),
       );
-      const digest = add(manifest, scenario, OCI_MANIFEST);
-      tags.set(`${name}:${tag}`, digest);
+      const digest = track(fake.addManifest(manifest, { name, tag, mediaType: OCI_MANIFEST }), scenario);
       return { name, tag, digest, manifest, mediaType: OCI_MANIFEST, config: configDigest, layers: layerDigests };
     },
     setScenario(digest, scenario) {
-      const entry = served.get(digest);
+      const entry = faults.get(digest);
       if (!entry) throw new Error(`fault upstream: unknown digest ${digest}`);
       endHeld(entry);
       entry.scenario = scenario;
       entry.faulted = 0;
     },
-    count(digest, method) {
-      return requests.filter((r) => r.digest === digest && (method === undefined || r.method === method)).length;
-    },
+    count: (digest, method) => fake.count(digest, method),
     setPing(status, headers = {}) {
-      ping = { status, headers };
+      fake.ping = { status, headers };
     },
-    async stop() {
-      for (const t of timers) clearTimeout(t);
-      const closed = new Promise<void>((res) => server.close(() => res()));
-      server.closeAllConnections();
-      for (const s of sockets) s.destroy();
-      await closed;
-    },
+    stop: () => fake.stop(),
   };
 }
 

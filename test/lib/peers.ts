@@ -6,10 +6,10 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort } from '@cascade/testkit';
 
 /** Result of running a command to completion. */
 export interface RunResult {
@@ -63,14 +63,7 @@ export function run(
 }
 
 /** A free TCP port on 127.0.0.1 (bound and released; callers that race for it should retry). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((res, rej) => server.once('error', rej).listen(0, '127.0.0.1', () => res()));
-  const address = server.address();
-  await new Promise<void>((res) => server.close(() => res()));
-  if (address === null || typeof address === 'string') throw new Error('freePort: no address');
-  return address.port;
-}
+export { freePort };
 
 /** A long-running child process whose output is kept for diagnostics. */
 export interface Daemon {

@@ -4,8 +4,8 @@
  * HEADs to a real origin (Cascade or distribution), and answers every blob GET with
  * `307 Location: <cache URL>/v2/<name>/blobs/<digest>`, so the client fetches the bytes from the cache.
  */
-import { createServer, request as httpRequest, type Server } from 'node:http';
-import type { Socket } from 'node:net';
+import { request as httpRequest } from 'node:http';
+import { startFakeRegistry } from '@cascade/testkit';
 
 export interface RedirectingOrigin {
   /** `http://127.0.0.1:PORT` */
@@ -18,57 +18,35 @@ export interface RedirectingOrigin {
   stop(): Promise<void>;
 }
 
-const BLOB_PATH = /^\/v2\/(.+)\/blobs\/(sha256:[0-9a-f]{64})$/;
-
-/** Starts the front: `origin` gets everything but blob GETs, which are redirected to `cache`. */
+/** Starts the front (the testkit's fake registry, every request answered by its hook): `origin` gets everything but blob GETs, which are redirected to `cache`. */
 export async function startRedirectingOrigin(options: { origin: string; cache: string }): Promise<RedirectingOrigin> {
   const origin = new URL(options.origin);
   const redirects: string[] = [];
   const proxied: string[] = [];
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((req, res) => {
-    const url = req.url ?? '/';
-    const path = url.split('?')[0]!;
-    const m = BLOB_PATH.exec(path);
-    if (m && req.method === 'GET') {
-      req.resume();
-      const location = `${options.cache}/v2/${m[1]}/blobs/${m[2]}`;
-      redirects.push(location);
-      res.writeHead(307, { location, 'content-length': 0, 'docker-distribution-api-version': 'registry/2.0' });
-      res.end();
-      return;
-    }
-    const headers = { ...req.headers, host: origin.host };
-    const up = httpRequest({ hostname: origin.hostname, port: origin.port, method: req.method, path: url, headers }, (upRes) => {
-      proxied.push(`${req.method} ${path} -> ${upRes.statusCode}`);
-      res.writeHead(upRes.statusCode ?? 502, upRes.headers);
-      upRes.pipe(res);
-    });
-    up.on('error', (err) => {
-      proxied.push(`${req.method} ${path} -> error ${err.message}`);
-      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
-      res.end(`redirecting origin: ${err.message}`);
-    });
-    req.pipe(up);
-  });
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
-  await new Promise<void>((res, rej) => server.once('error', rej).listen(0, '127.0.0.1', () => res()));
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('redirecting origin: no address');
-  const host = `127.0.0.1:${address.port}`;
-  return {
-    url: `http://${host}`,
-    host,
-    redirects,
-    proxied,
-    async stop() {
-      const closed = new Promise<void>((res) => server.close(() => res()));
-      server.closeAllConnections();
-      for (const s of sockets) s.destroy();
-      await closed;
+  const fake = await startFakeRegistry({
+    hook({ req, res, record }) {
+      if (record.kind === 'blob' && req.method === 'GET') {
+        req.resume();
+        const location = `${options.cache}/v2/${record.name}/blobs/${record.digest}`;
+        redirects.push(location);
+        res.writeHead(307, { location, 'content-length': 0, 'docker-distribution-api-version': 'registry/2.0' });
+        res.end();
+        return true;
+      }
+      const headers = { ...req.headers, host: origin.host };
+      const up = httpRequest({ hostname: origin.hostname, port: origin.port, method: req.method, path: record.url, headers }, (upRes) => {
+        proxied.push(`${req.method} ${record.path} -> ${upRes.statusCode}`);
+        res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+        upRes.pipe(res);
+      });
+      up.on('error', (err) => {
+        proxied.push(`${req.method} ${record.path} -> error ${err.message}`);
+        if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
+        res.end(`redirecting origin: ${err.message}`);
+      });
+      req.pipe(up);
+      return true;
     },
-  };
+  });
+  return { url: fake.url, host: fake.host, redirects, proxied, stop: () => fake.stop() };
 }

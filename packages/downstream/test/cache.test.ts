@@ -3,9 +3,8 @@
  * upstream that can be slowed or broken per test.
  */
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
-import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { request } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -24,18 +23,16 @@ import {
   type Sendfile,
   type StorageDriver,
 } from '@cascade/registry-core';
+import { sha256, startFakeRegistry, type Exchange, type FakeRegistry } from '@cascade/testkit';
 import { CacheNamespace } from '../src/cache.js';
 import { UpstreamPool } from '../src/upstream.js';
 
 const silent = pino({ level: 'silent' });
-const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+const sha = sha256;
 
-/** A blob origin whose behaviour is chosen per request: normal, slow, truncated or corrupt. */
+/** The testkit's fake registry, its blobs answered as the test says per request: normal, slow, truncated, corrupt or 500. */
 class Origin {
-  server!: Server;
-  url = '';
-  blobs = new Map<string, Buffer>();
-  gets = new Map<string, number>();
+  fake!: FakeRegistry;
   mode: 'ok' | 'slow' | 'truncate' | 'corrupt' | 'error' = 'ok';
   chunkDelayMs = 20;
   /** The next this many GETs are cut halfway through their body (whatever the mode; 'truncate' cuts all). */
@@ -45,55 +42,40 @@ class Origin {
   /** The Range header of every ranged GET. */
   ranges: string[] = [];
 
+  get url(): string {
+    return this.fake.url;
+  }
+
   async start(): Promise<void> {
-    this.server = createServer((req, res) => void this.handle(req, res));
-    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', () => r()));
-    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+    this.fake = await startFakeRegistry({ hook: (x) => this.answer(x) });
   }
 
   add(data: Buffer): string {
-    const d = sha(data);
-    this.blobs.set(d, data);
-    return d;
+    return this.fake.addBlob(data);
   }
 
-  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const m = /\/blobs\/(sha256:[a-f0-9]{64})$/.exec(req.url ?? '');
-    const data = m ? this.blobs.get(m[1] as string) : undefined;
-    if (!m || !data) {
-      res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"BLOB_UNKNOWN","message":"x"}]}');
-      return;
-    }
-    if (req.method === 'GET') this.gets.set(m[1] as string, (this.gets.get(m[1] as string) ?? 0) + 1);
+  /** GETs of a blob so far. */
+  gets(digest: string): number {
+    return this.fake.count(digest, 'GET');
+  }
+
+  private answer({ req, res, record, content, serve }: Exchange): boolean {
+    if (record.kind !== 'blob' || content === undefined) return false;
+    req.resume();
     if (this.mode === 'error') {
       res.writeHead(500).end();
-      return;
+      return true;
     }
-    const range = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
-    if (range && req.method === 'GET') this.ranges.push(req.headers.range as string);
-    let body = this.mode === 'corrupt' ? Buffer.from(data).fill(0x41, 0, 16) : data;
-    if (range && !this.ignoreRange) {
-      const [s, e] = [Number(range[1]), Number(range[2])];
-      res.writeHead(206, { 'content-length': e - s + 1, 'content-range': `bytes ${s}-${e}/${data.length}` });
-      body = body.subarray(s, e + 1);
-    } else {
-      res.writeHead(200, { 'content-length': data.length, 'content-type': 'application/octet-stream' });
-    }
-    if (req.method === 'HEAD') {
-      res.end();
-      return;
-    }
-    const cut = this.mode === 'truncate' || (req.method === 'GET' && this.cutNext > 0 && this.cutNext-- > 0);
-    const step = 64 * 1024;
-    for (let off = 0; off < body.length; off += step) {
-      if (cut && off >= body.length / 2) {
-        res.destroy();
-        return;
-      }
-      if (!res.write(body.subarray(off, off + step))) await new Promise((r) => res.once('drain', r));
-      if (this.mode === 'slow') await new Promise((r) => setTimeout(r, this.chunkDelayMs));
-    }
-    res.end();
+    const range = req.headers.range;
+    if (range !== undefined && /^bytes=(\d+)-(\d+)$/.test(range) && req.method === 'GET') this.ranges.push(range);
+    void serve({
+      ...(this.mode === 'corrupt' ? { bytes: Buffer.from(content.bytes).fill(0x41, 0, 16) } : {}),
+      ignoreRange: this.ignoreRange,
+      chunkBytes: 64 * 1024,
+      ...(this.mode === 'slow' ? { chunkDelayMs: this.chunkDelayMs } : {}),
+      cutHalfway: this.mode === 'truncate' || (req.method === 'GET' && this.cutNext > 0 && this.cutNext-- > 0),
+    });
+    return true;
   }
 }
 
@@ -142,7 +124,7 @@ for (const kind of ['in-memory, streamed', 'filesystem, streamed', 'filesystem, 
   after(async () => {
     await server.close();
     await cache.close();
-    origin.server.close();
+    await origin.fake.stop();
     if (root) await rm(root, { recursive: true, force: true });
     if (kind === 'filesystem, sendfile') assert.ok(sent.transfers > 20, `bodies went out with sendfile (${sent.transfers} transfers)`);
   });
@@ -156,7 +138,7 @@ for (const kind of ['in-memory, streamed', 'filesystem, streamed', 'filesystem, 
     assert.equal(sha(first.body), d);
     const second = await get(`${url}/v2/a/b/blobs/${d}`);
     assert.equal(sha(second.body), d);
-    assert.equal(origin.gets.get(d), 1);
+    assert.equal(origin.gets(d), 1);
     // The last byte goes out once the digest is verified; the file is synced and moved into place after.
     await cache.fills.get(Digest.parse(d))?.finished;
     assert.equal((await driver.stat(paths.blobData(Digest.parse(d)))).size, data.length);
@@ -175,7 +157,7 @@ for (const kind of ['in-memory, streamed', 'filesystem, streamed', 'filesystem, 
       assert.equal(r.status, 200);
       assert.equal(sha(r.body), d);
     }
-    assert.equal(origin.gets.get(d), 1);
+    assert.equal(origin.gets(d), 1);
   });
 
   it('a range far ahead of a running fill is fetched from upstream; a range on disk is served at once', async () => {
@@ -214,7 +196,7 @@ for (const kind of ['in-memory, streamed', 'filesystem, streamed', 'filesystem, 
     assert.equal(fill.state, 'done');
     const hit = await get(`${url}/v2/x/blobs/${d}`);
     assert.equal(sha(hit.body), d);
-    assert.equal(origin.gets.get(d), 1);
+    assert.equal(origin.gets(d), 1);
   });
 
   for (const mode of ['truncate', 'corrupt', 'error'] as const) {
@@ -237,6 +219,16 @@ for (const kind of ['in-memory, streamed', 'filesystem, streamed', 'filesystem, 
     });
   }
 
+  it('a 404 upstream is an answer, not a failure: a range request right after it is served once the blob exists', async () => {
+    const data = randomBytes(300_000);
+    const d = sha(data);
+    assert.equal((await get(`${url}/v2/x/blobs/${d}`)).status, 404, 'not upstream yet');
+    origin.add(data);
+    const res = await get(`${url}/v2/x/blobs/${d}`, { range: 'bytes=100-199' });
+    assert.equal(res.status, 206);
+    assert.deepEqual(res.body, data.subarray(100, 200));
+  });
+
   it('a range request right after a fill failed on its upstream is refused at once (a downstream resume does not start another fill)', async () => {
     origin.mode = 'truncate';
     try {
@@ -245,11 +237,11 @@ for (const kind of ['in-memory, streamed', 'filesystem, streamed', 'filesystem, 
       const first = await get(`${url}/v2/x/blobs/${d}`).catch(() => ({ status: -1, body: Buffer.alloc(0) }));
       assert.ok(first.body.length < data.length, 'the first client gets a cut transfer');
       await new Promise((r) => setTimeout(r, 50));
-      const gets = origin.gets.get(d) ?? 0;
+      const gets = origin.gets(d) ?? 0;
       assert.equal(gets, 4, 'the fill made its GET and 3 resumes');
       const resume = await get(`${url}/v2/x/blobs/${d}`, { range: `bytes=${first.body.length}-${data.length - 1}` });
       assert.equal(resume.status, 502, "a downstream's resume gets 502 at once");
-      assert.equal(origin.gets.get(d), gets, 'and costs the upstream nothing');
+      assert.equal(origin.gets(d), gets, 'and costs the upstream nothing');
       // A client's new attempt (no range) starts a new fill.
       origin.mode = 'ok';
       const again = await get(`${url}/v2/x/blobs/${d}`);
@@ -272,7 +264,7 @@ for (const kind of ['in-memory, streamed', 'filesystem, streamed', 'filesystem, 
         const res = await get(`${url}/v2/x/blobs/${d}`);
         assert.equal(res.status, 200);
         assert.equal(sha(res.body), d, 'every byte, in order, once');
-        assert.equal(origin.gets.get(d), 2, 'the cut GET and the resumed one');
+        assert.equal(origin.gets(d), 2, 'the cut GET and the resumed one');
         assert.equal(origin.ranges.length, 1);
         const [start, end] = (/^bytes=(\d+)-(\d+)$/.exec(origin.ranges[0] ?? '') ?? []).slice(1).map(Number);
         assert.ok(start !== undefined && start > 0 && start <= data.length / 2, `resumed from the byte the cut GET stopped at: ${origin.ranges[0]}`);
@@ -293,7 +285,7 @@ for (const kind of ['in-memory, streamed', 'filesystem, streamed', 'filesystem, 
     const res = await fetch(`${url}/v2/x/blobs/${d}`, { method: 'HEAD' });
     assert.equal(res.status, 200);
     assert.equal(res.headers.get('content-length'), '9');
-    assert.equal(origin.gets.get(d) ?? 0, 0);
+    assert.equal(origin.gets(d) ?? 0, 0);
     const missing = await fetch(`${url}/v2/x/blobs/${sha(Buffer.from('nope'))}`);
     assert.equal(missing.status, 404);
     assert.equal(((await missing.json()) as { errors: Array<{ code: string }> }).errors[0]?.code, 'BLOB_UNKNOWN');
@@ -347,7 +339,7 @@ describe('cache with a full disk', () => {
   it('a fill that hits ENOSPC stores nothing, the client gets an error, and the node keeps serving', async (t) => {
     const origin = new Origin();
     await origin.start();
-    t.after(() => origin.server.close());
+    t.after(() => origin.fake.stop());
     const inner = new InMemoryDriver();
     let full = true;
     // The in-memory driver with writers that fail like a full disk while `full` is set.
@@ -406,7 +398,7 @@ describe('cache with a full disk', () => {
   it('a disk full from the first byte: 507 before any body, every upstream left in rotation', async (t) => {
     const origins = [new Origin(), new Origin()];
     for (const o of origins) await o.start();
-    t.after(() => origins.forEach((o) => o.server.close()));
+    t.after(() => Promise.all(origins.map((o) => o.fake.stop())));
     const inner = new InMemoryDriver();
     const enospc = () => Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
     const driver = new Proxy(inner, {
@@ -442,15 +434,10 @@ describe('cache with a full disk', () => {
 describe('cache: GET /v2/ with auth: passthrough', () => {
   it('answers as the upstream does: its challenge to anonymous clients, 200 to good credentials, 401 to bad ones', async (t) => {
     const good = `Basic ${Buffer.from('alice:pw').toString('base64')}`;
-    let pings = 0;
-    const upstream = createServer((req, res) => {
-      if (req.url === '/v2/') pings += 1;
-      if (req.headers.authorization === good) res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-      else res.writeHead(401, { 'www-authenticate': 'Basic realm="origin-realm"', 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAUTHORIZED","message":"x"}]}');
-    });
-    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
-    t.after(() => upstream.close());
-    const url = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+    const upstream = await startFakeRegistry({ challenge: { scheme: 'basic', username: 'alice', password: 'pw', realm: 'origin-realm' } });
+    t.after(() => upstream.stop());
+    const pings = () => upstream.requests.filter((r) => r.kind === 'ping').length;
+    const url = upstream.url;
     const start = async (forwardAuthorization: boolean, originhost: string) => {
       const cache = new CacheNamespace({ driver: new InMemoryDriver(), upstreams: new UpstreamPool({ upstreamhosts: [], originhost, logger: silent }), logger: silent, forwardAuthorization });
       const namespace = { repository: cache.repository.bind(cache), catalog: cache.catalog.bind(cache), ping: cache.ping.bind(cache) };
@@ -468,9 +455,9 @@ describe('cache: GET /v2/ with auth: passthrough', () => {
     assert.equal((await fetch(`${passthrough}/v2/`, { headers: { authorization: good } })).status, 200);
     const wrong = await fetch(`${passthrough}/v2/`, { headers: { authorization: `Basic ${Buffer.from('alice:nope').toString('base64')}` } });
     assert.equal(wrong.status, 401);
-    const before = pings;
+    const before = pings();
     for (let i = 0; i < 5; i++) assert.equal((await fetch(`${passthrough}/v2/`)).status, 401);
-    assert.equal(pings, before, 'the anonymous answer is remembered, not asked upstream each time');
+    assert.equal(pings(), before, 'the anonymous answer is remembered, not asked upstream each time');
     // auth: none fetches without credentials: the client has nothing to send, and gets 200.
     assert.equal((await fetch(`${await start(false, url)}/v2/`)).status, 200);
     // No upstream reachable: the cache answers itself (its stored blobs can still be served).

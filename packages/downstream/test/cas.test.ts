@@ -7,24 +7,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import forge from 'node-forge';
+import { makeCert as signedCert, rsaKeys, subjectAltName, type TestKeys } from '@cascade/testkit';
 import { CaError, loadCAs, validateCaFiles } from '../src/cas.js';
-import { randomSerial } from './serial.js';
 
 const { asn1, pki } = forge;
-
-interface Keys {
-  readonly pem: string;
-  readonly forgePrivate: forge.pki.rsa.PrivateKey;
-  readonly forgePublic: forge.pki.rsa.PublicKey;
-}
-
-/** RSA keys from node's crypto: forge's own key generation takes seconds. */
-function rsaKeys(): Keys {
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const pem = privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
-  const forgePrivate = pki.privateKeyFromPem(pem) as forge.pki.rsa.PrivateKey;
-  return { pem, forgePrivate, forgePublic: pki.setRsaPublicKey(forgePrivate.n, forgePrivate.e) };
-}
 
 const caKeys = rsaKeys();
 const leafKeys = rsaKeys();
@@ -38,31 +24,28 @@ interface CertSpec {
   readonly notAfter?: Date;
   /** Signed by this CA certificate (with caKeys) instead of self-signed. */
   readonly issuer?: forge.pki.Certificate;
-  readonly keys?: Keys;
+  readonly keys?: TestKeys;
   readonly dns?: string[];
 }
 
+/** A certificate signed with caKeys, subject `CN=<cn>, O=Cascade`. */
 function makeCert(spec: CertSpec): forge.pki.Certificate {
-  const keys = spec.keys ?? caKeys;
-  const cert = pki.createCertificate();
-  cert.publicKey = keys.forgePublic;
-  cert.serialNumber = randomSerial();
-  cert.validity.notBefore = spec.notBefore ?? new Date(Date.now() - DAY);
-  // After 2049, so the GeneralizedTime encoding is read too.
-  cert.validity.notAfter = spec.notAfter ?? new Date('2060-01-01T00:00:00Z');
-  cert.setSubject([
-    { name: 'commonName', value: spec.cn },
-    { name: 'organizationName', value: 'Cascade' },
-  ]);
-  cert.setIssuer(spec.issuer === undefined ? cert.subject.attributes : spec.issuer.subject.attributes);
   const ca = spec.ca ?? true;
-  if (ca !== 'none') {
-    const extensions: object[] = [{ name: 'basicConstraints', cA: ca, critical: true }];
-    if (spec.dns !== undefined) extensions.push({ name: 'subjectAltName', altNames: [...spec.dns.map((value) => ({ type: 2, value })), { type: 7, ip: '127.0.0.1' }] });
-    cert.setExtensions(extensions);
-  }
-  cert.sign(caKeys.forgePrivate, forge.md.sha256.create());
-  return cert;
+  const extensions: object[] = [{ name: 'basicConstraints', cA: ca, critical: true }];
+  if (spec.dns !== undefined) extensions.push(subjectAltName(['127.0.0.1'], spec.dns));
+  return signedCert({
+    subject: [
+      { name: 'commonName', value: spec.cn },
+      { name: 'organizationName', value: 'Cascade' },
+    ],
+    keys: spec.keys ?? caKeys,
+    ...(spec.issuer === undefined ? {} : { issuer: { cert: spec.issuer, keys: caKeys } }),
+    signWith: caKeys,
+    notBefore: spec.notBefore ?? new Date(Date.now() - DAY),
+    // After 2049, so the GeneralizedTime encoding is read too.
+    notAfter: spec.notAfter ?? new Date('2060-01-01T00:00:00Z'),
+    ...(ca === 'none' ? {} : { extensions }),
+  });
 }
 
 const toPem = (cert: forge.pki.Certificate): string => pki.certificateToPem(cert);
@@ -73,7 +56,7 @@ function resign(tbs: forge.asn1.Asn1): string {
     asn1.create(asn1.Class.UNIVERSAL, asn1.Type.OID, false, asn1.oidToDer(pki.oids['sha256WithRSAEncryption'] ?? '').getBytes()),
     asn1.create(asn1.Class.UNIVERSAL, asn1.Type.NULL, false, ''),
   ]);
-  const signature = sign('sha256', Buffer.from(asn1.toDer(tbs).getBytes(), 'latin1'), caKeys.pem);
+  const signature = sign('sha256', Buffer.from(asn1.toDer(tbs).getBytes(), 'latin1'), caKeys.keyPem);
   const cert = asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [
     tbs,
     sigAlg,
@@ -149,7 +132,7 @@ describe('loadCAs', () => {
 
   test('the PEM is what Node TLS takes as `ca`: a server with a certificate the CA issued is trusted', async (t) => {
     const leaf = makeCert({ cn: 'localhost', ca: false, issuer: validCa, keys: leafKeys, dns: ['localhost'] });
-    const server: Server = createServer({ cert: toPem(leaf), key: leafKeys.pem }, (_req, res) => res.end('ok'));
+    const server: Server = createServer({ cert: toPem(leaf), key: leafKeys.keyPem }, (_req, res) => res.end('ok'));
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     t.after(() => server.close());
     const { port } = server.address() as AddressInfo;
@@ -169,7 +152,7 @@ describe('loadCAs', () => {
 
   test('several files and several certificates per file, in order; other PEM blocks are left out', () => {
     const second = makeCert({ cn: 'Second CA' });
-    const bundle = file('bundle.pem', `# comment\n${toPem(second)}${caKeys.pem}${toPem(validCa)}`);
+    const bundle = file('bundle.pem', `# comment\n${toPem(second)}${caKeys.keyPem}${toPem(validCa)}`);
     const { pem, certificates } = loadCAs([validCaFile, bundle]);
     assert.deepEqual(
       certificates.map((c) => [c.file, c.subject]),
@@ -240,7 +223,7 @@ describe('loadCAs', () => {
   test('files without a usable certificate', () => {
     assert.match(caError(() => loadCAs([file('garbage.pem', 'this is not a certificate\n')])).reason, /^contains no PEM CERTIFICATE block \(-----BEGIN CERTIFICATE-----\); get the CA certificate/);
     assert.match(caError(() => loadCAs([file('empty.pem', '')])).reason, /^is empty; /);
-    assert.match(caError(() => loadCAs([file('key.pem', caKeys.pem)])).reason, /^contains no PEM CERTIFICATE block \(found RSA PRIVATE KEY\)/);
+    assert.match(caError(() => loadCAs([file('key.pem', caKeys.keyPem)])).reason, /^contains no PEM CERTIFICATE block \(found RSA PRIVATE KEY\)/);
     const der = Buffer.from(asn1.toDer(pki.certificateToAsn1(validCa)).getBytes(), 'latin1');
     assert.match(caError(() => loadCAs([file('ca.der', der)])).reason, /^looks like a DER \(binary\) certificate, not PEM; convert it with: openssl x509 -inform der/);
     const corrupt = file('corrupt.pem', '-----BEGIN CERTIFICATE-----\nTUlJQm9uZQ==\n-----END CERTIFICATE-----\n');

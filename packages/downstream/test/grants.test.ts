@@ -5,13 +5,12 @@
 import assert from 'node:assert/strict';
 import { createHmac, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { pino } from 'pino';
 import { createRegistryApp, Digest, InMemoryDriver, isRegistryError, listen, StorageNamespace, type Access } from '@cascade/registry-core';
+import { startFakeRegistry } from '@cascade/testkit';
 import { GRANT_HEADER, GrantAuthorizer } from '../src/grants/authorizer.js';
 import { GRANT_TYPE, GrantSigner, GrantVerifier, LocalJwks, RemoteJwks, type GrantClaims, type JwksSource } from '../src/grants/grant.js';
 import { decodeJws, JWS_MAX_LENGTH, JwsError, jwkThumbprint, publicJwk, signJws, verifyJws } from '../src/grants/jws.js';
@@ -435,29 +434,18 @@ describe('key store', () => {
 
 /** A JWKS server on 127.0.0.1:0 whose answer the test controls, counting requests. */
 async function jwksServer(t: { after(fn: () => unknown): void }, answer: () => { status: number; body: string }) {
-  let requests = 0;
-  const server: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
-    requests++;
-    if (req.url !== '/api/v0/keys') {
-      res.writeHead(404).end();
-      return;
-    }
-    const { status, body } = answer();
-    res.writeHead(status, { 'content-type': 'application/json' }).end(body);
+  const server = await startFakeRegistry({
+    hook: ({ req, res }) => {
+      if (req.url !== '/api/v0/keys') return false;
+      const { status, body } = answer();
+      res.writeHead(status, { 'content-type': 'application/json' }).end(body);
+      return true;
+    },
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  let closed = false;
-  const close = () =>
-    closed
-      ? Promise.resolve()
-      : new Promise<void>((resolve) => {
-          closed = true;
-          server.closeAllConnections();
-          server.close(() => resolve());
-        });
+  let closed: Promise<void> | undefined;
+  const close = () => (closed ??= server.stop());
   t.after(close);
-  return { url, requests: () => requests, close };
+  return { url: server.url, requests: () => server.requests.length, close };
 }
 
 describe('RemoteJwks', () => {

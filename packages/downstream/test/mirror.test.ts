@@ -1,22 +1,20 @@
 /**
- * Mirror mode over real HTTP: registry-core origins and scripted remotes on real ports, a mirror started
+ * Mirror mode over real HTTP: registry-core origins and fake remotes (the testkit's) on real ports, a mirror started
  * in-process with `startRegistry` and the mirror middleware.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { after, before, describe, it } from 'node:test';
+import type { IncomingMessage } from 'node:http';
+import { after, before, describe, it, type TestContext } from 'node:test';
 import { pino } from 'pino';
 import { parseConfig, startRegistry, type RegistryConfig, type RunningRegistry } from '@cascade/registry-core';
+import { freePort, OCI_MANIFEST, sha256, startFakeRegistry, type Challenge, type FakeRegistry, type FakeRegistryOptions } from '@cascade/testkit';
 import { mirrorMiddleware, type MirrorSettings } from '../src/mirror/middleware.js';
 import type { MirrorNamespace } from '../src/mirror/namespace.js';
 import { mirrorOptionsOf, parseMirrorOptions, validateMirrorConfig } from '../src/mirror/options.js';
 import { parseChallenge, realmRefusal, registrableDomain, scopeOf } from '../src/mirror/remote-auth.js';
 
 const silent = pino({ level: 'silent' });
-const sha = (b: Buffer | string) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+const sha = sha256;
 
 function config(yaml: string, checks = true): RegistryConfig {
   return parseConfig(`version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {inmemory: {}}\nhttp: {addr: "127.0.0.1:0"}\n${yaml}`, 'test.yml', {}, checks ? { checks: [validateMirrorConfig] } : {}).config;
@@ -305,99 +303,44 @@ describe('mirror tag revalidation and outages', () => {
   });
 
   it('shares one tag check among concurrent requests', async (t) => {
-    const remote = new ScriptedRemote();
-    await remote.start();
-    t.after(() => remote.server.close());
+    const remote = await fakeRemote(t);
     const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { mediaType: 'x', digest: sha('c'), size: 1 }, layers: [] }));
-    remote.manifests.set('v1', manifest);
-    remote.manifests.set(sha(manifest), manifest);
+    remote.addManifest(manifest, { name: 'app', tag: 'v1' });
     remote.delayMs = 300;
     const m = await startMirror(`proxy:\n  remoteurl: "${remote.url}"\n`);
     t.after(() => m.reg.close());
     const all = await Promise.all(Array.from({ length: 20 }, () => req(`${m.reg.url}/v2/app/manifests/v1`, { headers: { accept: OCI_MANIFEST } })));
     assert.ok(all.every((r) => r.status === 200 && r.headers.get('docker-content-digest') === sha(manifest)));
     assert.deepEqual(
-      remote.seen.map((s) => `${s.method} ${s.path}`),
+      seen(remote).map((s) => `${s.method} ${s.path}`),
       ['HEAD /v2/app/manifests/v1', `GET /v2/app/manifests/${sha(manifest)}`],
     );
   });
 });
 
-/** A scripted remote: token auth, manifests with chosen bytes, blobs redirected to another host. */
-class ScriptedRemote {
-  server!: Server;
-  url = '';
-  realm = '';
-  requireToken = false;
-  requireBasic = false;
-  tokenRequests: { authorization?: string; scope?: string }[] = [];
-  manifests = new Map<string, Buffer>();
-  blobRedirect = '';
-  delayMs = 0;
-  seen: { method: string; path: string; authorization?: string }[] = [];
+const ROBOT = { username: 'robot', password: 's3cret' };
+/** A token service for robot:s3cret at the remote's `/token`. */
+const TOKEN_AUTH: Challenge = { scheme: 'bearer', ...ROBOT, service: 'scripted' };
 
-  async start(): Promise<void> {
-    this.server = createServer((req, res) => this.handle(req, res));
-    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', () => r()));
-    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
-    this.realm = `${this.url}/token`;
-  }
-
-  private handle(req: IncomingMessage, res: ServerResponse): void {
-    if (this.delayMs > 0) {
-      setTimeout(() => this.answer(req, res), this.delayMs);
-      return;
-    }
-    this.answer(req, res);
-  }
-
-  private answer(req: IncomingMessage, res: ServerResponse): void {
-    const url = new URL(req.url ?? '/', this.url);
-    const authorization = req.headers.authorization;
-    if (url.pathname === '/token') {
-      this.tokenRequests.push({ ...(authorization ? { authorization } : {}), ...(url.searchParams.get('scope') ? { scope: url.searchParams.get('scope') as string } : {}) });
-      if (authorization !== `Basic ${Buffer.from('robot:s3cret').toString('base64')}`) {
-        res.writeHead(401).end();
-        return;
-      }
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token: `tok-${this.tokenRequests.length}`, expires_in: 300 }));
-      return;
-    }
-    this.seen.push({ method: req.method ?? '', path: url.pathname, ...(authorization ? { authorization } : {}) });
-    if (this.requireBasic && authorization !== `Basic ${Buffer.from('robot:s3cret').toString('base64')}`) {
-      res.writeHead(401, { 'www-authenticate': 'Basic realm="scripted"', 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAUTHORIZED","message":"x"}]}');
-      return;
-    }
-    if (this.requireToken && !authorization?.startsWith('Bearer tok-')) {
-      res.writeHead(401, { 'www-authenticate': `Bearer realm="${this.realm}",service="scripted"`, 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAUTHORIZED","message":"x"}]}');
-      return;
-    }
-    const manifest = /\/manifests\/(.+)$/.exec(url.pathname);
-    if (manifest) {
-      const bytes = this.manifests.get(manifest[1] as string);
-      if (!bytes) {
-        res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"MANIFEST_UNKNOWN","message":"x"}]}');
-        return;
-      }
-      res.writeHead(200, { 'content-type': OCI_MANIFEST, 'content-length': bytes.length, 'docker-content-digest': sha(bytes) }).end(req.method === 'HEAD' ? undefined : bytes);
-      return;
-    }
-    const blob = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(url.pathname);
-    if (blob && this.blobRedirect) {
-      res.writeHead(307, { location: `${this.blobRedirect}/storage/${blob[1]}` }).end();
-      return;
-    }
-    res.writeHead(404).end();
-  }
+/** A remote: the testkit's fake registry, stopped after the test. */
+async function fakeRemote(t: TestContext, options: FakeRegistryOptions = {}): Promise<FakeRegistry> {
+  const remote = await startFakeRegistry(options);
+  t.after(() => remote.stop());
+  return remote;
 }
+
+/** What a remote was asked, but its token endpoint. */
+const seen = (remote: FakeRegistry) => remote.requests.filter((r) => r.kind !== 'token');
+
+/** The requests to a remote's token endpoint. */
+const tokenRequests = (remote: FakeRegistry) =>
+  remote.requests.filter((r) => r.kind === 'token').map((r) => ({ authorization: r.headers.authorization, scope: new URL(r.url, remote.url).searchParams.get('scope') ?? undefined }));
 
 describe('mirror and misbehaving or protected remotes', () => {
   it('refuses a manifest whose bytes do not match the requested digest, and stores nothing', async (t) => {
-    const remote = new ScriptedRemote();
-    await remote.start();
-    t.after(() => remote.server.close());
+    const remote = await fakeRemote(t);
     const wanted = sha('the real manifest');
-    remote.manifests.set(wanted, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { mediaType: 'x', digest: sha('c'), size: 1 }, layers: [] })));
+    remote.addManifest(Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { mediaType: 'x', digest: sha('c'), size: 1 }, layers: [] })), { digest: wanted });
     const m = await startMirror(`proxy:\n  remoteurl: "${remote.url}"\n`);
     t.after(() => m.reg.close());
     for (let i = 0; i < 2; i++) {
@@ -405,62 +348,54 @@ describe('mirror and misbehaving or protected remotes', () => {
       assert.equal(res.status, 502);
       assert.match(res.body.toString(), /sent a manifest whose digest is sha256:[0-9a-f]+, not sha256:/);
     }
-    assert.equal(remote.seen.filter((s) => s.method === 'GET').length, 2, 'nothing was stored: the second request asked again');
+    assert.equal(seen(remote).filter((s) => s.method === 'GET').length, 2, 'nothing was stored: the second request asked again');
   });
 
   it('follows a blob redirect to another host without sending it the credentials', async (t) => {
-    const storage = new ScriptedRemote();
-    await storage.start();
-    t.after(() => storage.server.close());
     const bytes = Buffer.from('blob bytes from storage');
-    storage.server.removeAllListeners('request');
-    storage.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-      storage.seen.push({ method: req.method ?? '', path: req.url ?? '', ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}) });
-      res.writeHead(200, { 'content-length': bytes.length }).end(bytes);
+    const storage = await fakeRemote(t, {
+      hook: ({ req, res }) => {
+        req.resume();
+        res.writeHead(200, { 'content-length': bytes.length }).end(bytes);
+        return true;
+      },
     });
-    const remote = new ScriptedRemote();
-    await remote.start();
-    t.after(() => remote.server.close());
-    remote.requireToken = true;
-    remote.blobRedirect = storage.url.replace('127.0.0.1', 'localhost');
+    const remote = await fakeRemote(t, { challenge: TOKEN_AUTH });
+    remote.hook = ({ record, res }) => {
+      if (record.kind !== 'blob') return false;
+      res.writeHead(307, { location: `${storage.url.replace('127.0.0.1', 'localhost')}/storage/${record.digest}` }).end();
+      return true;
+    };
     const m2 = await startMirror(`proxy:\n  remotes: [{url: "${remote.url}", username: robot, password: s3cret, anonymous: true}]\n`);
     t.after(() => m2.reg.close());
     const res = await req(`${m2.reg.url}/v2/app/blobs/${sha(bytes)}`);
     assert.equal(res.status, 200, res.body.toString());
     assert.deepEqual(res.body, bytes);
-    assert.equal(storage.seen.length, 1);
-    assert.equal(storage.seen[0]?.authorization, undefined, 'no credentials for the storage host');
-    assert.ok(remote.seen.some((s) => s.authorization?.startsWith('Bearer tok-')), 'the remote got the token');
+    assert.equal(storage.requests.length, 1);
+    assert.equal(storage.requests[0]?.headers.authorization, undefined, 'no credentials for the storage host');
+    assert.ok(seen(remote).some((s) => s.headers.authorization?.startsWith('Bearer tok-')), 'the remote got the token');
   });
 
   it('gets a token with the configured credentials once and reuses it for the scope', async (t) => {
-    const remote = new ScriptedRemote();
-    await remote.start();
-    t.after(() => remote.server.close());
-    remote.requireToken = true;
+    const remote = await fakeRemote(t, { challenge: TOKEN_AUTH });
     const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { mediaType: 'x', digest: sha('c'), size: 1 }, layers: [] }));
-    remote.manifests.set('v1', manifest);
-    remote.manifests.set(sha(manifest), manifest);
+    remote.addManifest(manifest, { name: 'app', tag: 'v1' });
     const m = await startMirror(`proxy:\n  remotes: [{url: "${remote.url}", username: robot, password: s3cret, anonymous: true}]\n  revalidate: 0s\n`);
     t.after(() => m.reg.close());
     const all = await Promise.all(Array.from({ length: 5 }, () => req(`${m.reg.url}/v2/app/manifests/v1`, { headers: { accept: OCI_MANIFEST } })));
     assert.ok(all.every((r) => r.status === 200), all.map((r) => r.body.toString()).join('\n'));
     for (let i = 0; i < 3; i++) assert.equal((await req(`${m.reg.url}/v2/app/manifests/v1`, { headers: { accept: OCI_MANIFEST } })).status, 200);
-    assert.equal(remote.tokenRequests.length, 1, JSON.stringify(remote.tokenRequests));
-    assert.equal(remote.tokenRequests[0]?.scope, 'repository:app:pull');
-    assert.equal(remote.tokenRequests[0]?.authorization, `Basic ${Buffer.from('robot:s3cret').toString('base64')}`);
+    assert.equal(tokenRequests(remote).length, 1, JSON.stringify(tokenRequests(remote)));
+    assert.equal(tokenRequests(remote)[0]?.scope, 'repository:app:pull');
+    assert.equal(tokenRequests(remote)[0]?.authorization, `Basic ${Buffer.from('robot:s3cret').toString('base64')}`);
   });
 
   it('answers a Basic challenge for every request sent before it was seen, not only the first', async (t) => {
-    const remote = new ScriptedRemote();
-    await remote.start();
-    t.after(() => remote.server.close());
-    remote.requireBasic = true;
+    const remote = await fakeRemote(t, { challenge: { scheme: 'basic', ...ROBOT, realm: 'scripted' } });
     remote.delayMs = 50;
     const digests = Array.from({ length: 8 }, (_, i) => {
       const m = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, config: { mediaType: 'x', digest: sha(`c${i}`), size: 1 }, layers: [] }));
-      remote.manifests.set(sha(m), m);
-      return sha(m);
+      return remote.addManifest(m);
     });
     const m = await startMirror(`proxy:\n  remotes: [{url: "${remote.url}", username: robot, password: s3cret, anonymous: true}]\n`);
     t.after(() => m.reg.close());
@@ -473,25 +408,19 @@ describe('mirror and misbehaving or protected remotes', () => {
   });
 
   it('refuses a token realm off the remote\'s host: the credentials are never sent there', async (t) => {
-    const remote = new ScriptedRemote();
-    await remote.start();
-    t.after(() => remote.server.close());
-    remote.requireToken = true;
-    remote.realm = remote.realm.replace('127.0.0.1', 'localhost');
-    remote.manifests.set('v1', Buffer.from('{}'));
+    const remote = await fakeRemote(t);
+    remote.challenge = { ...TOKEN_AUTH, realm: `${remote.url.replace('127.0.0.1', 'localhost')}/token` };
+    remote.addManifest(Buffer.from('{}'), { name: 'app', tag: 'v1' });
     const m = await startMirror(`proxy:\n  remotes: [{url: "${remote.url}", username: robot, password: s3cret, anonymous: true}]\n`);
     t.after(() => m.reg.close());
     const res = await req(`${m.reg.url}/v2/app/manifests/v1`, { headers: { accept: OCI_MANIFEST } });
     assert.equal(res.status, 502);
     assert.match(res.body.toString(), /asked for a token from localhost:\d+, which this mirror refuses/);
-    assert.equal(remote.tokenRequests.length, 0);
+    assert.equal(tokenRequests(remote).length, 0);
   });
 
   it('relays a refused anonymous pull as DENIED, without the remote\'s challenge', async (t) => {
-    const remote = new ScriptedRemote();
-    await remote.start();
-    t.after(() => remote.server.close());
-    remote.requireToken = true;
+    const remote = await fakeRemote(t, { challenge: TOKEN_AUTH });
     const m = await startMirror(`proxy:\n  remoteurl: "${remote.url}"\n`);
     t.after(() => m.reg.close());
     const res = await req(`${m.reg.url}/v2/app/manifests/v1`, { headers: { accept: OCI_MANIFEST } });
@@ -501,10 +430,7 @@ describe('mirror and misbehaving or protected remotes', () => {
   });
 
   it('detects a mirror that is its own remote', async (t) => {
-    const probe = createServer();
-    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
-    const port = (probe.address() as AddressInfo).port;
-    await new Promise((r) => probe.close(r));
+    const port = await freePort();
     const cfg = parseConfig(`version: 0.1\nlog: {level: error}\nstorage: {inmemory: {}}\nhttp: {addr: "127.0.0.1:${port}"}\nproxy: {remoteurl: "http://127.0.0.1:${port}"}\n`, 'loop.yml', {}).config;
     let mirror: MirrorNamespace | undefined;
     const reg = await startRegistry({ config: cfg, logger: silent, middleware: [mirrorMiddleware(mirrorOptionsOf(cfg)!, { nodeId: 'loopy' }, (mm) => (mirror = mm))] });

@@ -1,13 +1,11 @@
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { ConfigError, parseConfig, type RegistryConfig } from '@cascade/registry-core';
-import forge from 'node-forge';
+import { certificatePem, makeCert } from '@cascade/testkit';
 import { DOWNSTREAM_OPTION_KEYS, parseDownstreamOptions, validateDownstreamOptions, type DownstreamOptions } from '../src/options.js';
-import { randomSerial } from './serial.js';
 
 const KEY = 'middleware.registry[0].options';
 const FILE = 'config.yml';
@@ -343,19 +341,9 @@ const dir = mkdtempSync(join(tmpdir(), 'cascade-options-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 function writeCa(name: string, notAfter: Date): string {
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const key = forge.pki.privateKeyFromPem(privateKey.export({ type: 'pkcs1', format: 'pem' }).toString()) as forge.pki.rsa.PrivateKey;
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
-  cert.serialNumber = randomSerial();
-  cert.validity.notBefore = new Date('2020-01-01T00:00:00Z');
-  cert.validity.notAfter = notAfter;
-  cert.setSubject([{ name: 'commonName', value: name }]);
-  cert.setIssuer([{ name: 'commonName', value: name }]);
-  cert.setExtensions([{ name: 'basicConstraints', cA: true, critical: true }]);
-  cert.sign(key, forge.md.sha256.create());
+  const cert = makeCert({ subject: name, notBefore: new Date('2020-01-01T00:00:00Z'), notAfter, extensions: [{ name: 'basicConstraints', cA: true, critical: true }] });
   const path = join(dir, `${name.replace(/\W/g, '-')}.pem`);
-  writeFileSync(path, forge.pki.certificateToPem(cert));
+  writeFileSync(path, certificatePem(cert));
   return path;
 }
 

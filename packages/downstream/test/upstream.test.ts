@@ -4,35 +4,33 @@
  * event nobody listens to (which ends the process).
  */
 import assert from 'node:assert/strict';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
+import { startFakeRegistry, type FakeRegistry } from '@cascade/testkit';
 import { UpstreamPool } from '../src/upstream.js';
 
 const silent = pino({ level: 'silent' });
 
 /** Answers every request with 200, a Content-Length of 1000, `bytes` bytes of body, then a destroyed socket. */
-async function cuttingUpstream(bytes: number): Promise<{ url: string; server: Server }> {
-  const server = createServer((req, res) => {
-    res.writeHead(200, { 'content-length': 1000, 'content-type': 'application/octet-stream' });
-    res.flushHeaders();
-    if (bytes > 0) res.write(Buffer.alloc(bytes, 1));
-    res.socket?.destroy();
+function cuttingUpstream(bytes: number): Promise<FakeRegistry> {
+  return startFakeRegistry({
+    hook: ({ res }) => {
+      res.writeHead(200, { 'content-length': 1000, 'content-type': 'application/octet-stream' });
+      res.flushHeaders();
+      if (bytes > 0) res.write(Buffer.alloc(bytes, 1));
+      res.socket?.destroy();
+      return true;
+    },
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server };
 }
 
 describe('upstream pool: a body cut after the headers', () => {
-  const upstreams: { url: string; server: Server }[] = [];
+  const upstreams: FakeRegistry[] = [];
   before(async () => {
     for (const n of [0, 1, 100]) upstreams.push(await cuttingUpstream(n));
   });
-  after(() => {
-    for (const u of upstreams) u.server.close();
-  });
+  after(() => Promise.all(upstreams.map((u) => u.stop())));
 
   for (const [i, n] of [0, 1, 100].entries()) {
     it(`after ${n} body bytes: the error waits on the body for a reader that comes later`, async () => {
@@ -69,21 +67,21 @@ describe('upstream pool: a body cut after the headers', () => {
 describe('upstream pool: redirects', () => {
   it("follows a redirect to another host without the client's Authorization or the server's grant", async (t) => {
     const seen: Record<string, string | undefined>[] = [];
-    const target = createServer((req, res) => {
-      seen.push({ authorization: req.headers.authorization, grant: req.headers['x-cascade-grant'] as string | undefined });
-      res.writeHead(200, { 'content-length': 3 }).end('abc');
+    const target = await startFakeRegistry({
+      hook: ({ req, res }) => {
+        seen.push({ authorization: req.headers.authorization, grant: req.headers['x-cascade-grant'] as string | undefined });
+        res.writeHead(200, { 'content-length': 3 }).end('abc');
+        return true;
+      },
     });
-    await new Promise<void>((r) => target.listen(0, '127.0.0.1', () => r()));
-    const targetUrl = `http://127.0.0.1:${(target.address() as AddressInfo).port}`;
-    const upstream = createServer((req, res) => {
-      res.writeHead(307, { location: `${targetUrl}${req.url}` }).end();
+    const upstream = await startFakeRegistry({
+      hook: ({ req, res }) => {
+        res.writeHead(307, { location: `${target.url}${req.url}` }).end();
+        return true;
+      },
     });
-    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
-    t.after(() => {
-      target.close();
-      upstream.close();
-    });
-    const pool = new UpstreamPool({ upstreamhosts: [], originhost: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`, logger: silent });
+    t.after(() => Promise.all([target.stop(), upstream.stop()]));
+    const pool = new UpstreamPool({ upstreamhosts: [], originhost: upstream.url, logger: silent });
     try {
       const res = await pool.fetch({ method: 'GET', path: '/v2/a/blobs/sha256:00', headers: { authorization: 'Basic c2VjcmV0', 'x-cascade-grant': 'a.b.c' } });
       res.body.resume();

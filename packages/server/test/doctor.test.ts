@@ -7,19 +7,15 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
-import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer as createHttpServer } from 'node:http';
-import { createServer, type Server } from 'node:https';
-import type { AddressInfo } from 'node:net';
-import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { GrantKeyStore, publicJwk } from '@cascade/downstream';
+import { freePort, startFakeRegistry, type FakeRegistry } from '@cascade/testkit';
 import { createCa, createServerCert, parseSans, type CertAndKey } from '../src/commands/certs.js';
 import { checkDirectory, formatResult, inspectJwks, runChecks, runDoctor, type CheckResult } from '../src/commands/doctor.js';
 import { MIGRATIONS, SqliteStateRepository } from '../src/state/sqlite.js';
@@ -57,30 +53,18 @@ function find(results: readonly CheckResult[], status: CheckResult['status'], pa
 type KeysAnswer = { status: number; body: unknown } | undefined;
 
 /** An upstream registry over TLS: `/v2/` answers `v2Status`, `/api/v0/keys` answers `keys` (404 when undefined). */
-async function upstream(cert: CertAndKey, ca: CertAndKey, keys: KeysAnswer, v2Status = 200): Promise<{ server: Server; url: string }> {
-  const server = createServer({ cert: cert.certPem + ca.certPem, key: cert.keyPem }, (req, res) => {
-    if (req.url === '/v2/') {
-      res.writeHead(v2Status, { 'content-type': 'application/json', 'docker-distribution-api-version': 'registry/2.0' });
-      res.end('{}');
-    } else if (req.url === '/api/v0/keys' && keys) {
+async function upstream(cert: CertAndKey, ca: CertAndKey, keys: KeysAnswer, v2Status = 200): Promise<FakeRegistry> {
+  const fake = await startFakeRegistry({
+    tls: { cert: cert.certPem + ca.certPem, key: cert.keyPem },
+    hook: ({ req, res }) => {
+      if (req.url !== '/api/v0/keys' || !keys) return false;
       res.writeHead(keys.status, { 'content-type': 'application/json' });
       res.end(typeof keys.body === 'string' ? keys.body : JSON.stringify(keys.body));
-    } else {
-      res.writeHead(404).end();
-    }
+      return true;
+    },
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return { server, url: `https://127.0.0.1:${(server.address() as AddressInfo).port}` };
-}
-
-/** A port nothing listens on. */
-async function freePort(): Promise<number> {
-  const s = createNetServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const { port } = s.address() as AddressInfo;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
+  fake.ping = { status: v2Status, headers: {} };
+  return fake;
 }
 
 /** A cache node config: one origin, `cas`, storage in `root`. */
@@ -108,7 +92,7 @@ describe('cascade doctor', () => {
   let originCa: CertAndKey;
   let cacheCaFile: string;
   let originCaFile: string;
-  const servers: Server[] = [];
+  const servers: FakeRegistry[] = [];
   const url: Record<string, string> = {};
   const jwks = { keys: [publicJwk(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey)] };
   const sans = parseSans('127.0.0.1,localhost');
@@ -126,7 +110,7 @@ describe('cascade doctor', () => {
     const p384 = generateKeyPairSync('ec', { namedCurve: 'P-384' }).publicKey.export({ format: 'jwk' });
     const start = async (name: string, cert: CertAndKey, ca: CertAndKey, keys: KeysAnswer, v2 = 200) => {
       const u = await upstream(cert, ca, keys, v2);
-      servers.push(u.server);
+      servers.push(u);
       url[name] = u.url;
     };
     await start('good', good, cacheCa, { status: 200, body: jwks });
@@ -148,20 +132,19 @@ describe('cascade doctor', () => {
     // (4) nothing listens there
     url['dead'] = `https://127.0.0.1:${await freePort()}`;
     // a web server, not a registry
-    const web = createHttpServer((_req, res) => res.writeHead(404).end('not found')).listen(0, '127.0.0.1');
-    await once(web, 'listening');
-    servers.push(web as unknown as Server);
-    url['web'] = `http://127.0.0.1:${(web.address() as AddressInfo).port}`;
+    const web = await startFakeRegistry({
+      hook: ({ res }) => {
+        res.writeHead(404).end('not found');
+        return true;
+      },
+    });
+    servers.push(web);
+    url['web'] = web.url;
     await mkdir(join(dir, 'data'));
     // An origin with Basic auth: svc / svc-pw
-    const basicOrigin = createHttpServer((req, res) => {
-      const ok = req.url === '/v2/' && req.headers.authorization === `Basic ${Buffer.from('svc:svc-pw').toString('base64')}`;
-      res.writeHead(ok ? 200 : 401, { 'content-type': 'application/json', 'docker-distribution-api-version': 'registry/2.0', ...(ok ? {} : { 'www-authenticate': 'Basic realm="origin"' }) });
-      res.end('{}');
-    }).listen(0, '127.0.0.1');
-    await once(basicOrigin, 'listening');
-    servers.push(basicOrigin as unknown as Server);
-    url['basicOrigin'] = `http://127.0.0.1:${(basicOrigin.address() as AddressInfo).port}`;
+    const basicOrigin = await startFakeRegistry({ challenge: { scheme: 'basic', username: 'svc', password: 'svc-pw', realm: 'origin' } });
+    servers.push(basicOrigin);
+    url['basicOrigin'] = basicOrigin.url;
   });
 
   /**
@@ -223,10 +206,7 @@ describe('cascade doctor', () => {
   });
 
   after(async () => {
-    for (const s of servers) {
-      s.closeAllConnections();
-      await new Promise<void>((r) => s.close(() => r()));
-    }
+    for (const s of servers) await s.stop();
     await rm(dir, { recursive: true, force: true });
   });
 

@@ -1,18 +1,18 @@
 /**
- * The server's front against hostile request lines, in-process on real ports: a fake origin that counts
- * what it is asked, and a canary listener that counts every connection it gets. The server must contact its
+ * The server's front against hostile request lines, in-process on real ports: a fake origin (the testkit's)
+ * that counts what it is asked, and a canary listener that counts every connection it gets. The server must contact its
  * origin only, whatever host a request names, and answer an invalid grant with 401 even when no cache is
  * registered.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { connect, createServer as createTcpServer, type AddressInfo, type Server as TcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { stringify } from 'yaml';
+import { startFakeRegistry, type FakeRegistry } from '@cascade/testkit';
 import { parseServerConfig } from '../src/front/config.js';
 import { startServer, type RunningCascadeServer } from '../src/front/run.js';
 
@@ -36,9 +36,7 @@ function rawRequest(url: string, raw: string): Promise<{ status: number; text: s
 
 describe('server front: only the origin is ever contacted', () => {
   let dir: string;
-  let origin: Server;
-  let originUrl: string;
-  const originRequests: string[] = [];
+  let origin: FakeRegistry;
   let canary: TcpServer;
   let canaryHost: string;
   let canaryConnections = 0;
@@ -46,13 +44,13 @@ describe('server front: only the origin is ever contacted', () => {
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'cascade-front-'));
-    origin = createServer((req: IncomingMessage, res) => {
-      originRequests.push(`${req.method} ${req.url}`);
-      req.resume();
-      res.writeHead(200, { 'content-type': 'application/json', 'docker-distribution-api-version': 'registry/2.0' }).end('{}');
+    origin = await startFakeRegistry({
+      hook: ({ req, res }) => {
+        req.resume();
+        res.writeHead(200, { 'content-type': 'application/json', 'docker-distribution-api-version': 'registry/2.0' }).end('{}');
+        return true;
+      },
     });
-    await new Promise<void>((r) => origin.listen(0, '127.0.0.1', () => r()));
-    originUrl = `http://127.0.0.1:${(origin.address() as AddressInfo).port}`;
     canary = createTcpServer((s) => {
       canaryConnections += 1;
       s.destroy();
@@ -61,7 +59,7 @@ describe('server front: only the origin is ever contacted', () => {
     canaryHost = `127.0.0.1:${(canary.address() as AddressInfo).port}`;
     const file = join(dir, 'server.yml');
     const config = parseServerConfig(
-      stringify({ http: { addr: '127.0.0.1:0' }, origin: { url: originUrl }, grants: { keysdir: join(dir, 'keys'), issuer: 'front-test' }, database: { sqlite: join(dir, 'state.db') } }),
+      stringify({ http: { addr: '127.0.0.1:0' }, origin: { url: origin.url }, grants: { keysdir: join(dir, 'keys'), issuer: 'front-test' }, database: { sqlite: join(dir, 'state.db') } }),
       file,
       {},
     );
@@ -70,7 +68,7 @@ describe('server front: only the origin is ever contacted', () => {
 
   after(async () => {
     await server?.close(100);
-    origin?.close();
+    await origin?.stop();
     canary?.close();
     await rm(dir, { recursive: true, force: true });
   });
@@ -86,7 +84,7 @@ describe('server front: only the origin is ever contacted', () => {
   ];
 
   it('answers 400 REQUEST_INVALID to absolute-form and asterisk-form targets, and connects nowhere', async () => {
-    const before = originRequests.length;
+    const before = origin.requests.length;
     for (const target of targets()) {
       for (const method of ['GET', 'HEAD', 'OPTIONS', 'PUT']) {
         const res = await rawRequest(server.url, `${method} ${target} HTTP/1.1\r\nHost: ${canaryHost}\r\nAuthorization: Basic dXNlcjpwdw==\r\nContent-Length: 0\r\n\r\n`);
@@ -95,7 +93,7 @@ describe('server front: only the origin is ever contacted', () => {
       }
     }
     assert.equal(canaryConnections, 0, 'no connection to the host the request named');
-    assert.equal(originRequests.length, before, 'nor to the origin');
+    assert.equal(origin.requests.length, before, 'nor to the origin');
   });
 
   it('sends a scheme-relative path (//host/...) to the origin, as a path', async () => {

@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import { contentHeaders, sha256, startFakeRegistry, type FakeRegistry } from '@cascade/testkit';
 import {
   formatBytes,
   formatDuration,
@@ -25,7 +24,7 @@ import {
 } from '../src/commands/prefetch.js';
 
 const MiB = 1024 * 1024;
-const sha = (b: Buffer | string) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+const sha = sha256;
 const D1 = `sha256:${'a'.repeat(64)}`;
 
 describe('prefetch: image references', () => {
@@ -252,73 +251,63 @@ describe('prefetch: WWW-Authenticate', () => {
 // runPrefetch against a stub registry
 
 interface Stub {
+  /** The testkit's fake registry. */
+  fake: FakeRegistry;
   url: string;
-  requests: string[];
-  server: Server;
+  /** Every request since the last `clear()`: `METHOD target authorization` (`-` without one). */
+  requests(): string[];
+  clear(): void;
   /** Per blob digest: what to do (default: serve it). */
   blobMode: Map<string, 'corrupt-once' | 'corrupt' | 'stall'>;
   /** Require `Authorization: Bearer good-token` (given by /token for alice:pw). */
-  tokenAuth: boolean;
-  /** GETs served per blob digest. */
-  served: Map<string, number>;
+  tokenAuth(on: boolean): void;
   onStall?: () => void;
 }
 
 /** A registry with one two-platform index `team/app:v1`. */
 async function startStub(): Promise<{ stub: Stub; blobs: Map<string, Buffer>; amd: string[]; arm: string[] }> {
+  const fake = await startFakeRegistry();
   const blobs = new Map<string, Buffer>();
-  const manifests = new Map<string, Buffer>();
-  const put = (b: Buffer) => (blobs.set(sha(b), b), { digest: sha(b), size: b.length });
+  const put = (b: Buffer) => (blobs.set(fake.addBlob(b), b), { digest: sha(b), size: b.length });
   const shared = put(randomBytes(3000));
   const images: Array<{ platform: Record<string, string>; blobs: string[]; manifest: { digest: string; size: number } }> = [];
   for (const [os, architecture, variant] of [['linux', 'amd64'], ['linux', 'arm64', 'v8']] as const) {
     const config = put(Buffer.from(JSON.stringify({ os, architecture, ...(variant ? { variant } : {}) })));
     const own = put(randomBytes(5000));
     const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { ...config, mediaType: 'application/vnd.oci.image.config.v1+json' }, layers: [shared, own].map((l) => ({ ...l, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip' })) }));
-    manifests.set(sha(manifest), manifest);
+    fake.addManifest(manifest);
     images.push({ platform: { os, architecture, ...(variant ? { variant } : {}) }, blobs: [config.digest, shared.digest, own.digest], manifest: { digest: sha(manifest), size: manifest.length } });
   }
   const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: images.map((i) => ({ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...i.manifest, platform: i.platform })) }));
-  manifests.set('v1', index);
-  manifests.set(sha(index), index);
-  const stub: Stub = { url: '', requests: [], server: undefined as unknown as Server, blobMode: new Map(), tokenAuth: false, served: new Map() };
-  const served = stub.served;
-  stub.server = createServer((req: IncomingMessage, res: ServerResponse) => {
-    const path = req.url ?? '';
-    stub.requests.push(`${req.method} ${path} ${req.headers.authorization ?? '-'}`);
-    if (path.startsWith('/token')) {
-      if (req.headers.authorization !== `Basic ${Buffer.from('alice:pw').toString('base64')}`) return void res.writeHead(401).end();
-      return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token: 'good-token' }));
-    }
-    if (stub.tokenAuth && req.headers.authorization !== 'Bearer good-token') {
-      res.writeHead(401, { 'www-authenticate': `Bearer realm="${stub.url}/token",service="stub",scope="repository:team/app:pull"`, 'content-type': 'application/json' });
-      return void res.end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }));
-    }
-    const m = /^\/v2\/team\/app\/(manifests|blobs)\/([^/?]+)$/.exec(path);
-    const body = m?.[1] === 'manifests' ? manifests.get(m[2]!) : m ? blobs.get(m[2]!) : undefined;
-    if (!m || !body) {
-      res.writeHead(404, { 'content-type': 'application/json' });
-      return void res.end(JSON.stringify({ errors: [{ code: m?.[1] === 'manifests' ? 'MANIFEST_UNKNOWN' : 'BLOB_UNKNOWN', message: 'unknown' }] }));
-    }
-    if (m[1] === 'manifests') return void res.writeHead(200, { 'content-type': JSON.parse(body.toString()).mediaType, 'content-length': body.length }).end(body);
-    const n = (served.get(m[2]!) ?? 0) + 1;
-    served.set(m[2]!, n);
-    const mode = stub.blobMode.get(m[2]!);
-    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
+  fake.addManifest(index, { name: 'team/app', tag: 'v1' });
+  let mark = 0;
+  const stub: Stub = {
+    fake,
+    url: fake.url,
+    requests: () => fake.requests.slice(mark).map((r) => `${r.method} ${r.url} ${r.headers.authorization ?? '-'}`),
+    clear: () => void (mark = fake.requests.length),
+    blobMode: new Map(),
+    tokenAuth(on) {
+      fake.challenge = on ? { scheme: 'bearer', username: 'alice', password: 'pw', service: 'stub', scope: 'repository:team/app:pull', token: 'good-token' } : undefined;
+    },
+  };
+  fake.hook = ({ record, res, content, serve }) => {
+    if (record.kind !== 'blob' || content === undefined) return false;
+    const mode = stub.blobMode.get(content.digest);
     if (mode === 'stall') {
-      res.write(body.subarray(0, 100));
+      res.writeHead(200, { ...contentHeaders(content), 'content-length': content.bytes.length });
+      res.write(content.bytes.subarray(0, 100));
       stub.onStall?.();
-      return;
+      return true;
     }
-    if (mode === 'corrupt' || (mode === 'corrupt-once' && n === 1)) {
-      const bad = Buffer.from(body);
+    const served = fake.requests.slice(mark).filter((r) => r.digest === content.digest && !r.challenged).length;
+    if (mode === 'corrupt' || (mode === 'corrupt-once' && served === 1)) {
+      const bad = Buffer.from(content.bytes);
       bad[0] = (bad[0]! + 1) % 256;
-      return void res.end(bad);
+      return serve({ bytes: bad }).then(() => true);
     }
-    res.end(body);
-  });
-  await new Promise<void>((r) => stub.server.listen(0, '127.0.0.1', r));
-  stub.url = `http://127.0.0.1:${(stub.server.address() as AddressInfo).port}`;
+    return false;
+  };
   return { stub, blobs, amd: images[0]!.blobs, arm: images[1]!.blobs };
 }
 
@@ -331,16 +320,12 @@ describe('prefetch: runPrefetch against a stub registry', () => {
   before(async () => {
     s = await startStub();
   });
-  after(() => {
-    s.stub.server.closeAllConnections();
-    s.stub.server.close();
-  });
-  const blobGets = (digest: string) => s.stub.requests.filter((r) => r.startsWith(`GET /v2/team/app/blobs/${digest} `)).length;
+  after(() => s.stub.fake.stop());
+  const blobGets = (digest: string) => s.stub.requests().filter((r) => r.startsWith(`GET /v2/team/app/blobs/${digest} `)).length;
   const reset = () => {
-    s.stub.requests.length = 0;
+    s.stub.clear();
     s.stub.blobMode.clear();
-    s.stub.served.clear();
-    s.stub.tokenAuth = false;
+    s.stub.tokenAuth(false);
   };
 
   it('fetches every blob once, verified, and prints plain lines', async () => {
@@ -354,7 +339,7 @@ describe('prefetch: runPrefetch against a stub registry', () => {
     assert.match(lines[0]!, /^team\/app:v1: index sha256:[0-9a-f]{12}…, 2 of 2 manifests \(linux\/amd64, linux\/arm64\/v8\), 5 blobs, /);
     assert.equal(lines.filter((l) => l.startsWith('fetched ')).length, 5);
     assert.match(lines.at(-1)!, /^prefetched 5 blobs \(.*\) of 2 images in \d+\.\d s$/);
-    assert.ok(s.stub.requests.every((r) => r.startsWith('GET ')), 'GETs only: a HEAD on a miss does not fill a cache');
+    assert.ok(s.stub.requests().every((r) => r.startsWith('GET ')), 'GETs only: a HEAD on a miss does not fill a cache');
   });
 
   it('retries a corrupt blob once; one that stays corrupt is reported, the others are still fetched, exit 1', async () => {
@@ -373,22 +358,22 @@ describe('prefetch: runPrefetch against a stub registry', () => {
 
   it('exchanges --user for a token when the registry asks for one', async () => {
     reset();
-    s.stub.tokenAuth = true;
+    s.stub.tokenAuth(true);
     const x = io();
     assert.equal(await runPrefetch(['team/app:v1', '--cache', s.stub.url, '--user', 'alice:pw', '--platform', 'linux/amd64'], x), 0, x.err.text());
-    assert.equal(s.stub.requests.filter((r) => r.startsWith('GET /token')).length, 1, 'one token for the repository');
-    assert.ok(s.stub.requests.some((r) => r.includes('scope=repository%3Ateam%2Fapp%3Apull') && r.includes('service=stub')));
-    assert.ok(s.stub.requests.filter((r) => r.includes('/blobs/')).every((r) => r.endsWith('Bearer good-token')));
+    assert.equal(s.stub.requests().filter((r) => r.startsWith('GET /token')).length, 1, 'one token for the repository');
+    assert.ok(s.stub.requests().some((r) => r.includes('scope=repository%3Ateam%2Fapp%3Apull') && r.includes('service=stub')));
+    assert.ok(s.stub.requests().filter((r) => r.includes('/blobs/')).every((r) => r.endsWith('Bearer good-token')));
   });
 
   it('without credentials, a 401 is one line saying how to give them; wrong ones are refused', async () => {
     reset();
-    s.stub.tokenAuth = true;
+    s.stub.tokenAuth(true);
     const x = io();
     assert.equal(await runPrefetch(['team/app:v1', '--cache', s.stub.url], x), 1);
     assert.match(x.err.text(), /^cascade: the token service http:\/\/127\.0\.0\.1:\d+ refused an anonymous token \(401\); give credentials with --user USER:PASS or CASCADE_PREFETCH_AUTH=USER:PASS\n$/);
     reset();
-    s.stub.tokenAuth = true;
+    s.stub.tokenAuth(true);
     const y = io({ CASCADE_PREFETCH_AUTH: 'alice:wrong' });
     assert.equal(await runPrefetch(['team/app:v1', '--cache', s.stub.url], y), 1);
     assert.match(y.err.text(), /^cascade: the token service http:\/\/127\.0\.0\.1:\d+ refused the credentials \(401\); check --user or CASCADE_PREFETCH_AUTH\n$/);
