@@ -454,6 +454,13 @@ describe('deploy/Dockerfile', () => {
     assert.match(runs, /python3 make g\+\+/, 'better-sqlite3 builds from source');
   });
 
+  it('copies the package.json of every workspace before npm install (npm refuses a lock file naming a missing workspace)', () => {
+    const workspaces = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { workspaces: string[] }).workspaces;
+    const install = instructions.findIndex((i) => i.op === 'RUN' && /npm install/.test(i.args));
+    const copied = instructions.slice(0, install).filter((i) => i.op === 'COPY').map((i) => i.args);
+    for (const ws of workspaces) assert.ok(copied.some((args) => args.startsWith(`${ws}/package.json `)), `COPY ${ws}/package.json before npm install`);
+  });
+
   it('runs as a non-root user', () => {
     const users = runtime.filter((i) => i.op === 'USER');
     assert.ok(users.length > 0, 'the runtime stage has a USER');
