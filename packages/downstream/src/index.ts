@@ -1,5 +1,5 @@
 export * from './options.js';
-export * from './cas.js';
+export * from './ca-trust.js';
 export * from './upstream.js';
 export * from './fill.js';
 export * from './cache.js';

@@ -11,7 +11,7 @@ import { paths, type ExtraRoute, type NamespaceMiddleware, type RegistryConfig }
 import { GrantAuthorizer } from './grants/authorizer.js';
 import { GrantVerifier, JWKS_PATH, RemoteJwks } from './grants/grant.js';
 import { CacheNamespace } from './cache.js';
-import { loadCAs } from './cas.js';
+import { loadCAs } from './ca-trust.js';
 import { ExpiryIndex } from './expiry.js';
 import { parseDownstreamOptions, type DownstreamOptions } from './options.js';
 import { UpstreamPool } from './upstream.js';

@@ -29,7 +29,7 @@
  */
 import { isAbsolute } from 'node:path';
 import { describeValue, parseDtrDuration, parseGoDuration, suggestKey, type MiddlewareOptionsValidator, type RegistryConfig } from '@cascade/registry-core';
-import { validateCaFiles } from './cas.js';
+import { validateCaFiles } from './ca-trust.js';
 
 /** How a cache authenticates to its upstream when it fills a miss. */
 export const DOWNSTREAM_AUTH_MODES = ['passthrough', 'none', 'grant'] as const;

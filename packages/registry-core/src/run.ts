@@ -19,9 +19,9 @@ import { listen, type RunningServer } from './http/listen.js';
 import { createLogger } from './logger.js';
 import { NodeObservability } from './metrics.js';
 import type { Namespace } from './registry.js';
-import type { StorageDriver } from './storage/driver.js';
-import { FilesystemDriver } from './storage/filesystem.js';
-import { InMemoryDriver } from './storage/inmemory.js';
+import type { StorageDriver } from './drivers/driver.js';
+import { FilesystemDriver } from './drivers/filesystem.js';
+import { InMemoryDriver } from './drivers/inmemory.js';
 import { StorageNamespace } from './store/namespace.js';
 import { CASCADE_DIRS } from './store/paths.js';
 

@@ -14,9 +14,9 @@ import { createRegistryApp } from '../src/http/app.js';
 import { listen, type RunningServer } from '../src/http/listen.js';
 import { loadSendfile } from '../src/http/sendfile.js';
 import { MediaType } from '../src/mediatypes.js';
-import type { StorageDriver } from '../src/storage/driver.js';
-import { FilesystemDriver } from '../src/storage/filesystem.js';
-import { InMemoryDriver } from '../src/storage/inmemory.js';
+import type { StorageDriver } from '../src/drivers/driver.js';
+import { FilesystemDriver } from '../src/drivers/filesystem.js';
+import { InMemoryDriver } from '../src/drivers/inmemory.js';
 import { StorageNamespace } from '../src/store/namespace.js';
 
 const sha = (b: Buffer | string) => `sha256:${createHash('sha256').update(b).digest('hex')}`;

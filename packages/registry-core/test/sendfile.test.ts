@@ -17,7 +17,7 @@ import { pino } from 'pino';
 import { createRegistryApp } from '../src/http/app.js';
 import { listen, type RunningServer } from '../src/http/listen.js';
 import { loadSendfile, type Sendfile } from '../src/http/sendfile.js';
-import { FilesystemDriver } from '../src/storage/filesystem.js';
+import { FilesystemDriver } from '../src/drivers/filesystem.js';
 import { StorageNamespace } from '../src/store/namespace.js';
 
 const silent = pino({ level: 'silent' });

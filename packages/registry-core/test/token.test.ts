@@ -21,7 +21,7 @@ import { RegistryError } from '../src/errors.js';
 import { createRegistryApp } from '../src/http/app.js';
 import { listen } from '../src/http/listen.js';
 import { createAuth } from '../src/run.js';
-import { InMemoryDriver } from '../src/storage/inmemory.js';
+import { InMemoryDriver } from '../src/drivers/inmemory.js';
 import { StorageNamespace } from '../src/store/namespace.js';
 
 const silent = pino({ level: 'silent' });

@@ -6,7 +6,6 @@ import {
   formatBytes,
   formatDuration,
   formatRate,
-  parseChallenge,
   parseImageRef,
   parsePlatform,
   parsePrefetchArgs,
@@ -233,17 +232,6 @@ describe('prefetch: progress display', () => {
     p.note('a note');
     p.stop();
     assert.deepEqual(out.writes, ['fetched sha256:abababababab… 1.0 MiB in 0.5 s (2.0 MiB/s)\n', 'a note\n']);
-  });
-});
-
-describe('prefetch: WWW-Authenticate', () => {
-  it('parses a Bearer challenge', () => {
-    assert.deepEqual(parseChallenge('Bearer realm="https://auth.example.com/token",service="registry",scope="repository:team/app:pull"'), {
-      scheme: 'bearer',
-      params: { realm: 'https://auth.example.com/token', service: 'registry', scope: 'repository:team/app:pull' },
-    });
-    assert.deepEqual(parseChallenge('Basic realm="x"'), { scheme: 'basic', params: { realm: 'x' } });
-    assert.equal(parseChallenge(undefined), undefined);
   });
 });
 

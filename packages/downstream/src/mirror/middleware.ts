@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { isPathNotFound, paths, type Authorizer, type NamespaceMiddleware } from '@cascade/registry-core';
 import { CacheNamespace } from '../cache.js';
-import { loadCAs } from '../cas.js';
+import { loadCAs } from '../ca-trust.js';
 import { ExpiryIndex } from '../expiry.js';
 import { UpstreamPool } from '../upstream.js';
 import { observeCache, upstreamLatency } from '../metrics.js';

@@ -85,6 +85,7 @@ export interface MirrorMetrics {
 
 /** Options of {@link MirrorNamespace}. */
 export interface MirrorNamespaceOptions {
+  /** The mirror's `proxy` section, as loaded and checked. */
   readonly options: MirrorOptions;
   readonly storage: StorageNamespace;
   readonly driver: StorageDriver;
@@ -109,18 +110,18 @@ export class MirrorNamespace implements Namespace {
   private readonly defaultRuntime: RemoteRuntime | undefined;
   readonly now: () => number;
 
-  constructor(readonly o: MirrorNamespaceOptions) {
-    this.now = o.now ?? Date.now;
-    for (const runtime of o.remotes) {
+  constructor(readonly options: MirrorNamespaceOptions) {
+    this.now = options.now ?? Date.now;
+    for (const runtime of options.remotes) {
       this.byName.set(runtime.remote.name, runtime);
       for (const host of runtime.remote.hosts) this.byHost.set(host, runtime);
     }
-    this.defaultRuntime = o.remotes.find((r) => r.remote === o.options.defaultRemote);
+    this.defaultRuntime = options.remotes.find((r) => r.remote === options.options.defaultRemote);
   }
 
   /** The expiry index, when `proxy.ttl` is set. */
   get expiry(): ExpiryIndex | undefined {
-    return this.o.expiry;
+    return this.options.expiry;
   }
 
   /**
@@ -128,14 +129,14 @@ export class MirrorNamespace implements Namespace {
    * removed, and fetched again (and checked against its digest) when it is next asked for.
    */
   touchManifest(manifest: ParsedManifest): void {
-    this.o.expiry?.touch(manifest.digest, manifest.bytes.length, 'hit');
+    this.options.expiry?.touch(manifest.digest, manifest.bytes.length, 'hit');
   }
 
   repository(name: string, ctx?: RequestContext): Repository {
     this.checkLoop(ctx);
-    if (name === '') return this.o.storage.repository(name);
+    if (name === '') return this.options.storage.repository(name);
     const route = this.route(name, ctx?.registryHost);
-    if (route.kind === 'local') return new LocalRepository(this.o.storage.repository(route.name), this.o.driver);
+    if (route.kind === 'local') return new LocalRepository(this.options.storage.repository(route.name), this.options.driver);
     const { remote } = route.runtime;
     if (remote.username !== undefined && !remote.anonymous && !ctx?.user) {
       this.metrics.refused += 1;
@@ -145,7 +146,7 @@ export class MirrorNamespace implements Namespace {
   }
 
   catalog(n: number, last?: string): Promise<string[]> {
-    return this.o.storage.catalog(n, last);
+    return this.options.storage.catalog(n, last);
   }
 
   /** Which remote (or local repository) a client's name means. */
@@ -158,7 +159,7 @@ export class MirrorNamespace implements Namespace {
       }
       return { kind: 'remote', runtime, upstreamName: normalize(runtime.remote, name) };
     }
-    if (this.o.options.local.some((p) => name === p || name.startsWith(`${p}/`))) return { kind: 'local', name };
+    if (this.options.options.local.some((p) => name === p || name.startsWith(`${p}/`))) return { kind: 'local', name };
     const slash = name.indexOf('/');
     if (slash > 0) {
       const first = name.slice(0, slash);
@@ -169,7 +170,7 @@ export class MirrorNamespace implements Namespace {
     this.metrics.refused += 1;
     throw new RegistryError(
       'NAME_UNKNOWN',
-      `${name} is not a local repository${this.o.options.local.length > 0 ? ` (${this.o.options.local.join(', ')})` : ''} and names no remote: use <remote>/${name}, with <remote> one of ${this.remoteList()}`,
+      `${name} is not a local repository${this.options.options.local.length > 0 ? ` (${this.options.options.local.join(', ')})` : ''} and names no remote: use <remote>/${name}, with <remote> one of ${this.remoteList()}`,
       { detail: { name } },
     );
   }
@@ -177,20 +178,20 @@ export class MirrorNamespace implements Namespace {
   /** The headers that go with every request to a remote: this node added to the request's `X-Cascade-Via`. */
   viaHeaders(ctx: RequestContext | undefined): Record<string, string> {
     const incoming = ctx?.forward?.[VIA_HEADER];
-    return { [VIA_HEADER]: incoming ? `${incoming}, ${this.o.nodeId}` : this.o.nodeId };
+    return { [VIA_HEADER]: incoming ? `${incoming}, ${this.options.nodeId}` : this.options.nodeId };
   }
 
   private checkLoop(ctx: RequestContext | undefined): void {
     const via = ctx?.forward?.[VIA_HEADER];
-    if (via && via.split(',').some((id) => id.trim() === this.o.nodeId)) {
+    if (via && via.split(',').some((id) => id.trim() === this.options.nodeId)) {
       this.metrics.loops += 1;
-      this.o.logger.error({ via }, 'request loop: this mirror is (through others) its own remote; check proxy remotes');
+      this.options.logger.error({ via }, 'request loop: this mirror is (through others) its own remote; check proxy remotes');
       throw new RegistryError('REQUEST_LOOP', 'request loop: this mirror is (directly or through other mirrors) its own remote; check its proxy remotes');
     }
   }
 
   private remoteList(): string {
-    return this.o.remotes.map((r) => r.remote.name).join(', ');
+    return this.options.remotes.map((r) => r.remote.name).join(', ');
   }
 }
 
@@ -227,7 +228,7 @@ class MirrorRepository implements Repository {
     readonly name: string,
     readonly ctx: RequestContext | undefined,
   ) {
-    this.stored = mirror.o.storage.repository(`${runtime.remote.name}/${upstreamName}`);
+    this.stored = mirror.options.storage.repository(`${runtime.remote.name}/${upstreamName}`);
     this.headers = mirror.viaHeaders(ctx);
     this.blobs = new MirrorBlobStore(this);
     this.manifests = new MirrorManifestStore(this);
@@ -239,7 +240,7 @@ class MirrorRepository implements Repository {
   }
 
   get log(): Logger {
-    return this.mirror.o.logger;
+    return this.mirror.options.logger;
   }
 
   /** A request to the remote; its refusals become this mirror's (the client cannot sign in to the remote). */
@@ -427,7 +428,7 @@ class MirrorBlobStore implements BlobStore {
 
   constructor(private readonly repo: MirrorRepository) {
     this.key = `${repo.remote.name}/${repo.upstreamName}`;
-    this.inner = new CacheBlobStore(repo.mirror.o.cache, repo.upstreamName, repo.headers, { upstreams: repo.runtime.pool, key: this.key }, (fill) => this.linkWhenDone(fill));
+    this.inner = new CacheBlobStore(repo.mirror.options.cache, repo.upstreamName, repo.headers, { upstreams: repo.runtime.pool, key: this.key }, (fill) => this.linkWhenDone(fill));
   }
 
   async stat(digest: Digest, ctx?: RequestContext): Promise<BlobDescriptor> {
@@ -442,10 +443,10 @@ class MirrorBlobStore implements BlobStore {
 
   /** Bytes stored (or being fetched) for another repository are served here only once the remote says this repository has them too. */
   private async admit(digest: Digest): Promise<void> {
-    const driver = this.repo.mirror.o.driver;
+    const driver = this.repo.mirror.options.driver;
     if (await exists(driver, paths.layerLink(this.key, digest))) return;
     const onDisk = (await statBlob(driver, digest)) !== undefined;
-    const running = this.repo.mirror.o.cache.fills.get(digest);
+    const running = this.repo.mirror.options.cache.fills.get(digest);
     if (!onDisk && (!running || running.key === this.key)) return;
     const res = await this.repo.fetch({ method: 'HEAD', path: `/v2/${this.repo.upstreamName}/blobs/${digest.toString()}` }, 'BLOB_UNKNOWN');
     res.body.resume();
@@ -459,7 +460,7 @@ class MirrorBlobStore implements BlobStore {
   }
 
   private async link(digest: Digest): Promise<void> {
-    await this.repo.mirror.o.driver.putContent(paths.layerLink(this.key, digest), Buffer.from(digest.toString()));
+    await this.repo.mirror.options.driver.putContent(paths.layerLink(this.key, digest), Buffer.from(digest.toString()));
   }
 
   createUpload(): Promise<BlobUpload> {

@@ -25,7 +25,7 @@
  * The forms combine (remoteurl first, then remoteregistries, then remotes). Messages name the exact key.
  */
 import type { RegistryConfig } from '@cascade/registry-core';
-import { validateCaFiles } from '../cas.js';
+import { validateCaFiles } from '../ca-trust.js';
 
 /** Registry hosts that mean Docker Hub; one-component names there live under `library/`. */
 export const DOCKER_HUB_HOSTS = ['docker.io', 'index.docker.io', 'registry-1.docker.io'] as const;

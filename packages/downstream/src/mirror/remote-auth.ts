@@ -13,27 +13,8 @@ import { Agent as HttpsAgent } from 'node:https';
 import { rootCertificates } from 'node:tls';
 import got, { type Got } from 'got';
 import type { Logger } from 'pino';
-import { RegistryError } from '@cascade/registry-core';
+import { parseChallenge, RegistryError } from '@cascade/registry-core';
 import { describeError, type UpstreamAuth, type UpstreamHost, type UpstreamRequest } from '../upstream.js';
-
-/** A parsed `WWW-Authenticate` challenge. */
-export interface Challenge {
-  readonly scheme: 'basic' | 'bearer';
-  readonly params: Readonly<Record<string, string>>;
-}
-
-/** Parses the first Basic or Bearer challenge of a `WWW-Authenticate` header. */
-export function parseChallenge(header: string | undefined): Challenge | undefined {
-  if (!header) return undefined;
-  const m = /^\s*(basic|bearer)\b(.*)$/is.exec(header);
-  if (!m) return undefined;
-  const params: Record<string, string> = {};
-  const re = /([a-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))/gi;
-  for (let p = re.exec(m[2] ?? ''); p; p = re.exec(m[2] ?? '')) {
-    params[(p[1] as string).toLowerCase()] = p[2] !== undefined ? p[2].replace(/\\(.)/g, '$1') : (p[3] ?? '');
-  }
-  return { scheme: (m[1] as string).toLowerCase() as 'basic' | 'bearer', params };
-}
 
 /** The registrable domain of a host name, approximately (`auth.docker.io` -> `docker.io`, `a.b.co.uk` -> `b.co.uk`). */
 export function registrableDomain(hostname: string): string {

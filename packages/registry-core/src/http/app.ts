@@ -127,19 +127,19 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
     try {
       await next();
     } catch (err) {
-      const rerr = toRegistryError(err);
+      const registryError = toRegistryError(err);
       // Expected failures (an upstream down) are one warning line; only unexpected errors carry a stack.
-      if (err instanceof RegistryError && rerr.status >= 500) log.warn({ reqId: ctx.state.reqId, code: rerr.code, reason: rerr.message }, 'request failed');
-      else if (rerr.status >= 500 && isClientFault(err)) log.warn({ reqId: ctx.state.reqId, code: (err as { code?: string }).code, reason: (err as Error).message }, 'request failed: the client went away or sent a malformed body');
-      else if (rerr.status >= 500) log.error({ err, reqId: ctx.state.reqId }, 'request failed');
+      if (err instanceof RegistryError && registryError.status >= 500) log.warn({ reqId: ctx.state.reqId, code: registryError.code, reason: registryError.message }, 'request failed');
+      else if (registryError.status >= 500 && isClientFault(err)) log.warn({ reqId: ctx.state.reqId, code: (err as { code?: string }).code, reason: (err as Error).message }, 'request failed: the client went away or sent a malformed body');
+      else if (registryError.status >= 500) log.error({ err, reqId: ctx.state.reqId }, 'request failed');
       // Drain what the client sent so the connection can be reused.
       if (!ctx.req.readableEnded) ctx.req.resume();
-      if (ctx.method === 'HEAD') emptyResponse(ctx, rerr.status);
+      if (ctx.method === 'HEAD') emptyResponse(ctx, registryError.status);
       else {
-        ctx.body = errorEnvelope(rerr);
-        ctx.status = rerr.status;
+        ctx.body = errorEnvelope(registryError);
+        ctx.status = registryError.status;
       }
-      for (const [name, value] of Object.entries(rerr.headers)) ctx.set(name, value);
+      for (const [name, value] of Object.entries(registryError.headers)) ctx.set(name, value);
     }
   });
 

@@ -13,7 +13,7 @@ import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { getSystemErrorName } from 'node:util';
 import type Koa from 'koa';
-import { FILE_RANGE, FILE_SEGMENTS, type FileRange, type FileSegments } from '../storage/driver.js';
+import { FILE_RANGE, FILE_SEGMENTS, type FileRange, type FileSegments } from '../drivers/driver.js';
 
 interface Addon {
   available(): boolean;

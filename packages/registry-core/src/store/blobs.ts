@@ -8,7 +8,7 @@ import type { Readable } from 'node:stream';
 import { Digest } from '../digest.js';
 import { RegistryError } from '../errors.js';
 import type { BlobDescriptor, BlobStore, BlobUpload, ByteRange } from '../registry.js';
-import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { isPathNotFound, type StorageDriver } from '../drivers/driver.js';
 import { deleteIfExists, readLink, statOrUndefined, writeLink } from './links.js';
 import { paths } from './paths.js';
 

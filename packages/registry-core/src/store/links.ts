@@ -1,6 +1,6 @@
 /** Link files: a small file holding a digest, as distribution writes them (no trailing newline). */
 import { Digest } from '../digest.js';
-import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { isPathNotFound, type StorageDriver } from '../drivers/driver.js';
 
 /** Reads a link; undefined when the link does not exist or does not hold a valid digest. */
 export async function readLink(driver: StorageDriver, path: string): Promise<Digest | undefined> {

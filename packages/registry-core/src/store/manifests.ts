@@ -6,7 +6,7 @@ import { Digest } from '../digest.js';
 import { RegistryError } from '../errors.js';
 import { readManifest, type Descriptor, type ParsedManifest } from '../manifest.js';
 import type { ManifestStore, TagStore } from '../registry.js';
-import { isPathNotFound, type StorageDriver } from '../storage/driver.js';
+import { isPathNotFound, type StorageDriver } from '../drivers/driver.js';
 import type { StorageBlobStore } from './blobs.js';
 import { basename, deleteIfExists, listOrEmpty, readLink, statOrUndefined, writeLink } from './links.js';
 import { paths } from './paths.js';

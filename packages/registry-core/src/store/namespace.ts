@@ -1,6 +1,6 @@
 /** The registry over a storage driver: repositories and the catalog. */
 import type { Namespace, Repository } from '../registry.js';
-import type { StorageDriver } from '../storage/driver.js';
+import type { StorageDriver } from '../drivers/driver.js';
 import { StorageBlobStore, UploadState } from './blobs.js';
 import { StorageManifestStore, StorageTagStore } from './manifests.js';
 import { REPOSITORIES } from './paths.js';

@@ -19,7 +19,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import { INDEX_MEDIA_TYPES, MediaType, NON_DISTRIBUTABLE_LAYER_TYPES, isValidTag, validateName } from '@cascade/registry-core';
+import { INDEX_MEDIA_TYPES, MediaType, NON_DISTRIBUTABLE_LAYER_TYPES, isValidTag, parseChallenge, validateName } from '@cascade/registry-core';
 
 /** A failure of `cascade prefetch` that is not a usage error (the cache, the image, a blob): exit code 1. */
 export class PrefetchError extends Error {
@@ -615,16 +615,6 @@ function basicHeader(c: { user: string; password: string }): string {
   return `Basic ${Buffer.from(`${c.user}:${c.password}`).toString('base64')}`;
 }
 
-/** Parses `Bearer realm="...",service="...",scope="..."` (one challenge). */
-export function parseChallenge(header: string | undefined): { scheme: string; params: Record<string, string> } | undefined {
-  if (!header) return undefined;
-  const m = /^\s*([A-Za-z]+)\s*(.*)$/.exec(header);
-  if (!m) return undefined;
-  const params: Record<string, string> = {};
-  const re = /([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))/g;
-  for (let p = re.exec(m[2] as string); p; p = re.exec(m[2] as string)) params[(p[1] as string).toLowerCase()] = (p[2] ?? p[3] ?? '').replace(/\\(.)/g, '$1');
-  return { scheme: (m[1] as string).toLowerCase(), params };
-}
 
 /** The Authorization header for a request to the cache about `repo`. */
 function authorization(client: Client, repo: string): string | undefined {

@@ -117,13 +117,13 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
     try {
       await next();
     } catch (err) {
-      const rerr = toRegistryError(err);
+      const registryError = toRegistryError(err);
       if (isClientFault(err)) log.warn({ code: (err as { code?: string }).code, reason: (err as Error).message }, 'request failed: the client went away or sent a malformed body');
       else if (!(err instanceof RegistryError)) log.error({ err }, 'request failed');
       if (!ctx.req.readableEnded) ctx.req.resume();
-      ctx.body = ctx.method === 'HEAD' ? null : errorEnvelope(rerr);
-      ctx.status = rerr.status;
-      for (const [name, value] of Object.entries(rerr.headers)) ctx.set(name, value);
+      ctx.body = ctx.method === 'HEAD' ? null : errorEnvelope(registryError);
+      ctx.status = registryError.status;
+      for (const [name, value] of Object.entries(registryError.headers)) ctx.set(name, value);
     }
     // The origin's Bearer challenges send clients to the server for their tokens.
     const challenge = ctx.response.get('WWW-Authenticate');

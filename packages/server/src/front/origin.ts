@@ -8,7 +8,7 @@ import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import type { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { describeError, readLimited } from '@cascade/downstream';
-import { RegistryError } from '@cascade/registry-core';
+import { parseChallenge, RegistryError } from '@cascade/registry-core';
 import type { Logger } from 'pino';
 
 /** Options of {@link OriginClient}. */
@@ -119,7 +119,7 @@ export class OriginClient {
       .then((res) => {
         res.resume();
         if (res.statusCode !== 401) return { scheme: 'none' } as const;
-        return parseChallenge(String(res.headers['www-authenticate'] ?? ''));
+        return originChallengeOf(String(res.headers['www-authenticate'] ?? ''));
       })
       .catch((err: unknown) => {
         this.challenge = undefined;
@@ -199,14 +199,12 @@ export function tokenUrl(challenge: { realm: string; service?: string }, scope?:
 /** Largest token answer read (a JWT with its claims is a few KiB). */
 const TOKEN_MAX_BYTES = 1 << 20;
 
-/** Parses a `WWW-Authenticate` value of the Basic or Bearer scheme. */
-export function parseChallenge(header: string): OriginChallenge {
-  const m = /^\s*(\w+)\s*(.*)$/.exec(header);
-  const scheme = m?.[1]?.toLowerCase();
-  const params: Record<string, string> = {};
-  for (const p of (m?.[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)) params[(p[1] as string).toLowerCase()] = p[2] as string;
-  if (scheme === 'bearer' && params.realm) return { scheme: 'bearer', realm: params.realm, ...(params.service ? { service: params.service } : {}) };
-  return { scheme: 'basic', realm: params.realm ?? '' };
+/** The origin's scheme from its challenge to an anonymous request (a Bearer one without a realm counts as Basic). */
+export function originChallengeOf(header: string): OriginChallenge {
+  const challenge = parseChallenge(header);
+  const realm = challenge?.params.realm;
+  if (challenge?.scheme === 'bearer' && realm) return { scheme: 'bearer', realm, ...(challenge.params.service ? { service: challenge.params.service } : {}) };
+  return { scheme: 'basic', realm: realm ?? '' };
 }
 
 /**

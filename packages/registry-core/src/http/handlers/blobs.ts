@@ -44,8 +44,8 @@ export const deleteBlob: Handler = async ({ ctx, params, repo, options }) => {
 /** POST `/v2/<name>/blobs/uploads/`: start a session, upload monolithically, or mount. */
 export const startUpload: Handler = async (h) => {
   const { ctx, repo } = h;
-  const mount = q(ctx.query.mount);
-  const from = q(ctx.query.from);
+  const mount = queryValue(ctx.query.mount);
+  const from = queryValue(ctx.query.from);
   if (mount !== undefined && from !== undefined) {
     const digest = Digest.parse(mount);
     validateName(from);
@@ -53,7 +53,7 @@ export const startUpload: Handler = async (h) => {
     if (desc) return blobCreated(h, digest);
     // Not mountable: fall through to a new session, as the spec says.
   }
-  const digestParam = q(ctx.query.digest);
+  const digestParam = queryValue(ctx.query.digest);
   const upload = await repo.blobs.createUpload();
   if (digestParam !== undefined) {
     const digest = Digest.parse(digestParam);
@@ -94,7 +94,7 @@ export const patchUpload: Handler = async (h) => {
 
 /** PUT `/v2/<name>/blobs/uploads/<uuid>?digest=`: optional last chunk, then commit. */
 export const putUpload: Handler = async (h) => {
-  const digestParam = q(h.ctx.query.digest);
+  const digestParam = queryValue(h.ctx.query.digest);
   if (digestParam === undefined) throw new RegistryError('DIGEST_INVALID', 'the digest query parameter is required to complete an upload');
   const digest = Digest.parse(digestParam);
   const upload = await h.repo.blobs.getUpload(h.params.uuid ?? '');
@@ -137,7 +137,8 @@ function parseContentRange(value: string): number | undefined {
   return Number(m[1]);
 }
 
-function q(value: string | string[] | undefined): string | undefined {
+/** The first value of a query parameter: Koa gives an array when the parameter is repeated. */
+function queryValue(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
 

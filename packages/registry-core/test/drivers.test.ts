@@ -4,10 +4,10 @@ import { access, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } fro
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, it } from 'node:test';
-import { InvalidPathError, PathNotFoundError } from '../src/storage/driver.js';
-import { runDriverConformance } from '../src/storage/conformance.js';
-import { FILESYSTEM_TEMP_DIRECTORY, FilesystemDriver } from '../src/storage/filesystem.js';
-import { InMemoryDriver } from '../src/storage/inmemory.js';
+import { InvalidPathError, PathNotFoundError } from '../src/drivers/driver.js';
+import { runDriverConformance } from '../src/drivers/conformance.js';
+import { FILESYSTEM_TEMP_DIRECTORY, FilesystemDriver } from '../src/drivers/filesystem.js';
+import { InMemoryDriver } from '../src/drivers/inmemory.js';
 
 async function tempRoot(): Promise<string> {
   return mkdtemp(join(tmpdir(), 'cascade-storage-'));

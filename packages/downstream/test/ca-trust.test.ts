@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import forge from 'node-forge';
 import { makeCert as signedCert, rsaKeys, subjectAltName, type TestKeys } from '@cascade/testkit';
-import { CaError, loadCAs, validateCaFiles } from '../src/cas.js';
+import { CaError, loadCAs, validateCaFiles } from '../src/ca-trust.js';
 
 const { asn1, pki } = forge;
 

@@ -5,7 +5,7 @@
  *
  * Paths are absolute, `/`-separated, each component of `[A-Za-z0-9._-]+`, e.g.
  * `/docker/registry/v2/blobs/sha256/ab/abcd.../data`. Every driver passes the conformance suite in
- * `storage/conformance.ts`.
+ * `drivers/conformance.ts`.
  */
 import type { Readable } from 'node:stream';
 
