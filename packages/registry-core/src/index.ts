@@ -14,6 +14,7 @@ export * from './store/manifests.js';
 export * from './auth/authorizer.js';
 export * from './auth/challenge.js';
 export * from './http/app.js';
+export * from './http/kit/index.js';
 export * from './http/listen.js';
 export { loadSendfile, type Sendfile } from './http/sendfile.js';
 export * from './http/routes.js';

@@ -1,15 +1,15 @@
 /**
- * The `/v2/` HTTP application: access log, error envelope, configured headers and the dispatcher, plus the
- * few endpoints outside `/v2/` a role adds (the token endpoint of `auth.token`).
+ * The `/v2/` HTTP application: the HTTP kit (request id, access log and metrics, error mapper), configured
+ * headers and the dispatcher, plus the few endpoints outside `/v2/` a role adds (the token endpoint of
+ * `auth.token`).
  */
-import { randomUUID } from 'node:crypto';
 import Koa, { type Context } from 'koa';
 import type { Logger } from 'pino';
 import { allowAll, type Authorizer } from '../auth/authorizer.js';
-import { errorEnvelope, isClientFault, RegistryError } from '../errors.js';
+import { RegistryError } from '../errors.js';
 import type { Namespace } from '../registry.js';
 import { dispatch } from './dispatch.js';
-import { emptyResponse } from './respond.js';
+import { accessLog, errorMapper, onResponseError, requestId } from './kit/index.js';
 import type { Sendfile } from './sendfile.js';
 import { routeLabel, type NodeObservability } from '../metrics.js';
 
@@ -48,8 +48,6 @@ export interface RegistryAppOptions {
   readonly sendfile?: Sendfile;
 }
 
-const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
-
 /**
  * Builds the Koa application that serves the distribution API over `options.namespace`.
  *
@@ -76,72 +74,15 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
     onBodyError: (err: Error) => log.warn({ err: { code: (err as { code?: string }).code, message: err.message } }, 'blob body failed'),
   };
 
-  // Errors escaping Koa's own handling (a stream that fails after the headers went out) are logged here.
-  app.on('error', (err: Error & { status?: number }, ctx?: Koa.Context) => {
-    if (err.status !== undefined && err.status < 500) return;
-    if (isClientFault(err)) log.warn({ reqId: ctx?.state.reqId, code: (err as { code?: string }).code, reason: err.message }, 'response failed: the client went away or sent a malformed body');
-    else log.error({ err, reqId: ctx?.state.reqId }, 'response failed');
-  });
-
+  app.on('error', onResponseError(log));
+  app.use(requestId());
+  app.use(accessLog({ logger: log, ...(options.observability ? { observability: options.observability } : {}), route: (ctx) => routeLabel(ctx.path, prefix), enabled: options.accessLog !== false }));
   app.use(async (ctx, next) => {
-    const started = process.hrtime.bigint();
-    const incoming = ctx.get('x-request-id');
-    const reqId = REQUEST_ID.test(incoming) ? incoming : randomUUID();
-    ctx.state.reqId = reqId;
-    ctx.set('X-Request-Id', reqId);
     ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
     for (const [name, values] of Object.entries(options.headers ?? {})) ctx.set(name, values);
-    const socket = ctx.req.socket;
-    const written0 = socket.bytesWritten;
-    ctx.res.once('close', () => {
-      const finished = ctx.res.writableFinished;
-      const status = ctx.res.headersSent ? ctx.res.statusCode : finished ? ctx.status : 499;
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      options.observability?.observeRequest(routeLabel(ctx.path, prefix), ctx.method, status, seconds);
-      if (options.accessLog !== false) {
-        const declared = Number(ctx.res.getHeader('content-length'));
-        const sendfileBytes = (ctx.state as { sendfileBytes?: number }).sendfileBytes ?? 0;
-        const bytes = ctx.method === 'HEAD' ? 0 : finished && Number.isFinite(declared) ? declared : socket.bytesWritten - written0 + sendfileBytes;
-        log.info(
-          {
-            reqId,
-            method: ctx.method,
-            path: ctx.path,
-            query: redactQuery(ctx.querystring),
-            // A client that left before any answer gets 499 (nginx's "client closed request"), not Koa's default 404.
-            status,
-            bytes,
-            duration: seconds * 1000,
-            user: ctx.state.user,
-            remote: ctx.req.socket.remoteAddress,
-            ...(finished ? {} : { aborted: true }),
-          },
-          'request',
-        );
-      }
-    });
     await next();
   });
-
-  app.use(async (ctx, next) => {
-    try {
-      await next();
-    } catch (err) {
-      const registryError = toRegistryError(err);
-      // Expected failures (an upstream down) are one warning line; only unexpected errors carry a stack.
-      if (err instanceof RegistryError && registryError.status >= 500) log.warn({ reqId: ctx.state.reqId, code: registryError.code, reason: registryError.message }, 'request failed');
-      else if (registryError.status >= 500 && isClientFault(err)) log.warn({ reqId: ctx.state.reqId, code: (err as { code?: string }).code, reason: (err as Error).message }, 'request failed: the client went away or sent a malformed body');
-      else if (registryError.status >= 500) log.error({ err, reqId: ctx.state.reqId }, 'request failed');
-      // Drain what the client sent so the connection can be reused.
-      if (!ctx.req.readableEnded) ctx.req.resume();
-      if (ctx.method === 'HEAD') emptyResponse(ctx, registryError.status);
-      else {
-        ctx.body = errorEnvelope(registryError);
-        ctx.status = registryError.status;
-      }
-      for (const [name, value] of Object.entries(registryError.headers)) ctx.set(name, value);
-    }
-  });
+  app.use(errorMapper(log));
 
   app.use(async (ctx) => {
     const extra = extraRoutes.get(ctx.path);
@@ -162,19 +103,4 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
   });
 
   return app;
-}
-
-/** Maps any thrown value to a registry error (ENOSPC and friends become 507/503, the rest 500 UNKNOWN). */
-export function toRegistryError(err: unknown): RegistryError {
-  if (err instanceof RegistryError) return err;
-  const code = (err as { code?: string }).code;
-  if (code === 'ENOSPC' || code === 'EDQUOT') return new RegistryError('STORAGE_FULL', 'insufficient storage');
-  if (code === 'PATH_NOT_FOUND') return new RegistryError('NOT_FOUND', 'not found');
-  return new RegistryError('UNKNOWN', 'internal error; see the registry log');
-}
-
-/** The query string for the access log, with grants and upload state (bearer secrets) replaced. */
-export function redactQuery(query: string): string | undefined {
-  if (!query) return undefined;
-  return query.replace(/(^|&)(grant|_state)=[^&]*/g, '$1$2=[redacted]');
 }

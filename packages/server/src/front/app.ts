@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import Koa from 'koa';
 import type { Logger } from 'pino';
 import { Counter, Histogram } from 'prom-client';
-import { Digest, errorEnvelope, isClientFault, matchRoute, RegistryError, routeLabel, toRegistryError, validateName, type NodeObservability } from '@cascade/registry-core';
+import { accessLog, Digest, errorMapper, matchRoute, onResponseError, RegistryError, requestId, routeLabel, validateName, type NodeObservability } from '@cascade/registry-core';
 import { GRANT_HEADER, GRANT_QUERY_PARAMETER, GrantVerifier, JWKS_PATH, type GrantSigner, type Jwks, type JwksSource } from '@cascade/downstream';
 import { userOf } from './identity.js';
 import type { OriginClient } from './origin.js';
@@ -90,41 +90,14 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
   const opsRoutes = new Map((obs?.routes() ?? []).map((r) => [r.path, r]));
   const authorizationSeconds = obs ? observeFront(obs, metrics) : undefined;
 
-  app.on('error', (err: Error & { status?: number }) => {
-    if (err.status !== undefined && err.status < 500) return;
-    if (isClientFault(err)) log.warn({ code: (err as { code?: string }).code, reason: err.message }, 'response failed: the client went away or sent a malformed body');
-    else log.error({ err }, 'response failed');
-  });
-
+  app.on('error', onResponseError(log));
+  app.use(requestId());
+  app.use(accessLog({ logger: log, ...(obs ? { observability: obs } : {}), route: (ctx) => routeLabel(ctx.path), fields: (ctx) => (ctx.state.redirectedTo ? { redirectedTo: ctx.state.redirectedTo } : {}) }));
+  // The origin's Bearer challenges (relayed, or in an error) name the server's token relay: this runs after
+  // the error mapper below has answered.
   app.use(async (ctx, next) => {
-    const started = process.hrtime.bigint();
     ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
-    ctx.res.once('close', () => {
-      obs?.observeRequest(routeLabel(ctx.path), ctx.method, ctx.res.headersSent ? ctx.res.statusCode : 499, Number(process.hrtime.bigint() - started) / 1e9);
-      log.info(
-        {
-          method: ctx.method,
-          path: ctx.path,
-          status: ctx.res.headersSent ? ctx.res.statusCode : 499,
-          duration: Number(process.hrtime.bigint() - started) / 1e6,
-          user: ctx.state.user,
-          ...(ctx.state.redirectedTo ? { redirectedTo: ctx.state.redirectedTo } : {}),
-          remote: ctx.req.socket.remoteAddress,
-        },
-        'request',
-      );
-    });
-    try {
-      await next();
-    } catch (err) {
-      const registryError = toRegistryError(err);
-      if (isClientFault(err)) log.warn({ code: (err as { code?: string }).code, reason: (err as Error).message }, 'request failed: the client went away or sent a malformed body');
-      else if (!(err instanceof RegistryError)) log.error({ err }, 'request failed');
-      if (!ctx.req.readableEnded) ctx.req.resume();
-      ctx.body = ctx.method === 'HEAD' ? null : errorEnvelope(registryError);
-      ctx.status = registryError.status;
-      for (const [name, value] of Object.entries(registryError.headers)) ctx.set(name, value);
-    }
+    await next();
     // The origin's Bearer challenges send clients to the server for their tokens.
     const challenge = ctx.response.get('WWW-Authenticate');
     if (options.tokenProxy && typeof challenge === 'string' && challenge && ctx.path !== TOKEN_PATH) {
@@ -136,6 +109,7 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
       }
     }
   });
+  app.use(errorMapper(log));
 
   app.use(async (ctx, next) => {
     const ops = opsRoutes.get(ctx.path);
