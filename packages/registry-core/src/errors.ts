@@ -48,37 +48,48 @@ export const ERROR_CODES = {
 export type ErrorCode = keyof typeof ERROR_CODES;
 
 /** The body of one entry of the OCI error envelope. */
-export interface ErrorEntry {
-  code: ErrorCode;
+export interface ErrorEntry<C extends string = ErrorCode> {
+  code: C;
   message: string;
   detail?: unknown;
 }
 
 /**
- * A domain error with an OCI error code. `status` defaults to the code's row in {@link ERROR_CODES} and may
- * be overridden where the spec asks for another one (for example 416 on an out-of-order chunk).
- * `headers` are added to the response (for example `WWW-Authenticate`).
+ * An error whose code, a row of a table of {@link ErrorCodeDescriptor}s, fixes its HTTP status and default
+ * message: the one mechanism with which the registry API ({@link ERROR_CODES}) and the server's `/api/v0`
+ * (its `API_ERROR_CODES`) declare their errors, and which the error mappers answer with the envelope
+ * `{"errors":[{"code","message","detail"}]}`. `headers` are added to the response (`WWW-Authenticate`, `Allow`).
  */
-export class RegistryError extends Error {
-  readonly code: ErrorCode;
+export class CodedError<C extends string = string> extends Error {
+  readonly code: C;
   readonly status: number;
   readonly detail: unknown;
   readonly headers: Record<string, string>;
 
-  constructor(code: ErrorCode, message?: string, options: { detail?: unknown; status?: number; headers?: Record<string, string>; cause?: unknown } = {}) {
-    super(message ?? ERROR_CODES[code].message, options.cause === undefined ? undefined : { cause: options.cause });
-    this.name = 'RegistryError';
+  constructor(table: Readonly<Record<C, ErrorCodeDescriptor>>, code: C, message?: string, options: { detail?: unknown; status?: number; headers?: Record<string, string>; cause?: unknown } = {}) {
+    super(message ?? table[code].message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
-    this.status = options.status ?? ERROR_CODES[code].status;
+    this.status = options.status ?? table[code].status;
     this.detail = options.detail;
     this.headers = options.headers ?? {};
   }
 
-  /** The entry of this error in the OCI envelope. */
-  toEntry(): ErrorEntry {
-    const entry: ErrorEntry = { code: this.code, message: this.message };
+  /** The entry of this error in the envelope. */
+  toEntry(): ErrorEntry<C> {
+    const entry: ErrorEntry<C> = { code: this.code, message: this.message };
     if (this.detail !== undefined) entry.detail = this.detail;
     return entry;
+  }
+}
+
+/**
+ * A domain error with an OCI error code: its status is the code's row in {@link ERROR_CODES}. The one status
+ * still given by a thrower is the spec's 413 for `SIZE_INVALID` (a manifest or body over its limit).
+ */
+export class RegistryError extends CodedError<ErrorCode> {
+  constructor(code: ErrorCode, message?: string, options: { detail?: unknown; status?: number; headers?: Record<string, string>; cause?: unknown } = {}) {
+    super(ERROR_CODES, code, message, options);
+    this.name = 'RegistryError';
   }
 }
 

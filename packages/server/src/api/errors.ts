@@ -1,17 +1,13 @@
+import { CodedError, type ErrorCodeDescriptor, type ErrorEntry } from '@cascade/registry-core';
+
 /**
  * The `/api/v0` errors in two layers, as in the registry: {@link ApiError} is what handlers throw, and
  * {@link API_ERROR_CODES} is the one table of codes, statuses and descriptions. Every error answers the
  * envelope `{"errors":[{"code","message"}]}`. `docs/server-api.md` documents every row (a test checks).
  */
 
-/** One row of the error table. */
-export interface ApiErrorDescriptor {
-  readonly status: number;
-  /** The message used when the thrower gives none. */
-  readonly message: string;
-  /** What the code means, for the documentation. */
-  readonly description: string;
-}
+/** One row of the error table (the registry API's descriptor: status, default message, description). */
+export type ApiErrorDescriptor = ErrorCodeDescriptor;
 
 /** Every error code the `/api/v0` API answers. The DTR codes keep DTR's names. */
 export const API_ERROR_CODES = {
@@ -38,31 +34,16 @@ export const API_ERROR_CODES = {
 export type ApiErrorCode = keyof typeof API_ERROR_CODES;
 
 /** One entry of the error envelope. */
-export interface ApiErrorEntry {
-  readonly code: ApiErrorCode;
-  readonly message: string;
-}
+export type ApiErrorEntry = ErrorEntry<ApiErrorCode>;
 
 /**
  * An API error: the status comes from the code's row; `headers` are added to the response (`Allow` on a
- * 405, `WWW-Authenticate` on a 401).
+ * 405, `WWW-Authenticate` on a 401). The same mechanism as the registry API's errors ({@link CodedError}).
  */
-export class ApiError extends Error {
-  readonly code: ApiErrorCode;
-  readonly status: number;
-  readonly headers: Readonly<Record<string, string>>;
-
+export class ApiError extends CodedError<ApiErrorCode> {
   constructor(code: ApiErrorCode, message?: string, options: { headers?: Record<string, string>; cause?: unknown } = {}) {
-    super(message ?? API_ERROR_CODES[code].message, options.cause === undefined ? undefined : { cause: options.cause });
+    super(API_ERROR_CODES, code, message, options);
     this.name = 'ApiError';
-    this.code = code;
-    this.status = API_ERROR_CODES[code].status;
-    this.headers = options.headers ?? {};
-  }
-
-  /** This error's entry in the envelope. */
-  toEntry(): ApiErrorEntry {
-    return { code: this.code, message: this.message };
   }
 }
 
