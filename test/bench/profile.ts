@@ -1,5 +1,5 @@
 /**
- * CPU profiles of a Cascade cache node (`node --cpu-prof packages/server/bin/cascade.js registry ...`):
+ * CPU profiles of a Cascade cache node (`node --cpu-prof packages/cli/bin/cascade.js registry ...`):
  * one cold fill of the big blob, then, on a second process over the same storage, warm single-stream
  * transfers only. The `.cpuprofile` files are summarised as the functions with the
  * most self time and the most inclusive time.

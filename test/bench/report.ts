@@ -352,7 +352,7 @@ export function renderMarkdown(results: Results, svgName: string | undefined): s
   if (results.profile?.length) {
     L.push('## Profile of the cache node');
     L.push('');
-    L.push(`\`node --cpu-prof packages/server/bin/cascade.js registry config.yml\`, ${cfg.bigMiB} MiB blob: one cold fill, then a new`);
+    L.push(`\`node --cpu-prof packages/cli/bin/cascade.js registry config.yml\`, ${cfg.bigMiB} MiB blob: one cold fill, then a new`);
     L.push('process on the same storage serving warm single-stream GETs only. Start-up (until the `listening` line) is left');
     L.push('out; percentages are of the busy time (the main thread not idle). "Nearest frame" charges every sample to the');
     L.push('closest Cascade or library function on its stack, native callees (syscalls, hashing, GC) included.');
@@ -407,9 +407,9 @@ export function renderMarkdown(results: Results, svgName: string | undefined): s
   L.push('docker-registry serve origin/config.yml     # the origin: filesystem storage, JSON logs, access log on');
   L.push('docker-registry serve proxy/config.yml      # + proxy: {remoteurl: http://127.0.0.1:<origin or previous proxy>}');
   L.push("nginx -c nginx.conf -p <dir> -g 'daemon off;'   # sendfile on; location = /blob { alias <origin blob data file>; }");
-  L.push('node packages/server/bin/cascade.js registry config.yml   # cache node: middleware.registry: [{name: downstream,');
+  L.push('node packages/cli/bin/cascade.js registry config.yml   # cache node: middleware.registry: [{name: downstream,');
   L.push('    # options: {blobttl: 24h, upstreams: [{originhost: <origin>, upstreamhosts: [<previous cache>]}]}}], storage.filesystem');
-  L.push('node packages/server/bin/cascade.js server server.yml     # scenario 6, with a cache node (auth: grant) as default cache');
+  L.push('node packages/cli/bin/cascade.js server server.yml     # scenario 6, with a cache node (auth: grant) as default cache');
   L.push(`curl ${CURL_ARGS.map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')} --max-time 600 -w '%{http_code} %{size_download} %{time_starttransfer} %{time_total} %{exitcode}' -o /dev/null <url>`);
   L.push(`curl <same> --parallel --parallel-immediate --parallel-max ${cfg.concCount} -o /dev/null <url> ... (${cfg.concCount}×)   # scenario 3`);
   L.push('skopeo --insecure-policy copy --src-tls-verify=false --dest-tls-verify=false docker://<host>/bench/image:v1 oci:<dir>:v1');

@@ -17,7 +17,7 @@ import { stringify } from 'yaml';
 /** The repository root. */
 export const ROOT = resolve(fileURLToPath(import.meta.url), '../../../..');
 /** The `cascade` executable. */
-export const CASCADE_BIN = join(ROOT, 'packages/server/bin/cascade.js');
+export const CASCADE_BIN = join(ROOT, 'packages/cli/bin/cascade.js');
 
 /** One parsed JSON log line. */
 export type LogLine = Record<string, unknown> & { msg?: string };

@@ -1,4 +1,6 @@
-export { main } from './cli.js';
+export { loadServerConfig, parseServerConfig, serverConfigSchema, type DatabaseConfig, type ServerConfig } from './front/config.js';
+export { authenticateThroughOrigin, startServer, type RunningCascadeServer } from './front/run.js';
+export { OriginClient, type OriginOptions } from './front/origin.js';
 export { PostgresStateRepository, POSTGRES_MIGRATIONS, migratePostgres, redactDatabaseUrl, type PostgresStateOptions } from './state/postgres.js';
 export { SqliteStateRepository, MIGRATIONS, type Migration } from './state/sqlite.js';
 export type { StateRepository } from './state/repository.js';

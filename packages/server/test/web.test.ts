@@ -12,8 +12,8 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import Koa from 'koa';
 import pino from 'pino';
+import { makeCa } from '@cascade/testkit';
 import { createApiRouter } from '../src/api/router.js';
-import { createCa, createServerCert } from '../src/commands/certs.js';
 import { cacheFigures, HealthChecker, parsePrometheusText } from '../src/front/health.js';
 import { SqliteStateRepository } from '../src/state/sqlite.js';
 import { createUiMiddleware, UI_CSP, UI_DIR } from '../src/web/ui.js';
@@ -283,8 +283,8 @@ describe('health checker: caches', () => {
   });
 
   it('a cache over https with a private CA is up when the CA is given (origin.cas), down otherwise', async () => {
-    const ca = createCa({ name: 'Test CA' });
-    const leaf = createServerCert(ca, { name: 'cache', sans: [{ type: 'ip', value: '127.0.0.1' }] });
+    const ca = makeCa('Test CA');
+    const leaf = ca.issue({ commonName: 'cache', ips: ['127.0.0.1'], dns: [] });
     const server = createHttpsServer({ cert: leaf.certPem, key: leaf.keyPem }, handler);
     const host = await listen(server as unknown as Server);
     try {

@@ -13,11 +13,7 @@ import pg from 'pg';
 import { pino } from 'pino';
 import { ConfigError } from '@cascade/registry-core';
 import { assertEs256Key } from '@cascade/downstream';
-import { loadServerConfig, type ServerConfig } from '../front/config.js';
-import { OriginClient } from '../front/origin.js';
-import { authenticateThroughOrigin } from '../front/run.js';
-import { POSTGRES_MIGRATIONS, redactDatabaseUrl } from '../state/postgres.js';
-import { MIGRATIONS } from '../state/sqlite.js';
+import { authenticateThroughOrigin, loadServerConfig, MIGRATIONS, OriginClient, POSTGRES_MIGRATIONS, redactDatabaseUrl, type ServerConfig } from '@cascade/server';
 import { checkCaFile, checkUpstream, DEFAULT_TIMEOUT_MS, withoutFile, type CheckResult, type DoctorOptions, type UpstreamTarget } from './doctor.js';
 
 /** Whether a YAML document is a `server.yml`: an `origin` section, and no `storage` (which a registry needs). */

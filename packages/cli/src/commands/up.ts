@@ -17,8 +17,7 @@ import { pino, type Logger } from 'pino';
 import { stringify } from 'yaml';
 import { createLogger, parseConfig, startRegistry, type RunningRegistry } from '@cascade/registry-core';
 import { downstreamMiddleware, downstreamOptionsOf, grantAuthorizationOf, validateDownstreamOptions } from '@cascade/downstream';
-import { parseServerConfig } from '../front/config.js';
-import { startServer, type RunningCascadeServer } from '../front/run.js';
+import { parseServerConfig, startServer, type RunningCascadeServer } from '@cascade/server';
 
 /** A mistake in the command line: one line, exit 64. */
 export class UpUsageError extends Error {}

@@ -7,8 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError, createAuth, createLogger, loadConfig, parseConfig, startRegistry, type LoadConfigOptions } from '@cascade/registry-core';
 import { DOWNSTREAM, downstreamMiddleware, downstreamOptionsOf, grantAuthorizationOf, mirrorGrantAuthorizer, mirrorMiddleware, mirrorOptionsOf, validateDownstreamOptions, validateMirrorConfig } from '@cascade/downstream';
-import { loadServerConfig } from './front/config.js';
-import { startServer } from './front/run.js';
+import { loadServerConfig, startServer } from '@cascade/server';
 import { runCerts } from './commands/certs.js';
 import { runUp, UpUsageError } from './commands/up.js';
 import { runDoctor } from './commands/doctor.js';

@@ -19,7 +19,7 @@ import { CaError, loadCAs } from '@cascade/downstream';
 import { createCa, createServerCert, parseSans, runCerts, writeCa, writeServerCert } from '../src/commands/certs.js';
 
 const ROOT = new URL('../../../../', import.meta.url);
-const CASCADE = new URL('packages/server/bin/cascade.js', ROOT).pathname;
+const CASCADE = new URL('packages/cli/bin/cascade.js', ROOT).pathname;
 
 /** Runs `node bin/cascade.js ...args` in `cwd`; resolves with the exit code and the output. */
 async function cascade(args: readonly string[], cwd: string): Promise<{ code: number; stdout: string; stderr: string }> {

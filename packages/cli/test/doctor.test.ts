@@ -18,10 +18,10 @@ import { GrantKeyStore, publicJwk } from '@cascade/downstream';
 import { freePort, startFakeRegistry, type FakeRegistry } from '@cascade/testkit';
 import { createCa, createServerCert, parseSans, type CertAndKey } from '../src/commands/certs.js';
 import { checkDirectory, formatResult, inspectJwks, runChecks, runDoctor, type CheckResult } from '../src/commands/doctor.js';
-import { MIGRATIONS, SqliteStateRepository } from '../src/state/sqlite.js';
+import { MIGRATIONS, SqliteStateRepository } from '@cascade/server';
 
 const ROOT = new URL('../../../../', import.meta.url);
-const CASCADE = new URL('packages/server/bin/cascade.js', ROOT).pathname;
+const CASCADE = new URL('packages/cli/bin/cascade.js', ROOT).pathname;
 const DOCS = new URL('docs/doctor.md', ROOT).pathname;
 
 /** Runs `node bin/cascade.js ...args` in `cwd`; resolves with the exit code and the output. */

@@ -15,7 +15,7 @@ import { parse } from 'yaml';
 import { parseConfig } from '@cascade/registry-core';
 import { validateDownstreamOptions, validateMirrorConfig } from '@cascade/downstream';
 import { createCa } from '../src/commands/certs.js';
-import { parseServerConfig } from '../src/front/config.js';
+import { parseServerConfig } from '@cascade/server';
 
 const ROOT = new URL('../../../../', import.meta.url);
 const DOCS = [...readdirSync(new URL('docs/', ROOT)).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`), 'README.md', 'deploy/README.md'];

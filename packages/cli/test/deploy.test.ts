@@ -10,13 +10,13 @@ import { X509Certificate } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import YAML from 'yaml';
 import { ConfigError, loadConfig, parseConfig, type LoadConfigOptions } from '@cascade/registry-core';
 import { DOWNSTREAM, parseDownstreamOptions, validateDownstreamOptions } from '@cascade/downstream';
 import { runCerts } from '../src/commands/certs.js';
-import { loadServerConfig } from '../src/front/config.js';
+import { loadServerConfig } from '@cascade/server';
 
 const ROOT = new URL('../../../../', import.meta.url).pathname;
 const DEPLOY = join(ROOT, 'deploy');
@@ -477,7 +477,7 @@ describe('deploy/Dockerfile', () => {
     const inRepo = join(ROOT, script.slice('/app/'.length));
     assert.ok(existsSync(inRepo), `${script} is ${relative(ROOT, inRepo)} in the repository`);
     assert.match(readFileSync(inRepo, 'utf8'), /\.\.\/dist\/src\/cli\.js/);
-    assert.ok(existsSync(join(ROOT, 'packages/server/dist/src/cli.js')), 'and what it imports exists after the build');
+    assert.ok(existsSync(join(dirname(inRepo), '../dist/src/cli.js')), 'and what it imports exists after the build');
     const cmd = JSON.parse(runtime.find((i) => i.op === 'CMD')?.args ?? 'null') as string[];
     assert.deepEqual(cmd, ['registry', '/etc/cascade/config.yml']);
     const copied = runtime.find((i) => i.op === 'COPY' && i.args.endsWith(' /etc/cascade/config.yml'));
