@@ -5,16 +5,13 @@
  *     cascade version
  */
 import { readFileSync } from 'node:fs';
-import { ConfigError, createAuth, createLogger, loadConfig, parseConfig, startRegistry, type LoadConfigOptions } from '@cascade/registry-core';
-import { DOWNSTREAM, downstreamMiddleware, downstreamOptionsOf, grantAuthorizationOf, mirrorGrantAuthorizer, mirrorMiddleware, mirrorOptionsOf, validateDownstreamOptions, validateMirrorConfig } from '@cascade/downstream';
+import { ConfigError, createLogger, loadConfig, parseConfig, startRegistry } from '@cascade/registry-core';
+import { createNode, NODE_CONFIG_OPTIONS, NodeRoleError } from '@cascade/downstream';
 import { loadServerConfig, startServer } from '@cascade/server';
 import { runCerts } from './commands/certs.js';
 import { runUp, UpUsageError } from './commands/up.js';
 import { runDoctor } from './commands/doctor.js';
 import { runPrefetch } from './commands/prefetch.js';
-
-/** The registry middleware `cascade registry` knows, with their option validators. */
-const CONFIG_OPTIONS: LoadConfigOptions = { middleware: { [DOWNSTREAM]: validateDownstreamOptions }, checks: [validateMirrorConfig] };
 
 const USAGE = `Usage: cascade <command> [options]
 
@@ -64,10 +61,15 @@ export async function main(argv: string[]): Promise<number | undefined> {
     return await run(args);
   } catch (err) {
     if (debug) console.error(err);
-    else if (err instanceof ConfigError || err instanceof UsageError || err instanceof UpUsageError) console.error(`cascade: ${err.message}`);
+    else if (err instanceof ConfigError || isUsageError(err)) console.error(`cascade: ${err.message}`);
     else console.error(`cascade: ${err instanceof Error ? err.message : String(err)} (run with --debug for details)`);
-    return err instanceof UsageError || err instanceof UpUsageError ? 64 : 1;
+    return isUsageError(err) ? 64 : 1;
   }
+}
+
+/** A mistake to fix in the command line or the config's choice of role: one line, exit 64. */
+function isUsageError(err: unknown): err is Error {
+  return err instanceof UsageError || err instanceof UpUsageError || err instanceof NodeRoleError;
 }
 
 async function run(args: string[]): Promise<number | undefined> {
@@ -106,32 +108,14 @@ async function runRegistry(args: string[]): Promise<number | undefined> {
   if (args.length > 1) throw new UsageError('cascade registry takes one config file');
   const file = args[0] ?? process.env.REGISTRY_CONFIGURATION_PATH;
   const { config, warnings } = file
-    ? loadConfig(file, process.env, CONFIG_OPTIONS)
-    : parseConfig(EMBEDDED_REGISTRY_CONFIG, '<embedded defaults>', process.env, CONFIG_OPTIONS);
+    ? loadConfig(file, process.env, NODE_CONFIG_OPTIONS)
+    : parseConfig(EMBEDDED_REGISTRY_CONFIG, '<embedded defaults>', process.env, NODE_CONFIG_OPTIONS);
   const logger = createLogger({ level: config.log.level, fields: config.log.fields });
   for (const warning of warnings) logger.warn({ file }, warning);
   if (!file) logger.info({ rootdirectory: config.storage.filesystem?.rootdirectory }, 'no config file given: running on the embedded defaults');
   // Signal handlers go in before the listener, so a SIGTERM right after "listening" is a clean stop.
   const stopper = stopOnSignals(typeof config.http.draintimeout === 'number' ? config.http.draintimeout : 5000);
-  const downstream = downstreamOptionsOf(config);
-  const mirror = mirrorOptionsOf(config);
-  if (downstream && mirror) {
-    throw new UsageError('the config has both a downstream middleware (a cache node) and a proxy section (a mirror): a node is one or the other');
-  }
-  const grant = downstream?.auth === 'grant' ? grantAuthorizationOf(downstream, logger) : undefined;
-  // A mirror registered as a cache at the server takes its grants, and its own auth for the rest.
-  const mirrorAuth = mirror?.grants ? createAuth(config, logger) : undefined;
-  const mirrorGrants = mirror?.grants && mirrorAuth ? { authorizer: mirrorGrantAuthorizer(mirror.grants, mirrorAuth.authorizer, logger), extraRoutes: mirrorAuth.routes } : undefined;
-  stopper.attach(
-    await startRegistry({
-      config,
-      logger,
-      middleware: downstream ? [downstreamMiddleware(downstream)] : mirror ? [mirrorMiddleware(mirror)] : [],
-      role: downstream ? 'cache' : mirror ? 'mirror' : 'registry',
-      ...(grant ? { authorizer: grant.authorizer, extraRoutes: grant.routes } : {}),
-      ...(mirrorGrants ?? {}),
-    }),
-  );
+  stopper.attach(await startRegistry({ config, logger, ...createNode(config, logger) }));
   return undefined;
 }
 

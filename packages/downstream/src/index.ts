@@ -14,3 +14,4 @@ export * from './mirror/remote-auth.js';
 export * from './mirror/namespace.js';
 export * from './mirror/middleware.js';
 export * from './metrics.js';
+export * from './node.js';

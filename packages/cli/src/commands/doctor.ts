@@ -32,9 +32,9 @@ import {
   JWKS_PATH,
   importPublicJwk,
   loadCAs,
+  NODE_CONFIG_OPTIONS,
   parseDownstreamOptions,
   parseMirrorOptions,
-  validateDownstreamOptions,
   validateMirrorConfig,
   type CaInfo,
   type DownstreamOptions,
@@ -75,9 +75,6 @@ export const EXPIRY_WARNING_DAYS = 14;
 export const DEFAULT_TIMEOUT_MS = 5000;
 /** Largest body read from an upstream (a key set is a few hundred bytes). */
 const MAX_BODY_BYTES = 64 * 1024;
-
-/** The validators `cascade registry` loads a config with (the same object as its own CONFIG_OPTIONS). */
-const CONFIG_OPTIONS: LoadConfigOptions = { middleware: { [DOWNSTREAM]: validateDownstreamOptions }, checks: [validateMirrorConfig] };
 
 /**
  * The same, without reading the CA files: a config that only fails because of a CA file still gives its
@@ -302,7 +299,7 @@ export function checkConfig(file: string, env: NodeJS.ProcessEnv = process.env):
   let config: RegistryConfig;
   let warnings: string[];
   try {
-    ({ config, warnings } = loadConfig(file, env, CONFIG_OPTIONS));
+    ({ config, warnings } = loadConfig(file, env, NODE_CONFIG_OPTIONS));
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     let lenient: { config: RegistryConfig; warnings: string[] } | undefined;

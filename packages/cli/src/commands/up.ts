@@ -16,7 +16,7 @@ import bcrypt from 'bcryptjs';
 import { pino, type Logger } from 'pino';
 import { stringify } from 'yaml';
 import { createLogger, parseConfig, startRegistry, type RunningRegistry } from '@cascade/registry-core';
-import { downstreamMiddleware, downstreamOptionsOf, grantAuthorizationOf, validateDownstreamOptions } from '@cascade/downstream';
+import { createNode, NODE_CONFIG_OPTIONS } from '@cascade/downstream';
 import { parseServerConfig, startServer, type RunningCascadeServer } from '@cascade/server';
 
 /** A mistake in the command line: one line, exit 64. */
@@ -154,22 +154,17 @@ export async function startStack(options: UpOptions): Promise<RunningStack> {
   }
 }
 
-/** Starts one registry role from a config object, validated as a config file would be. */
+/**
+ * Starts one node from a config object, loaded as `cascade registry` loads a config file and in the role it
+ * gives (a plain registry, a cache node or a mirror).
+ */
 async function registry(dir: string, node: string, logger: Logger, config: Record<string, unknown>): Promise<RunningRegistry> {
   const file = join(dir, node, 'config.yml');
   await mkdir(join(dir, node), { recursive: true });
   const text = stringify({ version: '0.1', log: { level: 'info' }, ...config });
   await writeFile(file, text);
-  const { config: parsed } = parseConfig(text, file, {}, { middleware: { downstream: validateDownstreamOptions } });
-  const downstream = downstreamOptionsOf(parsed);
-  const grant = downstream?.auth === 'grant' ? grantAuthorizationOf(downstream, logger) : undefined;
-  return startRegistry({
-    config: parsed,
-    logger,
-    middleware: downstream ? [downstreamMiddleware(downstream)] : [],
-    role: downstream ? 'cache' : 'registry',
-    ...(grant ? { authorizer: grant.authorizer, extraRoutes: grant.routes } : {}),
-  });
+  const { config: parsed } = parseConfig(text, file, {}, NODE_CONFIG_OPTIONS);
+  return startRegistry({ config: parsed, logger, ...createNode(parsed, logger) });
 }
 
 /** The accounts' passwords: generated on the first run, kept in `<dir>/credentials.json` (mode 0600). */
