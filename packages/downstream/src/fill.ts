@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { CASCADE_DIRS, Digest, FILE_SEGMENTS, type FileSegment, type FileSegments, isPathNotFound, paths, RegistryError, type PositionalReader, type StorageDriver } from '@cascade/registry-core';
+import { CASCADE_DIRS, Digest, diskFullError, FILE_SEGMENTS, type FileSegment, type FileSegments, isDiskFull, isPathNotFound, paths, RegistryError, type PositionalReader, type StorageDriver } from '@cascade/registry-core';
 import { blobPath, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
 
 /** Bytes a fill may have received and not yet written before it stops reading from upstream. */
@@ -356,12 +356,18 @@ export class FillManager {
 
   private readonly failedAt = new Map<string, number>();
 
-  private noteFailure(digest: Digest): void {
+  /**
+   * Remembers that `fill` failed on its upstream with `err`. Not when it was aborted (a shutdown, no client
+   * left), nor for a 404, 401 or 403: that is an answer, not a failure, and it depends on the repository,
+   * not the digest.
+   */
+  private noteFailure(fill: Fill, err: unknown): void {
+    if (fill.signal.aborted || (err instanceof RegistryError && err.status < 500)) return;
     const now = Date.now();
     if (this.failedAt.size >= 10_000) {
       for (const [key, at] of this.failedAt) if (now - at >= FAILED_FILL_MEMORY_MS) this.failedAt.delete(key);
     }
-    this.failedAt.set(digest.toString(), now);
+    this.failedAt.set(fill.digest.toString(), now);
   }
 
   /** The fill in progress for `digest`, if any. */
@@ -429,8 +435,7 @@ export class FillManager {
     } catch (err) {
       fill.signal.removeEventListener('abort', abortRequest);
       this.options.onFailed?.(digest, err instanceof Error ? err.message : String(err), 'upstream');
-      // A 404, 401 or 403 is an answer, not a failure (and it depends on the repository, not the digest).
-      if (!fill.signal.aborted && !(err instanceof RegistryError && err.status < 500)) this.noteFailure(digest);
+      this.noteFailure(fill, err);
       fill.fail(err as Error);
       return;
     }
@@ -568,14 +573,14 @@ export class FillManager {
         const reason = describeError(err.cause);
         log.error({ upstream: response.host.url, written: fill.written, expected, reason, code: err.code }, 'fill failed: local storage error, nothing stored (the upstream is not blamed)');
         this.options.onFailed?.(digest, reason, 'storage');
-        fill.fail(err.code === 'ENOSPC' || err.code === 'EDQUOT' ? new RegistryError('STORAGE_FULL', 'insufficient storage: this cache node\'s disk is full') : new RegistryError('UNKNOWN', 'this cache node could not write to its storage; see its log'));
+        fill.fail(isDiskFull(err.cause) ? diskFullError() : new RegistryError('UNKNOWN', 'this cache node could not write to its storage; see its log'));
         return;
       }
       const reason = fill.signal.aborted ? String((fill.signal.reason as Error | undefined)?.message ?? 'aborted') : describeError(err);
       if (!fill.signal.aborted && !(err instanceof RegistryError)) upstreams.markFailed(response.host, reason);
       log.warn({ upstream: response.host.url, written: fill.written, expected, reason }, 'fill failed: nothing stored');
       this.options.onFailed?.(digest, reason, 'upstream');
-      if (!fill.signal.aborted && !(err instanceof RegistryError && err.status < 500)) this.noteFailure(digest);
+      this.noteFailure(fill, err);
       fill.fail(err instanceof RegistryError ? err : new RegistryError('UPSTREAM_FAILED', `fetching the blob from upstream failed: ${reason}`));
     }
   }

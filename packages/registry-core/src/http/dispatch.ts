@@ -8,6 +8,7 @@ import { cancelUpload, deleteBlob, getBlob, patchUpload, putUpload, startUpload,
 import type { Handler, HandlerOptions } from './handlers/context.js';
 import { base, catalog, listTags, referrers } from './handlers/listing.js';
 import { deleteManifest, getManifest, putManifest } from './handlers/manifests.js';
+import { clientGone } from './kit/request.js';
 import { matchRoute, type RouteName } from './routes.js';
 
 /** One dispatcher per resource: method -> handler and the actions it needs. */
@@ -64,18 +65,12 @@ export async function dispatch(ctx: Context, path: string, options: DispatcherOp
   }
   const identity = await options.authorizer.authorize(ctx.headers, access, path, ctx.query);
   ctx.state.user = identity.user;
-  const controller = new AbortController();
-  // The response closing before it finished means the client went away (the request's own 'close' only
-  // says its body was read).
-  ctx.res.once('close', () => {
-    if (!ctx.res.writableFinished) controller.abort();
-  });
   const registryHost = registryHostOf(ctx);
   const responseHeaders: Record<string, string> = {};
   const request = {
     ...(identity.user ? { user: identity.user } : {}),
     forward: forwardHeaders(ctx),
-    signal: controller.signal,
+    signal: clientGone(ctx),
     method: ctx.method,
     ...(ctx.get('range') ? { range: ctx.get('range') } : {}),
     ...(registryHost ? { registryHost } : {}),

@@ -9,11 +9,11 @@ import { createHash } from 'node:crypto';
 import Koa from 'koa';
 import type { Logger } from 'pino';
 import { Counter, Histogram } from 'prom-client';
-import { accessLog, Digest, errorMapper, matchRoute, onResponseError, RegistryError, requestId, routeLabel, validateName, type NodeObservability } from '@cascade/registry-core';
+import { accessLog, clientGone, Digest, errorMapper, matchRoute, onResponseError, RegistryError, requestId, routeLabel, validateName, type NodeObservability } from '@cascade/registry-core';
 import { GRANT_HEADER, GRANT_QUERY_PARAMETER, GrantVerifier, JWKS_PATH, type GrantSigner, type Jwks, type JwksSource } from '@cascade/downstream';
 import { userOf } from './identity.js';
 import type { OriginClient } from './origin.js';
-import { clientGone, proxyToOrigin } from './proxy.js';
+import { proxyToOrigin } from './proxy.js';
 
 /** A cache a blob can be redirected to. */
 export interface RedirectTarget {

@@ -183,9 +183,8 @@ export class OriginClient {
  */
 export function originUrl(base: URL, path: string): URL {
   if (!path.startsWith('/')) throw new RegistryError('REQUEST_INVALID', 'the request target must be a path');
-  const url = new URL(`${base.origin}${path}`);
-  if (url.origin !== base.origin) throw new RegistryError('REQUEST_INVALID', 'the request target must be a path');
-  return url;
+  // After the origin, a path that starts with '/' can only be a path: the authority ends at that '/'.
+  return new URL(`${base.origin}${path}`);
 }
 
 /** The token request URL of a Bearer challenge: its realm with its service and, when given, a scope. */

@@ -3,7 +3,7 @@ import { createHash, type Hash } from 'node:crypto';
 import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import { pipeline, Transform, type TransformCallback } from 'node:stream';
 import type { Context } from 'koa';
-import { Digest, matchRoute } from '@cascade/registry-core';
+import { clientGone, Digest, matchRoute } from '@cascade/registry-core';
 import { forwardableHeaders, HOP_BY_HOP, type OriginClient } from './origin.js';
 
 /** Options of {@link proxyToOrigin}. */
@@ -14,18 +14,6 @@ export interface ProxyOptions {
   readonly headers?: OutgoingHttpHeaders;
   /** Send the client's body (default: for methods other than GET and HEAD). */
   readonly body?: boolean;
-}
-
-/**
- * An AbortSignal that fires when the client goes away before its response finished (the request's own
- * 'close' only says its body was read), so that work done for it alone stops.
- */
-export function clientGone(ctx: Context): AbortSignal {
-  const controller = new AbortController();
-  ctx.res.once('close', () => {
-    if (!ctx.res.writableFinished) controller.abort();
-  });
-  return controller.signal;
 }
 
 /**

@@ -13,10 +13,20 @@ import { emptyResponse } from '../respond.js';
  */
 export function toRegistryError(err: unknown): RegistryError {
   if (err instanceof RegistryError) return err;
-  const code = (err as { code?: string }).code;
-  if (code === 'ENOSPC' || code === 'EDQUOT') return new RegistryError('STORAGE_FULL', 'insufficient storage');
-  if (code === 'PATH_NOT_FOUND') return new RegistryError('NOT_FOUND', 'not found');
+  if (isDiskFull(err)) return diskFullError();
+  if ((err as { code?: string }).code === 'PATH_NOT_FOUND') return new RegistryError('NOT_FOUND', 'not found');
   return new RegistryError('UNKNOWN', 'internal error; see the registry log');
+}
+
+/** True when `err` is the file system saying the disk is full (or the quota is spent). */
+export function isDiskFull(err: unknown): boolean {
+  const code = (err as { code?: string } | undefined)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
+/** The answer to a write the disk had no room for: 507 `STORAGE_FULL`. */
+export function diskFullError(): RegistryError {
+  return new RegistryError('STORAGE_FULL', "insufficient storage: this node's disk is full");
 }
 
 /**

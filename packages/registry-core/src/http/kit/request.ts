@@ -22,6 +22,18 @@ export function requestId(): Koa.Middleware {
   };
 }
 
+/**
+ * An AbortSignal that fires when the client goes away before its response finished (the request's own
+ * 'close' only says its body was read), so that work done for it alone stops.
+ */
+export function clientGone(ctx: Koa.Context): AbortSignal {
+  const controller = new AbortController();
+  ctx.res.once('close', () => {
+    if (!ctx.res.writableFinished) controller.abort();
+  });
+  return controller.signal;
+}
+
 /** Options of {@link accessLog}. */
 export interface AccessLogOptions {
   readonly logger: Logger;
