@@ -463,4 +463,36 @@ describe('cache: GET /v2/ with auth: passthrough', () => {
     // No upstream reachable: the cache answers itself (its stored blobs can still be served).
     assert.equal((await fetch(`${await start(true, 'http://127.0.0.1:1')}/v2/`)).status, 200);
   });
+
+  it('an upstream whose /v2/ fails, cuts its answer, stalls its body or redirects in a loop: the cache answers 200 itself and keeps serving', async (t) => {
+    const modes = ['500', 'cut-before-headers', 'cut-after-headers', 'huge-header', 'redirect-loop'] as const;
+    for (const mode of modes) {
+      const upstream = await startFakeRegistry({
+        hook: ({ req, res, record }) => {
+          if (record.kind !== 'ping') return false;
+          req.resume();
+          if (mode === '500') res.writeHead(500).end();
+          else if (mode === 'cut-before-headers') res.socket?.destroy();
+          else if (mode === 'huge-header') res.writeHead(200, { 'x-huge': 'x'.repeat(100 * 1024) }).end('{}');
+          else if (mode === 'redirect-loop') res.writeHead(307, { location: '/v2/' }).end();
+          else {
+            res.writeHead(200, { 'content-length': 1000 });
+            res.flushHeaders();
+            res.socket?.destroy();
+          }
+          return true;
+        },
+      });
+      t.after(() => upstream.stop());
+      const cache = new CacheNamespace({ driver: new InMemoryDriver(), upstreams: new UpstreamPool({ upstreamhosts: [], originhost: upstream.url, logger: silent }), logger: silent, forwardAuthorization: true });
+      const namespace = { repository: cache.repository.bind(cache), catalog: cache.catalog.bind(cache), ping: cache.ping.bind(cache) };
+      const server = await listen(createRegistryApp({ namespace, logger: silent }).callback(), { addr: '127.0.0.1:0' }, silent);
+      t.after(async () => {
+        await server.close();
+        await cache.close();
+      });
+      assert.equal((await fetch(`${server.url}/v2/`)).status, 200, mode);
+      assert.equal((await fetch(`${server.url}/v2/`, { headers: { authorization: 'Basic eDp5' } })).status, 200, `${mode}, with credentials`);
+    }
+  });
 });
