@@ -93,8 +93,8 @@ export class RegistryError extends CodedError<ErrorCode> {
   }
 }
 
-/** Builds the OCI error envelope for one or more errors. */
-export function errorEnvelope(...errors: RegistryError[]): { errors: ErrorEntry[] } {
+/** Builds the error envelope `{"errors":[...]}` (OCI's, which `/api/v0` answers too) for one or more errors. */
+export function errorEnvelope<C extends string>(...errors: CodedError<C>[]): { errors: ErrorEntry<C>[] } {
   return { errors: errors.map((e) => e.toEntry()) };
 }
 

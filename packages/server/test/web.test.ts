@@ -12,6 +12,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import Koa from 'koa';
 import pino from 'pino';
+import { errorMapper } from '@cascade/registry-core';
 import { makeCa } from '@cascade/testkit';
 import { createApiRouter } from '../src/api/router.js';
 import { cacheFigures, HealthChecker, parsePrometheusText } from '../src/front/health.js';
@@ -117,7 +118,8 @@ describe('API: /accounts/me and live health', () => {
   let cacheId = '';
   before(async () => {
     const app = new Koa();
-    const router = createApiRouter({
+    app.use(errorMapper(silent));
+    app.use(createApiRouter({
       state,
       isAdmin: (user) => user === 'admin',
       authenticate: async (ctx) => {
@@ -134,8 +136,7 @@ describe('API: /accounts/me and live health', () => {
         lastError: 'connect ECONNREFUSED',
         lastErrorAt: new Date('2029-12-31T23:59:00.000Z'),
       }),
-    });
-    app.use(router.routes());
+    }));
     server = createHttpServer(app.callback());
     base = `http://${await listen(server)}`;
     cacheId = (await state.create({ name: 'region-a', host: 'http://127.0.0.1:1' })).id;

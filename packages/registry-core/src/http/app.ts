@@ -1,29 +1,19 @@
 /**
- * The `/v2/` HTTP application: the HTTP kit (request id, access log and metrics, error mapper), configured
- * headers and the dispatcher, plus the few endpoints outside `/v2/` a role adds (the token endpoint of
- * `auth.token`).
+ * The registry, cache and mirror HTTP application: the HTTP kit (request id, access log and metrics, error
+ * mapper), configured headers, the routes outside `/v2/` a role adds (the token endpoint of `auth.token`,
+ * `/metrics`, a cache's `/api/v0/keys`) on @koa/router, and the `/v2/` dispatcher for everything else.
  */
-import Koa, { type Context } from 'koa';
+import Koa from 'koa';
 import type { Logger } from 'pino';
 import { allowAll, type Authorizer } from '../auth/authorizer.js';
 import { RegistryError } from '../errors.js';
 import type { Namespace } from '../registry.js';
 import { dispatch } from './dispatch.js';
-import { accessLog, errorMapper, onResponseError, requestId } from './kit/index.js';
+import { accessLog, errorMapper, onResponseError, requestId, routerOf, serveRoutes, type ExtraRoute } from './kit/index.js';
 import type { Sendfile } from './sendfile.js';
 import { routeLabel, type NodeObservability } from '../metrics.js';
 
-/**
- * A handler for one method and exact path outside `/v2/`, such as the token endpoint. It runs after the
- * access log and inside the error envelope, so a thrown RegistryError becomes an OCI error response.
- */
-export interface ExtraRoute {
-  /** Upper-case HTTP method. */
-  readonly method: string;
-  /** The exact request path, matched before `http.prefix` is applied; it must not be under `/v2/`. */
-  readonly path: string;
-  readonly handler: (ctx: Context) => Promise<void>;
-}
+export type { ExtraRoute } from './kit/index.js';
 
 /** Options of {@link createRegistryApp}. */
 export interface RegistryAppOptions {
@@ -40,7 +30,10 @@ export interface RegistryAppOptions {
   readonly catalogMaxEntries?: number;
   /** `log.accesslog.disabled`. */
   readonly accessLog?: boolean;
-  /** Endpoints outside `/v2/` (the token endpoint of `auth.token`); every other path is the registry API's. */
+  /**
+   * Endpoints outside `/v2/` (the token endpoint of `auth.token`, `/metrics`), at their exact paths, before
+   * `http.prefix` applies; every other path is the registry API's.
+   */
   readonly extraRoutes?: readonly ExtraRoute[];
   /** Where request counts and latencies go (`/metrics`). */
   readonly observability?: NodeObservability;
@@ -57,11 +50,10 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
   const app = new Koa();
   app.proxy = false;
   const prefix = (options.prefix ?? '').replace(/\/+$/, '');
-  const extraRoutes = new Map<string, ExtraRoute[]>();
-  for (const route of options.extraRoutes ?? []) {
+  const extraRoutes: readonly ExtraRoute[] = options.extraRoutes ?? [];
+  for (const route of extraRoutes) {
     const api = route.path.startsWith(prefix) ? route.path.slice(prefix.length) : '';
     if (api === '/v2' || api.startsWith('/v2/')) throw new Error(`${route.path}: an extra route cannot be served inside the registry API (/v2/)`);
-    extraRoutes.set(route.path, [...(extraRoutes.get(route.path) ?? []), route]);
   }
   const log = options.logger;
   const dispatcherOptions = {
@@ -84,16 +76,9 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
   });
   app.use(errorMapper(log));
 
+  app.use(serveRoutes(routerOf(extraRoutes)));
+
   app.use(async (ctx) => {
-    const extra = extraRoutes.get(ctx.path);
-    if (extra !== undefined) {
-      const route = extra.find((r) => r.method === ctx.method);
-      if (route === undefined) {
-        throw new RegistryError('UNSUPPORTED', `${ctx.method} is not supported on this resource`, { headers: { Allow: extra.map((r) => r.method).join(', ') } });
-      }
-      await route.handler(ctx);
-      return;
-    }
     let path = ctx.path;
     if (prefix) {
       if (!path.startsWith(`${prefix}/`)) throw new RegistryError('NOT_FOUND', `${path.slice(0, 200)} is not part of the registry API`);

@@ -1,13 +1,11 @@
-import { CodedError, type ErrorCodeDescriptor, type ErrorEntry } from '@cascade/registry-core';
+import { CodedError, type ErrorCodeDescriptor } from '@cascade/registry-core';
 
 /**
- * The `/api/v0` errors in two layers, as in the registry: {@link ApiError} is what handlers throw, and
- * {@link API_ERROR_CODES} is the one table of codes, statuses and descriptions. Every error answers the
- * envelope `{"errors":[{"code","message"}]}`. `docs/server-api.md` documents every row (a test checks).
+ * The `/api/v0` errors in two layers, as in the registry and with its mechanism ({@link CodedError}):
+ * {@link ApiError} is what handlers throw, and {@link API_ERROR_CODES} is the table of codes, statuses and
+ * descriptions. The HTTP kit's error mapper answers them with the envelope `{"errors":[{"code","message"}]}`,
+ * as it answers the registry's. `docs/server-api.md` documents every row (a test checks).
  */
-
-/** One row of the error table (the registry API's descriptor: status, default message, description). */
-export type ApiErrorDescriptor = ErrorCodeDescriptor;
 
 /** Every error code the `/api/v0` API answers. The DTR codes keep DTR's names. */
 export const API_ERROR_CODES = {
@@ -28,13 +26,10 @@ export const API_ERROR_CODES = {
   METHOD_NOT_ALLOWED: { status: 405, message: 'method not allowed', description: 'The path exists but not with this method; `Allow` lists the methods it has.' },
   NOT_FOUND: { status: 404, message: 'not found', description: 'The path is not part of the /api/v0 API.' },
   UNKNOWN: { status: 500, message: 'internal error', description: 'An unexpected failure; details are in the server log.' },
-} as const satisfies Record<string, ApiErrorDescriptor>;
+} as const satisfies Record<string, ErrorCodeDescriptor>;
 
 /** A code of {@link API_ERROR_CODES}. */
 export type ApiErrorCode = keyof typeof API_ERROR_CODES;
-
-/** One entry of the error envelope. */
-export type ApiErrorEntry = ErrorEntry<ApiErrorCode>;
 
 /**
  * An API error: the status comes from the code's row; `headers` are added to the response (`Allow` on a
@@ -45,9 +40,4 @@ export class ApiError extends CodedError<ApiErrorCode> {
     super(API_ERROR_CODES, code, message, options);
     this.name = 'ApiError';
   }
-}
-
-/** The error envelope of one or more errors. */
-export function apiErrorEnvelope(...errors: ApiError[]): { errors: ApiErrorEntry[] } {
-  return { errors: errors.map((e) => e.toEntry()) };
 }

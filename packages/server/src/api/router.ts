@@ -1,12 +1,14 @@
 /**
  * The server's `/api/v0` API: DTR's content caches and user settings, and what DTR lacked (a default cache,
  * namespace and network rules, cache health). Routes are data: {@link API_RESOURCES} lists each resource
- * with the operations it has, and one dispatcher per resource authenticates, authorizes, runs the
- * operation and turns every failure into the `{"errors":[...]}` envelope. docs/server-api.md is the
- * reference for clients.
+ * with the operations it has; each operation is a @koa/router route that authenticates, authorizes and runs
+ * its handler. Failures are thrown as {@link ApiError}s, which the HTTP kit's error mapper (in the app the
+ * API is mounted on) answers with the `{"errors":[...]}` envelope. docs/server-api.md is the reference for
+ * clients.
  */
 import Router, { type RouterContext } from '@koa/router';
-import type { Context } from 'koa';
+import type { Context, Middleware } from 'koa';
+import { serveRoutes } from '@cascade/registry-core';
 import {
   normalizeCidr,
   StateError,
@@ -16,7 +18,7 @@ import {
   type StateRepository,
 } from '../state/repository.js';
 import { API_BODY_LIMIT, onlyFields, readJsonObject, type JsonObject } from './body.js';
-import { ApiError, apiErrorEnvelope, type ApiErrorCode } from './errors.js';
+import { ApiError, type ApiErrorCode } from './errors.js';
 
 /** Where the API is mounted. */
 export const API_PREFIX = '/api/v0';
@@ -37,8 +39,6 @@ export interface ApiRouterOptions {
    * may throw an {@link ApiError} to answer with another code.
    */
   readonly authenticate: (ctx: Context) => Promise<ApiIdentity | undefined>;
-  /** Where unexpected failures (answered 500 `UNKNOWN`) are logged; a pino logger fits. */
-  readonly logger?: { error(obj: object, msg: string): void };
   /** Largest request body, in bytes (default 64 KiB). */
   readonly bodyLimit?: number;
   /**
@@ -67,7 +67,7 @@ export interface CacheLiveHealth {
 /** Who may call an operation. */
 export type ApiAccess = 'user' | 'admin' | 'owner-or-admin';
 
-/** The methods operations are defined for; HEAD is answered as GET. */
+/** The methods operations are defined for; HEAD is answered as GET (@koa/router does). */
 export type ApiMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
 /** One operation's description in {@link API_RESOURCES}. */
@@ -227,19 +227,21 @@ function cacheReference(body: JsonObject, invalid: ApiErrorCode): string | null 
 }
 
 /**
- * Builds the `/api/v0` router. Mount it with `app.use(router.routes())`; it answers every path under the
- * prefix itself (unknown paths with 404 `NOT_FOUND`, other methods with 405), so `allowedMethods()` is not
- * needed.
+ * Builds the `/api/v0` API as a Koa middleware, for an app on the HTTP kit (its error mapper answers what the
+ * API throws). It answers every path under the prefix itself: unknown paths with 404 `NOT_FOUND`, a known
+ * path with another method with 405 `METHOD_NOT_ALLOWED` and `Allow` (OPTIONS: 200 with `Allow`), through
+ * @koa/router's `allowedMethods`; other paths go on to `next`.
  *
  * @example
- * const router = createApiRouter({
+ * const app = new Koa();
+ * app.use(errorMapper(logger));
+ * app.use(createApiRouter({
  *   state: new SqliteStateRepository('state.db'),
  *   isAdmin: (user) => user === 'admin',
  *   authenticate: async (ctx) => (await origin.check(ctx.get('authorization'))) ?? undefined,
- * });
- * app.use(router.routes());
+ * }));
  */
-export function createApiRouter(options: ApiRouterOptions): Router {
+export function createApiRouter(options: ApiRouterOptions): Middleware {
   const { state } = options;
   const limit = options.bodyLimit ?? API_BODY_LIMIT;
 
@@ -348,72 +350,53 @@ export function createApiRouter(options: ApiRouterOptions): Router {
     },
   };
 
+  /** Runs one operation for an authenticated, authorized caller, and answers its result. */
+  async function run(ctx: RouterContext, spec: ApiOperationSpec, handler: Handler): Promise<void> {
+    const identity = await options.authenticate(ctx);
+    if (identity === undefined) {
+      if (!ctx.response.get('WWW-Authenticate')) ctx.set('WWW-Authenticate', 'Basic realm="cascade"');
+      throw new ApiError('UNAUTHORIZED');
+    }
+    authorize(spec.access, identity.user, ctx.params['username'], options.isAdmin);
+    const call: Call = {
+      user: identity.user,
+      param: (name) => ctx.params[name] ?? '',
+      body: () => readJsonObject(ctx.req, spec.invalid ?? 'INVALID_JSON', limit),
+    };
+    let result: unknown;
+    try {
+      result = await handler(call, ctx);
+    } catch (err) {
+      if (err instanceof StateError) {
+        if (err.kind === 'CONFLICT') throw new ApiError('CONTENT_CACHE_NAME_CONFLICT', err.message, { cause: err });
+        throw new ApiError(spec.invalid ?? 'UNKNOWN', err.message, { cause: err });
+      }
+      throw err;
+    }
+    ctx.status = spec.status;
+    if (spec.status !== 204) ctx.body = result;
+  }
+
   const router = new Router({ prefix: API_PREFIX });
   for (const key of Object.keys(API_RESOURCES) as (keyof Resources)[]) {
     const resource: ApiResourceSpec = API_RESOURCES[key];
     const bound: Partial<Record<ApiMethod, Handler>> = handlers[key];
-    router.all(resource.path, async (ctx) => {
-      await answer(ctx, options, async () => {
-        const method = ctx.method === 'HEAD' ? 'GET' : ctx.method;
-        const spec = isApiMethod(method) ? resource.operations[method] : undefined;
-        const handler = isApiMethod(method) ? bound[method] : undefined;
-        const allow = allowed(resource);
-        if (spec === undefined || handler === undefined) {
-          if (method === 'OPTIONS') {
-            ctx.set('Allow', allow);
-            ctx.status = 204;
-            return;
-          }
-          throw new ApiError('METHOD_NOT_ALLOWED', `${ctx.method} is not allowed here; allowed: ${allow}`, { headers: { Allow: allow } });
-        }
-
-        const identity = await options.authenticate(ctx);
-        if (identity === undefined) {
-          if (!ctx.response.get('WWW-Authenticate')) ctx.set('WWW-Authenticate', 'Basic realm="cascade"');
-          throw new ApiError('UNAUTHORIZED');
-        }
-        authorize(spec.access, identity.user, ctx.params['username'], options.isAdmin);
-
-        const call: Call = {
-          user: identity.user,
-          param: (name) => ctx.params[name] ?? '',
-          body: () => readJsonObject(ctx.req, spec.invalid ?? 'INVALID_JSON', limit),
-        };
-        let result: unknown;
-        try {
-          result = await handler(call, ctx);
-        } catch (err) {
-          if (err instanceof StateError) {
-            if (err.kind === 'CONFLICT') throw new ApiError('CONTENT_CACHE_NAME_CONFLICT', err.message, { cause: err });
-            throw new ApiError(spec.invalid ?? 'UNKNOWN', err.message, { cause: err });
-          }
-          throw err;
-        }
-        ctx.status = spec.status;
-        if (spec.status !== 204) ctx.body = result;
-      });
-    });
+    for (const [method, spec] of Object.entries(resource.operations) as [ApiMethod, ApiOperationSpec][]) {
+      const handler = bound[method];
+      if (handler !== undefined) router.register(resource.path, [method], (ctx) => run(ctx, spec, handler));
+    }
   }
-  // Last: anything else under the prefix, so that no /api/v0 path falls through to the registry.
-  router.all('{/*rest}', async (ctx) => {
-    await answer(ctx, options, async () => {
+  const served = serveRoutes(router, (method, allow) => new ApiError('METHOD_NOT_ALLOWED', `${method} is not allowed here; allowed: ${allow}`, { headers: { Allow: allow } }));
+
+  return async (ctx, next) => {
+    // Everything under the prefix is the API's, so that no /api/v0 path falls through to the registry.
+    if (ctx.path !== API_PREFIX && !ctx.path.startsWith(`${API_PREFIX}/`)) return next();
+    // Per-user answers (settings) must not be kept by a shared cache.
+    ctx.set('Cache-Control', 'no-store');
+    await served(ctx, async () => {
       throw new ApiError('NOT_FOUND', `${ctx.path} is not part of the ${API_PREFIX} API`);
     });
-  });
-  return router;
-}
-
-const API_METHODS: readonly string[] = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'] satisfies ApiMethod[];
-
-function isApiMethod(method: string): method is ApiMethod {
-  return API_METHODS.includes(method);
-}
-
-/** The `Allow` header of a resource. */
-function allowed(resource: ApiResourceSpec): string {
-  const methods = Object.keys(resource.operations);
-  if (methods.includes('GET')) methods.push('HEAD');
-  return [...methods, 'OPTIONS'].join(', ');
+  };
 }
 
 /**
@@ -425,24 +408,4 @@ function authorize(access: ApiAccess, user: string, owner: string | undefined, i
   if (access === 'owner-or-admin' && owner !== undefined && owner === user) return;
   if (isAdmin(user)) return;
   throw new ApiError('DENIED', access === 'admin' ? 'only an admin may do this' : 'only the user themself or an admin may do this');
-}
-
-/** Runs `fn`, and answers whatever it throws as the error envelope; unexpected errors are logged as 500. */
-async function answer(ctx: RouterContext, options: ApiRouterOptions, fn: () => Promise<void>): Promise<void> {
-  // Per-user answers (settings) must not be kept by a shared cache.
-  ctx.set('Cache-Control', 'no-store');
-  try {
-    await fn();
-  } catch (err) {
-    let error: ApiError;
-    if (err instanceof ApiError) {
-      error = err;
-    } else {
-      options.logger?.error({ err, method: ctx.method, path: ctx.path }, 'api request failed');
-      error = new ApiError('UNKNOWN');
-    }
-    for (const [name, value] of Object.entries(error.headers)) ctx.set(name, value);
-    ctx.status = error.status;
-    ctx.body = apiErrorEnvelope(error);
-  }
 }

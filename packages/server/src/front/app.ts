@@ -3,13 +3,14 @@
  * own credentials; manifests and everything else are proxied to the origin (never stale); an authorized
  * blob GET is redirected to the user's cache with a signed grant, or streamed from the origin when the
  * user has no usable cache; a cache presenting a valid grant gets the blob streamed from the origin with
- * the server's service credentials.
+ * the server's service credentials. The app is the HTTP kit's middleware, a list of routes outside `/v2/`
+ * on @koa/router (ops, grant keys, token relay, web page), the `/api/v0` API, and the `/v2/` front.
  */
 import { createHash } from 'node:crypto';
 import Koa from 'koa';
 import type { Logger } from 'pino';
 import { Counter, Histogram } from 'prom-client';
-import { accessLog, clientGone, Digest, errorMapper, matchRoute, onResponseError, RegistryError, requestId, routeLabel, validateName, type NodeObservability } from '@cascade/registry-core';
+import { accessLog, clientGone, Digest, errorMapper, matchRoute, onResponseError, RegistryError, requestId, routeLabel, routerOf, serveRoutes, validateName, type ExtraRoute, type NodeObservability } from '@cascade/registry-core';
 import { GRANT_HEADER, GRANT_QUERY_PARAMETER, GrantVerifier, JWKS_PATH, type GrantSigner, type Jwks, type JwksSource } from '@cascade/downstream';
 import { userOf } from './identity.js';
 import type { OriginClient } from './origin.js';
@@ -39,9 +40,9 @@ export interface FrontOptions {
   readonly grantTtlSeconds: number;
   /** How long the origin's "yes" to a user's blob request is remembered (0: ask every time). */
   readonly authorizationCacheMs: number;
-  /** Extra Koa middleware mounted before the `/v2/` front (the `/api/v0` router). */
+  /** The `/api/v0` API (`createApiRouter`): it answers the paths under its prefix, and passes on the others. */
   readonly api?: Koa.Middleware;
-  /** The web page: `/` (a redirect), `/ui` and `/ui/...`. */
+  /** The web page: `/` (a redirect), `/ui` and `/ui/...`, with every method (it answers its own 405). */
   readonly ui?: Koa.Middleware;
   /** `/metrics`, `/health`, `/ready`, and where request and authorization timings go. */
   readonly observability?: NodeObservability;
@@ -56,6 +57,9 @@ export interface FrontOptions {
 
 /** Where the server relays token requests to the origin's token service (with `tokenProxy`). */
 export const TOKEN_PATH = '/auth/token';
+
+/** The web page's paths: `/`, `/ui` and everything under `/ui/`. */
+const UI_PATHS = /^\/(?:ui(?:\/.*)?)?$/;
 
 /** The request headers a token request carries to the origin's token service. */
 const TOKEN_REQUEST_HEADERS = ['authorization', 'content-type', 'content-length', 'accept', 'user-agent'];
@@ -87,7 +91,6 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
   const metrics: FrontMetrics = { redirects: {}, servedByServer: 0, grantFills: 0, authorizationsAsked: 0, authorizationsCached: 0 };
   const allowed = new Map<string, number>();
   const obs = options.observability;
-  const opsRoutes = new Map((obs?.routes() ?? []).map((r) => [r.path, r]));
   const authorizationSeconds = obs ? observeFront(obs, metrics) : undefined;
 
   app.on('error', onResponseError(log));
@@ -111,19 +114,16 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
   });
   app.use(errorMapper(log));
 
-  app.use(async (ctx, next) => {
-    const ops = opsRoutes.get(ctx.path);
-    if (ops && ctx.method === 'GET') return ops.handler(ctx);
-    if (ctx.path === JWKS_PATH && (ctx.method === 'GET' || ctx.method === 'HEAD')) {
-      ctx.body = options.jwks();
-      ctx.set('Cache-Control', 'max-age=60');
-      return;
-    }
-    if (ctx.path === TOKEN_PATH && options.tokenProxy) return relayToken(ctx);
-    if (ctx.path.startsWith('/api/') && options.api) return options.api(ctx, next);
-    if (options.ui && (ctx.path === '/' || ctx.path === '/ui' || ctx.path.startsWith('/ui/'))) return options.ui(ctx, next);
-    return next();
-  });
+  // The routes outside /v2/; the web page answers every method of its paths itself.
+  const routes: ExtraRoute[] = [
+    ...(obs?.routes() ?? []),
+    { method: 'GET', path: JWKS_PATH, handler: jwks },
+    ...(options.tokenProxy ? ['GET', 'POST'].map((method) => ({ method, path: TOKEN_PATH, handler: relayToken })) : []),
+  ];
+  const router = routerOf(routes);
+  if (options.ui) router.all(UI_PATHS, options.ui);
+  app.use(serveRoutes(router));
+  if (options.api) app.use(options.api);
 
   app.use(async (ctx) => {
     if (!ctx.path.startsWith('/v2')) throw new RegistryError('NOT_FOUND', `${ctx.path.slice(0, 200)} is not part of the registry API`);
@@ -138,6 +138,12 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
     ctx.state.user = userOf(ctx.get('authorization'));
     await proxyToOrigin(ctx, origin);
   });
+
+  /** The grant keys, for caches to verify grants with (GET, and HEAD). */
+  async function jwks(ctx: Koa.Context): Promise<void> {
+    ctx.body = options.jwks();
+    ctx.set('Cache-Control', 'max-age=60');
+  }
 
   /** A cache (or a chain of caches) fills a miss: check the grant, stream with the service account. */
   async function fillForCache(ctx: Koa.Context, name: string, digest: Digest, grant: string): Promise<void> {
@@ -201,11 +207,10 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
   }
 
   /**
-   * Relays a token request (GET with the query, or an OAuth2 POST form) to the origin's token service,
-   * the realm of the origin's own challenge (never a URL the client names), and its answer back.
+   * Relays a token request (GET with the query, or an OAuth2 POST form; HEAD as HEAD) to the origin's token
+   * service, the realm of the origin's own challenge (never a URL the client names), and its answer back.
    */
   async function relayToken(ctx: Koa.Context): Promise<void> {
-    if (ctx.method !== 'GET' && ctx.method !== 'POST') throw new RegistryError('UNSUPPORTED', `${ctx.method} is not a token request`);
     const challenge = await origin.scheme();
     if (challenge.scheme !== 'bearer') throw new RegistryError('NOT_FOUND', 'the origin does not use the token flow: there is no token service to ask');
     const url = new URL(challenge.realm);

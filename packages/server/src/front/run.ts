@@ -68,14 +68,12 @@ export async function startServer(config: ServerConfig, logger: Logger = createL
   // Caches are trusted with the origin's CAs too (one private CA usually signs every node).
   const health = new HealthChecker({ state, intervalMs: config.healthcheck.interval, logger: logger.child({ component: 'health' }), ca: originCas });
 
-  const router = createApiRouter({
+  const api = createApiRouter({
     state,
-    logger: logger.child({ component: 'api' }),
     isAdmin: (user: string) => admins.has(user),
     authenticate: (ctx: Context) => authenticateThroughOrigin(origin, ctx.get('authorization')),
     liveHealth: (id: string) => health.liveHealth(id),
   });
-  const api = router.routes();
   const observability = new NodeObservability('server');
   observability.addReadyCheck({
     name: 'origin reachable',

@@ -1,20 +1,22 @@
 /**
- * The HTTP kit's error mapper: the one place where a thrown error becomes an OCI error response, for every
- * app built on the kit, and where failures are logged.
+ * The HTTP kit's error mapper: the one place where a thrown error becomes an error response, for every app
+ * built on the kit (the `/v2/` API, the routes outside it, the server's `/api/v0`), and where failures are
+ * logged.
  */
 import type Koa from 'koa';
 import type { Logger } from 'pino';
-import { errorEnvelope, isClientFault, RegistryError } from '../../errors.js';
+import { CodedError, errorEnvelope, isClientFault, RegistryError } from '../../errors.js';
 import { emptyResponse } from '../respond.js';
 
 /**
- * Maps any thrown value to a registry error: a RegistryError as it is, a full disk to `STORAGE_FULL`, a
- * missing path to `NOT_FOUND`, anything else to `UNKNOWN` (500, details in the log, never in the response).
+ * Maps any thrown value to a coded error: a {@link CodedError} as it is (a RegistryError, the server's
+ * ApiError), a full disk to `STORAGE_FULL`, a missing path to `NOT_FOUND`, anything else to `UNKNOWN` (500,
+ * details in the log, never in the response).
  */
-export function toRegistryError(err: unknown): RegistryError {
-  if (err instanceof RegistryError) return err;
+export function toCodedError(err: unknown): CodedError {
+  if (err instanceof CodedError) return err;
   if (isDiskFull(err)) return diskFullError();
-  if ((err as { code?: string }).code === 'PATH_NOT_FOUND') return new RegistryError('NOT_FOUND', 'not found');
+  if ((err as { code?: string } | undefined)?.code === 'PATH_NOT_FOUND') return new RegistryError('NOT_FOUND', 'not found');
   return new RegistryError('UNKNOWN', 'internal error; see the registry log');
 }
 
@@ -30,28 +32,29 @@ export function diskFullError(): RegistryError {
 }
 
 /**
- * Answers whatever the rest of the app throws with the OCI envelope and the status its code fixes (HEAD:
- * the status and headers only), adds the error's headers (`WWW-Authenticate`, `Allow`), and drains what the
- * client sent so its connection can be reused. Logging: expected 5xx (an upstream down) and a client that
- * went away are one warning line; only unexpected errors carry a stack; 4xx are the access log's.
+ * Answers whatever the rest of the app throws with the envelope `{"errors":[...]}` and the status its code
+ * fixes, whichever table the code is from (HEAD: the status and headers only), adds the error's headers
+ * (`WWW-Authenticate`, `Allow`), and drains what the client sent so its connection can be reused. Logging:
+ * expected 5xx (a coded error: an upstream down) and a client that went away are one warning line; only
+ * unexpected errors carry a stack; 4xx are the access log's.
  */
 export function errorMapper(logger: Logger): Koa.Middleware {
   return async (ctx, next) => {
     try {
       await next();
     } catch (err) {
-      const registryError = toRegistryError(err);
+      const error = toCodedError(err);
       const reqId = ctx.state.reqId as string | undefined;
       if (isClientFault(err)) logger.warn({ reqId, code: (err as { code?: string }).code, reason: (err as Error).message }, 'request failed: the client went away or sent a malformed body');
-      else if (err instanceof RegistryError && registryError.status >= 500) logger.warn({ reqId, code: registryError.code, reason: registryError.message }, 'request failed');
-      else if (registryError.status >= 500) logger.error({ err, reqId }, 'request failed');
+      else if (err instanceof CodedError && error.status >= 500) logger.warn({ reqId, code: error.code, reason: error.message }, 'request failed');
+      else if (error.status >= 500) logger.error({ err, reqId }, 'request failed');
       if (!ctx.req.readableEnded) ctx.req.resume();
-      if (ctx.method === 'HEAD') emptyResponse(ctx, registryError.status);
+      if (ctx.method === 'HEAD') emptyResponse(ctx, error.status);
       else {
-        ctx.body = errorEnvelope(registryError);
-        ctx.status = registryError.status;
+        ctx.body = errorEnvelope(error);
+        ctx.status = error.status;
       }
-      for (const [name, value] of Object.entries(registryError.headers)) ctx.set(name, value);
+      for (const [name, value] of Object.entries(error.headers)) ctx.set(name, value);
     }
   };
 }

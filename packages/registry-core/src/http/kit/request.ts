@@ -1,7 +1,7 @@
 /**
  * The HTTP kit every Cascade app is built on (the registry, cache and mirror app in `http/app.ts`, the
- * server's front): one request id, one access log with its metrics, one error mapper, each a Koa middleware.
- * This file: the request id and the access log.
+ * server's front): one request id, one access log with its metrics, one error mapper, each a Koa middleware,
+ * and @koa/router for the routes outside `/v2/` (`routes.ts`). This file: the request id and the access log.
  */
 import { randomUUID } from 'node:crypto';
 import type Koa from 'koa';
