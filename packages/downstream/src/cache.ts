@@ -4,7 +4,7 @@
  * the upstreams on a miss; manifests and tags are passed through to the upstreams, never stored (the DTR
  * server serves manifests from the origin, so they are never stale).
  */
-import { PassThrough, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import {
   Digest,
@@ -17,7 +17,11 @@ import {
   type BlobDescriptor,
   type BlobStore,
   type BlobUpload,
-  type ByteRange,
+  openStored,
+  resolveRange,
+  servedFrom,
+  type ServedBlob,
+  streamBody,
   type Descriptor,
   type ManifestStore,
   type Namespace,
@@ -177,90 +181,81 @@ export class CacheBlobStore implements BlobStore {
     this.upstreams = source?.upstreams ?? cache.options.upstreams;
   }
 
-  private fill(digest: Digest): Fill {
-    const fill = this.cache.fills.get(digest) ?? this.cache.fills.start(this.name, digest, this.headers, this.source);
-    this.onFill?.(fill);
-    return fill;
-  }
-
+  /**
+   * The blob's size without starting anything: from the disk, a running fill, or the upstream's answer to a
+   * HEAD.
+   */
   async stat(digest: Digest, ctx?: RequestContext): Promise<BlobDescriptor> {
-    const { driver } = this.cache.options;
-    const upstreams = this.upstreams;
-    const local = await statBlob(driver, digest);
+    const local = await statBlob(this.cache.options.driver, digest);
     if (local !== undefined) return { digest, size: local };
     const running = this.cache.fills.get(digest);
-    if (running) {
-      this.onFill?.(running);
-      this.joinedUnverified = !running.verified;
-      return { digest, size: await running.waitReady(ctx?.signal) };
-    }
-    if (ctx?.method === 'HEAD') {
-      // A HEAD does not warrant downloading the blob: ask upstream for its size only.
-      const res = await upstreams.fetch({ method: 'HEAD', path: blobPath(this.name, digest), headers: this.headers });
-      res.body.resume();
-      if (res.size === undefined) throw new RegistryError('UPSTREAM_FAILED', 'upstream did not give the blob size');
-      return { digest, size: res.size };
-    }
-    if (ctx?.range && this.cache.fills.failedRecently(digest)) {
-      // A downstream cache resuming what this node just failed to fill (after its own resumes).
-      throw new RegistryError('UPSTREAM_FAILED', "this blob's fill failed on the upstream moments ago: a range of it is not fetched again yet");
-    }
-    const fill = this.fill(digest);
-    this.joinedUnverified = !fill.verified;
-    return { digest, size: await fill.waitReady(ctx?.signal) };
+    if (running) return { digest, size: await running.waitReady(ctx?.signal) };
+    return { digest, size: await this.upstreamSize(digest, ctx) };
   }
 
   /**
-   * This request (a store serves one) joined its fill before the bytes were verified: a miss, even when the
-   * fill is verified by the time the body is opened (the size is known once the first bytes are on disk).
+   * A GET or HEAD: from the disk when the blob is there (one open), else from its fill, started or joined
+   * once. A HEAD starts no fill: it asks the upstream for the size. A range far ahead of a running fill is
+   * fetched from the upstream directly.
    */
-  private joinedUnverified = false;
-
-  async open(digest: Digest, range?: ByteRange, ctx?: RequestContext): Promise<Readable> {
+  async serve(digest: Digest, ctx: RequestContext): Promise<ServedBlob> {
     const { driver, tracker } = this.cache.options;
-    const upstreams = this.upstreams;
     const metrics = this.cache.metrics;
-    try {
-      const stream = await driver.reader(paths.blobData(digest), range ? { offset: range.start, end: range.end } : {});
-      metrics.hits += 1;
-      const size = await statBlob(driver, digest);
-      if (size !== undefined) tracker?.touch(digest, size);
-      const release = tracker?.pin(digest);
-      if (release) stream.once('close', release);
-      // Counted on 'end' from the known length: a 'data' listener would start the stream before Koa pipes it.
-      const length = range ? range.end - range.start + 1 : (size ?? 0);
-      stream.once('end', () => {
-        metrics.bytesFromDisk += length;
+    const stored = await openStored(driver, paths.blobData(digest), ctx.signal);
+    if (stored) {
+      // A body being read is pinned against expiry, and counts as an access; a HEAD is neither.
+      let release: (() => void) | undefined;
+      const served = servedFrom(stored, ctx, (complete) => {
+        release?.();
+        if (complete) metrics.bytesFromDisk += served.body?.length ?? 0;
       });
-      return stream;
-    } catch (err) {
-      if (!isPathNotFound(err)) throw err;
+      if (served.body) {
+        metrics.hits += 1;
+        tracker?.touch(digest, stored.size);
+        release = tracker?.pin(digest);
+      }
+      return served;
     }
-    const fill = this.fill(digest);
-    // A fill whose bytes are all here and verified (being synced into place) serves like a hit.
-    const hit = fill.verified && !this.joinedUnverified;
-    if (hit) metrics.hits += 1;
-    else metrics.misses += 1;
-    const size = await fill.waitReady(ctx?.signal);
+    const running = this.cache.fills.get(digest);
+    if (!running && ctx.method === 'HEAD') return { size: await this.upstreamSize(digest, ctx) };
+    if (!running && ctx.range && this.cache.fills.failedRecently(digest)) {
+      // A downstream cache resuming what this node just failed to fill (after its own resumes).
+      throw new RegistryError('UPSTREAM_FAILED', "this blob's fill failed on the upstream moments ago: a range of it is not fetched again yet");
+    }
+    const fill = running ?? this.cache.fills.start(this.name, digest, this.headers, this.source);
+    this.onFill?.(fill);
+    // A fill whose bytes were all here and verified when this request joined it (being synced into place)
+    // serves like a hit.
+    const hit = fill.verified;
+    const size = await fill.waitReady(ctx.signal);
+    const range = resolveRange(ctx.range, size);
     const start = range?.start ?? 0;
     const end = range?.end ?? size - 1;
+    if (ctx.method === 'HEAD' || end < start) return { size, ...(range ? { range } : {}) };
+    if (hit) metrics.hits += 1;
+    else metrics.misses += 1;
     if (range && fill.state === 'filling' && start > fill.written + (this.cache.options.rangeAheadBytes ?? 8 << 20)) {
       // Far ahead of the fill: ask upstream for the range instead of waiting for the bytes before it.
       metrics.rangePassthrough += 1;
-      const res = await upstreams.fetch({ method: 'GET', path: blobPath(this.name, digest), headers: { ...this.headers, range: `bytes=${start}-${end}` } });
+      const res = await this.upstreams.fetch({ method: 'GET', path: blobPath(this.name, digest), headers: { ...this.headers, range: `bytes=${start}-${end}` }, ...(ctx.signal ? { signal: ctx.signal } : {}) });
       if (res.status !== 206) {
         res.body.destroy();
         throw new RegistryError('UPSTREAM_FAILED', 'upstream ignored the range request');
       }
-      return res.body.pipe(new PassThrough());
+      return { size, range, body: streamBody(end - start + 1, () => res.body, () => res.body.destroy()) };
     }
-    const stream = fill.follow(start, end);
-    if (hit) {
-      stream.once('end', () => {
-        metrics.bytesFromDisk += end - start + 1;
-      });
-    }
-    return stream;
+    const body = fill.body(start, end, (complete) => {
+      if (complete && hit) metrics.bytesFromDisk += end - start + 1;
+    });
+    return { size, ...(range ? { range } : {}), body };
+  }
+
+  /** The size the upstream gives in its answer to a HEAD of the blob. */
+  private async upstreamSize(digest: Digest, ctx?: RequestContext): Promise<number> {
+    const res = await this.upstreams.fetch({ method: 'HEAD', path: blobPath(this.name, digest), headers: this.headers, ...(ctx?.signal ? { signal: ctx.signal } : {}) });
+    res.body.resume();
+    if (res.size === undefined) throw new RegistryError('UPSTREAM_FAILED', 'upstream did not give the blob size');
+    return res.size;
   }
 
   createUpload(): Promise<BlobUpload> {

@@ -12,16 +12,32 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { CASCADE_DIRS, Digest, diskFullError, FILE_SEGMENTS, type FileSegment, type FileSegments, isDiskFull, isPathNotFound, paths, RegistryError, type PositionalReader, type StorageDriver } from '@cascade/registry-core';
-import { blobPath, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
+import {
+  type BlobBody,
+  CASCADE_DIRS,
+  closingBody,
+  Digest,
+  diskFullError,
+  type FileSegment,
+  type FileSegments,
+  isDiskFull,
+  isPathNotFound,
+  paths,
+  RegistryError,
+  type PositionalReader,
+  segmentStream,
+  type StorageDriver,
+  streamBody,
+} from '@cascade/registry-core';
+import { blobPath, chunksOf, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
+import type { ChunkSource } from './upstream-direct.js';
 
 /** Bytes a fill may have received and not yet written before it stops reading from upstream. */
 const WRITE_AHEAD = 4 << 20;
-/** Chunks gather into writes of this size while the disk is busy. */
+/** Chunks gather into writes of this size. */
 const WRITE_BATCH = 1 << 20;
-
-/** Bytes a follower reads at a time from the blob file. */
-const FOLLOW_CHUNK = 1 << 20;
+/** Longest a received chunk waits for its batch to fill before it is written anyway. */
+const GATHER_MS = 2;
 
 /** Times a fill resumes a transfer the network cut (with a Range request) before it gives up. */
 const MAX_RESUMES = 3;
@@ -140,14 +156,26 @@ export class Fill extends EventEmitter {
   }
 
   /**
-   * A stream of bytes `start..end` (inclusive) of the blob, following the partial file as it grows. It
-   * errors if the fill fails before `end` was written.
+   * A body of bytes `start..end` (inclusive) of the blob, following the partial file as it grows: its stretches
+   * are offered as they are written (sent with sendfile, or read into a stream), the last byte once the digest
+   * is verified. Reading it errors if the fill fails before `end` was written. The client counts as reading
+   * the fill until the body is closed.
    */
-  follow(start: number, end: number): Readable {
+  body(start: number, end: number, onClose?: (complete: boolean) => void): BlobBody {
     this.attach();
-    const stream = this.driver.openForRead ? this.followPositional(start, end) : this.followByReaders(start, end);
-    stream.once('close', () => this.detach(!stream.readableEnded));
-    return stream;
+    const length = end - start + 1;
+    const release = (complete: boolean) => {
+      this.detach(!complete);
+      onClose?.(complete);
+    };
+    if (!this.driver.openForRead) return streamBody(length, () => this.followByReaders(start, end), release);
+    let file: PositionalReader | undefined;
+    const source: FileSegments = { length, segments: (signal) => this.stretches(start, end, signal, async () => (file ??= await this.openFile(signal)).fd) };
+    return closingBody({ length, file: source, stream: () => segmentStream(source) }, (complete) => {
+      void file?.close().catch(() => undefined);
+      file = undefined;
+      release(complete);
+    });
   }
 
   /** The bytes a follower may send: all of them once done; while filling, all but the last (held back until the digest is verified). */
@@ -157,100 +185,44 @@ export class Fill extends EventEmitter {
   }
 
   /**
-   * Following with one open file and positional reads: the partial file stays readable through its move
-   * into place, so a follower opens it once, whatever the number of chunks.
+   * The file of this fill, opened once per body: the partial file stays readable through its move into place,
+   * so one descriptor serves every stretch.
    */
-  private followPositional(start: number, end: number): Readable {
-    const fill = this;
+  private async openFile(signal: AbortSignal): Promise<PositionalReader> {
     const driver = this.driver as Required<Pick<StorageDriver, 'openForRead'>>;
-    let file: PositionalReader | undefined;
-    let pos = start;
-    let pumping = false;
-    const open = async (): Promise<PositionalReader> => {
-      for (;;) {
-        try {
-          return await driver.openForRead(fill.state === 'done' ? paths.blobData(fill.digest) : fill.partialPath);
-        } catch (err) {
-          // The partial file was just moved into place (or removed on failure): look at the state again.
-          if (!isPathNotFound(err) || fill.state === 'failed') throw fill.state === 'failed' ? (fill.error ?? err) : err;
-        }
-      }
-    };
-    // The written stretches of the file, each once its bytes are there: sent as they are with sendfile, or
-    // read in FOLLOW_CHUNK pieces into the stream.
-    const segments = async function* (): AsyncGenerator<FileSegment> {
-      while (pos <= end) {
-        if (stream.destroyed) throw Object.assign(new Error('the follower was closed'), { code: 'ECANCELED' });
-        if (fill.state === 'failed') throw fill.error ?? new Error('fill failed');
-        const available = fill.available();
-        if (pos < available) {
-          file ??= await open();
-          const length = Math.min(available, end + 1) - pos;
-          yield { fd: file.fd, offset: pos, length };
-          pos += length;
-          continue;
-        }
-        if (fill.state === 'done') throw new RegistryError('RANGE_INVALID', 'range beyond the end of the blob');
-        await fill.nextProgress();
-      }
-    };
-    let stretches: AsyncGenerator<FileSegment> | undefined;
-    // What is left to read of the current stretch.
-    let offset = 0;
-    let left = 0;
-    const pump = async (): Promise<void> => {
-      if (pumping) return;
-      pumping = true;
+    for (;;) {
       try {
-        for (;;) {
-          if (stream.destroyed) return;
-          if (left === 0) {
-            const next = await (stretches ??= segments()).next();
-            if (next.done) {
-              stream.push(null);
-              return;
-            }
-            ({ offset, length: left } = next.value);
-            continue;
-          }
-          const want = Math.min(FOLLOW_CHUNK, left);
-          const buf = Buffer.allocUnsafe(want);
-          const n = await (file as PositionalReader).read(buf, offset);
-          if (n === 0) throw new Error(`the blob file ended at ${offset} bytes, before the ${offset + left} written`);
-          offset += n;
-          left -= n;
-          if (!stream.push(n < want ? buf.subarray(0, n) : buf)) return;
-        }
+        return await driver.openForRead(this.state === 'done' ? paths.blobData(this.digest) : this.partialPath, signal);
       } catch (err) {
-        stream.destroy(err as Error);
-      } finally {
-        pumping = false;
+        // The partial file was just moved into place (or removed on failure): look at the state again.
+        if (!isPathNotFound(err) || this.state === 'failed') throw this.state === 'failed' ? (this.error ?? err) : err;
       }
-    };
-    const stream = new Readable({
-      highWaterMark: FOLLOW_CHUNK,
-      read() {
-        void pump();
-      },
-      destroy(err, callback) {
-        const f = file;
-        file = undefined;
-        if (!f) return callback(err);
-        f.close().then(
-          () => callback(err),
-          () => callback(err),
-        );
-      },
-    });
-    const marker: FileSegments = { length: end - start + 1, segments };
-    Object.defineProperty(stream, FILE_SEGMENTS, { value: marker });
-    return stream;
+    }
+  }
+
+  /** The written stretches of bytes `start..end` of the file (`fd()` opens it), each once its bytes are there. */
+  private async *stretches(start: number, end: number, signal: AbortSignal, fd: () => Promise<number>): AsyncGenerator<FileSegment> {
+    let pos = start;
+    while (pos <= end) {
+      signal.throwIfAborted();
+      if (this.state === 'failed') throw this.error ?? new Error('fill failed');
+      const available = this.available();
+      if (pos < available) {
+        const length = Math.min(available, end + 1) - pos;
+        yield { fd: await fd(), offset: pos, length };
+        pos += length;
+        continue;
+      }
+      if (this.state === 'done') throw new RegistryError('RANGE_INVALID', 'range beyond the end of the blob');
+      await this.nextProgress(signal);
+    }
   }
 
   /** Following with a new reader per stretch of written bytes (drivers without positional reads). */
   private followByReaders(start: number, end: number): Readable {
     const fill = this;
     const finalPath = paths.blobData(this.digest);
+    const stop = new AbortController();
     async function* chunks(): AsyncGenerator<Buffer> {
       let pos = start;
       while (pos <= end) {
@@ -260,11 +232,11 @@ export class Fill extends EventEmitter {
           const upto = Math.min(end, available - 1);
           let reader: Readable;
           try {
-            reader = await fill.driver.reader(fill.state === 'done' ? finalPath : fill.partialPath, { offset: pos, end: upto });
+            reader = await fill.driver.reader(fill.state === 'done' ? finalPath : fill.partialPath, { offset: pos, end: upto, signal: stop.signal });
           } catch (err) {
             // The partial file was just moved into place (or removed on failure): look at the state again.
             if (isPathNotFound(err)) {
-              if (fill.state === 'filling') await fill.nextProgress();
+              if (fill.state === 'filling') await fill.nextProgress(stop.signal);
               continue;
             }
             throw err;
@@ -276,10 +248,12 @@ export class Fill extends EventEmitter {
           continue;
         }
         if (fill.state === 'done') throw new RegistryError('RANGE_INVALID', 'range beyond the end of the blob');
-        await fill.nextProgress();
+        await fill.nextProgress(stop.signal);
       }
     }
-    return Readable.from(chunks(), { objectMode: false, highWaterMark: 1 << 20 });
+    const stream = Readable.from(chunks(), { objectMode: false, highWaterMark: 1 << 20 });
+    stream.once('close', () => stop.abort());
+    return stream;
   }
 
   /**
@@ -317,8 +291,21 @@ export class Fill extends EventEmitter {
     if (this.followers === 0 && early && this.state === 'filling') this.startIdle();
   }
 
-  /** @internal */ nextProgress(): Promise<void> {
-    return new Promise((resolve) => this.once('progress', resolve));
+  /** Resolves at the fill's next progress (bytes written, verified, done or failed); rejects when `signal` aborts. */
+  private nextProgress(signal: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
+        this.off('progress', onProgress);
+        reject(signal.reason);
+      };
+      const onProgress = () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      if (signal.aborted) return reject(signal.reason);
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.once('progress', onProgress);
+    });
   }
 
   private startIdle(): void {
@@ -431,7 +418,7 @@ export class FillManager {
     fill.signal.addEventListener('abort', abortRequest, { once: true });
     let response: UpstreamBlobResponse;
     try {
-      response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers, signal: request.signal });
+      response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers, signal: request.signal, direct: true });
     } catch (err) {
       fill.signal.removeEventListener('abort', abortRequest);
       this.options.onFailed?.(digest, err instanceof Error ? err.message : String(err), 'upstream');
@@ -448,9 +435,13 @@ export class FillManager {
     const started = Date.now();
     const hash = createHash(digest.algorithm);
     let writer: Awaited<ReturnType<StorageDriver['writer']>> | undefined;
+    // Bytes that wait for a batch to fill are written after GATHER_MS at most (a slow upstream, the tail).
+    let gatherTimer: NodeJS.Timeout | undefined;
     try {
       writer = await localStorage(driver.writer(fill.partialPath, { create: true }));
-      const onAbort = () => response.body.destroy(fill.signal.reason instanceof Error ? fill.signal.reason : new Error('fill aborted'));
+      // The body's bytes stay in the receiver's buffers until written: each write gives its bytes back.
+      let source = chunksOf(response);
+      const onAbort = () => source.destroy(fill.signal.reason instanceof Error ? fill.signal.reason : new Error('fill aborted'));
       fill.signal.addEventListener('abort', onAbort, { once: true });
       // Chunks are written while the next ones arrive (the writer keeps them in order): the socket keeps
       // flowing, and only when WRITE_AHEAD bytes wait for the disk does the fill wait for it.
@@ -462,16 +453,20 @@ export class FillManager {
       let pending: Buffer[] = [];
       let pendingBytes = 0;
       const flush = () => {
+        clearTimeout(gatherTimer);
+        gatherTimer = undefined;
         if (pendingBytes === 0) return;
         queue(pending, pendingBytes);
         pending = [];
         pendingBytes = 0;
       };
-      // One gathered write (pwritev) per batch: no copy of the socket's chunks into a batch buffer.
+      // One gathered write (pwritev) per batch, straight from the receive buffers: no copy.
       const queue = (chunks: Buffer[], bytes: number) => {
         queuedBytes += bytes;
+        const from = source;
         const write = localStorage(w.writev(chunks)).then(() => {
           queuedBytes -= bytes;
+          from.release(bytes);
           ready();
           fill.progress(bytes);
         });
@@ -479,6 +474,8 @@ export class FillManager {
         // next chunk instead of after the whole blob was received.
         write.catch((err: unknown) => {
           writeFailed ??= err;
+          // The receiver waits for its buffers to be given back, which a failed write never does: stop it.
+          from.destroy(new Error('the fill stopped: this node could not write the blob'));
         });
         inFlight.push(write);
         void write.then(
@@ -489,22 +486,23 @@ export class FillManager {
       // Bytes of the current response to drop before using any: an upstream that answered a resumed
       // request with the whole blob (200) instead of the range asked for resends what was already received.
       let skip = 0;
-      const receive = async (body: Readable): Promise<void> => {
-        const chunks = body[Symbol.asyncIterator]();
+      const receive = async (chunks: ChunkSource): Promise<void> => {
         for (;;) {
-          let next: IteratorResult<unknown>;
+          let next: Buffer | undefined;
           try {
             next = await chunks.next();
           } catch (err) {
+            if (writeFailed !== undefined) throw writeFailed;
             throw new ReceiveInterrupted(err);
           }
           if (writeFailed !== undefined) throw writeFailed;
-          if (next.done) return;
-          let buf = next.value as Buffer;
+          if (next === undefined) return;
+          let buf = next;
           this.options.onUpstreamBytes?.(buf.length);
           if (skip > 0) {
             const dropped = Math.min(skip, buf.length);
             skip -= dropped;
+            chunks.release(dropped);
             if (dropped === buf.length) continue;
             buf = buf.subarray(dropped);
           }
@@ -515,9 +513,11 @@ export class FillManager {
           hash.update(buf);
           pending.push(buf);
           pendingBytes += buf.length;
-          // A write starts at once when the disk is idle (the first bytes reach followers without delay);
-          // otherwise chunks gather into writes of WRITE_BATCH: few large writes beat many small ones.
-          if (inFlight.length === 0 || pendingBytes >= WRITE_BATCH) flush();
+          // The first bytes are written at once (clients get their headers once they are on disk); then chunks
+          // gather into writes of WRITE_BATCH: every write is a pool thread's turn, and every written stretch a
+          // sendfile to each follower, so 64 KiB writes cost several times the CPU of 1 MiB ones.
+          if (pendingBytes >= WRITE_BATCH || fill.written + queuedBytes === 0) flush();
+          else gatherTimer ??= setTimeout(flush, GATHER_MS);
           while (queuedBytes > WRITE_AHEAD && inFlight.length > 0) await inFlight[0];
         }
       };
@@ -527,7 +527,7 @@ export class FillManager {
         // What stopped the transfer: the network's error, or a body that ended early.
         let cut: unknown;
         try {
-          await receive(response.body);
+          await receive(source);
           if (expected !== undefined && received < expected) cut = new Error(`upstream ended the body after ${received} of ${expected} bytes`);
         } catch (err) {
           if (!(err instanceof ReceiveInterrupted)) throw err;
@@ -536,10 +536,11 @@ export class FillManager {
         if (cut === undefined) break;
         if (fill.signal.aborted || expected === undefined || resumes >= MAX_RESUMES) throw cut;
         const interruption = describeError(cut);
-        response.body.destroy();
+        source.destroy();
         upstreams.markFailed(response.host, interruption);
         log.warn({ upstream: response.host.url, received, expected, reason: interruption, resume: resumes + 1 }, 'fill interrupted: resuming with a range request');
-        response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers: { ...headers, range: `bytes=${received}-${expected - 1}` }, signal: request.signal });
+        response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers: { ...headers, range: `bytes=${received}-${expected - 1}` }, signal: request.signal, direct: true });
+        source = chunksOf(response);
         skip = resumeOffset(response, received, expected);
       }
       flush();
@@ -564,6 +565,7 @@ export class FillManager {
       this.options.onCommitted?.(digest, fill.written);
       log.info({ bytes: fill.written, upstream: response.host.url, duration: Date.now() - started }, 'fill complete');
     } catch (err) {
+      clearTimeout(gatherTimer);
       response.body.destroy();
       if (writer) await writer.cancel().catch(() => undefined);
       await driver.delete(fill.partialPath).catch(() => undefined);

@@ -6,10 +6,11 @@
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { rootCertificates } from 'node:tls';
-import type { Readable } from 'node:stream';
-import got, { type Got, type Response } from 'got';
+import { Readable } from 'node:stream';
+import got, { type Got } from 'got';
 import type { Logger } from 'pino';
 import { RegistryError, type Digest, type ErrorCode } from '@cascade/registry-core';
+import { type ChunkSource, chunksStream, DirectClient, streamChunks } from './upstream-direct.js';
 
 /** One upstream host. */
 export interface UpstreamHost {
@@ -65,6 +66,22 @@ export interface UpstreamBlobResponse {
   readonly headers: Readonly<Record<string, string | string[] | undefined>>;
   /** The body; empty for HEAD. Destroy it to abort. */
   readonly body: Readable;
+  /**
+   * The body in the receiver's own buffers, for a `direct` request that took the direct path; reading
+   * `body` instead copies the bytes out.
+   */
+  readonly chunks?: ChunkSource;
+}
+
+/** The body of `response` as chunks: the direct path's own, or the stream's. */
+export function chunksOf(response: UpstreamBlobResponse): ChunkSource {
+  return response.chunks ?? streamChunks(response.body);
+}
+
+/** The head of an upstream's answer, whichever client read it. */
+interface Answer {
+  readonly statusCode: number;
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
 }
 
 /** A request to the upstreams. */
@@ -75,6 +92,12 @@ export interface UpstreamRequest {
   /** Headers to send (the client's Authorization, Range, Accept). Never logged. */
   readonly headers?: Readonly<Record<string, string>>;
   readonly signal?: AbortSignal;
+  /**
+   * A blob GET whose body is read into reused buffers (see upstream-direct.ts): the answer's `chunks` give
+   * the body; a fill sets it. Answers the direct path cannot read (redirects, chunked bodies) are fetched
+   * again through the general client.
+   */
+  readonly direct?: boolean;
 }
 
 interface Health {
@@ -109,6 +132,7 @@ export class UpstreamPool {
   private readonly clients = new Map<string, Got>();
   private readonly loggers = new Map<string, Logger>();
   private readonly agents: { http: HttpAgent; https: HttpsAgent };
+  private readonly direct: DirectClient;
   private cursor = 0;
   private readonly now: () => number;
 
@@ -122,6 +146,12 @@ export class UpstreamPool {
     const ca = options.ca && options.ca.length > 0 ? [...rootCertificates, ...options.ca] : undefined;
     const agentOptions = { keepAlive: true, maxSockets: 64, maxFreeSockets: 16, scheduling: 'lifo' as const };
     this.agents = { http: new HttpAgent(agentOptions), https: new HttpsAgent({ ...agentOptions, ...(ca ? { ca } : {}) }) };
+    this.direct = new DirectClient({
+      ...(ca ? { ca } : {}),
+      connectTimeoutMs: options.connectTimeoutMs ?? 5000,
+      responseTimeoutMs: options.responseTimeoutMs ?? 30_000,
+      idleTimeoutMs: options.idleTimeoutMs ?? 30_000,
+    });
     for (const host of this.hosts) {
       const log = options.logger.child({ upstream: host.url, role: host.role });
       this.loggers.set(host.url, log);
@@ -193,17 +223,18 @@ export class UpstreamPool {
       const log = this.loggers.get(host.url) as Logger;
       const started = this.now();
       this.requests.set(host.url, (this.requests.get(host.url) ?? 0) + 1);
-      let response: Response;
+      let response: Answer;
       let body: Readable;
+      let chunks: ChunkSource | undefined;
       try {
         let sent: Record<string, string>;
-        ({ response, body, sent } = await this.send(host, request));
+        ({ response, body, chunks, sent } = await this.send(host, request));
         const auth = this.options.auth;
         if (response.statusCode === 401 && auth) {
           const challenge = response.headers['www-authenticate'];
           body.resume();
           if (await auth.challenge(typeof challenge === 'string' ? challenge : undefined, request, host, sent)) {
-            ({ response, body } = await this.send(host, request));
+            ({ response, body, chunks } = await this.send(host, request));
           }
         }
       } catch (err) {
@@ -233,7 +264,7 @@ export class UpstreamPool {
       }
       this.markHealthy(host);
       if (status === 200 || status === 206) {
-        return { host, status, size: sizeOf(response), headers: response.headers, body };
+        return { host, status, size: sizeOf(response), headers: response.headers, body, ...(chunks ? { chunks } : {}) };
       }
       body.resume();
       if (status === 404) throw new RegistryError(notFound, `not found upstream (${host.url})`);
@@ -311,11 +342,19 @@ export class UpstreamPool {
   close(): void {
     this.agents.http.destroy();
     this.agents.https.destroy();
+    this.direct.close();
   }
 
-  private async send(host: UpstreamHost, request: UpstreamRequest): Promise<{ response: Response; body: Readable; sent: Record<string, string> }> {
+  private async send(host: UpstreamHost, request: UpstreamRequest): Promise<{ response: Answer; body: Readable; chunks?: ChunkSource; sent: Record<string, string> }> {
     const client = this.clients.get(host.url) as Got;
     const auth = this.options.auth ? await this.options.auth.headers(request, host) : {};
+    if (request.direct && request.method === 'GET') {
+      const headers = { ...(request.headers ?? {}), ...auth };
+      const answer = await this.direct.get(host.url, request.path, headers, request.signal);
+      if (answer.kind === 'body') return { response: { statusCode: answer.status, headers: answer.headers }, body: chunksStream(answer.chunks), chunks: answer.chunks, sent: auth };
+      if (answer.kind === 'status') return { response: { statusCode: answer.status, headers: answer.headers }, body: Readable.from([]), sent: auth };
+      this.loggers.get(host.url)?.debug({ path: request.path, reason: answer.reason }, 'blob answer not readable directly: asking again through the general client');
+    }
     const stream = client.stream(request.path.replace(/^\//, ''), {
       method: request.method,
       headers: { 'user-agent': 'cascade-downstream', ...(request.headers ?? {}), ...auth },
@@ -331,7 +370,7 @@ export class UpstreamPool {
       stream.on('error', (err: Error) => {
         if (!responded) reject(err);
       });
-      stream.once('response', (response: Response) => {
+      stream.once('response', (response: Answer) => {
         responded = true;
         resolve({ response, body: stream, sent: auth });
       });
@@ -339,7 +378,7 @@ export class UpstreamPool {
   }
 }
 
-function sizeOf(response: Response): number | undefined {
+function sizeOf(response: Answer): number | undefined {
   if (response.statusCode === 206) {
     const m = /\/(\d+)$/.exec(String(response.headers['content-range'] ?? ''));
     return m ? Number(m[1]) : undefined;

@@ -496,3 +496,79 @@ describe('cache: GET /v2/ with auth: passthrough', () => {
     }
   });
 });
+
+describe('cache namespace: one call serves a blob', () => {
+  const origin = new Origin();
+  let root: string;
+  let server: RunningServer;
+  let cache: CacheNamespace;
+  /** Driver calls by method and path, since the last reset. */
+  let calls: string[] = [];
+
+  before(async () => {
+    await origin.start();
+    root = await mkdtemp(join(tmpdir(), 'cascade-serve-test-'));
+    const real = new FilesystemDriver({ rootDirectory: root });
+    const counting = new Proxy(real, {
+      get(target, prop, receiver) {
+        const value = Reflect.get(target, prop, receiver) as unknown;
+        if (typeof value !== 'function') return value;
+        return (...args: unknown[]) => {
+          calls.push(`${String(prop)} ${String(args[0])}`);
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    });
+    const upstreams = new UpstreamPool({ upstreamhosts: [], originhost: origin.url, logger: silent });
+    cache = new CacheNamespace({ driver: counting, upstreams, logger: silent, forwardAuthorization: false });
+    server = await listen(createRegistryApp({ namespace: cache, logger: silent }).callback(), { addr: '127.0.0.1:0' }, silent);
+  });
+
+  after(async () => {
+    await server.close();
+    await cache.close();
+    await origin.fake.stop();
+    await rm(root, { recursive: true, force: true });
+  });
+
+  const onBlob = (digest: string) => calls.filter((c) => c.endsWith(paths.blobData(Digest.parse(digest))));
+
+  it('a warm GET opens the blob file once and does nothing else with the disk', async () => {
+    const data = randomBytes(300_000);
+    const digest = origin.add(data);
+    assert.deepEqual((await get(`${server.url}/v2/a/b/blobs/${digest}`)).body, data);
+    // The client had its last byte once the digest was checked; the file is then synced and moved into place.
+    while (cache.fills.inFlight > 0) await new Promise((r) => setTimeout(r, 10));
+    calls = [];
+    const warm = await get(`${server.url}/v2/a/b/blobs/${digest}`);
+    assert.deepEqual(warm.body, data);
+    assert.deepEqual(calls, [`openForRead ${paths.blobData(Digest.parse(digest))}`]);
+  });
+
+  it('a cold GET looks for the blob once, then fetches it once', async () => {
+    const data = randomBytes(700_000);
+    const digest = origin.add(data);
+    calls = [];
+    assert.deepEqual((await get(`${server.url}/v2/a/b/blobs/${digest}`)).body, data);
+    // The request's one look (a failed open), and the fill's check that no other fill stored it meanwhile.
+    assert.deepEqual(onBlob(digest).filter((c) => !c.startsWith('move')), [`openForRead ${paths.blobData(Digest.parse(digest))}`, `stat ${paths.blobData(Digest.parse(digest))}`]);
+    assert.equal(origin.gets(digest), 1);
+  });
+
+  it('HEAD of a blob not stored, and stat, start no fill: the upstream is asked for the size only', async () => {
+    const data = randomBytes(50_000);
+    const digest = origin.add(data);
+    const head = await new Promise<{ status: number; length: string | undefined }>((resolve, reject) => {
+      request(`${server.url}/v2/a/b/blobs/${digest}`, { method: 'HEAD' }, (res) => {
+        res.resume();
+        resolve({ status: res.statusCode ?? 0, length: res.headers['content-length'] });
+      })
+        .on('error', reject)
+        .end();
+    });
+    assert.deepEqual(head, { status: 200, length: String(data.length) });
+    assert.deepEqual(await cache.repository('a/b').blobs.stat(Digest.parse(digest)), { digest: Digest.parse(digest), size: data.length });
+    assert.equal(cache.fills.get(Digest.parse(digest)), undefined, 'no fill started');
+    assert.equal(origin.gets(digest), 0, 'no GET upstream');
+  });
+});

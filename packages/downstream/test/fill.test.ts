@@ -51,7 +51,7 @@ describe('fills', () => {
       const { upstreams, blamed } = upstreamSending(data);
       const fills = new FillManager({ driver, upstreams, logger: silent });
       const fill = fills.start('a/b', digest, {});
-      const followed = collect(fill.follow(0, data.length - 1));
+      const followed = collect(fill.body(0, data.length - 1).stream());
       await fill.finished;
       assert.equal(fill.state, 'done');
       assert.deepEqual((await followed).data, data);
@@ -70,7 +70,7 @@ describe('fills', () => {
     const failed: string[] = [];
     const fills = new FillManager({ driver, upstreams, logger: silent, onFailed: (_d, reason) => failed.push(reason) });
     const fill = fills.start('a/b', digest, {});
-    const followed = collect(fill.follow(0, data.length - 1));
+    const followed = collect(fill.body(0, data.length - 1).stream());
     await fill.finished;
     assert.equal(fill.state, 'failed');
     assert.equal((fill.error as { status?: number }).status, 502);

@@ -3,7 +3,7 @@
  * only to these, so a plain registry, a cache node (which wraps the blob store) and a mirror are served by
  * the same handlers.
  */
-import type { Readable } from 'node:stream';
+import type { ServedBlob } from './store/body.js';
 import type { Digest } from './digest.js';
 import type { Descriptor, ParsedManifest } from './manifest.js';
 
@@ -42,10 +42,18 @@ export interface RequestContext {
 
 /** Read access to the blobs of one repository. A cache node implements this over local storage + upstreams. */
 export interface BlobReader {
-  /** @throws RegistryError BLOB_UNKNOWN */
+  /**
+   * The blob's size, for reference checks (a manifest's layers). Starts nothing: a cache answers from its
+   * disk, a running fill or its upstream's HEAD. @throws RegistryError BLOB_UNKNOWN
+   */
   stat(digest: Digest, ctx?: RequestContext): Promise<BlobDescriptor>;
-  /** The blob's bytes, the whole blob or `range`. @throws RegistryError BLOB_UNKNOWN */
-  open(digest: Digest, range?: ByteRange, ctx?: RequestContext): Promise<Readable>;
+  /**
+   * Serves a GET or HEAD (`ctx.method`) of the blob, with `ctx.range` (a `Range` header) resolved against its
+   * size: the one call the HTTP layer makes. The store looks at its disk once and, in a cache, starts or joins
+   * a fill once; the answer carries the size and, for a GET of a non-empty range, the body, which the caller
+   * must close. @throws RegistryError BLOB_UNKNOWN, RANGE_INVALID
+   */
+  serve(digest: Digest, ctx: RequestContext): Promise<ServedBlob>;
 }
 
 /** An upload session (`/v2/<name>/blobs/uploads/<id>`). */

@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import { Digest } from '../src/digest.js';
 import { RegistryError } from '../src/errors.js';
 import { matchRoute } from '../src/http/routes.js';
-import { resolveRange } from '../src/http/range.js';
+import { resolveRange } from '../src/store/range.js';
 import { parseManifest } from '../src/manifest.js';
 import { MediaType } from '../src/mediatypes.js';
 import { NAME_MAX_LENGTH, parseReference, validateName } from '../src/names.js';

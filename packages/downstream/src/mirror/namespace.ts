@@ -16,7 +16,6 @@
  *   repository it was fetched for; the same bytes asked for in another repository are served from disk only
  *   once that repository's remote confirmed, with a HEAD, that the repository has them.
  */
-import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import {
   CASCADE_DIRS,
@@ -29,7 +28,7 @@ import {
   type BlobDescriptor,
   type BlobStore,
   type BlobUpload,
-  type ByteRange,
+  type ServedBlob,
   type Descriptor,
   type ManifestStore,
   type Namespace,
@@ -436,9 +435,9 @@ class MirrorBlobStore implements BlobStore {
     return this.inner.stat(digest, ctx);
   }
 
-  async open(digest: Digest, range?: ByteRange, ctx?: RequestContext): Promise<Readable> {
+  async serve(digest: Digest, ctx: RequestContext): Promise<ServedBlob> {
     await this.admit(digest);
-    return this.inner.open(digest, range, ctx);
+    return this.inner.serve(digest, ctx);
   }
 
   /** Bytes stored (or being fetched) for another repository are served here only once the remote says this repository has them too. */
@@ -524,7 +523,7 @@ class LocalRepository implements Repository {
     });
     this.blobs = {
       stat: (d) => b.stat(d),
-      open: (d, range) => b.open(d, range),
+      serve: (d, ctx) => b.serve(d, ctx),
       createUpload: async () => wrap(await b.createUpload()),
       getUpload: async (id) => wrap(await b.getUpload(id)),
       mount: async (digest, from) => {

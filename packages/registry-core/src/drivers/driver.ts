@@ -24,6 +24,8 @@ export interface ReadOptions {
   offset?: number;
   /** Last byte to read, inclusive (default: end of file). */
   end?: number;
+  /** Destroys the stream when aborted (a client that left): no more reads for nobody. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -55,42 +57,12 @@ export interface FileWriter {
   close(): Promise<void>;
 }
 
-/**
- * Marks a reader's stream whose bytes are exactly `length` bytes of an open file from `start` (the
- * filesystem driver's). An HTTP response may then send them with sendfile instead of reading them; the
- * stream still owns the descriptor and must stay unread until it is ended or destroyed.
- */
-export const FILE_RANGE = Symbol.for('cascade.fileRange');
-
-export interface FileRange {
-  readonly fd: number;
-  readonly start: number;
-  readonly length: number;
-}
-
-/** A stretch of an open file. */
-export interface FileSegment {
-  readonly fd: number;
-  readonly offset: number;
-  readonly length: number;
-}
-
-/**
- * Marks a stream whose `length` bytes may instead be taken, without reading the stream, as stretches of open
- * files, each yielded once its bytes are there (a cache's file still being filled). Whoever takes them ends
- * the stream (`push(null)`) after the last or destroys it on failure; the stream owns the descriptors.
- */
-export const FILE_SEGMENTS = Symbol.for('cascade.fileSegments');
-
-export interface FileSegments {
-  readonly length: number;
-  segments(): AsyncIterable<FileSegment>;
-}
-
 /** A file open for positional reads (see {@link StorageDriver.openForRead}). */
 export interface PositionalReader {
   /** The open file's descriptor: responses may send from it with sendfile. */
   readonly fd: number;
+  /** The file's size when it was opened (a file still being written grows past it). */
+  readonly size: number;
   /** Reads into `buffer` from `position`; resolves with the number of bytes read (0 at the end). */
   read(buffer: Buffer, position: number): Promise<number>;
   close(): Promise<void>;
@@ -113,11 +85,13 @@ export interface StorageDriver {
    */
   writer(path: string, options?: { append?: boolean; create?: boolean }): Promise<FileWriter>;
   /**
-   * Optional, for drivers of real files: the file opened for positional reads. It stays readable when the path is moved afterwards
-   * (a cache follows a blob while it is written, then moved into place). Drivers without it are read with
-   * {@link reader}.
+   * Optional, for drivers of real files: the file opened for positional reads, and its descriptor for
+   * sendfile(2). It stays readable when the path is moved afterwards (a cache follows a blob while it is
+   * written, then moved into place). Opening is the one look at the disk a blob GET needs: it says whether
+   * the file is there and how big it is. Drivers without it are read with {@link reader}. Rejects (and opens
+   * nothing) once `signal` is aborted.
    */
-  openForRead?(path: string): Promise<PositionalReader>;
+  openForRead?(path: string, signal?: AbortSignal): Promise<PositionalReader>;
   stat(path: string): Promise<FileInfo>;
   /** Full paths of the direct children of a directory, sorted. */
   list(path: string): Promise<string[]>;

@@ -5,14 +5,12 @@
 import { randomBytes } from 'node:crypto';
 import { type FileHandle, mkdir, open, readdir, readFile, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { Readable } from 'node:stream';
+import { addAbortSignal, Readable } from 'node:stream';
 import {
   checkPath,
   type FileInfo,
   type FileWriter,
   checkRange,
-  FILE_RANGE,
-  type FileRange,
   InvalidPathError,
   isPathNotFound,
   PathNotFoundError,
@@ -105,25 +103,34 @@ export class FilesystemDriver implements StorageDriver {
       // The stream owns the handle from here (autoClose), so an abandoned or destroyed stream releases the fd.
       const last = Math.min(end ?? info.size - 1, info.size - 1);
       const stream = handle.createReadStream({ start: offset, end: last, highWaterMark: READ_HIGH_WATER_MARK });
-      // An HTTP response may send these bytes with sendfile instead of reading them (http/sendfile.ts).
-      const range: FileRange = { fd: handle.fd, start: offset, length: last - offset + 1 };
-      Object.defineProperty(stream, FILE_RANGE, { value: range });
-      return stream;
+      return options.signal ? addAbortSignal(options.signal, stream) : stream;
     } catch (err) {
       await handle.close().catch(() => undefined);
       throw err;
     }
   }
 
-  async openForRead(path: string): Promise<PositionalReader> {
+  async openForRead(path: string, signal?: AbortSignal): Promise<PositionalReader> {
+    signal?.throwIfAborted();
     let handle: FileHandle;
     try {
       handle = await open(this.#resolve(path), 'r');
     } catch (err) {
       throw notFound(path, err);
     }
+    let size: number;
+    try {
+      const info = await handle.stat();
+      if (info.isDirectory()) throw systemError('EISDIR', `illegal operation on a directory: ${path}`);
+      size = info.size;
+      signal?.throwIfAborted();
+    } catch (err) {
+      await handle.close().catch(() => undefined);
+      throw err;
+    }
     return {
       fd: handle.fd,
+      size,
       read: async (buffer, position) => (await handle.read(buffer, 0, buffer.length, position)).bytesRead,
       close: () => handle.close(),
     };

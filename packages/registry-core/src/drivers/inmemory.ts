@@ -2,7 +2,7 @@
  * The `inmemory` storage driver: a tree of directories and byte buffers in the process, for tests and for
  * throw-away registries. Nothing survives the process.
  */
-import { Readable } from 'node:stream';
+import { addAbortSignal, Readable } from 'node:stream';
 import {
   checkPath,
   type FileInfo,
@@ -61,7 +61,8 @@ export class InMemoryDriver implements StorageDriver {
     // the length seen now stay as they are for the life of this stream.
     const data = node.data;
     const stop = Math.min(node.length, end === undefined ? Infinity : end + 1);
-    return Readable.from(chunks(data, offset, stop), { objectMode: false });
+    const stream = Readable.from(chunks(data, offset, stop), { objectMode: false });
+    return options.signal ? addAbortSignal(options.signal, stream) : stream;
   }
 
   async writer(path: string, options: { append?: boolean; create?: boolean } = {}): Promise<FileWriter> {

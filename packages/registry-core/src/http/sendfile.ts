@@ -2,18 +2,16 @@
  * Blob bodies sent with sendfile(2): nginx's way of serving static files. The native addon
  * (`native/sendfile.c`, built by node-gyp on install) sends a file range to a socket from its own worker
  * threads, so the bytes go from the page cache to the socket inside the kernel and the JavaScript thread
- * only starts and ends the transfer. Plain-TCP HTTP/1 responses whose body is a file range (a filesystem
- * driver's reader marks its streams with {@link FILE_RANGE}) or the growing file of a cache's fill (a follow
- * stream marked with {@link FILE_SEGMENTS}, sent stretch by stretch as it is written) take this path; TLS,
- * other drivers and other platforms stream as before.
+ * only starts and ends the transfer. Plain-TCP HTTP/1 responses whose body is in files (a {@link BlobBody}
+ * with `file`: a stored blob, or the growing file of a cache's fill, sent stretch by stretch as it is
+ * written) take this path; TLS, other drivers and other platforms stream the body.
  */
 import { createRequire } from 'node:module';
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import type { Readable } from 'node:stream';
 import { getSystemErrorName } from 'node:util';
 import type Koa from 'koa';
-import { FILE_RANGE, FILE_SEGMENTS, type FileRange, type FileSegments } from '../drivers/driver.js';
+import type { BlobBody, FileSegments } from '../store/body.js';
 
 interface Addon {
   available(): boolean;
@@ -104,38 +102,36 @@ function socketFdOf(socket: Socket): number | undefined {
   return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
 
-/** The file bytes behind `body` if this response can be sent with sendfile. */
-export function sendfileSource(ctx: Koa.Context, body: Readable, length: number): FileSegments | undefined {
-  const marked = body as Readable & { [FILE_RANGE]?: FileRange; [FILE_SEGMENTS]?: FileSegments };
-  const range = marked[FILE_RANGE];
-  const source: FileSegments | undefined = range
-    ? { length: range.length, segments: async function* () { yield { fd: range.fd, offset: range.start, length: range.length }; } }
-    : marked[FILE_SEGMENTS];
-  if (!source || source.length !== length || ctx.req.httpVersionMajor !== 1) return undefined;
+/** True when this response may be sent with sendfile: HTTP/1 over plain TCP, on an open socket. */
+export function canSendfile(ctx: Koa.Context): boolean {
+  if (ctx.req.httpVersionMajor !== 1) return false;
   const socket = ctx.req.socket as Socket & { encrypted?: boolean };
-  if (socket.encrypted || socket.destroyed || socketFdOf(socket) === undefined) return undefined;
-  return source;
+  return !socket.encrypted && !socket.destroyed && socketFdOf(socket) !== undefined;
 }
 
 /**
- * Sends the status, the headers already set on `ctx`, and `source` as the body, and takes the response
- * away from Koa. The headers are written by Node first; the body follows once they have left. `body`
- * (the stream the source came from) ends normally after the transfer, so its listeners (metrics, pins)
- * run, and is destroyed on failure, as is the connection: the client sees a short body, never wrong bytes.
+ * Sends the status, the headers already set on `ctx`, and `body`'s files (`file`), and takes the response away from
+ * Koa. The headers are written by Node first; the body follows once they have left. The body is closed at
+ * the end (complete or not); on failure the connection is destroyed: the client sees a short body, never
+ * wrong bytes.
  */
-export function respondWithSendfile(ctx: Koa.Context, sendfile: Sendfile, body: Readable, source: FileSegments, onError: (err: Error) => void): void {
+export function respondWithSendfile(ctx: Koa.Context, sendfile: Sendfile, body: BlobBody, file: FileSegments, onError: (err: Error) => void): void {
   ctx.respond = false;
   const { res } = ctx;
   const socket = ctx.req.socket;
   res.flushHeaders();
+  // A client that leaves stops the wait for a fill's next bytes, not only a transfer in progress.
+  const left = new AbortController();
+  const onClose = () => left.abort(Object.assign(new Error('the client left'), { code: 'ECANCELED' }));
+  socket.once('close', onClose);
   void (async () => {
+    // The access log of an aborted response counts what was sent before the client left (Node never sees
+    // these bytes; a transfer still running when the socket closes is not counted).
+    const state = ctx.state as { sendfileBytes?: number };
     try {
       await headersWritten(res, socket);
-      // The access log of an aborted response counts what was sent before the client left (Node never sees
-      // these bytes; a transfer still running when the socket closes is not counted).
-      const state = ctx.state as { sendfileBytes?: number };
       state.sendfileBytes = 0;
-      for await (const segment of source.segments()) {
+      for await (const segment of file.segments(left.signal)) {
         if (socket.destroyed) throw Object.assign(new Error('the client left'), { code: 'ECANCELED' });
         try {
           state.sendfileBytes += await sendfile.send(socket, segment.fd, segment.offset, segment.length);
@@ -144,14 +140,15 @@ export function respondWithSendfile(ctx: Koa.Context, sendfile: Sendfile, body: 
           throw err;
         }
       }
-      if (state.sendfileBytes !== source.length) throw new Error(`sendfile: ${state.sendfileBytes} of ${source.length} bytes`);
+      if (state.sendfileBytes !== body.length) throw new Error(`sendfile: ${state.sendfileBytes} of ${body.length} bytes`);
       res.end();
-      body.push(null);
-      body.resume();
+      body.close(true);
     } catch (err) {
-      body.destroy();
+      body.close(false);
       socket.destroy();
-      if ((err as { code?: string }).code !== 'ECANCELED') onError(err as Error);
+      if ((err as { code?: string }).code !== 'ECANCELED' && !left.signal.aborted) onError(err as Error);
+    } finally {
+      socket.off('close', onClose);
     }
   })();
 }
@@ -159,7 +156,9 @@ export function respondWithSendfile(ctx: Koa.Context, sendfile: Sendfile, body: 
 /**
  * Resolves once the headers of `res` are in the kernel: the body must not overtake them. A client that
  * reuses its connection may send its next request before the previous response ended; Node then keeps the
- * new response's output until the socket is handed over to it, so the socket alone says nothing.
+ * new response's output until the socket is handed over to it, so the socket alone says nothing. Once the
+ * socket is ours, an empty write's callback runs when everything written before it (the headers) has been
+ * handed to the kernel.
  */
 async function headersWritten(res: ServerResponse, socket: Socket): Promise<void> {
   const left = () => Object.assign(new Error('the client left'), { code: 'ECANCELED' });
@@ -178,11 +177,16 @@ async function headersWritten(res: ServerResponse, socket: Socket): Promise<void
       socket.once('close', onClose);
     });
   }
-  const deadline = Date.now() + STALL_MS;
-  while (res.writableLength > 0 || socket.writableCorked > 0) {
-    if (socket.destroyed) throw left();
-    if (Date.now() > deadline) throw Object.assign(new Error('the response headers were not sent'), { code: 'ETIMEDOUT' });
-    await new Promise((r) => setTimeout(r, 1));
-  }
   if (socket.destroyed) throw left();
+  await new Promise<void>((resolve, reject) => {
+    // A client that reads nothing for STALL_MS (the headers stay in Node's buffer) is given up on.
+    const stalled = setTimeout(() => reject(Object.assign(new Error('the response headers were not sent'), { code: 'ETIMEDOUT' })), STALL_MS);
+    socket.write(EMPTY, (err) => {
+      clearTimeout(stalled);
+      if (err || socket.destroyed) reject(left());
+      else resolve();
+    });
+  });
 }
+
+const EMPTY = Buffer.alloc(0);

@@ -4,10 +4,11 @@
  * verified and its data moved into place.
  */
 import { createHash, randomUUID, type Hash } from 'node:crypto';
-import type { Readable } from 'node:stream';
 import { Digest } from '../digest.js';
 import { RegistryError } from '../errors.js';
-import type { BlobDescriptor, BlobStore, BlobUpload, ByteRange } from '../registry.js';
+import type { BlobDescriptor, BlobStore, BlobUpload, RequestContext } from '../registry.js';
+import { openStored, type ServedBlob, type StoredFile } from './body.js';
+import { resolveRange } from './range.js';
 import { isPathNotFound, type StorageDriver } from '../drivers/driver.js';
 import { deleteIfExists, readLink, statOrUndefined, writeLink } from './links.js';
 import { paths } from './paths.js';
@@ -61,14 +62,12 @@ export class StorageBlobStore implements BlobStore {
     return { digest, size: info.size };
   }
 
-  async open(digest: Digest, range?: ByteRange): Promise<Readable> {
-    await this.stat(digest);
-    try {
-      return await this.driver.reader(paths.blobData(digest), range ? { offset: range.start, end: range.end } : {});
-    } catch (err) {
-      if (isPathNotFound(err)) throw blobUnknown(digest);
-      throw err;
-    }
+  async serve(digest: Digest, ctx: RequestContext): Promise<ServedBlob> {
+    const linked = await readLink(this.driver, paths.layerLink(this.name, digest));
+    if (!linked || !linked.equals(digest)) throw blobUnknown(digest);
+    const file = await openStored(this.driver, paths.blobData(digest), ctx.signal);
+    if (!file) throw blobUnknown(digest);
+    return servedFrom(file, ctx);
   }
 
   async delete(digest: Digest): Promise<void> {
@@ -223,6 +222,26 @@ class StorageBlobUpload implements BlobUpload {
     for await (const chunk of stream) hash.update(chunk as Buffer);
     return Digest.fromHash(want.algorithm, hash);
   }
+}
+
+/**
+ * The answer to a GET or HEAD of a stored file: its size, the range of `ctx.range`, and a body for a GET of a
+ * non-empty range (the file is released at once otherwise).
+ */
+export function servedFrom(file: StoredFile, ctx: RequestContext, onClose?: (complete: boolean) => void): ServedBlob {
+  let range;
+  try {
+    range = resolveRange(ctx.range, file.size);
+  } catch (err) {
+    file.close();
+    throw err;
+  }
+  const length = range ? range.end - range.start + 1 : file.size;
+  if (ctx.method === 'HEAD' || length === 0) {
+    file.close();
+    return { size: file.size, ...(range ? { range } : {}) };
+  }
+  return { size: file.size, ...(range ? { range } : {}), body: file.body(range, onClose) };
 }
 
 /** The `Range` header value of an upload of `size` bytes, as distribution sends it. */

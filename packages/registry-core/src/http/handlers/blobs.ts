@@ -4,32 +4,36 @@ import { RegistryError } from '../../errors.js';
 import { validateName } from '../../names.js';
 import { rangeHeader } from '../../store/blobs.js';
 import { hasBody } from '../body.js';
-import { resolveRange } from '../range.js';
-import { respondWithSendfile, sendfileSource } from '../sendfile.js';
+import { canSendfile, respondWithSendfile } from '../sendfile.js';
 import { emptyResponse } from '../respond.js';
 import type { Handler, HandlerContext } from './context.js';
 
-/** GET and HEAD `/v2/<name>/blobs/<digest>`, with Range. */
+/**
+ * GET and HEAD `/v2/<name>/blobs/<digest>`, with Range: one call to the store, which answers the size and the
+ * body together. A body in files goes out with sendfile where the connection allows; otherwise as a stream.
+ */
 export const getBlob: Handler = async ({ ctx, params, repo, request, options }) => {
   const digest = Digest.parse(params.digest ?? '');
-  const desc = await repo.blobs.stat(digest, request);
-  const range = resolveRange(ctx.get('range') || undefined, desc.size);
-  const length = range ? range.end - range.start + 1 : desc.size;
-  const body = ctx.method === 'GET' && length > 0 ? await repo.blobs.open(digest, range, request) : undefined;
-  const file = body && options.sendfile ? sendfileSource(ctx, body, length) : undefined;
+  const { size, range, body } = await repo.blobs.serve(digest, request);
+  const length = range ? range.end - range.start + 1 : size;
+  const sendfile = body?.file && options.sendfile && canSendfile(ctx) ? options.sendfile : undefined;
   // Koa's body setter drops Content-Type and Content-Length, so the body goes first and headers after.
-  if (!file) ctx.body = body ?? (length === 0 && ctx.method !== 'HEAD' ? Buffer.alloc(0) : null);
+  if (body && !sendfile) {
+    const stream = body.stream();
+    ctx.res.once('close', () => body.close(ctx.res.writableFinished));
+    ctx.body = stream;
+  } else if (!body) ctx.body = length === 0 && ctx.method !== 'HEAD' ? Buffer.alloc(0) : null;
   ctx.status = range ? 206 : 200;
-  if (range) ctx.set('Content-Range', `bytes ${range.start}-${range.end}/${desc.size}`);
+  if (range) ctx.set('Content-Range', `bytes ${range.start}-${range.end}/${size}`);
   ctx.set('Docker-Content-Digest', digest.toString());
   ctx.set('ETag', `"${digest.toString()}"`);
   ctx.set('Accept-Ranges', 'bytes');
   ctx.set('Cache-Control', 'max-age=31536000');
   ctx.type = 'application/octet-stream';
   ctx.length = length;
-  if (body && file && options.sendfile) return respondWithSendfile(ctx, options.sendfile, body, file, (err) => options.onBodyError?.(err));
+  if (body?.file && sendfile) return respondWithSendfile(ctx, sendfile, body, body.file, (err) => options.onBodyError?.(err));
   // The status and headers go out now, not with the first byte of the body: a cache filling a miss knows
-  // both once its upstream answered, and the client's time to first byte should not wait for the disk.
+  // both once its first bytes are on disk, and the client's time to first byte should not wait for more.
   if (body) ctx.flushHeaders();
 };
 
