@@ -51,6 +51,8 @@ export interface ManyOptions {
   /** curl only: one process per transfer (default), or one process with `--parallel`. */
   spread?: 'processes' | 'parallel';
   timeoutMs?: number;
+  /** curl only: a command prefix curl runs under (`ip netns exec <client namespace>` in scenario 7). */
+  via?: readonly string[];
 }
 
 /** True when `curl` is on the PATH. */
@@ -70,6 +72,7 @@ export const CURL_ARGS = ['-sS', '--no-progress-meter', '--http1.1', '-H', 'Acce
 
 /** `count` simultaneous GETs of `url` with the chosen client. */
 export async function getMany(client: ClientKind, url: string, o: ManyOptions): Promise<Batch> {
+  if (client === 'node' && o.via) throw new Error(`Node's client cannot run under ${o.via.join(' ')}: curl is needed`);
   return client === 'curl' ? curlMany(url, o) : nodeMany(url, o);
 }
 
@@ -81,9 +84,9 @@ async function curlMany(url: string, o: ManyOptions): Promise<Batch> {
   if ((o.spread ?? 'processes') === 'parallel' && o.count > 1) {
     const args = [...CURL_ARGS, ...maxTime, '--parallel', '--parallel-immediate', '--parallel-max', String(Math.min(o.count, 300)), '-w', FORMAT];
     for (const sink of sinks) args.push('-o', sink, url);
-    lines = (await runCurl(args)).split('\n').filter(Boolean);
+    lines = (await runCurl(args, o.via)).split('\n').filter(Boolean);
   } else {
-    const outs = await Promise.all(sinks.map((sink) => runCurl([...CURL_ARGS, ...maxTime, '-w', FORMAT, '-o', sink, url])));
+    const outs = await Promise.all(sinks.map((sink) => runCurl([...CURL_ARGS, ...maxTime, '-w', FORMAT, '-o', sink, url], o.via)));
     lines = outs.flatMap((s) => s.split('\n').filter(Boolean));
   }
   const wallMs = performance.now() - started;
@@ -106,9 +109,11 @@ async function curlMany(url: string, o: ManyOptions): Promise<Batch> {
   return { transfers, wallMs };
 }
 
-function runCurl(args: string[]): Promise<string> {
+/** Runs curl (under the command prefix `via`, when given) and returns what it printed. */
+function runCurl(args: string[], via: readonly string[] = []): Promise<string> {
+  const [cmd, ...rest] = [...via, 'curl', ...args];
   return new Promise((resolve, reject) => {
-    const child = spawn('curl', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd!, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
     child.stderr.resume();

@@ -1,26 +1,30 @@
 /**
  * The processes a benchmark run starts: distribution's `docker-registry` (plain origin, or pull-through
  * proxy with `proxy.remoteurl`), nginx serving one file with sendfile, and Cascade cache nodes (single or
- * chained). Every process listens on 127.0.0.1 on a free port; every one is tracked by a {@link Fleet},
+ * chained). Every process listens on 127.0.0.1 on a free port, or, given a {@link NetPlace} (scenario 7),
+ * in its own network namespace on that namespace's address; every one is tracked by a {@link Fleet},
  * which stops them all at the end and reports the ones that died on their own (a crash is a correctness
- * failure of the benchmark).
+ * failure of the benchmark). {@link cpuSeconds} and {@link RssProbe} read what a process costs.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { startCascade, type CascadeProcess } from '../lib/cascade.js';
 import { cacheConfig } from '../lib/cache.js';
-import { daemon, distributionRequests, freePort, startDistribution as startRegistry, waitUntil, type Daemon, type DistributionAccessLine } from '../lib/peers.js';
+import { cleanEnv, daemon, distributionRequests, freePort, startDistribution as startRegistry, waitUntil, type Daemon, type Distribution, type DistributionAccessLine } from '../lib/peers.js';
+import { inNamespace, inNamespaceForked, type NetPlace } from './netns.js';
 
 /** A benchmarked server: its URL, its process id (for RSS), and its access log. */
 export interface Peer {
   readonly name: string;
   readonly kind: 'cascade' | 'distribution' | 'nginx';
-  /** `http://127.0.0.1:PORT` */
+  /** `http://127.0.0.1:PORT` (or the address of its namespace) */
   readonly url: string;
   /** `127.0.0.1:PORT` */
   readonly host: string;
+  /** The server process itself (not a wrapper's): for its CPU time and RSS. */
   readonly pid: number;
   /** Filesystem storage root (registries only). */
   readonly rootdirectory: string;
@@ -78,6 +82,8 @@ export interface DistributionOptions {
   remoteurl?: string;
   /** Path of an htpasswd file (bcrypt). */
   htpasswd?: string;
+  /** Run in this network namespace, on its address (scenario 7); on loopback otherwise. */
+  net?: NetPlace;
 }
 
 /**
@@ -87,13 +93,15 @@ export interface DistributionOptions {
 export async function startDistribution(fleet: Fleet, o: DistributionOptions): Promise<Peer> {
   const rootdirectory = join(o.dir, 'data');
   await mkdir(rootdirectory, { recursive: true });
-  const d = await startRegistry({
-    rootdirectory,
-    deleteEnabled: true,
-    keepLogLines: ACCESS_LOG_LINES,
-    ...(o.remoteurl ? { remoteurl: o.remoteurl } : {}),
-    ...(o.htpasswd ? { htpasswd: o.htpasswd } : {}),
-  });
+  const d = o.net
+    ? await startRegistryAt(o.net, o.dir, rootdirectory, o.remoteurl)
+    : await startRegistry({
+        rootdirectory,
+        deleteEnabled: true,
+        keepLogLines: ACCESS_LOG_LINES,
+        ...(o.remoteurl ? { remoteurl: o.remoteurl } : {}),
+        ...(o.htpasswd ? { htpasswd: o.htpasswd } : {}),
+      });
   return fleet.add({
     name: o.name,
     kind: 'distribution',
@@ -106,6 +114,28 @@ export async function startDistribution(fleet: Fleet, o: DistributionOptions): P
     crashed: () => d.exited(),
     stop: () => d.stop(),
   });
+}
+
+/**
+ * `docker-registry serve` in the namespace of `net`, listening on its address, with the configuration that
+ * test/lib/peers.ts's startDistribution writes for loopback (which takes neither an address nor a namespace).
+ */
+async function startRegistryAt(net: NetPlace, dir: string, rootdirectory: string, remoteurl: string | undefined): Promise<Distribution> {
+  const host = `${net.ip}:${net.port()}`;
+  const config = {
+    version: 0.1,
+    log: { level: 'info', formatter: 'json', accesslog: { disabled: false } },
+    storage: { filesystem: { rootdirectory }, delete: { enabled: true }, maintenance: { uploadpurging: { enabled: false } } },
+    http: { addr: host, secret: 'bench-secret' },
+    ...(remoteurl ? { proxy: { remoteurl } } : {}),
+  };
+  const configPath = join(dir, 'registry.yml');
+  await writeFile(configPath, JSON.stringify(config, null, 2));
+  const [cmd, ...args] = [...inNamespace(net.ns), 'docker-registry', 'serve', configPath];
+  const d = daemon(cmd!, args, { env: cleanEnv(), cwd: dir, keep: ACCESS_LOG_LINES });
+  const url = `http://${host}`;
+  await waitHttp(`docker-registry in ${net.ns} on ${url}`, d, `${url}/v2/`);
+  return { url, host, rootdirectory, output: d.output, pid: d.child.pid!, exited: () => d.hasExited(), stop: () => d.kill() };
 }
 
 /**
@@ -184,6 +214,8 @@ export interface CascadeCacheOptions {
   nodeArgs?: string[];
   /** Extra `downstream` options. */
   options?: Record<string, unknown>;
+  /** Run in this network namespace, on its address (scenario 7); on loopback otherwise. */
+  net?: NetPlace;
 }
 
 /** Starts `cascade registry cache.yml`: a cache node (downstream middleware) with storage in `dir/data`. */
@@ -194,11 +226,13 @@ export async function startCascadeCache(fleet: Fleet, o: CascadeCacheOptions): P
     origin: o.origin,
     ...(o.upstreamhosts ? { upstreamhosts: o.upstreamhosts } : {}),
     ...(o.options ? { options: o.options } : {}),
+    ...(o.net ? { config: { http: { addr: `${o.net.ip}:${o.net.port()}` } } } : {}),
   });
   // A profiled process writes its profile on exit: give it longer to stop.
   const proc = await startCascade(o.dir, config, {
     ...(o.env ? { env: o.env } : {}),
     ...(o.nodeArgs?.length ? { nodeArgs: o.nodeArgs, stopGraceMs: 10_000 } : {}),
+    ...(o.net ? { wrapper: inNamespaceForked(o.net.ns) } : {}),
   });
   return fleet.add(cascadeNode(o.name, proc, rootdirectory));
 }
@@ -211,7 +245,7 @@ export function cascadeNode(name: string, proc: CascadeProcess, rootdirectory: s
     kind: 'cascade',
     url: proc.url,
     host: proc.host,
-    pid: proc.child.pid!,
+    pid: proc.pid,
     rootdirectory,
     cascade: proc,
     requests: () =>
@@ -233,6 +267,7 @@ export function cascadeNode(name: string, proc: CascadeProcess, rootdirectory: s
 /**
  * A chain of `hops` cache nodes in front of `origin`: the first fills from the origin, each next one
  * lists the previous cache in `upstreamhosts` (and the origin as `originhost`, DTR's chaining form).
+ * Hop i runs at `places[i]` when given (its namespace and address), on loopback otherwise.
  * Returns the nodes nearest-to-origin first; clients use the last one.
  */
 export async function startChain(
@@ -241,20 +276,63 @@ export async function startChain(
   dir: string,
   origin: string,
   hops: number,
-  env?: Record<string, string>,
+  places?: readonly NetPlace[],
 ): Promise<Peer[]> {
   const out: Peer[] = [];
   for (let i = 0; i < hops; i++) {
     const name = `${kind}-hop${i + 1}`;
     const prev = out[i - 1];
     const home = join(dir, name);
+    const net = places?.[i];
     if (kind === 'cascade') {
-      out.push(await startCascadeCache(fleet, { dir: home, name, origin, ...(prev ? { upstreamhosts: [prev.url] } : {}), ...(env ? { env } : {}) }));
+      out.push(await startCascadeCache(fleet, { dir: home, name, origin, ...(prev ? { upstreamhosts: [prev.url] } : {}), ...(net ? { net } : {}) }));
     } else {
-      out.push(await startDistribution(fleet, { dir: home, name, remoteurl: prev ? prev.url : origin }));
+      out.push(await startDistribution(fleet, { dir: home, name, remoteurl: prev ? prev.url : origin, ...(net ? { net } : {}) }));
     }
   }
   return out;
+}
+
+let clockTicks: number | undefined;
+
+/**
+ * User + system CPU seconds `pid` and its live descendants (nginx's workers) have used so far, from
+ * `/proc/<pid>/stat` (utime and stime, in clock ticks: `getconf CLK_TCK`, normally 100); 0 once it is gone.
+ */
+export function cpuSeconds(pid: number): number {
+  clockTicks ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  let ticks = 0;
+  try {
+    // The command name, in parentheses, may hold spaces: fields are counted after its closing one.
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    ticks = Number(fields[11]) + Number(fields[12]);
+  } catch {
+    return 0;
+  }
+  return ticks / clockTicks + childPids(pid).reduce((sum, child) => sum + cpuSeconds(child), 0);
+}
+
+/** The live children of `pid` (each thread lists those it forked). */
+function childPids(pid: number): number[] {
+  try {
+    return readdirSync(`/proc/${pid}/task`).flatMap((tid) => safeRead(`/proc/${pid}/task/${tid}/children`).split(' ').filter(Boolean).map(Number));
+  } catch {
+    return [];
+  }
+}
+
+/** The CPU seconds each of `pids` uses from construction to {@link CpuMeter.read}. */
+export class CpuMeter {
+  private readonly start: number[];
+
+  constructor(private readonly pids: readonly number[]) {
+    this.start = pids.map(cpuSeconds);
+  }
+
+  /** CPU seconds of each process since construction, in the order of `pids`. */
+  read(): number[] {
+    return this.pids.map((pid, i) => cpuSeconds(pid) - this.start[i]!);
+  }
 }
 
 /** Peak resident memory of a process over a phase: VmHWM reset at the start (clear_refs), VmRSS polled. */

@@ -4,8 +4,10 @@
  * their targets). Every figure is the median over the runs; ratios are computed within each run first.
  */
 import { CURL_ARGS } from './client.js';
+import { tbfArgs } from './netns.js';
 import type { ProfileSummary } from './profile.js';
-import type { BenchConfig, Metrics } from './scenarios.js';
+import { coldPrefix, memoryPasses, primaryMemory, recycleBytes, type BenchConfig, type Metrics } from './scenarios.js';
+import { shapedPrefix } from './shaped.js';
 import { median, MiB } from './util.js';
 import type { Environment, MachineFloors } from './util.js';
 
@@ -32,6 +34,7 @@ interface Check {
   readonly key: string;
   readonly op: '>=' | '<=' | '==';
   readonly target: number;
+  /** `x` (a ratio), `ms`, `MiB`, `CPU-s` or none. */
   readonly unit: string;
   /** Per-run key of the same figure for distribution's proxy (for comparison). */
   readonly distKey?: string;
@@ -45,6 +48,23 @@ interface Check {
 
 const RSS_LIMIT_MIB = 150;
 const RSS_GROWTH_LIMIT_MIB = 16;
+/** CPU seconds the cache processes of a chain may use per GiB of a cold pull, per hop. */
+const CPU_PER_GIB_LIMIT = 1.0;
+
+/** Scenario 7's targets: Cascade's cold pull over `hops` ÷ the direct pull over the same links, per link speed. */
+const SHAPED_TARGETS: ReadonlyArray<{ readonly gbit: number; readonly hops: 1 | 3; readonly target: number }> = [
+  { gbit: 1, hops: 1, target: 1.02 },
+  { gbit: 1, hops: 3, target: 1.05 },
+  { gbit: 10, hops: 1, target: 1.25 },
+  { gbit: 10, hops: 3, target: 2 },
+];
+
+/** A check of a figure of Cascade's chain against the same figure of distribution's chain, charted as is. */
+function chainCheck(id: string, scenario: string, label: string, key: (kind: string) => string, op: Check['op'], target: number, unit: string): Check {
+  return { id, scenario, label, key: key('cascade'), op, target, unit, distKey: key('distribution'), chartKey: key('cascade'), chartTarget: target, chartDistKey: key('distribution') };
+}
+
+const hopsLabel = (hops: number): string => `${hops} hop${hops === 1 ? '' : 's'}`;
 
 const CHECKS: readonly Check[] = [
   { id: 'warm1-dist', scenario: '1', label: 'Warm, 1 stream: Cascade / distribution', key: 's1.single.ratio.distribution', op: '>=', target: 1.2, unit: 'x', chartKey: 's1.single.ratio.distribution', chartTarget: 1.2 },
@@ -55,10 +75,16 @@ const CHECKS: readonly Check[] = [
   { id: 'cold3', scenario: '2', label: 'Cold, 3 hops: time / direct', key: 's2.cascade3.ratio', op: '<=', target: 1.3, unit: 'x', distKey: 's2.distribution3.ratio', chartKey: 's2.cascade3.ratio', chartTarget: 1.3, chartDistKey: 's2.distribution3.ratio' },
   { id: 'ttfb1', scenario: '2', label: 'Cold, 1 hop: TTFB − origin TTFB', key: 's2.cascade1.ttfbExtraMs', op: '<=', target: 10, unit: 'ms', distKey: 's2.distribution1.ttfbExtraMs', chartKey: 's2.cascade1.ttfbNorm', chartTarget: 1, chartDistKey: 's2.distribution1.ttfbNorm', chartLabel: 'Cold, 1 hop: TTFB ÷ (origin TTFB + 10 ms)' },
   { id: 'ttfb3', scenario: '2', label: 'Cold, 3 hops: TTFB − origin TTFB', key: 's2.cascade3.ttfbExtraMs', op: '<=', target: 30, unit: 'ms', distKey: 's2.distribution3.ttfbExtraMs', chartKey: 's2.cascade3.ttfbNorm', chartTarget: 1, chartDistKey: 's2.distribution3.ttfbNorm', chartLabel: 'Cold, 3 hops: TTFB ÷ (origin TTFB + 30 ms)' },
+  ...([1, 3] as const).map((hops) =>
+    chainCheck(`cpu${hops}`, '2', `Cold, ${hopsLabel(hops)}: cache CPU per cold GiB per hop`, (kind) => `s2.${kind}${hops}.cpuPerGiBPerHop`, '<=', CPU_PER_GIB_LIMIT, 'CPU-s'),
+  ),
   { id: 'gets1', scenario: '3', label: 'Burst, 1 hop: upstream GETs per hop (max)', key: 's3.cascade1.maxGetsPerHop', op: '==', target: 1, unit: '', distKey: 's3.distribution1.maxGetsPerHop', chartKey: 's3.cascade1.maxGetsPerHop', chartTarget: 1, chartDistKey: 's3.distribution1.maxGetsPerHop' },
   { id: 'gets3', scenario: '3', label: 'Burst, 3 hops: upstream GETs per hop (max)', key: 's3.cascade3.maxGetsPerHop', op: '==', target: 1, unit: '', distKey: 's3.distribution3.maxGetsPerHop', chartKey: 's3.cascade3.maxGetsPerHop', chartTarget: 1, chartDistKey: 's3.distribution3.maxGetsPerHop' },
   { id: 'rss', scenario: '5', label: 'Peak RSS, scenario 1, N streams', key: 's5.conc.cascade.MiB', op: '<=', target: RSS_LIMIT_MIB, unit: 'MiB', distKey: 's5.conc.distribution.MiB', chartKey: 's5.conc.cascade.norm', chartTarget: 1, chartDistKey: 's5.conc.distribution.norm', chartLabel: `Peak RSS, N warm streams ÷ ${RSS_LIMIT_MIB} MiB` },
   { id: 'rss-growth', scenario: '5', label: 'Peak RSS growth, big blob vs small blob', key: 's5.growth.cascade.MiB', op: '<=', target: RSS_GROWTH_LIMIT_MIB, unit: 'MiB', distKey: 's5.growth.distribution.MiB', chartKey: 's5.growth.cascade.norm', chartTarget: 1, chartDistKey: 's5.growth.distribution.norm', chartLabel: `Peak RSS, big blob ÷ (small blob + ${RSS_GROWTH_LIMIT_MIB} MiB)` },
+  ...SHAPED_TARGETS.map((t) =>
+    chainCheck(`shaped${t.hops}-${t.gbit}g`, '7', `Shaped ${t.gbit} Gbit/s, cold, ${hopsLabel(t.hops)}: time / direct`, (kind) => `${shapedPrefix(t.gbit)}${kind}${t.hops}.ratio`, '<=', t.target, 'x'),
+  ),
 ];
 
 /** Adds the chart's normalised figures to each run. */
@@ -183,6 +209,171 @@ export function renderSvg(results: Results): string {
 // -------------------------------------------------------------------------------------------------------
 // Markdown
 
+/** The chains of scenarios 2, 3 and 7, in table order. */
+const PATHS = [
+  { key: 'cascade1', label: 'Cascade, 1 hop', hops: 1 },
+  { key: 'cascade3', label: 'Cascade, 3 hops', hops: 3 },
+  { key: 'distribution1', label: 'distribution, 1 hop', hops: 1 },
+  { key: 'distribution3', label: 'distribution, 3 hops', hops: 3 },
+] as const;
+
+/** A column of a table with a row for the origin directly and one per chain. */
+interface Column {
+  readonly head: string;
+  /** A chain's cell, from its key prefix (`s2.cascade1`). */
+  readonly cell: (k: string) => string;
+  /** The direct pull's cell, from the table's key prefix (`s2.`). */
+  readonly direct: (p: string) => string;
+}
+
+/** The columns scenarios 2 and 7 share: times against the direct pull, what the pull cost, upstream GETs. */
+function pullColumns(agg: Agg, bytes: number, cold: boolean): Record<'total' | 'speed' | 'ratio' | 'ttfbExtra' | 'cpu' | 'originCpu' | 'gets', Column> {
+  const none = () => '–';
+  return {
+    total: { head: cold ? 'cold, ms' : 'total ms', cell: (k) => agg.show(`${k}.totalMs`), direct: (p) => agg.show(`${p}directMs`) },
+    speed: { head: cold ? 'cold, MB/s' : 'MB/s', cell: (k) => agg.show(`${k}.MBps`), direct: (p) => fmt(bytes / 1e3 / (agg.med(`${p}directMs`) ?? NaN)) },
+    ratio: { head: cold ? 'cold ÷ direct' : '÷ direct', cell: (k) => agg.show(`${k}.ratio`, 2), direct: () => '1' },
+    ttfbExtra: { head: 'TTFB − direct, ms', cell: (k) => agg.show(`${k}.ttfbExtraMs`, 1), direct: () => '0' },
+    cpu: { head: 'cache CPU-s per GiB per hop', cell: (k) => agg.show(`${k}.cpuPerGiBPerHop`, 2), direct: none },
+    originCpu: { head: 'origin CPU-s per GiB', cell: (k) => agg.show(`${k}.originCpuPerGiB`, 2), direct: (p) => agg.show(`${p}direct.originCpuPerGiB`, 2) },
+    gets: { head: 'upstream GETs per hop (max)', cell: (k) => agg.show(`${k}.maxGetsPerHop`), direct: none },
+  };
+}
+
+/** A table with the origin directly and each chain of {@link PATHS}, figures under `p`. */
+function pathTable(L: string[], p: string, columns: readonly Column[]): void {
+  L.push(`| path | ${columns.map((c) => c.head).join(' | ')} |`);
+  L.push(`|---|${columns.map(() => '---|').join('')}`);
+  L.push(`| origin directly | ${columns.map((c) => c.direct(p)).join(' | ')} |`);
+  for (const path of PATHS) L.push(`| ${path.label} | ${columns.map((c) => c.cell(`${p}${path.key}`)).join(' | ')} |`);
+  L.push('');
+}
+
+/** How the cold pulls of these results got their memory, for the header. */
+function memoryWords(cfg: BenchConfig): string {
+  switch (cfg.memory) {
+    case undefined:
+      return 'whatever memory the kernel handed out (fresh memory:\nthese results predate `--memory`)';
+    case 'fresh':
+      return 'fresh memory (`--memory fresh`:\nno file is written and deleted before them; section 2)';
+    default:
+      return `**recycled memory** (a file is written and deleted right before each one;\n${cfg.memory === 'both' ? 'scenario 2 is measured on fresh memory too; ' : ''}section 2)`;
+  }
+}
+
+/** Scenario 2: a table per memory pass (the targets' first), the machine's floors, Cascade's fills from its logs. */
+function coldSection(L: string[], agg: Agg, results: Results): void {
+  const cfg = results.config;
+  const bytes = cfg.bigMiB * MiB;
+  const primary = primaryMemory(cfg.memory);
+  const passes = [primary, ...(cfg.memory ? memoryPasses(cfg.memory) : []).filter((pass) => pass !== primary)];
+  const c = pullColumns(agg, bytes, false);
+  const first: Column = { head: 'first request after start: TTFB − direct, ms', cell: (k) => agg.show(`${k}.firstTtfbExtraMs`, 1), direct: () => '–' };
+  const ttfb: Column = { head: 'TTFB ms', cell: (k) => agg.show(`${k}.ttfbMs`, 1), direct: (p) => agg.show(`${p}directTtfbMs`, 1) };
+  L.push(`## 2. Cold blob, ${cfg.bigMiB} MiB`);
+  L.push('');
+  L.push('Every chain starts with empty storage. The origin is measured directly right before each cold pull (the');
+  L.push('ratio pairs the two). TTFB: time to the first byte of the response (curl `time_starttransfer`). Before its');
+  L.push('cold pull, each chain passes on one unrelated 1 MiB blob, so that the figures are those of running nodes;');
+  L.push("the last column is that first request's TTFB over the origin's (start-up work: connections, code compiled on");
+  L.push('first use), for information. CPU: user + system time of each process from `/proc/<pid>/stat` (clock ticks),');
+  L.push("from right before the cold pull until every hop has stored the blob (a cache's sync, or distribution's");
+  L.push('second fetch, comes after the last byte); the caches\' sum ÷ hops ÷ GiB pulled, and the origin\'s ÷ GiB.');
+  L.push('');
+  L.push('**Memory.** On this virtual machine (Firecracker) a page the guest has not touched lately costs the host a');
+  L.push('first touch: a new file goes into the page cache at ~0.45 GB/s there, and at ~6.5 GB/s on pages just freed.');
+  L.push('*Recycled memory* writes and deletes a file (on tmpfs) right before each cold pull, half again as large as what the pull');
+  const sizes = cfg.recycleMiB ? `: here ${fmt(recycleBytes(cfg, 1, bytes) / MiB)} MiB before 1 hop, ${fmt(recycleBytes(cfg, 3, bytes) / MiB)} MiB before 3` : '';
+  L.push(`writes (a copy per hop) and at most ${fmt((cfg.recycleMiB ?? 2048) / 1024)} GiB${sizes}, so that the pull's files get pages`);
+  L.push('touched before, as on a long-running host whose page cache is full. *Fresh memory* writes nothing first (the');
+  L.push('benchmark before `--memory`). The targets are checked on the first table.');
+  L.push('');
+  for (const pass of passes) {
+    const p = coldPrefix(cfg.memory, pass);
+    L.push(`### ${pass === 'recycled' ? 'Recycled' : 'Fresh'} memory${p === 's2.' ? '' : ' (beside: no target)'}`);
+    L.push('');
+    pathTable(L, p, [c.total, c.speed, c.ratio, ttfb, c.ttfbExtra, c.cpu, c.originCpu, c.gets, first]);
+    const recycled = PATHS.flatMap((path) => agg.values(`${p}${path.key}.recycleMBps`));
+    if (recycled.length) {
+      L.push(`The file written before each pull went at ${fmt(median(recycled))} MB/s (median; ${fmt(Math.min(...recycled))}–${fmt(Math.max(...recycled))}): low means it took fresh memory`);
+      L.push('itself, which the pull then found freed.');
+      L.push('');
+    }
+  }
+  L.push(`Targets: one hop ≤ 1.15× direct, three hops ≤ 1.3×; TTFB ≤ origin + 10 ms per hop; cache CPU ≤ ${CPU_PER_GIB_LIMIT.toFixed(1)} CPU-s per`);
+  L.push('GiB per hop.');
+  L.push('');
+  floors(L, results, agg.med('s2.directMs'));
+  L.push("From Cascade's own logs (`upstream request` duration: until the upstream's headers; `fill complete` duration: from");
+  L.push('those headers to the blob committed, fsync included), per hop, the hop nearest the origin first:');
+  L.push('');
+  L.push('| path | upstream headers, ms | fill, ms |');
+  L.push('|---|---|---|');
+  for (const pass of passes) {
+    const p = coldPrefix(cfg.memory, pass);
+    for (const path of PATHS.filter((x) => x.key.startsWith('cascade'))) {
+      const per = (what: string) => Array.from({ length: path.hops }, (_, i) => fmt(agg.med(`${p}${path.key}.hop${i + 1}.${what}`))).join(', ');
+      L.push(`| ${path.label}${passes.length > 1 ? `, ${pass} memory` : ''} | ${per('upstreamHeadersMs')} | ${per('fillMs')} |`);
+    }
+  }
+  L.push('');
+}
+
+/** What this machine allows a verifying, storing cache (measured at the end of the invocation). */
+function floors(L: string[], results: Results, direct: number | undefined): void {
+  const { floors: fl, config: cfg } = results;
+  if (!fl || direct === undefined) return;
+  const bytes = cfg.bigMiB * MiB;
+  const hashMs = bytes / 1e3 / fl.sha256MBps;
+  const freshMs = bytes / 1e3 / fl.freshWriteMBps;
+  L.push('What this machine allows a cache that checks every byte against its digest before the last one leaves, and');
+  L.push('keeps a copy (measured at the end of this invocation, `machineFloors` in test/bench/util.ts):');
+  L.push('');
+  L.push(`- SHA-256 runs at ${fmt(fl.sha256MBps)} MB/s on one core. A digest is sequential, so checking the ${cfg.bigMiB} MiB blob`);
+  L.push(`  takes at least ${fmt(hashMs)} ms at each hop: ${fmt(hashMs / direct, 2)}× the direct pull (${fmt(direct)} ms) for one hop, before any other`);
+  L.push('  work. distribution\'s proxy streams its client a second, unchecked upstream GET, which is how it can come close to');
+  L.push('  the direct time.');
+  L.push(`- A new ${cfg.bigMiB} MiB file goes into the page cache at ${fmt(fl.freshWriteMBps)} MB/s on memory the kernel had not used`);
+  L.push(`  lately (${fmt(freshMs)} ms), and at ${fmt(fl.recycledWriteMBps)} MB/s right after a file of that size was deleted. Cascade`);
+  L.push('  sends a cold blob from the file it is filling, so where the first figure is low (a virtual machine whose host');
+  L.push('  backs guest pages on first use) it bounds the cold pull too. See performance.md.');
+  L.push('');
+}
+
+/** Scenario 7: a table per link speed. */
+function shapedSection(L: string[], agg: Agg, cfg: BenchConfig): void {
+  const gbits = (cfg.shapedGbits ?? []).filter((g) => agg.values(`${shapedPrefix(g)}directMs`).length > 0);
+  L.push(`## 7. Shaped links${gbits.length ? `: ${cfg.shapedMiB} MiB over ${gbits.join(' and ')} Gbit/s` : ''}`);
+  L.push('');
+  L.push('The client, each cache hop and the origin run in network namespaces of their own, each joined to one bridge by a');
+  L.push('veth pair whose two ends are limited with `tc tbf` (both directions of every link, like a switch port; this kernel');
+  L.push('has no netem): chains client → c1 → origin and client → c3 → c2 → c1 → origin, started empty at each speed, and');
+  L.push('the direct pull (client → origin) over the same links right before each cold pull. Then the same blob again');
+  L.push(`through the chain (warm). Cold pulls on ${primaryMemory(cfg.memory)} memory. tbf's bucket holds 1 ms at the rate and at least 128 KiB (a veth`);
+  L.push('hands it GSO packets of up to 64 KiB), its queue 4 buckets. A link carries at most ~95.6 % of its rate as TCP');
+  L.push('payload (1448 bytes per 1514-byte frame).');
+  L.push('');
+  if (!gbits.length) {
+    L.push('Not measured in this invocation (see the notes).');
+    L.push('');
+    return;
+  }
+  const c = pullColumns(agg, cfg.shapedMiB * MiB, true);
+  const warm: Column[] = [
+    { head: 'warm, ms', cell: (k) => agg.show(`${k}.warm.totalMs`), direct: () => '–' },
+    { head: 'warm ÷ direct', cell: (k) => agg.show(`${k}.warm.ratio`, 2), direct: () => '–' },
+  ];
+  for (const gbit of gbits) {
+    const p = shapedPrefix(gbit);
+    L.push(`### ${gbit} Gbit/s (${fmt(gbit * 125)} MB/s): the direct pull's body came at ${agg.show(`${p}direct.bodyMBps`)} MB/s`);
+    L.push('');
+    pathTable(L, p, [c.total, c.speed, c.ratio, ...warm, c.ttfbExtra, c.cpu, c.originCpu, c.gets]);
+  }
+  const targets = SHAPED_TARGETS.map((t) => `${hopsLabel(t.hops)} at ${t.gbit} Gbit/s ≤ ${t.target}×`).join(', ');
+  L.push(`Targets (Cascade's cold pull ÷ the direct pull): ${targets}.`);
+  L.push('');
+}
+
 export function renderMarkdown(results: Results, svgName: string | undefined): string {
   const { config: cfg, env } = results;
   const agg = new Agg(results.runs);
@@ -192,8 +383,10 @@ export function renderMarkdown(results: Results, svgName: string | undefined): s
   const N = cfg.streams;
   L.push('# Benchmarks');
   L.push('');
-  L.push(`Cascade's cache node against distribution ${'2.8.2'}'s pull-through proxy (\`proxy.remoteurl\`) and nginx (sendfile), all`);
-  L.push('on loopback on one machine, against the same origin (distribution as a plain registry). Generated by');
+  L.push(`Cascade's cache node against distribution ${'2.8.2'}'s pull-through proxy (\`proxy.remoteurl\`) and nginx (sendfile), on`);
+  L.push('one machine, against the same origin (distribution as a plain registry): scenarios 1–6 on loopback, scenario 7 over');
+  L.push('links shaped with `tc` between network namespaces.');
+  L.push(`Cold pulls use ${memoryWords(cfg)}. Generated by`);
   L.push(`\`${['node', 'test/dist/bench/run.js', ...results.argv].join(' ')}\` on ${env.date.slice(0, 10)} (${results.runs.length} run${results.runs.length === 1 ? '' : 's'},`);
   L.push(`${cfg.mode} sizes); each figure is the **median of the runs**, with the runs in small print, and every ratio is taken`);
   L.push(`within a run before the median. Wall time of the whole invocation: ${fmt(results.wallSeconds)} s.`);
@@ -208,7 +401,7 @@ export function renderMarkdown(results: Results, svgName: string | undefined): s
   for (const v of verdicts(results)) {
     const c = v.check;
     const unit = c.unit === 'x' ? '×' : c.unit ? ` ${c.unit}` : '';
-    const digits = c.unit === 'x' ? 2 : c.unit === 'ms' ? 1 : 0;
+    const digits = c.unit === 'x' || c.unit === 'CPU-s' ? 2 : c.unit === 'ms' ? 1 : 0;
     L.push(`| ${c.scenario} | ${c.label} | ${agg.show(c.key, digits, unit)} | ${c.op === '==' ? '=' : c.op === '>=' ? '≥' : '≤'} ${c.target}${unit} | **${v.pass ? 'PASS' : 'FAIL'}** | ${c.distKey ? `${fmt(agg.med(c.distKey), digits)}${unit}` : '–'} |`);
   }
   L.push('');
@@ -237,57 +430,13 @@ export function renderMarkdown(results: Results, svgName: string | undefined): s
   L.push(`| 1 stream, MB/s | ${s('s1.single.nginx.MBps')} | ${s('s1.single.cascade.MBps')} | ${s('s1.single.distribution.MBps')} | ${s('s1.single.ratio.distribution', 2)} | ${s('s1.single.ratio.nginx', 2)} |`);
   L.push(`| ${N} streams, MB/s | ${s('s1.conc.nginx.MBps')} | ${s('s1.conc.cascade.MBps')} | ${s('s1.conc.distribution.MBps')} | ${s('s1.conc.ratio.distribution', 2)} | ${s('s1.conc.ratio.nginx', 2)} |`);
   L.push(`| ${N} streams of the ${cfg.concMiB} MiB blob, MB/s | – | ${s('s1.concSmall.cascade.MBps')} | ${s('s1.concSmall.distribution.MBps')} | | |`);
+  L.push(`| 1 stream, server CPU-s per GiB | ${s('s1.single.nginx.cpuPerGiB', 2)} | ${s('s1.single.cascade.cpuPerGiB', 2)} | ${s('s1.single.distribution.cpuPerGiB', 2)} | | |`);
   L.push('');
-  L.push(`Targets: ≥ 1.2× distribution and ≥ 0.9× nginx, for 1 and ${N} streams.`);
-  L.push('');
-
-  L.push(`## 2. Cold blob, ${cfg.bigMiB} MiB`);
-  L.push('');
-  L.push('Every chain starts with empty storage. The origin is measured directly right before each cold pull (the');
-  L.push('ratio pairs the two). TTFB: time to the first byte of the response (curl `time_starttransfer`). Before its');
-  L.push('cold pull, each chain passes on one unrelated 1 MiB blob, so that the figures are those of running nodes;');
-  L.push("the last column is that first request's TTFB over the origin's (start-up work: connections, code compiled on");
-  L.push('first use), for information.');
-  L.push('');
-  L.push('| path | total ms | MB/s | ÷ direct | TTFB ms | TTFB − direct, ms | upstream GETs per hop (max) | first request after start: TTFB − direct, ms |');
-  L.push('|---|---|---|---|---|---|---|---|');
-  L.push(`| origin directly | ${s('s2.directMs')} | ${fmt((cfg.bigMiB * MiB) / 1e3 / (agg.med('s2.directMs') ?? NaN))} | 1 | ${s('s2.directTtfbMs', 1)} | 0 | – | – |`);
-  for (const [key, label] of [['cascade1', 'Cascade, 1 hop'], ['cascade3', 'Cascade, 3 hops'], ['distribution1', 'distribution, 1 hop'], ['distribution3', 'distribution, 3 hops']]) {
-    L.push(`| ${label} | ${s(`s2.${key}.totalMs`)} | ${s(`s2.${key}.MBps`)} | ${s(`s2.${key}.ratio`, 2)} | ${s(`s2.${key}.ttfbMs`, 1)} | ${s(`s2.${key}.ttfbExtraMs`, 1)} | ${s(`s2.${key}.maxGetsPerHop`)} | ${s(`s2.${key}.firstTtfbExtraMs`, 1)} |`);
-  }
-  L.push('');
-  L.push('Targets: one hop ≤ 1.15× direct, three hops ≤ 1.3×; TTFB ≤ origin + 10 ms per hop.');
-  L.push('');
-  const fl = results.floors;
-  const direct = agg.med('s2.directMs');
-  if (fl && direct !== undefined) {
-    const bytes = cfg.bigMiB * MiB;
-    const hashMs = bytes / 1e3 / fl.sha256MBps;
-    const freshMs = bytes / 1e3 / fl.freshWriteMBps;
-    L.push('What this machine allows a cache that checks every byte against its digest before the last one leaves, and');
-    L.push('keeps a copy (measured at the end of this invocation, `machineFloors` in test/bench/util.ts):');
-    L.push('');
-    L.push(`- SHA-256 runs at ${fmt(fl.sha256MBps)} MB/s on one core. A digest is sequential, so checking the ${cfg.bigMiB} MiB blob`);
-    L.push(`  takes at least ${fmt(hashMs)} ms at each hop: ${fmt(hashMs / direct, 2)}× the direct pull (${fmt(direct)} ms) for one hop, before any other`);
-    L.push('  work. distribution\'s proxy streams its client a second, unchecked upstream GET, which is how it can come close to');
-    L.push('  the direct time.');
-    L.push(`- A new ${cfg.bigMiB} MiB file goes into the page cache at ${fmt(fl.freshWriteMBps)} MB/s on memory the kernel had not used`);
-    L.push(`  lately (${fmt(freshMs)} ms), and at ${fmt(fl.recycledWriteMBps)} MB/s right after a file of that size was deleted. Cascade`);
-    L.push('  sends a cold blob from the file it is filling, so where the first figure is low (a virtual machine whose host');
-    L.push('  backs guest pages on first use) it bounds the cold pull too. See performance.md.');
-    L.push('');
-  }
-  L.push("From Cascade's own logs (`upstream request` duration: until the upstream's headers; `fill complete` duration: from");
-  L.push('those headers to the blob committed, fsync included), per hop, the hop nearest the origin first:');
-  L.push('');
-  L.push('| path | upstream headers, ms | fill, ms |');
-  L.push('|---|---|---|');
-  for (const [key, label, hops] of [['cascade1', 'Cascade, 1 hop', 1], ['cascade3', 'Cascade, 3 hops', 3]] as const) {
-    const per = (what: string) => Array.from({ length: hops }, (_, i) => fmt(agg.med(`s2.${key}.hop${i + 1}.${what}`))).join(', ');
-    L.push(`| ${label} | ${per('upstreamHeadersMs')} | ${per('fillMs')} |`);
-  }
+  L.push(`Targets: ≥ 1.2× distribution and ≥ 0.9× nginx, for 1 and ${N} streams. CPU: user + system time of the server`);
+  L.push("process (nginx's workers included) from `/proc/<pid>/stat` around its single-stream transfers, per GiB sent.");
   L.push('');
 
+  coldSection(L, agg, results);
   L.push(`## 3. ${cfg.concCount} simultaneous cold requests for one ${cfg.concMiB} MiB blob`);
   L.push('');
   L.push(`No cache of the chain has this blob. One curl process opens ${cfg.concCount} connections at once (\`--parallel`);
@@ -297,7 +446,7 @@ export function renderMarkdown(results: Results, svgName: string | undefined): s
   L.push('| path | p50 ms | p99 ms | all done, ms | upstream GETs per hop (origin first) | upstream HEADs |');
   L.push('|---|---|---|---|---|---|');
   L.push(`| origin directly | ${s('s3.direct.p50Ms')} | ${s('s3.direct.p99Ms')} | ${s('s3.direct.wallMs')} | – | – |`);
-  for (const [key, label, hops] of [['cascade1', 'Cascade, 1 hop', 1], ['cascade3', 'Cascade, 3 hops', 3], ['distribution1', 'distribution, 1 hop', 1], ['distribution3', 'distribution, 3 hops', 3]] as const) {
+  for (const { key, label, hops } of PATHS) {
     const gets = Array.from({ length: hops }, (_, i) => fmt(agg.med(`s3.${key}.hop${i + 1}.gets`))).join(', ');
     L.push(`| ${label} | ${s(`s3.${key}.p50Ms`)} | ${s(`s3.${key}.p99Ms`)} | ${s(`s3.${key}.wallMs`)} | ${gets} | ${fmt(agg.med(`s3.${key}.upstreamHeads`))} |`);
   }
@@ -349,6 +498,8 @@ export function renderMarkdown(results: Results, svgName: string | undefined): s
   L.push(`| blob GET (server: 307 redirect) | ${s('s6.blob.origin.p50Ms', 2)} / ${s('s6.blob.origin.p99Ms', 2)} | ${s('s6.blob.server.p50Ms', 2)} / ${s('s6.blob.server.p99Ms', 2)} | ${s('s6.blob.extraP50Ms', 2)} |`);
   L.push('');
 
+  shapedSection(L, agg, cfg);
+
   if (results.profile?.length) {
     L.push('## Profile of the cache node');
     L.push('');
@@ -397,11 +548,15 @@ export function renderMarkdown(results: Results, svgName: string | undefined): s
   L.push('npm run bench -- --runs 5 --only 1,2   # more runs, some scenarios; --no-profile skips the profile');
   L.push('node test/dist/bench/run.js --only profile --merge   # re-profile only, merged into docs/benchmarks.json');
   L.push('node test/dist/bench/run.js --render                 # re-render this file and the chart from benchmarks.json');
+  L.push('npm run bench -- --memory recycled   # cold pulls on recycled memory only (fresh: only on fresh; both: the default)');
+  L.push('node test/dist/bench/run.js --only 2 --runs 1 --no-profile --big-mib 128 --out /tmp/b   # cold pulls (times, CPU), quick');
+  L.push('node test/dist/bench/run.js --only 7 --runs 1 --no-profile --shaped-mib 64 --out /tmp/b  # shaped links only (root)');
+  L.push('node test/dist/bench/run.js --only 7 --shaped-gbit 1,2.5,10   # other link speeds (targets exist for 1 and 10)');
   L.push('npm run bench:smoke    # small sizes, 1 run, results in a temp folder; fails on correctness problems only');
-  L.push('node test/dist/bench/cpu.js --runs 3   # CPU seconds per process of one cold pull, direct and through a cache');
   L.push('```');
   L.push('');
-  L.push('What the runner starts, each on 127.0.0.1 and a free port, each with its own temporary folder:');
+  L.push('What the runner starts, each on 127.0.0.1 and a free port (scenario 7: in its namespace, on its address), each with');
+  L.push('its own temporary folder:');
   L.push('');
   L.push('```sh');
   L.push('docker-registry serve origin/config.yml     # the origin: filesystem storage, JSON logs, access log on');
@@ -413,6 +568,13 @@ export function renderMarkdown(results: Results, svgName: string | undefined): s
   L.push(`curl ${CURL_ARGS.map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')} --max-time 600 -w '%{http_code} %{size_download} %{time_starttransfer} %{time_total} %{exitcode}' -o /dev/null <url>`);
   L.push(`curl <same> --parallel --parallel-immediate --parallel-max ${cfg.concCount} -o /dev/null <url> ... (${cfg.concCount}×)   # scenario 3`);
   L.push('skopeo --insecure-policy copy --src-tls-verify=false --dest-tls-verify=false docker://<host>/bench/image:v1 oci:<dir>:v1');
+  L.push('# scenario 7: a namespace per node (client, hop1, hop2, hop3, origin), a veth pair from each to one bridge');
+  L.push('ip link add cbn<pid>br type bridge; ip addr add 10.213.<k>.254/24 dev cbn<pid>br   # the runner reaches the nodes');
+  L.push('ip netns add cbn<pid>-hop1; ip link add cbn<pid>v2 type veth peer name cbn<pid>p2 netns cbn<pid>-hop1');
+  L.push('ip link set cbn<pid>v2 master cbn<pid>br up; ip -n cbn<pid>-hop1 addr add 10.213.<k>.2/24 dev cbn<pid>p2');
+  for (const mbit of [1000, 10_000]) L.push(`tc qdisc replace dev <veth, each end> root ${tbfArgs(mbit).join(' ')}`);
+  L.push('ip netns exec cbn<pid>-hop1 docker-registry serve proxy.yml   # http.addr: 10.213.<k>.2:<port>; Cascade likewise');
+  L.push('ip netns exec cbn<pid>-client curl <same as above> http://10.213.<k>.4:<port>/v2/bench/blob/blobs/<digest>   # c3');
   L.push('```');
   L.push('');
   L.push('## Notes');
@@ -436,7 +598,9 @@ export function renderMarkdown(results: Results, svgName: string | undefined): s
   L.push('`npm run bench`. It installs distribution, nginx and skopeo (`scripts/install-peers.sh`) and curl if missing, builds,');
   L.push('runs every scenario 3 times, profiles the cache node, and rewrites this file, `docs/benchmarks.svg` and');
   L.push('`docs/benchmarks.json` (every run\'s raw figures). The smoke run (`npm run bench:smoke`, also run by');
-  L.push('`test/e2e/bench-smoke.test.ts` in `npm test`) uses small sizes and fails only on correctness problems.');
+  L.push('`test/e2e/bench-smoke.test.ts` in `npm test`) uses small sizes and fails only on correctness problems. Scenario 7');
+  L.push('needs root, `ip` and `tc` (iproute2) and a kernel that lets it create network namespaces; where it cannot, it is');
+  L.push('skipped with a note (smoke runs included), not failed.');
   L.push('');
   return L.join('\n');
 }

@@ -1,14 +1,24 @@
 /**
- * The benchmark runner: Cascade's cache node against distribution's proxy mode and nginx, on loopback.
+ * The benchmark runner: Cascade's cache node against distribution's proxy mode and nginx, on loopback and
+ * (scenario 7) over shaped links between network namespaces.
  *
- *   node test/dist/bench/run.js [--smoke] [--runs N] [--only 1,2,3,4,6,profile] [--no-profile]
+ *   node test/dist/bench/run.js [--smoke] [--runs N] [--only 1,2,3,4,6,7,profile] [--no-profile]
+ *                               [--memory fresh|recycled|both] [--big-mib N] [--shaped-mib N] [--shaped-gbit 1,10]
  *                               [--out DIR] [--work DIR] [--client curl|node] [--keep] [--merge] [--render]
+ *
+ * `--memory`: the memory of scenario 2's cold pulls. `recycled` writes and deletes a file (up to 2 GiB, on
+ * tmpfs) right before each one, so the page cache gets pages the machine touched before, as on a
+ * long-running host; `fresh` does not (on a virtual machine that backs guest pages on first use, new files
+ * are then slow to write); `both` (the full run's default) measures both, on separate chains. Scenario 7 (shaped links: every node
+ * in its own network namespace, links limited with tc tbf; needs root) uses recycled memory, or fresh with
+ * `--memory fresh`. `--big-mib` and `--shaped-mib` change the blob of scenarios 1-2 and 7 (512 and 256 MiB).
  *
  * `--only profile --merge` profiles the cache node only and adds the profile to the results already in
  * the output folder (benchmarks.json), re-rendering the report; `--render` only re-renders it.
  *
  * Full mode (default, `npm run bench`): 512 MiB blobs, 32 streams, 100 simultaneous requests, a 300-layer
- * image, 3 runs, a CPU profile of the cache node; writes docs/benchmarks.md, .svg and .json.
+ * image, shaped links at 1 and 10 Gbit/s, 3 runs, a CPU profile of the cache node; writes
+ * docs/benchmarks.md, .svg and .json.
  * Smoke mode (`npm run bench:smoke`, and test/e2e/bench-smoke.test.ts): small sizes, 1 run, every body
  * hashed, results in a temporary folder. Exit code 1 when a correctness problem was found (wrong bytes, a
  * cut transfer, more than one upstream GET per hop for Cascade, a crash), never for speed.
@@ -20,10 +30,12 @@ import { join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ROOT } from '../lib/cascade.js';
 import { closeClient, haveCurl, type ClientKind } from './client.js';
+import { closeTopologies } from './netns.js';
 import { profileCascade, type ProfileSummary } from './profile.js';
 import { Fleet } from './procs.js';
 import { renderMarkdown, renderSvg, verdicts, type Results } from './report.js';
-import { endRun, FULL, SCENARIOS, setup, SMOKE, startServerEarly, stopServer, type BenchConfig, type Context, type Metrics } from './scenarios.js';
+import { endRun, FULL, SCENARIOS, setup, SMOKE, startServerEarly, stopServer, type BenchConfig, type Context, type MemoryMode, type Metrics } from './scenarios.js';
+import { SHAPED } from './shaped.js';
 import { environment, machineFloors, MiB, type MachineFloors } from './util.js';
 
 const { values } = parseArgs({
@@ -38,6 +50,10 @@ const { values } = parseArgs({
     merge: { type: 'boolean', default: false },
     render: { type: 'boolean', default: false },
     work: { type: 'string' },
+    memory: { type: 'string' },
+    'big-mib': { type: 'string' },
+    'shaped-mib': { type: 'string' },
+    'shaped-gbit': { type: 'string' },
   },
   strict: true,
 });
@@ -81,19 +97,38 @@ for (const cmd of ['docker-registry', 'nginx', 'skopeo']) {
 
 const smoke = values.smoke ?? false;
 const only = values.only ? values.only.split(',').map((s) => s.trim()) : undefined;
-const scenarios = new Set(only ? only.filter((s) => /^\d$/.test(s)).map(Number) : [1, 2, 3, 4, 5, 6]);
+const scenarios = new Set(only ? only.filter((s) => /^\d$/.test(s)).map(Number) : [1, 2, 3, 4, 5, 6, 7]);
 const wantProfile = !smoke && !values['no-profile'] && (!only || only.includes('profile'));
 const client: ClientKind = values.client === 'node' ? 'node' : values.client === 'curl' ? 'curl' : ensureCurl(smoke);
+
+/** Exits with a usage error unless `ok`. */
+function usage(ok: boolean, message: string): void {
+  if (ok) return;
+  console.error(`bench: ${message}`);
+  process.exit(2);
+}
+
+/** A positive integer given as `--<name>`, or `fallback`. */
+function positive(name: 'runs' | 'big-mib' | 'shaped-mib', fallback: number): number {
+  const n = Number(values[name] ?? fallback);
+  usage(Number.isInteger(n) && n > 0, `--${name} must be a positive integer`);
+  return n;
+}
+
+const sizes = smoke ? SMOKE : FULL;
+usage(values.memory === undefined || ['fresh', 'recycled', 'both'].includes(values.memory), '--memory must be fresh, recycled or both');
+const gbits = values['shaped-gbit']?.split(',').map(Number) ?? sizes.shapedGbits;
+usage(gbits.length > 0 && gbits.every((g) => g > 0), '--shaped-gbit must list positive link speeds in Gbit/s, e.g. 1,10');
 const cfg: BenchConfig = {
-  ...(smoke ? SMOKE : FULL),
-  runs: Number(values.runs ?? (smoke ? 1 : 3)),
+  ...sizes,
+  runs: positive('runs', smoke ? 1 : 3),
+  bigMiB: positive('big-mib', sizes.bigMiB),
+  shapedMiB: positive('shaped-mib', sizes.shapedMiB),
+  shapedGbits: gbits,
+  memory: (values.memory as MemoryMode | undefined) ?? sizes.memory,
   client,
   scenarios,
 };
-if (!Number.isInteger(cfg.runs) || cfg.runs < 1) {
-  console.error('bench: --runs must be a positive integer');
-  process.exit(2);
-}
 
 const outDir = resolve(values.out ?? (smoke ? await mkdtemp(join(tmpdir(), 'cascade-bench-smoke-')) : join(ROOT, 'docs')));
 if (values.work) await mkdir(values.work, { recursive: true });
@@ -107,6 +142,8 @@ async function cleanup(): Promise<void> {
   if (ctx) await endRun(ctx).catch(() => undefined);
   if (ctx) await stopServer(ctx).catch(() => undefined);
   await fleet.stopAll().catch(() => undefined);
+  // Scenario 7's namespaces, veths and bridge, with whatever still runs in them (after a failure or SIGINT).
+  await closeTopologies().catch(() => undefined);
   if (!values.keep) await rm(work, { recursive: true, force: true });
 }
 
@@ -128,7 +165,7 @@ try {
   startServerEarly(ctx);
   for (let r = 1; r <= (scenarios.size ? cfg.runs : 0); r++) {
     const m: Metrics = {};
-    for (const s of SCENARIOS) {
+    for (const s of [...SCENARIOS, SHAPED]) {
       if (!scenarios.has(s.id)) continue;
       log(`run ${r}/${cfg.runs}: scenario ${s.id}, ${s.name}`);
       try {

@@ -3,7 +3,8 @@
  * folder), measures Cascade and distribution's proxy mode against the same origin (distribution 2.8.2,
  * a plain registry), records its figures as flat keys in the run's metrics (`s1.single.cascade.MBps`...)
  * and every correctness problem (a wrong status, size or digest, a cut transfer, more than one upstream
- * GET per hop for Cascade, a crash) in `ctx.problems`.
+ * GET per hop for Cascade, a crash) in `ctx.problems`. Scenario 7 (shaped links) is in shaped.ts and
+ * measures with {@link coldPull}, as scenario 2 does.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
@@ -17,8 +18,37 @@ import { makeOciImage, type OciImageLayout } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
 import { skopeo } from '../lib/peers.js';
 import { fetchHashed, getMany, type Batch, type ClientKind } from './client.js';
-import { cascadeNode, Fleet, RssProbe, startCascadeCache, startChain, startDistribution, type Peer } from './procs.js';
-import { blobDataPath, makeBlobFile, mbps, median, MiB, percentile, uploadBlob } from './util.js';
+import type { NetPlace } from './netns.js';
+import { cascadeNode, CpuMeter, Fleet, RssProbe, startChain, startDistribution, type Peer } from './procs.js';
+import { blobDataPath, GiB, makeBlobFile, mbps, median, MiB, percentile, recycleMemory, uploadBlob } from './util.js';
+
+/**
+ * The memory a cold pull's new files get. `fresh`: whatever the kernel hands out (on this virtual machine,
+ * mostly pages the host backs on first use, ~0.45 GB/s); `recycled`: pages just freed, by writing and
+ * deleting a file right before the pull (as on a long-running host); `both`: one pass of each.
+ */
+export type MemoryMode = 'fresh' | 'recycled' | 'both';
+
+/**
+ * The memory passes of scenario 2, in order. Fresh goes first, so that the recycled pass's freed pages do
+ * not make the fresh pass's memory recycled.
+ */
+export function memoryPasses(mode: MemoryMode): Array<'fresh' | 'recycled'> {
+  return mode === 'both' ? ['fresh', 'recycled'] : [mode];
+}
+
+/**
+ * The mode of scenario 2's unprefixed figures (`s2.cascade1.ratio`, which the targets check) and of
+ * scenario 7: recycled unless only fresh was asked for, or the results predate the option (then fresh).
+ */
+export function primaryMemory(mode: MemoryMode | undefined): 'fresh' | 'recycled' {
+  return mode === undefined || mode === 'fresh' ? 'fresh' : 'recycled';
+}
+
+/** Scenario 2's key prefix for one memory pass: `s2.` for the primary mode, `s2.fresh.` for the other. */
+export function coldPrefix(mode: MemoryMode | undefined, pass: 'fresh' | 'recycled'): string {
+  return pass === primaryMemory(mode) ? 's2.' : `s2.${pass}.`;
+}
 
 /** Sizes and counts of one benchmark invocation. */
 export interface BenchConfig {
@@ -40,8 +70,16 @@ export interface BenchConfig {
   readonly latencyRequests: number;
   /** Hash every download (smoke), or one per scenario and system (full). */
   readonly hashAll: boolean;
+  /** Scenarios 2 and 7: the memory of cold pulls (scenario 7 uses the primary mode only). */
+  readonly memory: MemoryMode;
+  /** Recycled memory: the size of the file written and deleted before each cold pull (MiB). */
+  readonly recycleMiB: number;
+  /** Scenario 7: the blob (MiB). */
+  readonly shapedMiB: number;
+  /** Scenario 7: the link speeds, Gbit/s. */
+  readonly shapedGbits: readonly number[];
   readonly client: ClientKind;
-  /** Scenarios to run (1..6); 5 is measured during 1 and 3. */
+  /** Scenarios to run (1..7); 5 is measured during 1 and 3. */
   readonly scenarios: ReadonlySet<number>;
 }
 
@@ -76,6 +114,10 @@ export const FULL: Omit<BenchConfig, 'runs' | 'client' | 'scenarios'> = {
   imageLayers: mixedLayers(300),
   latencyRequests: 200,
   hashAll: false,
+  memory: 'both',
+  recycleMiB: 2048,
+  shapedMiB: 256,
+  shapedGbits: [1, 10],
 };
 
 export const SMOKE: Omit<BenchConfig, 'runs' | 'client' | 'scenarios'> = {
@@ -88,6 +130,11 @@ export const SMOKE: Omit<BenchConfig, 'runs' | 'client' | 'scenarios'> = {
   imageLayers: mixedLayers(20, 0.05),
   latencyRequests: 10,
   hashAll: true,
+  memory: 'recycled',
+  recycleMiB: 64,
+  shapedMiB: 8,
+  // One speed: the smoke run checks that shaped chains work, not how fast.
+  shapedGbits: [10],
 };
 
 export interface BlobData {
@@ -110,20 +157,40 @@ export interface Context {
   readonly image: OciImageLayout | undefined;
   readonly problems: string[];
   readonly notes: string[];
+  /** The runner's progress log (timestamped). */
+  readonly log: (s: string) => void;
   /** The server scenario's stack, started on first use and kept across runs. */
   server?: Promise<ServerStack>;
   /** This run's empty chains for scenarios 2 and 3 (they use different blobs, so both are cold). */
-  chains?: Promise<{ fleet: Fleet; chains: Array<(typeof CHAINS)[number] & { nodes: Peer[] }> }>;
+  chains?: Promise<{ fleet: Fleet; chains: Chain[] }>;
 }
 
-/** The four chains of scenarios 2 and 3, started (empty) once per run, all at once. */
+/** One of {@link CHAINS}, running: its nodes, nearest-to-origin first. */
+export type Chain = (typeof CHAINS)[number] & { readonly nodes: Peer[] };
+
+/**
+ * The four chains of {@link CHAINS}, empty, started in `dir` at once in front of `origin` (idle nodes cost
+ * nothing). Hop i of each runs at `places[i]` when given (scenario 7: hop i's namespace), on loopback otherwise.
+ */
+export function startChains(fleet: Fleet, dir: string, origin: string, places?: readonly NetPlace[]): Promise<Chain[]> {
+  return Promise.all(CHAINS.map(async (c) => ({ ...c, nodes: await startChain(fleet, c.kind, join(dir, c.key), origin, c.hops, places) })));
+}
+
+/** Fresh chains for scenarios 2 and 3, with the fleet that stops them. */
+async function chainSet(ctx: Context, name: string): Promise<{ fleet: Fleet; chains: Chain[] }> {
+  const fleet = new Fleet();
+  return { fleet, chains: await startChains(fleet, await runDir(ctx, name), ctx.origin.url) };
+}
+
+/** The four chains of scenarios 2 and 3, started (empty) once per run. */
 function coldChains(ctx: Context) {
-  return (ctx.chains ??= (async () => {
-    const fleet = new Fleet();
-    const dir = await runDir(ctx, 'chains');
-    const chains = await Promise.all(CHAINS.map(async (c) => ({ ...c, nodes: await startChain(fleet, c.kind, join(dir, c.key), ctx.origin.url, c.hops) })));
-    return { fleet, chains };
-  })());
+  return (ctx.chains ??= chainSet(ctx, 'chains'));
+}
+
+/** Stops a fleet of a scenario's own, recording its crashes. */
+export async function stopFleet(ctx: Context, fleet: Fleet): Promise<void> {
+  await fleet.stopAll();
+  ctx.problems.push(...fleet.crashes);
 }
 
 /** Stops this run's chains (after scenarios 2 and 3), recording crashes. */
@@ -131,9 +198,7 @@ export async function endRun(ctx: Context): Promise<void> {
   if (!ctx.chains) return;
   const { fleet } = await ctx.chains.catch(() => ({ fleet: undefined }));
   ctx.chains = undefined;
-  if (!fleet) return;
-  await fleet.stopAll();
-  ctx.problems.push(...fleet.crashes);
+  if (fleet) await stopFleet(ctx, fleet);
 }
 
 export const REPO = 'bench/blob';
@@ -141,7 +206,7 @@ export const IMAGE_REPO = 'bench/image';
 
 export type Metrics = Record<string, number>;
 
-const blobUrl = (peer: Peer | string, digest: string) => `${typeof peer === 'string' ? peer : peer.url}/v2/${REPO}/blobs/${digest}`;
+export const blobUrl = (peer: Peer | string, digest: string) => `${typeof peer === 'string' ? peer : peer.url}/v2/${REPO}/blobs/${digest}`;
 
 /** Generates a blob file and uploads it to the origin. */
 export async function seedBlob(work: string, origin: Peer, seed: string, size: number): Promise<BlobData> {
@@ -179,7 +244,7 @@ function problem(ctx: Context, message: string): void {
 }
 
 /** Checks every transfer of a batch: 200, the full size, no transport error, the right digest when hashed. */
-function checkBatch(ctx: Context, what: string, batch: Batch, blob: BlobData): boolean {
+export function checkBatch(ctx: Context, what: string, batch: Batch, blob: BlobData): boolean {
   const bad: string[] = [];
   batch.transfers.forEach((t, i) => {
     if (t.status !== 200) bad.push(`#${i}: status ${t.status}`);
@@ -200,11 +265,12 @@ async function verify(ctx: Context, what: string, url: string, blob: BlobData): 
   }
 }
 
-async function get(ctx: Context, url: string, count: number, spread: 'processes' | 'parallel' = 'processes'): Promise<Batch> {
+/** `count` GETs of `url` with the configured client, curl under the command prefix `via` when given. */
+export async function get(ctx: Context, url: string, count: number, spread: 'processes' | 'parallel' = 'processes', via?: readonly string[]): Promise<Batch> {
   const hashDir = ctx.cfg.hashAll ? join(ctx.work, 'bodies') : undefined;
   if (hashDir) await mkdir(hashDir, { recursive: true });
   const t0 = performance.now();
-  const b = await getMany(ctx.cfg.client, url, { count, spread, ...(hashDir ? { hashDir } : {}), timeoutMs: 600_000 });
+  const b = await getMany(ctx.cfg.client, url, { count, spread, ...(hashDir ? { hashDir } : {}), timeoutMs: 600_000, ...(via ? { via } : {}) });
   trace(`GET ${url.replace(/sha256:(.{8}).*/, '$1')} x${count}: ${(performance.now() - t0).toFixed(0)} ms (wall ${b.wallMs.toFixed(0)} ms)`);
   return b;
 }
@@ -242,7 +308,7 @@ const blobRequests = (peer: Peer, digest: string, method: string, since = 0) =>
   peer.requests().slice(since).filter((r) => r.method === method && r.path.endsWith(`/blobs/${digest}`)).length;
 
 /** A fresh storage folder for this run's nodes. */
-async function runDir(ctx: Context, name: string): Promise<string> {
+export async function runDir(ctx: Context, name: string): Promise<string> {
   const dir = join(ctx.work, 'runs', `${name}-${randomUUID().slice(0, 8)}`);
   await mkdir(dir, { recursive: true });
   return dir;
@@ -266,23 +332,28 @@ export async function warm(ctx: Context, m: Metrics): Promise<void> {
         await waitStored(ctx, peer, blob);
       }
     }
-    const systems: Array<[string, string]> = [
-      ...(ctx.nginx ? [['nginx', `${ctx.nginx.url}/blob`] as [string, string]] : []),
-      ['cascade', blobUrl(caches.cascade, ctx.big.digest)],
-      ['distribution', blobUrl(caches.distribution, ctx.big.digest)],
+    const systems: Array<[string, string, Peer]> = [
+      ...(ctx.nginx ? [['nginx', `${ctx.nginx.url}/blob`, ctx.nginx] as [string, string, Peer]] : []),
+      ['cascade', blobUrl(caches.cascade, ctx.big.digest), caches.cascade],
+      ['distribution', blobUrl(caches.distribution, ctx.big.digest), caches.distribution],
     ];
-    // One stream: `singleRepeats` transfers per system, interleaved, the median kept.
+    // One stream: `singleRepeats` transfers per system, interleaved, the median kept; the server's CPU
+    // time (nginx's workers included) summed over them.
     const single: Record<string, number[]> = {};
+    const cpu: Record<string, number> = {};
     const rssSingle = new RssProbe(caches.cascade.pid).start();
     for (let rep = 0; rep < ctx.cfg.singleRepeats; rep++) {
-      for (const [name, url] of systems) {
+      for (const [name, url, peer] of systems) {
+        const meter = new CpuMeter([peer.pid]);
         const b = await get(ctx, url, 1);
+        cpu[name] = (cpu[name] ?? 0) + meter.read()[0]!;
         checkBatch(ctx, `s1 single ${name}`, b, ctx.big);
         (single[name] ??= []).push(mbps(ctx.big.size, b.transfers[0]!.totalMs));
       }
     }
     m['s5.single.cascade.MiB'] = rssSingle.stop();
     for (const [name, v] of Object.entries(single)) m[`s1.single.${name}.MBps`] = median(v);
+    for (const [name, s] of Object.entries(cpu)) m[`s1.single.${name}.cpuPerGiB`] = s / ((ctx.cfg.singleRepeats * ctx.big.size) / GiB);
     // N streams of the small blob first (RSS baseline for "does not grow with blob size"), then of the big one.
     for (const [name, peer] of Object.entries(caches)) {
       const probe = new RssProbe(peer.pid).start();
@@ -291,9 +362,8 @@ export async function warm(ctx: Context, m: Metrics): Promise<void> {
       checkBatch(ctx, `s1 ${ctx.cfg.streams} streams of the ${ctx.cfg.concMiB} MiB blob, ${name}`, b, ctx.conc);
       m[`s1.concSmall.${name}.MBps`] = mbps(ctx.conc.size * ctx.cfg.streams, b.wallMs);
     }
-    for (const [name, url] of systems) {
-      const peer = name === 'cascade' ? caches.cascade : name === 'distribution' ? caches.distribution : undefined;
-      const probe = peer ? new RssProbe(peer.pid).start() : undefined;
+    for (const [name, url, peer] of systems) {
+      const probe = peer.kind === 'nginx' ? undefined : new RssProbe(peer.pid).start();
       const b = await get(ctx, url, ctx.cfg.streams);
       if (probe) m[`s5.conc.${name}.MiB`] = probe.stop();
       checkBatch(ctx, `s1 ${ctx.cfg.streams} streams ${name}`, b, ctx.big);
@@ -311,8 +381,7 @@ export async function warm(ctx: Context, m: Metrics): Promise<void> {
     m['s5.growth.cascade.MiB'] = m['s5.conc.cascade.MiB']! - m['s5.concSmall.cascade.MiB']!;
     m['s5.growth.distribution.MiB'] = m['s5.conc.distribution.MiB']! - m['s5.concSmall.distribution.MiB']!;
   } finally {
-    await fleet.stopAll();
-    ctx.problems.push(...fleet.crashes);
+    await stopFleet(ctx, fleet);
   }
 }
 
@@ -326,53 +395,126 @@ export const CHAINS: ReadonlyArray<{ key: string; kind: 'cascade' | 'distributio
   { key: 'distribution3', kind: 'distribution', hops: 3 },
 ];
 
+/** Where cold pulls happen: the origin, its blobs, and how the client reaches them. */
+export interface Site {
+  readonly origin: Peer;
+  /** The blob pulled cold. */
+  readonly big: BlobData;
+  /** 1 MiB, pulled through each chain before its cold pull: the nodes have served a request before. */
+  readonly warmup: BlobData;
+  /** A command prefix the client runs under (its network namespace in scenario 7); none on loopback. */
+  readonly via?: readonly string[];
+}
+
+/** What one cold pull is measured with. */
+export interface ColdPullOptions {
+  /** Labels of problems and notes (`s2`, `s7 1 Gbit/s`). */
+  readonly what: string;
+  /** Recycled: a file is written and deleted right before the pull ({@link recycleBytes}). */
+  readonly memory: 'fresh' | 'recycled';
+  /** GET the blob once more through the chain afterwards, hashed (full runs; smoke runs hash every body). */
+  readonly verify: boolean;
+}
+
+/**
+ * One cold pull of `site.big` through `chain` (empty), recorded under `<p><chain key>.`: the origin directly
+ * right before it (the ratio pairs the two), the pull's times, the upstream GETs per hop, each hop's fill
+ * from Cascade's logs, and the CPU seconds of the origin and of every hop from before the pull until every
+ * hop has stored the blob (a cache syncs and moves its file, or, distribution, stores a second fetch,
+ * after the client's last byte: that work is the pull's too).
+ */
+export async function coldPull(ctx: Context, site: Site, chain: Chain, m: Metrics, p: string, o: ColdPullOptions): Promise<void> {
+  const k = `${p}${chain.key}`;
+  const hops = chain.nodes;
+  const last = hops[hops.length - 1]!;
+  const pull = (peer: Peer, blob: BlobData) => get(ctx, blobUrl(peer, blob.digest), 1, 'processes', site.via);
+  // A running node, not a fresh process, is what clients meet: every node of the chain first passes on
+  // one unrelated small blob (its first request costs start-up work: connections, lazily compiled code).
+  // That first request's TTFB is kept as an informative figure.
+  const warmDirect = await pull(site.origin, site.warmup);
+  const warm = await pull(last, site.warmup);
+  checkBatch(ctx, `${o.what} warm-up ${chain.key}`, warm, site.warmup);
+  m[`${k}.firstTtfbExtraMs`] = warm.transfers[0]!.ttfbMs - warmDirect.transfers[0]!.ttfbMs;
+  // The origin directly, right before the cold pull: the pair is compared within the run.
+  const directCpu = new CpuMeter([site.origin.pid]);
+  const direct = await pull(site.origin, site.big);
+  const gib = site.big.size / GiB;
+  m[`${k}.direct.originCpuPerGiB`] = directCpu.read()[0]! / gib;
+  checkBatch(ctx, `${o.what} origin direct`, direct, site.big);
+  if (o.memory === 'recycled') m[`${k}.recycleMBps`] = recycleMemory(ctx.work, recycleBytes(ctx.cfg, hops.length, site.big.size));
+  // The direct GET's access line must be in before the count starts (the recycling write blocked this
+  // process, and with it the reading of the origin's log).
+  await settle(site.origin);
+  const before = [site.origin, ...hops].map((peer) => peer.requests().length);
+  const cpu = new CpuMeter([site.origin, ...hops].map((peer) => peer.pid));
+  const b = await pull(last, site.big);
+  checkBatch(ctx, `${o.what} cold ${chain.key}`, b, site.big);
+  const t = b.transfers[0]!;
+  const d = direct.transfers[0]!;
+  m[`${k}.totalMs`] = t.totalMs;
+  m[`${k}.ttfbMs`] = t.ttfbMs;
+  m[`${k}.direct.totalMs`] = d.totalMs;
+  m[`${k}.direct.ttfbMs`] = d.ttfbMs;
+  m[`${k}.ratio`] = t.totalMs / d.totalMs;
+  m[`${k}.ttfbExtraMs`] = t.ttfbMs - d.ttfbMs;
+  m[`${k}.MBps`] = mbps(site.big.size, t.totalMs);
+  for (const peer of hops) await waitStored(ctx, peer, site.big);
+  const [originCpu, ...hopCpu] = cpu.read();
+  hopCpu.forEach((s, i) => (m[`${k}.hop${i + 1}.cpuS`] = s));
+  m[`${k}.cpuPerGiBPerHop`] = hopCpu.reduce((a, s) => a + s, 0) / hops.length / gib;
+  m[`${k}.originCpuPerGiB`] = originCpu! / gib;
+  // Upstream GETs per hop for this one cold request (informative; scenario 3 checks the burst).
+  // Every node, the last hop too: its log lines up to the marker (its fill's among them) are then all in.
+  for (const peer of [site.origin, ...hops]) await settle(peer);
+  const upstreams = [site.origin, ...hops.slice(0, -1)];
+  m[`${k}.maxGetsPerHop`] = Math.max(...upstreams.map((peer, i) => blobRequests(peer, site.big.digest, 'GET', before[i])));
+  // Cascade logs how long each hop waited for its upstream's headers and how long its fill took.
+  hops.forEach((peer, i) => {
+    const logs = peer.cascade?.logs ?? [];
+    const fill = logs.find((l) => l.msg === 'fill complete' && l.digest === site.big.digest);
+    const up = logs.find((l) => l.msg === 'upstream request' && l.method === 'GET' && String(l.path).endsWith(site.big.digest));
+    if (typeof fill?.duration === 'number') m[`${k}.hop${i + 1}.fillMs`] = fill.duration;
+    if (typeof up?.duration === 'number') m[`${k}.hop${i + 1}.upstreamHeadersMs`] = up.duration;
+  });
+  if (o.verify) await verify(ctx, `${o.what} ${chain.key} after the cold pull`, blobUrl(last, site.big.digest), site.big);
+}
+
+/**
+ * The size of the file written and deleted before a recycled cold pull: enough freed pages for the copies
+ * the pull writes (one per hop), with half again as margin, and at most `recycleMiB` (2 GiB). Writing more
+ * only costs time: on fresh memory the file itself goes at ~0.45 GB/s, and freed pages go back to the host
+ * within seconds, so each pull pays for its own file.
+ */
+export function recycleBytes(cfg: BenchConfig, hops: number, blobSize: number): number {
+  return Math.min(cfg.recycleMiB * MiB, Math.ceil((1.5 * hops * blobSize) / MiB) * MiB);
+}
+
+/** The medians of the direct pulls paired with each chain's cold pull, under `<p>direct...`. */
+export function summariseDirect(m: Metrics, p: string, size: number): void {
+  const of = (what: string) => median(CHAINS.map((c) => m[`${p}${c.key}.direct.${what}`]!));
+  m[`${p}directMs`] = of('totalMs');
+  m[`${p}directTtfbMs`] = of('ttfbMs');
+  m[`${p}direct.MBps`] = mbps(size, m[`${p}directMs`]!);
+  // From the first byte to the last: what the link carried, without the origin's time to answer.
+  m[`${p}direct.bodyMBps`] = mbps(size, m[`${p}directMs`]! - m[`${p}directTtfbMs`]!);
+  m[`${p}direct.originCpuPerGiB`] = of('originCpuPerGiB');
+}
+
 export async function cold(ctx: Context, m: Metrics): Promise<void> {
-  {
-    // Every chain is started (empty) before the first measurement, all at once: idle nodes cost nothing.
-    const { chains } = await coldChains(ctx);
-    for (const chain of chains) {
-      const hops = chain.nodes;
-      const last = hops[hops.length - 1]!;
-      // A running node, not a fresh process, is what clients meet: every node of the chain first passes on
-      // one unrelated small blob (its first request costs start-up work: connections, lazily compiled code).
-      // That first request's TTFB is kept as an informative figure.
-      const warmDirect = await get(ctx, blobUrl(ctx.origin, ctx.warmup.digest), 1);
-      const warm = await get(ctx, blobUrl(last, ctx.warmup.digest), 1);
-      checkBatch(ctx, `s2 warm-up ${chain.key}`, warm, ctx.warmup);
-      m[`s2.${chain.key}.firstTtfbExtraMs`] = warm.transfers[0]!.ttfbMs - warmDirect.transfers[0]!.ttfbMs;
-      // The origin directly, right before the cold pull: the pair is compared within the run.
-      const direct = await get(ctx, blobUrl(ctx.origin, ctx.big.digest), 1);
-      checkBatch(ctx, 's2 origin direct', direct, ctx.big);
-      const before = [ctx.origin, ...hops].map((p) => p.requests().length);
-      const b = await get(ctx, blobUrl(last, ctx.big.digest), 1);
-      checkBatch(ctx, `s2 cold ${chain.key}`, b, ctx.big);
-      const t = b.transfers[0]!;
-      const d = direct.transfers[0]!;
-      m[`s2.${chain.key}.totalMs`] = t.totalMs;
-      m[`s2.${chain.key}.ttfbMs`] = t.ttfbMs;
-      m[`s2.${chain.key}.direct.totalMs`] = d.totalMs;
-      m[`s2.${chain.key}.direct.ttfbMs`] = d.ttfbMs;
-      m[`s2.${chain.key}.ratio`] = t.totalMs / d.totalMs;
-      m[`s2.${chain.key}.ttfbExtraMs`] = t.ttfbMs - d.ttfbMs;
-      m[`s2.${chain.key}.MBps`] = mbps(ctx.big.size, t.totalMs);
-      for (const p of hops) await waitStored(ctx, p, ctx.big);
-      // Upstream GETs per hop for this one cold request (informative; scenario 3 checks the burst).
-      const upstreams = [ctx.origin, ...hops.slice(0, -1)];
-      for (const p of upstreams) await settle(p);
-      m[`s2.${chain.key}.maxGetsPerHop`] = Math.max(...upstreams.map((p, i) => blobRequests(p, ctx.big.digest, 'GET', before[i])));
-      // Cascade logs how long each hop waited for its upstream's headers and how long its fill took.
-      hops.forEach((p, i) => {
-        const logs = p.cascade?.logs ?? [];
-        const fill = logs.find((l) => l.msg === 'fill complete' && l.digest === ctx.big.digest);
-        const up = logs.find((l) => l.msg === 'upstream request' && l.method === 'GET' && String(l.path).endsWith(ctx.big.digest));
-        if (typeof fill?.duration === 'number') m[`s2.${chain.key}.hop${i + 1}.fillMs`] = fill.duration;
-        if (typeof up?.duration === 'number') m[`s2.${chain.key}.hop${i + 1}.upstreamHeadersMs`] = up.duration;
-      });
-      if (!ctx.cfg.hashAll) await verify(ctx, `s2 ${chain.key} after the cold pull`, blobUrl(last, ctx.big.digest), ctx.big);
+  const site: Site = { origin: ctx.origin, big: ctx.big, warmup: ctx.warmup };
+  for (const memory of memoryPasses(ctx.cfg.memory)) {
+    const p = coldPrefix(ctx.cfg.memory, memory);
+    // The primary pass uses the run's chains, which scenario 3 uses next (for another blob); another pass
+    // needs empty chains of its own.
+    const own = p === 's2.' ? undefined : await chainSet(ctx, `chains-${memory}`);
+    try {
+      const { chains } = own ?? (await coldChains(ctx));
+      for (const chain of chains) await coldPull(ctx, site, chain, m, p, { what: `s2 ${memory}`, memory, verify: !ctx.cfg.hashAll });
+      summariseDirect(m, p, ctx.big.size);
+    } finally {
+      if (own) await stopFleet(ctx, own.fleet);
     }
   }
-  m['s2.directMs'] = median(CHAINS.map((c) => m[`s2.${c.key}.direct.totalMs`]!));
-  m['s2.directTtfbMs'] = median(CHAINS.map((c) => m[`s2.${c.key}.direct.ttfbMs`]!));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -458,8 +600,7 @@ export async function image(ctx: Context, m: Metrics): Promise<void> {
       for (const l of layers) if (!(await waitStored(ctx, cache!, l, 60_000))) break;
       m[`s4.${kind}.warmMs`] = await pull(ctx, `${kind} warm`, cache!.host, ctx.cfg.hashAll || kind === 'cascade');
     } finally {
-      await fleet.stopAll();
-      ctx.problems.push(...fleet.crashes);
+      await stopFleet(ctx, fleet);
     }
   }
   for (const t of ['cold', 'warm']) {
@@ -603,9 +744,7 @@ export async function server(ctx: Context, m: Metrics): Promise<void> {
 export async function stopServer(ctx: Context): Promise<void> {
   if (!ctx.server) return;
   const s = await ctx.server.catch(() => undefined);
-  if (!s) return;
-  await s.fleet.stopAll();
-  ctx.problems.push(...s.fleet.crashes);
+  if (s) await stopFleet(ctx, s.fleet);
 }
 
 /** Smoke runs start the server stack in the background at once (full runs do not: it would disturb scenario 1). */
@@ -640,5 +779,5 @@ export async function setup(cfg: BenchConfig, work: string, fleet: Fleet, log: (
     log(`generating a ${cfg.imageLayers.length}-layer image (${(total / MiB).toFixed(0)} MiB of layer content) and pushing it with skopeo`);
     image = await seedImage(work, origin, cfg.imageLayers);
   }
-  return { cfg, work, origin, nginx, big, conc, warmup, image, problems: [], notes: [] };
+  return { cfg, work, origin, nginx, big, conc, warmup, image, problems: [], notes: [], log };
 }

@@ -1,7 +1,7 @@
 /** Small helpers of the benchmark: test data, uploads, statistics, the machine and the versions. */
 import { execFileSync } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
-import { closeSync, createReadStream, createWriteStream, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, createReadStream, createWriteStream, openSync, readFileSync, statfsSync, unlinkSync, writeSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { request } from 'node:http';
 import { cpus, loadavg, release, totalmem } from 'node:os';
@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { ROOT } from '../lib/cascade.js';
 
 export const MiB = 1 << 20;
+export const GiB = 1 << 30;
 
 /** Writes `size` pseudo-random (incompressible, reproducible) bytes drawn from `seed`; returns the digest. */
 export async function makeBlobFile(path: string, seed: string, size: number): Promise<string> {
@@ -154,6 +155,53 @@ export interface MachineFloors {
 }
 
 /**
+ * Writes `bytes` of `chunk` into a new file at `path` (into the page cache: no fsync) and closes it; returns
+ * the write's speed in MB/s, which tells whether the kernel had to take memory the machine had not touched
+ * lately (see {@link machineFloors}).
+ */
+export function writeNewFile(path: string, bytes: number, chunk = Buffer.alloc(MiB, 0x5a)): number {
+  const n = Math.max(1, Math.round(bytes / chunk.length));
+  const fd = openSync(path, 'w');
+  try {
+    const t = performance.now();
+    for (let i = 0; i < n; i++) writeSync(fd, chunk);
+    return mbps(n * chunk.length, performance.now() - t);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Recycled memory, before a cold pull: writes a file of `bytes` and deletes it, so that the pages the pull's
+ * new files take next are pages the kernel has just freed, as on a long-running host whose page cache is
+ * full and recycled all the time. On a virtual machine whose host backs guest pages on first use
+ * (Firecracker here: ~0.45 GB/s on fresh pages, ~6.5 GB/s on pages just freed), a cold pull otherwise pays
+ * for the host's first touch of every page it caches. The file goes to tmpfs (/dev/shm) when there is one
+ * (`dir` otherwise): its pages come from the same allocator, but are never dirty for writeback, whereas 2 GiB
+ * written on a disk filesystem start the flusher and throttle the pull's own writes. Call it right before
+ * the pull: free pages go back to the host after a few seconds. Returns the write's MB/s (low when the
+ * memory was fresh).
+ */
+export function recycleMemory(dir: string, bytes: number): number {
+  const file = join(roomIn('/dev/shm', bytes) ? '/dev/shm' : dir, `cascade-bench-recycle-${process.pid}`);
+  try {
+    return writeNewFile(file, bytes);
+  } finally {
+    unlinkSync(file);
+  }
+}
+
+/** True when `dir` exists and has room for `bytes` and a quarter more (a container's /dev/shm may be 64 MiB). */
+function roomIn(dir: string, bytes: number): boolean {
+  try {
+    const fs = statfsSync(dir);
+    return fs.bavail * fs.bsize >= bytes * 1.25;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Measures the floors of a cold pull through a verifying, storing cache on this machine: how fast one core
  * hashes (a SHA-256 is sequential, so one blob's check cannot use more than one core) and how fast a new
  * file is written into the page cache. On some virtual machines the second is far slower for memory the
@@ -164,26 +212,16 @@ export function machineFloors(dir: string, bytes: number): MachineFloors {
   const chunk = Buffer.alloc(MiB, 0x5a);
   const n = Math.max(1, Math.round(bytes / MiB));
   const hash = createHash('sha256');
-  let t = performance.now();
+  const t = performance.now();
   for (let i = 0; i < n; i++) hash.update(chunk);
   hash.digest();
   const sha256MBps = mbps(n * MiB, performance.now() - t);
-  const write = (file: string): number => {
-    const fd = openSync(file, 'w');
-    try {
-      t = performance.now();
-      for (let i = 0; i < n; i++) writeSync(fd, chunk);
-      return mbps(n * MiB, performance.now() - t);
-    } finally {
-      closeSync(fd);
-    }
-  };
   const fresh = join(dir, 'floor-probe-1');
   const recycled = join(dir, 'floor-probe-2');
   try {
-    const freshWriteMBps = write(fresh);
+    const freshWriteMBps = writeNewFile(fresh, n * MiB, chunk);
     unlinkSync(fresh);
-    const recycledWriteMBps = write(recycled);
+    const recycledWriteMBps = writeNewFile(recycled, n * MiB, chunk);
     return { bytes: n * MiB, sha256MBps, freshWriteMBps, recycledWriteMBps };
   } finally {
     for (const f of [fresh, recycled]) {
