@@ -342,7 +342,8 @@ describe('cache with a full disk', () => {
     t.after(() => origin.fake.stop());
     const inner = new InMemoryDriver();
     let full = true;
-    // The in-memory driver with writers that fail like a full disk while `full` is set.
+    // The in-memory driver with writers that fail like a disk with 100 KB free while `full` is set: a write
+    // that would go past it fails (whatever the size of the writes).
     const failingWriter: InMemoryDriver['writer'] = async (path, options) => {
       const w = await inner.writer(path, options);
       return {
@@ -350,11 +351,11 @@ describe('cache with a full disk', () => {
           return w.size;
         },
         write: async (chunk: Uint8Array) => {
-          if (full && w.size > 100_000) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+          if (full && w.size + chunk.length > 100_000) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
           await w.write(chunk);
         },
         writev: async (chunks: readonly Uint8Array[]) => {
-          if (full && w.size > 100_000) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+          if (full && w.size + chunks.reduce((n, c) => n + c.length, 0) > 100_000) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
           await w.writev(chunks);
         },
         commit: () => w.commit(),
