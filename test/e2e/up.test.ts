@@ -2,14 +2,15 @@
  * `cascade up`: the README's main job. The real command, as a child process: it prints its banner, a
  * push through the server as the admin and a pull as the user work with skopeo, the user's blobs come
  * from region-b (which filled them through region-a), and SIGTERM stops everything with exit 0. A second
- * run on the same directory reuses its state (same passwords, the image still there).
+ * run on the same directory reuses its state (same passwords, the image still there). With `--mirror URL`, the
+ * stack has a fifth node, a pull-through mirror of that registry, which skopeo pulls an image through.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { waitFor } from '../lib/cache.js';
+import { startCascadeOrigin, waitFor } from '../lib/cache.js';
 import { CASCADE_BIN, testScope } from '../lib/cascade.js';
 import { makeOciImage } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
@@ -22,11 +23,11 @@ interface Up {
   exited: Promise<number | null>;
 }
 
-/** Starts `cascade up` on four free consecutive ports (retrying when one is taken); resolves at "ready". */
-async function startUp(dir: string): Promise<Up> {
+/** Starts `cascade up` on free consecutive ports (retrying when one is taken), with `args`; resolves at "ready". */
+async function startUp(dir: string, args: readonly string[] = []): Promise<Up> {
   for (let attempt = 1; ; attempt++) {
     const port = 20_000 + ((await freePort()) % 40_000);
-    const child = spawn(process.execPath, [CASCADE_BIN, 'up', '--dir', dir, '--port', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CASCADE_BIN, 'up', '--dir', dir, '--port', String(port), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     const out: string[] = [];
     child.stdout!.setEncoding('utf8').on('data', (d: string) => out.push(d));
     child.stderr!.setEncoding('utf8').on('data', (d: string) => out.push(d));
@@ -89,4 +90,33 @@ test('cascade up: the stack on localhost, a push and a pull through a cache, a c
   await assertLayoutHolds(join(dir, 'pulled-again'), 'v1', image);
   again.child.kill('SIGTERM');
   assert.equal(await again.exited, 0);
+});
+
+test('cascade up --mirror: a fifth node, a pull-through mirror of a registry, pulled through with skopeo', { timeout: 120_000 }, async (t) => {
+  const { dir, defer } = await testScope(t, 'e2e-up-mirror-');
+  const remote = await startCascadeOrigin(dir, 'remote');
+  defer(() => remote.stop());
+  const image = await makeOciImage(join(dir, 'src'), { layers: [1 << 20, 100_000], tag: 'v1', seed: 'cascade-up-mirror' });
+  await skopeo(['copy', image.ref, `docker://${remote.host}/tools/app:v1`]);
+
+  const state = join(dir, 'stack');
+  const up = await startUp(state, ['--mirror', remote.url]);
+  defer(() => up.child.kill('SIGKILL'));
+  const mirror = `127.0.0.1:${up.port + 4}`;
+  const banner = up.out.join('');
+  assert.ok(banner.includes(`mirror    http://${mirror}   pull-through mirror of ${remote.url}`), banner);
+
+  // The remote is the mirror's default: its repositories keep their names.
+  await skopeo(['copy', `docker://${mirror}/tools/app:v1`, `oci:${join(dir, 'pulled')}:v1`]);
+  await assertLayoutHolds(join(dir, 'pulled'), 'v1', image);
+  const blobGets = remote.requests().filter((r) => r.method === 'GET' && r.path.includes('/blobs/sha256:')).length;
+  await skopeo(['copy', `docker://${mirror}/tools/app:v1`, `oci:${join(dir, 'pulled-again')}:v1`]);
+  await assertLayoutHolds(join(dir, 'pulled-again'), 'v1', image);
+  assert.equal(remote.requests().filter((r) => r.method === 'GET' && r.path.includes('/blobs/sha256:')).length, blobGets, 'a second pull is served from the mirror');
+
+  const doctor = await run(process.execPath, [CASCADE_BIN, 'doctor', join(state, 'mirror', 'config.yml')], { allowFailure: true, env: { ...process.env, NO_COLOR: '1' } });
+  assert.equal(doctor.code, 0, `cascade doctor mirror/config.yml:\n${doctor.stdout}${doctor.stderr}`);
+
+  up.child.kill('SIGTERM');
+  assert.equal(await up.exited, 0, 'SIGTERM stops the stack, the mirror too');
 });

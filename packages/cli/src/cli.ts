@@ -5,9 +5,9 @@
  *     cascade version
  */
 import { readFileSync } from 'node:fs';
-import { ConfigError, createLogger, loadConfig, parseConfig, startRegistry } from '@cascade/registry-core';
-import { createNode, NODE_CONFIG_OPTIONS, NodeRoleError } from '@cascade/downstream';
-import { loadServerConfig, startServer } from '@cascade/server';
+import { ConfigError, createLogger, startRegistry } from '@cascade/registry-core';
+import { createNode, loadNodeConfig, NodeRoleError, parseNodeConfig } from '@cascade/downstream';
+import { createServer, loadServerConfig } from '@cascade/server';
 import { runCerts } from './commands/certs.js';
 import { runUp, UpUsageError } from './commands/up.js';
 import { runDoctor } from './commands/doctor.js';
@@ -21,6 +21,7 @@ Commands:
                           (default: $REGISTRY_CONFIGURATION_PATH, else the embedded
                           defaults: 127.0.0.1:5000, storage in ./data)
   up [--dir DIR]          Run the whole stack on localhost: origin, server, two chained caches
+                          (--mirror URL: and a pull-through mirror of URL; "cascade up --help")
   server SERVER.yml       Run the server (the DTR role) in front of an origin registry
   certs ca|server ...     Make a CA and server certificates (run "cascade certs --help")
   doctor CONFIG.yml       Check a cache node's config and its path to the origin (docs/doctor.md)
@@ -107,15 +108,14 @@ async function runRegistry(args: string[]): Promise<number | undefined> {
   if (unknown.length > 0) throw new UsageError(`unknown option ${unknown[0]} for "cascade registry"`);
   if (args.length > 1) throw new UsageError('cascade registry takes one config file');
   const file = args[0] ?? process.env.REGISTRY_CONFIGURATION_PATH;
-  const { config, warnings } = file
-    ? loadConfig(file, process.env, NODE_CONFIG_OPTIONS)
-    : parseConfig(EMBEDDED_REGISTRY_CONFIG, '<embedded defaults>', process.env, NODE_CONFIG_OPTIONS);
+  const node = file ? loadNodeConfig(file, process.env) : parseNodeConfig(EMBEDDED_REGISTRY_CONFIG, '<embedded defaults>', process.env);
+  const { config, warnings } = node;
   const logger = createLogger({ level: config.log.level, fields: config.log.fields });
   for (const warning of warnings) logger.warn({ file }, warning);
   if (!file) logger.info({ rootdirectory: config.storage.filesystem?.rootdirectory }, 'no config file given: running on the embedded defaults');
   // Signal handlers go in before the listener, so a SIGTERM right after "listening" is a clean stop.
   const stopper = stopOnSignals(typeof config.http.draintimeout === 'number' ? config.http.draintimeout : 5000);
-  stopper.attach(await startRegistry({ config, logger, ...createNode(config, logger) }));
+  stopper.attach(await startRegistry({ config, logger, ...createNode(node, logger) }));
   return undefined;
 }
 
@@ -126,7 +126,7 @@ async function runServer(args: string[]): Promise<number | undefined> {
   const config = loadServerConfig(args[0] as string, process.env);
   const logger = createLogger({ level: config.log.level, ...(config.log.fields ? { fields: config.log.fields } : {}) });
   const stopper = stopOnSignals(5000);
-  stopper.attach(await startServer(config, logger));
+  stopper.attach(await createServer({ config, logger }));
   return undefined;
 }
 

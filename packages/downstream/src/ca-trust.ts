@@ -77,20 +77,54 @@ export function loadCAs(files: readonly string[], now: Date = new Date()): { pem
 
 /**
  * Checks CA files as {@link loadCAs} does and returns one configuration message per bad file (empty when
- * all are good), for the options validator: `<keyPrefix>[<i>]: <file>: <reason>`. `keyPrefix` is the key
- * of the list, such as `middleware.registry[0].options.upstreams[0].cas`.
+ * all are good): `<keyPrefix>[<i>]: <file>: <reason>`. `keyPrefix` is the key of the list, such as
+ * `middleware.registry[0].options.upstreams[0].cas`.
  */
 export function validateCaFiles(files: readonly string[], keyPrefix: string, now: Date = new Date()): string[] {
-  const messages: string[] = [];
-  files.forEach((file, i) => {
-    try {
-      readCaFile(file, now);
-    } catch (e) {
-      const text = e instanceof CaError ? e.message : `${file}: ${e instanceof Error ? e.message : String(e)}`;
-      messages.push(`${keyPrefix}[${i}]: ${text}`);
-    }
-  });
-  return messages;
+  return new CaStore().read(files, now).map(({ index, error }) => `${keyPrefix}[${index}]: ${error.message}`);
+}
+
+/**
+ * The CA certificates of one node, by file: the options' parsers read and check each file once, when the
+ * config is loaded, and the node's TLS clients (upstreams, a mirror's remotes, the grant key fetchers) take
+ * the certificates from here without reading the file again.
+ *
+ * @example
+ * const cas = new CaStore();
+ * const problems = cas.read(['/certs/dtr-ca.pem']); // at load time: empty when the file is good
+ * https.get(url, { ca: cas.pem(['/certs/dtr-ca.pem']) }); // later: no second read
+ */
+export class CaStore {
+  readonly #pem = new Map<string, readonly string[]>();
+
+  /**
+   * Reads and checks the files of `files` not read yet, as {@link loadCAs} does, and keeps the certificates of
+   * the good ones. Returns the bad ones (a file that failed is read again the next time it is asked for).
+   */
+  read(files: readonly string[], now: Date = new Date()): Array<{ index: number; error: CaError }> {
+    const bad: Array<{ index: number; error: CaError }> = [];
+    files.forEach((file, index) => {
+      if (this.#pem.has(file)) return;
+      try {
+        this.#pem.set(file, readCaFile(file, now).map((c) => c.pem));
+      } catch (e) {
+        bad.push({ index, error: e instanceof CaError ? e : new CaError(file, e instanceof Error ? e.message : String(e)) });
+      }
+    });
+    return bad;
+  }
+
+  /**
+   * The PEM certificates of `files`, in order, for the `ca` option of Node's TLS; undefined for no file (only
+   * the default roots are trusted). A file not read yet (options made in code) is read now.
+   * @throws CaError for a file that cannot be trusted.
+   */
+  pem(files: readonly string[]): string[] | undefined {
+    if (files.length === 0) return undefined;
+    const bad = this.read(files)[0];
+    if (bad) throw bad.error;
+    return files.flatMap((file) => this.#pem.get(file) ?? []);
+  }
 }
 
 /** `2024-01-01T00:00:00Z`: whole seconds are what certificates hold. */

@@ -15,3 +15,4 @@ export * from './mirror/namespace.js';
 export * from './mirror/middleware.js';
 export * from './metrics.js';
 export * from './node.js';
+export * from './upstream-direct.js';

@@ -7,13 +7,13 @@
  *           options: {blobttl: 24h, upstreams: [{originhost: https://origin, upstreamhosts: [...], cas: [...]}]}
  */
 import type { Logger } from 'pino';
-import { paths, type ExtraRoute, type NamespaceMiddleware, type RegistryConfig } from '@cascade/registry-core';
+import { paths, type ExtraRoute, type NamespaceMiddleware } from '@cascade/registry-core';
 import { GrantAuthorizer } from './grants/authorizer.js';
 import { GrantVerifier, JWKS_PATH, RemoteJwks } from './grants/grant.js';
 import { CacheNamespace } from './cache.js';
-import { loadCAs } from './ca-trust.js';
+import { CaStore } from './ca-trust.js';
 import { ExpiryIndex } from './expiry.js';
-import { parseDownstreamOptions, type DownstreamOptions } from './options.js';
+import type { DownstreamOptions } from './options.js';
 import { UpstreamPool } from './upstream.js';
 import { observeCache, upstreamLatency } from './metrics.js';
 
@@ -23,24 +23,11 @@ export const DOWNSTREAM = 'downstream';
 /** How often the cache logs its counters (when they changed). */
 const METRICS_INTERVAL_MS = 60_000;
 
-/**
- * The options of the (first, enabled) `downstream` entry of `middleware.registry`, or undefined when the
- * config has none. The config loader has already validated them.
- */
-export function downstreamOptionsOf(config: RegistryConfig): DownstreamOptions | undefined {
-  const index = config.middleware.registry.findIndex((m) => m.name === DOWNSTREAM && !m.disabled);
-  if (index < 0) return undefined;
-  const entry = config.middleware.registry[index];
-  const { options, errors } = parseDownstreamOptions(entry?.options ?? {}, `middleware.registry[${index}].options`, config);
-  if (!options) throw new Error(errors.join('\n'));
-  return options;
-}
-
-/** The registry middleware of a cache node with `options`. */
-export function downstreamMiddleware(options: DownstreamOptions): NamespaceMiddleware {
+/** The registry middleware of a cache node with `options`; the CA files' certificates come from `cas`. */
+export function downstreamMiddleware(options: DownstreamOptions, cas: CaStore = new CaStore()): NamespaceMiddleware {
   return async (_inner, { logger, driver, observability }) => {
     const log = logger.child({ component: 'downstream' });
-    const ca = options.cas.length > 0 ? loadCAs(options.cas).pem : undefined;
+    const ca = cas.pem(options.cas);
     const upstreams = new UpstreamPool({
       upstreamhosts: options.upstreamhosts,
       ...(options.originhost ? { originhost: options.originhost } : {}),
@@ -105,8 +92,8 @@ export function downstreamMiddleware(options: DownstreamOptions): NamespaceMiddl
  * keys, fetched from the upstreams' `/api/v0/keys` (each cache re-publishes its upstream's set, so the
  * keys travel down the chain like the blobs), and this cache publishes them at its own `/api/v0/keys`.
  */
-export function grantAuthorizationOf(options: DownstreamOptions, logger: Logger): { authorizer: GrantAuthorizer; routes: ExtraRoute[] } {
-  const ca = options.cas.length > 0 ? loadCAs(options.cas).pem : undefined;
+export function grantAuthorizationOf(options: DownstreamOptions, logger: Logger, cas: CaStore = new CaStore()): { authorizer: GrantAuthorizer; routes: ExtraRoute[] } {
+  const ca = cas.pem(options.cas);
   const keys = new RemoteJwks({
     urls: [...options.upstreamhosts, ...(options.originhost ? [options.originhost] : [])],
     ...(ca ? { ca } : {}),

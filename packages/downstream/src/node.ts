@@ -1,21 +1,84 @@
 /**
  * The roles a registry config can give a node, each set up in one place: a cache node (the `downstream`
- * middleware), a mirror (a `proxy` section) or a plain registry. `cascade registry` and `cascade up` start
- * their nodes through {@link createNode}, and every command loads configs with {@link NODE_CONFIG_OPTIONS}.
+ * middleware), a mirror (a `proxy` section) or a plain registry. A command loads a node's config with
+ * {@link loadNodeConfig} (or {@link parseNodeConfig}), which validates it and parses the role's options once,
+ * CA files included, and starts the node through {@link createNode}.
  *
  * @example
- * const { config } = loadConfig(file, process.env, NODE_CONFIG_OPTIONS);
- * const running = await startRegistry({ config, logger, ...createNode(config, logger) });
+ * const node = loadNodeConfig(file, process.env);
+ * const running = await startRegistry({ config: node.config, logger, ...createNode(node, logger) });
  */
 import type { Logger } from 'pino';
-import { createAuth, type Authorizer, type ExtraRoute, type LoadConfigOptions, type NamespaceMiddleware, type RegistryConfig } from '@cascade/registry-core';
-import { DOWNSTREAM, downstreamMiddleware, downstreamOptionsOf, grantAuthorizationOf } from './middleware.js';
-import { validateDownstreamOptions, type DownstreamOptions } from './options.js';
+import {
+  createAuth,
+  loadConfig,
+  parseConfig,
+  type Authorizer,
+  type ExtraRoute,
+  type LoadConfigOptions,
+  type LoadedConfig,
+  type NamespaceMiddleware,
+  type RegistryConfig,
+} from '@cascade/registry-core';
+import { CaStore } from './ca-trust.js';
+import { DOWNSTREAM, downstreamMiddleware, grantAuthorizationOf } from './middleware.js';
+import { parseDownstreamOptions, type CaFileSettings, type DownstreamOptions } from './options.js';
 import { mirrorGrantAuthorizer, mirrorMiddleware } from './mirror/middleware.js';
-import { mirrorOptionsOf, validateMirrorConfig, type MirrorOptions } from './mirror/options.js';
+import { parseMirrorOptions, type MirrorOptions } from './mirror/options.js';
 
-/** The options every command loads a registry config with: the `downstream` middleware's validator and the mirror's checks. */
-export const NODE_CONFIG_OPTIONS: LoadConfigOptions = { middleware: { [DOWNSTREAM]: validateDownstreamOptions }, checks: [validateMirrorConfig] };
+/** A node's config, loaded: the registry config, its warnings, and the options of its role, parsed once. */
+export interface NodeConfig extends LoadedConfig {
+  /** The options of the (first enabled) `downstream` entry of `middleware.registry`: the node is a cache node. */
+  readonly cache?: DownstreamOptions;
+  /** The options of the `proxy` section: the node is a mirror. */
+  readonly mirror?: MirrorOptions;
+  /** The certificates of the CA files the options name, read while the config was loaded. */
+  readonly cas: CaStore;
+}
+
+/**
+ * Reads and validates a node's config file as the registry-core loader does (`REGISTRY_*` overrides
+ * included), with the `downstream` middleware's options and the mirror's `proxy` checks; each is parsed once,
+ * and the CA files are read once.
+ * @throws ConfigError listing every problem.
+ */
+export function loadNodeConfig(file: string, env: NodeJS.ProcessEnv = process.env, settings: CaFileSettings = {}): NodeConfig {
+  return loadNode((options) => loadConfig(file, env, options), settings);
+}
+
+/** {@link loadNodeConfig} from text; `file` is only used in messages. */
+export function parseNodeConfig(text: string, file: string, env: NodeJS.ProcessEnv = process.env, settings: CaFileSettings = {}): NodeConfig {
+  return loadNode((options) => parseConfig(text, file, env, options), settings);
+}
+
+/**
+ * The loader's validators keep what they parse: a `downstream` entry's options by key, the mirror's options,
+ * and the certificates of the CA files, so that nothing is parsed or read twice.
+ */
+function loadNode(load: (options: LoadConfigOptions) => LoadedConfig, settings: CaFileSettings): NodeConfig {
+  const withStore = { ...settings, cas: settings.cas ?? new CaStore() };
+  const caches = new Map<string, DownstreamOptions>();
+  let mirror: MirrorOptions | undefined;
+  const { config, warnings } = load({
+    middleware: {
+      [DOWNSTREAM]: (raw, key, config) => {
+        const { options, errors } = parseDownstreamOptions(raw, key, config, withStore);
+        if (options) caches.set(key, options);
+        return errors;
+      },
+    },
+    checks: [
+      (config) => {
+        const parsed = parseMirrorOptions(config, withStore);
+        mirror = parsed.options;
+        return parsed.errors;
+      },
+    ],
+  });
+  const index = config.middleware.registry.findIndex((m) => m.name === DOWNSTREAM && !m.disabled);
+  const cache = index < 0 ? undefined : caches.get(`middleware.registry[${index}].options`);
+  return { config, warnings, ...(cache ? { cache } : {}), ...(mirror ? { mirror } : {}), cas: withStore.cas };
+}
 
 /** What a role adds to `startRegistry`'s options: its name, its middleware and, when it has its own, its authorizer and routes. */
 export interface NodeRole {
@@ -33,47 +96,35 @@ export class NodeRoleError extends Error {
 }
 
 /**
- * The cache node of a config with the `downstream` middleware (undefined without it): the middleware, and in
- * `auth: grant` mode the grant authorizer and the `/api/v0/keys` route.
+ * A cache node with `options`: the middleware, and in `auth: grant` mode the grant authorizer and the
+ * `/api/v0/keys` route. `cas` holds the CA files' certificates (those not in it are read here, once).
  */
-export function createCacheNode(config: RegistryConfig, logger: Logger): NodeRole | undefined {
-  const options = downstreamOptionsOf(config);
-  return options && cacheNode(options, logger);
+export function createCacheNode(options: DownstreamOptions, logger: Logger, cas: CaStore = new CaStore()): NodeRole {
+  const grant = options.auth === 'grant' ? grantAuthorizationOf(options, logger, cas) : undefined;
+  return { role: 'cache', middleware: [downstreamMiddleware(options, cas)], ...(grant ? { authorizer: grant.authorizer, extraRoutes: grant.routes } : {}) };
 }
 
 /**
- * The mirror of a config with a `proxy` section (undefined without it). With `proxy.grants` (the mirror is
- * registered as a cache at the server) it takes the server's grants for blob GETs and its own `auth` for
- * the rest, whose routes (a token endpoint) it keeps.
+ * A mirror with `options`. With `proxy.grants` (the mirror is registered as a cache at the server) it takes
+ * the server's grants for blob GETs and the `auth` section of `config` for the rest, whose routes (a token
+ * endpoint) it keeps. `cas` holds the CA files' certificates (those not in it are read here, once).
  */
-export function createMirrorNode(config: RegistryConfig, logger: Logger): NodeRole | undefined {
-  const options = mirrorOptionsOf(config);
-  return options && mirrorNode(options, config, logger);
+export function createMirrorNode(options: MirrorOptions, config: RegistryConfig, logger: Logger, cas: CaStore = new CaStore()): NodeRole {
+  const middleware = [mirrorMiddleware(options, { cas })];
+  if (!options.grants) return { role: 'mirror', middleware };
+  const auth = createAuth(config, logger);
+  return { role: 'mirror', middleware, authorizer: mirrorGrantAuthorizer(options.grants, auth.authorizer, logger, cas), extraRoutes: auth.routes };
 }
 
 /**
  * The role of a loaded config: a cache node, a mirror, or a plain registry (no middleware, the config's `auth`).
  * @throws NodeRoleError when the config asks for a cache node and a mirror at once.
  */
-export function createNode(config: RegistryConfig, logger: Logger): NodeRole {
-  const downstream = downstreamOptionsOf(config);
-  const mirror = mirrorOptionsOf(config);
-  if (downstream && mirror) {
+export function createNode(node: NodeConfig, logger: Logger): NodeRole {
+  if (node.cache && node.mirror) {
     throw new NodeRoleError('the config has both a downstream middleware (a cache node) and a proxy section (a mirror): a node is one or the other');
   }
-  if (downstream) return cacheNode(downstream, logger);
-  if (mirror) return mirrorNode(mirror, config, logger);
+  if (node.cache) return createCacheNode(node.cache, logger, node.cas);
+  if (node.mirror) return createMirrorNode(node.mirror, node.config, logger, node.cas);
   return { role: 'registry', middleware: [] };
-}
-
-function cacheNode(options: DownstreamOptions, logger: Logger): NodeRole {
-  const grant = options.auth === 'grant' ? grantAuthorizationOf(options, logger) : undefined;
-  return { role: 'cache', middleware: [downstreamMiddleware(options)], ...(grant ? { authorizer: grant.authorizer, extraRoutes: grant.routes } : {}) };
-}
-
-function mirrorNode(options: MirrorOptions, config: RegistryConfig, logger: Logger): NodeRole {
-  const middleware = [mirrorMiddleware(options)];
-  if (!options.grants) return { role: 'mirror', middleware };
-  const auth = createAuth(config, logger);
-  return { role: 'mirror', middleware, authorizer: mirrorGrantAuthorizer(options.grants, auth.authorizer, logger), extraRoutes: auth.routes };
 }

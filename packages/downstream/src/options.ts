@@ -1,7 +1,8 @@
 /**
- * The options of the `downstream` registry middleware (a cache node), validated once at start-up by the
- * registry-core config loader. DTR's files must load unchanged, so both of DTR's forms are accepted, plus
- * the flat list of hosts that other cache configurations use:
+ * The options of the `downstream` registry middleware (a cache node): one zod schema
+ * ({@link downstreamOptionsSchema}), parsed once when the config is loaded into the typed
+ * {@link DownstreamOptions} the node is built from. DTR's files must load unchanged, so both of DTR's forms
+ * are accepted, plus the flat list of hosts that other cache configurations use:
  *
  * ```yaml
  * # (a) DTR, nested: one upstream set
@@ -23,13 +24,14 @@
  *   upstreams: [https://cache-a.example, https://cache-b.example]
  * ```
  *
- * Validation is written by hand rather than with zod: the forms overlap, and every message must name the
- * exact key a user has to edit (`upstreams[0].cas[1]`), which is simpler to say directly than to recover
- * from a schema's issue paths.
+ * Every message names the exact key a user has to edit (`upstreams[0].cas[1]`) and reads `<key>: expected
+ * <what>, got <what>`, as the registry config's do. Each value has its schema; where the hosts come from is
+ * checked across the forms once each key was read (the schema's building blocks are in `option-schema.ts`).
  */
 import { isAbsolute } from 'node:path';
+import { z } from 'zod';
 import { describeValue, parseDtrDuration, parseGoDuration, suggestKey, type MiddlewareOptionsValidator, type RegistryConfig } from '@cascade/registry-core';
-import { validateCaFiles } from './ca-trust.js';
+import { ALWAYS, fail, keyAt, leaf, listOf, optional, optionMessages, parseAt, readCaFiles, Refusal, withDefault, type CaFileSettings, type KeyPath, type OptionCtx } from './option-schema.js';
 
 /** How a cache authenticates to its upstream when it fills a miss. */
 export const DOWNSTREAM_AUTH_MODES = ['passthrough', 'none', 'grant'] as const;
@@ -45,13 +47,17 @@ export const DOWNSTREAM_DEFAULTS = {
   filltimeout: '10m',
   sweepinterval: '1m',
   auth: 'passthrough',
-} as const satisfies { filltimeout: string; sweepinterval: string; auth: DownstreamAuthMode };
+  issuer: 'cascade',
+} as const satisfies { filltimeout: string; sweepinterval: string; auth: DownstreamAuthMode; issuer: string };
 
 /** Every key the options may hold, in the order the documentation lists them. */
 export const DOWNSTREAM_OPTION_KEYS = ['blobttl', 'upstreams', 'originhost', 'upstreamhosts', 'cas', 'maxsize', 'filltimeout', 'sweepinterval', 'auth', 'name', 'issuer', 'downstreams'] as const;
 
 /** The keys of the one entry of the nested `upstreams` form. */
 const UPSTREAM_ENTRY_KEYS = ['originhost', 'upstreamhosts', 'cas'] as const;
+
+/** The order messages come in: the keys as the schema reads them, where blobs come from first. */
+const MESSAGE_ORDER = ['originhost', 'upstreamhosts', 'cas', 'upstreams', 'blobttl', 'maxsize', 'filltimeout', 'sweepinterval', 'auth', 'name', 'issuer', 'downstreams'];
 
 /** The validated options of a cache node, whatever form they were written in. */
 export interface DownstreamOptions {
@@ -93,11 +99,72 @@ export interface DownstreamOptions {
 }
 
 /** How {@link parseDownstreamOptions} checks the files the options name. */
-export interface ParseDownstreamSettings {
-  /** Read and check the `cas` files (default true); false only parses the options. */
-  readonly checkCaFiles?: boolean;
-  /** The time CA validity is checked against (default: now). */
-  readonly now?: Date;
+export type ParseDownstreamSettings = CaFileSettings;
+export type { CaFileSettings } from './option-schema.js';
+
+/**
+ * The schema of the options of one `downstream` middleware entry. `key` is where they are in the file
+ * (`middleware.registry[0].options`), which messages that point at another key name; `config` is the rest of
+ * the configuration, read for `storage.delete.enabled`; `settings` say how CA files are checked. Parse with
+ * {@link parseDownstreamOptions}, which turns the issues into messages.
+ */
+export function downstreamOptionsSchema(key: string, config: RegistryConfig, settings: CaFileSettings = {}) {
+  const at = (...path: KeyPath): string => keyAt(key, path);
+  return z
+    .looseObject({
+      originhost: optional(hostUrl),
+      upstreamhosts: optional(hostList(at('upstreamhosts'))),
+      cas: optional(caList),
+      upstreams: optional(upstreamsSchema(key)),
+      blobttl: optional(leaf(blobTtlMs)),
+      maxsize: optional(leaf(sizeBytes)),
+      filltimeout: withDefault(leaf(goDurationMs(true)), DOWNSTREAM_DEFAULTS.filltimeout),
+      sweepinterval: withDefault(leaf(goDurationMs(false)), DOWNSTREAM_DEFAULTS.sweepinterval),
+      auth: withDefault(leaf(authMode), DOWNSTREAM_DEFAULTS.auth),
+      name: optional(leaf((v) => (typeof v === 'string' && v !== '' ? v : new Refusal('the cache name registered on the server, such as "region-eu"')))),
+      issuer: withDefault(leaf((v) => (typeof v === 'string' && v !== '' ? v : new Refusal('the server\'s grants.issuer, such as "cascade"'))), DOWNSTREAM_DEFAULTS.issuer),
+      downstreams: withDefault(
+        leaf((v) => (Array.isArray(v) && v.every((d): d is string => typeof d === 'string' && d !== '') ? v : new Refusal('a list of cache names'))),
+        [],
+      ),
+    })
+    .superRefine((o, ctx) => {
+      for (const k of Object.keys(o)) {
+        if (!isOneOf(k, DOWNSTREAM_OPTION_KEYS)) fail(ctx, o[k], `a key of ${key} (${DOWNSTREAM_OPTION_KEYS.join(', ')})`, unknownKeyGot(k, DOWNSTREAM_OPTION_KEYS), { path: [k], unknownKey: true });
+      }
+      checkHosts(o, ctx, key);
+      if (o.auth === 'grant' && o.name === undefined) {
+        fail(ctx, undefined, 'the cache name registered on the server (auth: grant verifies that grants were issued for it)', 'nothing', { path: ['name'] });
+      }
+      // Both expire content by deleting blobs, which the storage refuses unless deletes are enabled.
+      const deleting = (['blobttl', 'maxsize'] as const).filter((k) => o[k] !== undefined).map((k) => at(k));
+      if (deleting.length > 0 && !config.storage.delete.enabled) {
+        const why = `${deleting.join(' and ')} ${deleting.length === 1 ? 'is' : 'are'} set (the cache deletes blobs when they expire or are evicted, and the storage refuses deletes unless they are enabled)`;
+        fail(ctx, false, `true because ${why}`, 'false', { key: 'storage.delete.enabled', after: 'keys' });
+      }
+      if (settings.checkCaFiles === false) return;
+      const entryCas = isUpstreamSet(o.upstreams) ? o.upstreams.cas : undefined;
+      for (const [path, files] of [[['cas'], o.cas], [['upstreams', 0, 'cas'], entryCas]] as const) {
+        if (isStringList(files)) readCaFiles(ctx, path, files, settings);
+      }
+    }, ALWAYS)
+    .transform((o): DownstreamOptions => {
+      const set = isUpstreamSet(o.upstreams) ? o.upstreams : undefined;
+      const originhost = o.originhost ?? set?.originhost;
+      return {
+        ...(o.blobttl === undefined ? {} : { blobttlMs: o.blobttl }),
+        ...(originhost === undefined ? {} : { originhost }),
+        upstreamhosts: o.upstreamhosts ?? set?.upstreamhosts ?? (o.upstreams?.form === 'hosts' ? o.upstreams.hosts : []),
+        cas: [...(o.cas ?? []), ...(set?.cas ?? [])],
+        ...(o.maxsize === undefined ? {} : { maxsizeBytes: o.maxsize }),
+        filltimeoutMs: o.filltimeout,
+        sweepintervalMs: o.sweepinterval,
+        auth: o.auth,
+        ...(o.name === undefined ? {} : { name: o.name }),
+        issuer: o.issuer,
+        downstreams: o.downstreams,
+      };
+    });
 }
 
 /**
@@ -106,7 +173,9 @@ export interface ParseDownstreamSettings {
  * configuration, read for `storage.delete.enabled`.
  *
  * Every problem is reported, each as one message `<full key>: expected <what>, got <what>` (CA file
- * problems read `<key>: <file>: <reason>`); values of URLs with credentials are never echoed.
+ * problems read `<key>: <file>: <reason>`), in a fixed order: unknown keys, then where blobs come from (as
+ * written), the other options in turn, `storage.delete.enabled`, and the CA files last. Values of URLs with
+ * credentials are never echoed.
  *
  * @returns `options` when, and only when, `errors` is empty.
  * @example
@@ -118,66 +187,8 @@ export function parseDownstreamOptions(
   config: RegistryConfig,
   settings: ParseDownstreamSettings = {},
 ): { options?: DownstreamOptions; errors: string[] } {
-  const errors: string[] = [];
-  const fail = (at: string, expected: string, got: string): undefined => {
-    errors.push(`${at}: expected ${expected}, got ${got}`);
-    return undefined;
-  };
-  const at = (name: string): string => `${key}.${name}`;
-
-  for (const k of Object.keys(options)) {
-    if (!isOneOf(k, DOWNSTREAM_OPTION_KEYS)) fail(at(k), `a key of ${key} (${DOWNSTREAM_OPTION_KEYS.join(', ')})`, unknownKeyGot(k, DOWNSTREAM_OPTION_KEYS));
-  }
-
-  const hosts = parseHosts(options, key, fail);
-
-  const blobttl = valueOf(options, 'blobttl');
-  const blobttlMs = blobttl === undefined ? undefined : parseBlobTtl(blobttl, at('blobttl'), fail);
-  const maxsize = valueOf(options, 'maxsize');
-  const maxsizeBytes = maxsize === undefined ? undefined : parseSize(maxsize, at('maxsize'), fail);
-  const filltimeoutMs = parseGoDurationOption(valueOf(options, 'filltimeout') ?? DOWNSTREAM_DEFAULTS.filltimeout, at('filltimeout'), true, fail);
-  const sweepintervalMs = parseGoDurationOption(valueOf(options, 'sweepinterval') ?? DOWNSTREAM_DEFAULTS.sweepinterval, at('sweepinterval'), false, fail);
-  const auth = parseAuth(valueOf(options, 'auth') ?? DOWNSTREAM_DEFAULTS.auth, at('auth'), fail);
-  const name = valueOf(options, 'name');
-  if (name !== undefined && (typeof name !== 'string' || name.length === 0)) fail(at('name'), 'the cache name registered on the server, such as "region-eu"', describeValue(name));
-  if (auth === 'grant' && name === undefined) fail(at('name'), 'the cache name registered on the server (auth: grant verifies that grants were issued for it)', 'nothing');
-  const issuer = valueOf(options, 'issuer') ?? 'cascade';
-  if (typeof issuer !== 'string' || issuer.length === 0) fail(at('issuer'), "the server's grants.issuer, such as \"cascade\"", describeValue(issuer));
-  const downstreamsValue = valueOf(options, 'downstreams') ?? [];
-  const downstreams = Array.isArray(downstreamsValue) && downstreamsValue.every((d) => typeof d === 'string' && d.length > 0) ? (downstreamsValue as string[]) : undefined;
-  if (!downstreams) fail(at('downstreams'), 'a list of cache names', describeValue(downstreamsValue));
-
-  // Both expire content by deleting blobs, which the storage refuses unless deletes are enabled.
-  const deleting = [blobttl === undefined ? undefined : at('blobttl'), maxsize === undefined ? undefined : at('maxsize')].filter((k) => k !== undefined);
-  if (deleting.length > 0 && !config.storage.delete.enabled) {
-    fail(
-      'storage.delete.enabled',
-      `true because ${deleting.join(' and ')} ${deleting.length === 1 ? 'is' : 'are'} set (the cache deletes blobs when they expire or are evicted, and the storage refuses deletes unless they are enabled)`,
-      'false',
-    );
-  }
-
-  if (settings.checkCaFiles !== false) {
-    for (const list of hosts.caLists) errors.push(...validateCaFiles(list.files, list.key, settings.now));
-  }
-
-  if (errors.length > 0 || filltimeoutMs === undefined || sweepintervalMs === undefined || auth === undefined) return { errors };
-  return {
-    errors,
-    options: {
-      ...(blobttlMs === undefined ? {} : { blobttlMs }),
-      ...(hosts.originhost === undefined ? {} : { originhost: hosts.originhost }),
-      upstreamhosts: hosts.upstreamhosts,
-      cas: hosts.caLists.flatMap((l) => l.files),
-      ...(maxsizeBytes === undefined ? {} : { maxsizeBytes }),
-      filltimeoutMs,
-      sweepintervalMs,
-      auth,
-      ...(typeof name === 'string' ? { name } : {}),
-      issuer: typeof issuer === 'string' ? issuer : 'cascade',
-      downstreams: downstreams ?? [],
-    },
-  };
+  const result = downstreamOptionsSchema(key, config, settings).safeParse(options);
+  return result.success ? { errors: [], options: result.data } : { errors: optionMessages(result.error.issues, key, MESSAGE_ORDER) };
 }
 
 /**
@@ -188,209 +199,163 @@ export function parseDownstreamOptions(
  */
 export const validateDownstreamOptions: MiddlewareOptionsValidator = (options, key, config) => parseDownstreamOptions(options, key, config).errors;
 
-type Fail = (at: string, expected: string, got: string) => undefined;
+// --- Where blobs come from: the three forms ---
 
-/** The hosts and CA lists, from whichever form they were written in. */
-interface Hosts {
-  readonly originhost: string | undefined;
-  readonly upstreamhosts: string[];
-  /** Each list with its key, for messages; only lists whose every entry is an absolute path. */
-  readonly caLists: Array<{ files: string[]; key: string }>;
+/** What `upstreams` held: DTR's upstream set (form a), or a list of hosts (form c). */
+type Upstreams = UpstreamSet | { readonly form: 'hosts'; readonly hosts: string[] };
+
+/** The entry of form (a): its keys as written, and the values of those that are valid. */
+interface UpstreamSet {
+  readonly form: 'set';
+  readonly written: ReadonlySet<string>;
+  readonly originhost?: string;
+  readonly upstreamhosts?: string[];
+  readonly cas?: string[];
 }
 
-function parseHosts(options: Record<string, unknown>, key: string, fail: Fail): Hosts {
-  let originhost: { value: string | undefined; key: string } | undefined;
-  let upstreamhosts: { value: string[]; key: string } | undefined;
-  const caLists: Array<{ files: string[]; key: string }> = [];
-  let reported = false;
-  const failHost: Fail = (at, expected, got) => {
-    reported = true;
-    return fail(at, expected, got);
-  };
+function isUpstreamSet(value: unknown): value is UpstreamSet {
+  return isRecord(value) && value['form'] === 'set';
+}
 
-  /** originhost and upstreamhosts may each be written in one place only, or which one wins would be a guess. */
-  const setOrigin = (value: unknown, at: string): void => {
-    if (originhost !== undefined) {
-      failHost(at, `originhost in one place only (it is also set at ${originhost.key})`, 'a second one');
-      return;
-    }
-    originhost = { value: parseHostUrl(value, at, failHost), key: at };
-  };
-  const setUpstreams = (value: string[], at: string): void => {
-    if (upstreamhosts !== undefined) {
-      failHost(at, `upstream hosts in one place only (they are also set at ${upstreamhosts.key})`, 'a second list');
-      return;
-    }
-    upstreamhosts = { value, key: at };
-  };
-  const addCas = (value: unknown, at: string): void => {
-    const files = parseCaList(value, at, fail);
-    if (files !== undefined) caLists.push({ files, key: at });
-  };
+const FORMS = 'a list holding either one upstream set ("- originhost: https://origin.example") or host URLs ("- https://cache.example")';
 
-  const flatOrigin = valueOf(options, 'originhost');
-  if (flatOrigin !== undefined) setOrigin(flatOrigin, `${key}.originhost`);
-  const flatUpstreams = valueOf(options, 'upstreamhosts');
-  if (flatUpstreams !== undefined) setUpstreams(parseHostList(flatUpstreams, `${key}.upstreamhosts`, failHost), `${key}.upstreamhosts`);
-  const flatCas = valueOf(options, 'cas');
-  if (flatCas !== undefined) addCas(flatCas, `${key}.cas`);
-
-  const upstreamsKey = `${key}.upstreams`;
-  const upstreams = valueOf(options, 'upstreams');
-  const FORMS = 'a list holding either one upstream set ("- originhost: https://origin.example") or host URLs ("- https://cache.example")';
-  let entryKey: string | undefined;
-  if (upstreams !== undefined && !Array.isArray(upstreams)) {
-    failHost(upstreamsKey, FORMS, isRecord(upstreams) ? 'a mapping (write the upstream set as a list item: "- originhost: ...")' : describeValue(upstreams));
-  } else if (upstreams !== undefined && upstreams.length === 0) {
-    failHost(upstreamsKey, FORMS, 'an empty list');
-  } else if (upstreams !== undefined && isRecord(upstreams[0])) {
+/** `upstreams`, in either of its forms; `key` is the options' key. */
+function upstreamsSchema(key: string) {
+  const upstreamsKey = keyAt(key, ['upstreams']);
+  const entryKey = `${upstreamsKey}[0]`;
+  const entryHosts = hostList(`${entryKey}.upstreamhosts`);
+  // Form (c): every item is a host, used round-robin, and there is no separate origin.
+  const hostItems = hostList(
+    upstreamsKey,
+    leaf((v) => (isRecord(v) ? new Refusal(`a host URL like ${upstreamsKey}[0] (${FORMS}, not both)`, 'a mapping') : hostOrigin(v))),
+  );
+  return z.unknown().transform((value, ctx): Upstreams => {
+    if (!Array.isArray(value)) return fail(ctx, value, FORMS, isRecord(value) ? 'a mapping (write the upstream set as a list item: "- originhost: ...")' : describeValue(value));
+    if (value.length === 0) return fail(ctx, value, FORMS, 'an empty list');
+    const [entry, ...extra] = value as unknown[];
+    if (!isRecord(entry)) return { form: 'hosts', hosts: parseAt(hostItems, value, [], ctx) ?? [] };
     // Form (a): DTR's nested upstream set.
-    entryKey = `${upstreamsKey}[0]`;
-    const entry = upstreams[0];
     for (const k of Object.keys(entry)) {
       if (isOneOf(k, UPSTREAM_ENTRY_KEYS)) continue;
       const got = isOneOf(k, DOWNSTREAM_OPTION_KEYS) ? `unknown key ${JSON.stringify(k)} (it belongs in ${key}, beside upstreams)` : unknownKeyGot(k, UPSTREAM_ENTRY_KEYS);
-      failHost(`${entryKey}.${k}`, `a key of ${entryKey} (${UPSTREAM_ENTRY_KEYS.join(', ')})`, got);
+      fail(ctx, entry[k], `a key of ${entryKey} (${UPSTREAM_ENTRY_KEYS.join(', ')})`, got, { path: [0, k], unknownKey: true });
     }
-    const origin = valueOf(entry, 'originhost');
-    if (origin !== undefined) setOrigin(origin, `${entryKey}.originhost`);
-    const list = valueOf(entry, 'upstreamhosts');
-    if (list !== undefined) setUpstreams(parseHostList(list, `${entryKey}.upstreamhosts`, failHost), `${entryKey}.upstreamhosts`);
-    const cas = valueOf(entry, 'cas');
-    if (cas !== undefined) addCas(cas, `${entryKey}.cas`);
-    upstreams.slice(1).forEach((extra, i) => {
-      failHost(
-        `${upstreamsKey}[${i + 1}]`,
-        `one upstream set per cache node (a cache fills from one origin; list several caches in ${upstreamsKey}[0].upstreamhosts, which are tried round-robin)`,
-        isRecord(extra) ? 'another upstream set' : describeValue(extra),
-      );
+    const written = new Set(UPSTREAM_ENTRY_KEYS.filter((k) => entry[k] !== undefined && entry[k] !== null));
+    const field = <T>(schema: z.ZodType<T>, k: (typeof UPSTREAM_ENTRY_KEYS)[number]) => (written.has(k) ? parseAt(schema, entry[k], [0, k], ctx) : undefined);
+    const set: UpstreamSet = {
+      form: 'set',
+      written,
+      ...definedOnly({ originhost: field(hostUrl, 'originhost'), upstreamhosts: field(entryHosts, 'upstreamhosts'), cas: field(caList, 'cas') }),
+    };
+    extra.forEach((item, i) => {
+      const expected = `one upstream set per cache node (a cache fills from one origin; list several caches in ${entryKey}.upstreamhosts, which are tried round-robin)`;
+      fail(ctx, item, expected, isRecord(item) ? 'another upstream set' : describeValue(item), { path: [i + 1] });
     });
-  } else if (upstreams !== undefined) {
-    // Form (c): every item is a host, used round-robin, and there is no separate origin.
-    const hosts: string[] = [];
-    upstreams.forEach((item, i) => {
-      const itemKey = `${upstreamsKey}[${i}]`;
-      if (isRecord(item)) {
-        failHost(itemKey, `a host URL like ${upstreamsKey}[0] (${FORMS}, not both)`, 'a mapping');
-        return;
-      }
-      const url = parseHostUrl(item, itemKey, failHost);
-      if (url !== undefined) hosts.push(url);
-    });
-    reportDuplicates(upstreams, upstreamsKey, failHost);
-    setUpstreams(hosts, upstreamsKey);
-  }
-
-  const origin = originhost?.value;
-  const list = upstreamhosts?.value ?? [];
-  if (!reported && origin === undefined && list.length === 0) {
-    const where = entryKey ?? upstreamsKey;
-    fail(
-      where,
-      `where to fetch missing blobs from: an originhost or upstreamhosts (${entryKey === undefined ? 'for example "upstreams: [{originhost: https://origin.example}]"' : 'for example "originhost: https://origin.example"'})`,
-      entryKey === undefined ? 'nothing' : 'neither',
-    );
-  }
-  return { originhost: origin, upstreamhosts: list, caLists };
+    return set;
+  });
 }
 
+/**
+ * The checks across the forms: originhost and the upstream hosts are each written in one place only (or
+ * which one wins would be a guess), and at least one of them is given, unless a host key was already
+ * refused (its message says more).
+ */
+function checkHosts(o: { originhost?: unknown; upstreamhosts?: unknown; upstreams?: unknown }, ctx: OptionCtx, key: string): void {
+  const u = o.upstreams;
+  const set = isUpstreamSet(u) ? u : undefined;
+  if (set?.written.has('originhost') && o.originhost !== undefined) {
+    fail(ctx, undefined, `originhost in one place only (it is also set at ${keyAt(key, ['originhost'])})`, 'a second one', { path: ['upstreams', 0, 'originhost'], supersedes: true });
+  }
+  const secondList = set?.written.has('upstreamhosts') ? ['upstreams', 0, 'upstreamhosts'] : isRecord(u) && u['form'] === 'hosts' ? ['upstreams'] : undefined;
+  if (secondList && o.upstreamhosts !== undefined) {
+    fail(ctx, undefined, `upstream hosts in one place only (they are also set at ${keyAt(key, ['upstreamhosts'])})`, 'a second list', { path: secondList });
+  }
+  if (ctx.issues.some((i) => isHostKey(i.path ?? []))) return;
+  const origin = typeof o.originhost === 'string' ? o.originhost : set?.originhost;
+  const hosts = isStringList(o.upstreamhosts) ? o.upstreamhosts : (set?.upstreamhosts ?? (isRecord(u) && isStringList(u['hosts']) ? u['hosts'] : []));
+  if (origin !== undefined || hosts.length > 0) return;
+  const example = set ? 'for example "originhost: https://origin.example"' : 'for example "upstreams: [{originhost: https://origin.example}]"';
+  fail(ctx, undefined, `where to fetch missing blobs from: an originhost or upstreamhosts (${example})`, set ? 'neither' : 'nothing', { path: set ? ['upstreams', 0] : ['upstreams'] });
+}
+
+/** A key about hosts (a CA list is not one). */
+function isHostKey(path: readonly PropertyKey[]): boolean {
+  return path[0] === 'originhost' || path[0] === 'upstreamhosts' || (path[0] === 'upstreams' && path[2] !== 'cas');
+}
+
+// --- The values ---
+
 const URL_EXPECTED = 'an absolute http:// or https:// URL without path, query or fragment, such as "https://origin.example"';
+const NO_CREDENTIALS = "a URL without credentials (on a miss the cache forwards the client's own credentials; see the auth option)";
+const CREDENTIALS_GOT = 'a URL with a user name or password (not shown)';
 
 /** A host as its URL origin (`https://host[:port]`), the form requests are built from. */
-function parseHostUrl(value: unknown, at: string, fail: Fail): string | undefined {
-  if (typeof value !== 'string') return fail(at, URL_EXPECTED, describeValue(value));
+function hostOrigin(value: unknown): string | Refusal {
+  if (typeof value !== 'string') return new Refusal(URL_EXPECTED);
   // Checked on the text first, and broadly (an `@` anywhere before a query): a URL that does not even
   // parse, such as one whose password holds a `/`, may still hold a password.
-  if (/^[a-z][a-z0-9+.-]*:\/\/[^?#]*@/i.test(value)) {
-    return fail(at, 'a URL without credentials (on a miss the cache forwards the client\'s own credentials; see the auth option)', 'a URL with a user name or password (not shown)');
-  }
+  if (/^[a-z][a-z0-9+.-]*:\/\/[^?#]*@/i.test(value)) return new Refusal(NO_CREDENTIALS, CREDENTIALS_GOT);
   let url: URL;
   try {
     url = new URL(value);
   } catch {
     const bare = /^[a-z0-9.-]+(:\d+)?(\/.*)?$/i.test(value) ? ` (add the scheme: "https://${value}")` : '';
-    return fail(at, URL_EXPECTED, `${describeValue(value)}${bare}`);
+    return new Refusal(URL_EXPECTED, `${describeValue(value)}${bare}`);
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
     // `host:5000` parses with `host:` as its scheme.
     const bare = /^[a-z0-9.-]+:\d+$/i.test(value) ? ` (add the scheme: "https://${value}")` : '';
-    return fail(at, URL_EXPECTED, `${describeValue(value)}${bare}`);
+    return new Refusal(URL_EXPECTED, `${describeValue(value)}${bare}`);
   }
-  if (url.username !== '' || url.password !== '') {
-    return fail(at, 'a URL without credentials (on a miss the cache forwards the client\'s own credentials; see the auth option)', 'a URL with a user name or password (not shown)');
-  }
-  if (url.pathname !== '/') return fail(at, `${URL_EXPECTED} (the cache adds /v2/... itself)`, describeValue(value));
-  if (url.search !== '' || url.hash !== '' || /[?#]/.test(value)) return fail(at, URL_EXPECTED, describeValue(value));
+  if (url.username !== '' || url.password !== '') return new Refusal(NO_CREDENTIALS, CREDENTIALS_GOT);
+  if (url.pathname !== '/') return new Refusal(`${URL_EXPECTED} (the cache adds /v2/... itself)`);
+  if (url.search !== '' || url.hash !== '' || /[?#]/.test(value)) return new Refusal(URL_EXPECTED);
   return url.origin;
 }
 
-function parseHostList(value: unknown, at: string, fail: Fail): string[] {
-  if (!Array.isArray(value)) {
-    fail(at, 'a list of http(s) URLs', describeValue(value));
-    return [];
-  }
-  const hosts: string[] = [];
-  value.forEach((item, i) => {
-    const url = parseHostUrl(item, `${at}[${i}]`, fail);
-    if (url !== undefined) hosts.push(url);
-  });
-  reportDuplicates(value, at, fail);
-  return hosts;
-}
+const hostUrl = leaf(hostOrigin);
 
-/** A repeated host would silently take a bigger share of the round-robin. */
-function reportDuplicates(items: readonly unknown[], at: string, fail: Fail): void {
-  const seen = new Map<string, number>();
-  items.forEach((item, i) => {
-    if (typeof item !== 'string') return;
-    let origin: string;
-    try {
-      origin = new URL(item).origin;
-    } catch {
-      return;
-    }
-    const first = seen.get(origin);
-    if (first === undefined) seen.set(origin, i);
-    else fail(`${at}[${i}]`, `each host once (it is already ${at}[${first}])`, describeValue(item));
+/** A list of hosts, each once: a repeated host would silently take a bigger share of the round-robin. */
+function hostList(listKey: string, item: z.ZodType<string> = hostUrl) {
+  return listOf(item, 'a list of http(s) URLs', (items, ctx) => {
+    const seen = new Map<string, number>();
+    items.forEach((host, i) => {
+      if (typeof host !== 'string' || !URL.canParse(host)) return;
+      const origin = new URL(host).origin;
+      const first = seen.get(origin);
+      if (first === undefined) seen.set(origin, i);
+      else fail(ctx, host, `each host once (it is already ${listKey}[${first}])`, describeValue(host), { path: [i] });
+    });
   });
 }
 
 /** Absolute paths only: the cache may be started from any directory, and DTR requires them too. */
-function parseCaList(value: unknown, at: string, fail: Fail): string[] | undefined {
-  if (!Array.isArray(value)) {
-    fail(at, 'a list of absolute paths of PEM CA certificate files', describeValue(value));
-    return undefined;
-  }
-  let ok = true;
-  value.forEach((item, i) => {
-    if (typeof item !== 'string' || item === '' || !isAbsolute(item)) {
-      ok = false;
-      fail(`${at}[${i}]`, 'an absolute path of a PEM CA certificate file, such as "/certs/origin-ca.pem"', describeValue(item));
-    }
-  });
-  return ok ? value.filter((v): v is string => typeof v === 'string') : undefined;
-}
+const caList = listOf(
+  leaf((v) => (typeof v === 'string' && v !== '' && isAbsolute(v) ? v : new Refusal('an absolute path of a PEM CA certificate file, such as "/certs/origin-ca.pem"'))),
+  'a list of absolute paths of PEM CA certificate files',
+);
 
 /** Go's time.Duration limit: DTR, written in Go, could not hold a longer blobttl. */
 const MAX_DURATION_NS = 9_223_372_036_854_775_807n;
 
 const DTR_EXPECTED = 'a positive integer with an optional unit ns|us|ms|s|m|h (no unit means nanoseconds), such as "24h"';
 
-function parseBlobTtl(value: unknown, at: string, fail: Fail): number | undefined {
-  if (typeof value !== 'string' && typeof value !== 'number') return fail(at, DTR_EXPECTED, describeValue(value));
+/** `blobttl`, in DTR's syntax, as milliseconds. */
+function blobTtlMs(value: unknown): number | Refusal {
+  if (typeof value !== 'string' && typeof value !== 'number') return new Refusal(DTR_EXPECTED);
   let ns: bigint;
   try {
     ns = parseDtrDuration(value);
   } catch (e) {
     // registry-core's message says what a DTR duration is, including why a large number was refused.
     const expected = /^invalid duration .*?: expected (.+)$/s.exec(e instanceof Error ? e.message : '')?.[1] ?? DTR_EXPECTED;
-    return fail(at, expected, `${describeValue(value)}${dtrHint(value)}`);
+    return new Refusal(expected, `${describeValue(value)}${dtrHint(value)}`);
   }
-  if (ns > MAX_DURATION_NS) return fail(at, 'a duration of at most 2562047h (about 292 years)', describeValue(value));
+  if (ns > MAX_DURATION_NS) return new Refusal('a duration of at most 2562047h (about 292 years)');
   if (ns < 1_000_000n) {
     const unitless = typeof value === 'number' || /^\d+$/.test(value);
     const meant = unitless ? `; no unit means nanoseconds: did you mean "${value}s"?` : '';
-    return fail(at, 'a duration of at least 1ms', `${describeValue(value)}, which is ${ns} nanoseconds${meant}`);
+    return new Refusal('a duration of at least 1ms', `${describeValue(value)}, which is ${ns} nanoseconds${meant}`);
   }
   return Number(ns) / 1e6;
 }
@@ -438,53 +403,58 @@ const SIZE_UNITS: Readonly<Record<string, number>> = {
 
 const SIZE_EXPECTED = 'a positive number of bytes, or a size with a unit B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), such as "50GiB"';
 
-function parseSize(value: unknown, at: string, fail: Fail): number | undefined {
-  if (typeof value === 'number') {
-    if (Number.isSafeInteger(value) && value > 0) return value;
-    return fail(at, SIZE_EXPECTED, describeValue(value));
-  }
-  if (typeof value !== 'string') return fail(at, SIZE_EXPECTED, describeValue(value));
+/** `maxsize`, in bytes. */
+function sizeBytes(value: unknown): number | Refusal {
+  if (typeof value === 'number') return Number.isSafeInteger(value) && value > 0 ? value : new Refusal(SIZE_EXPECTED);
+  if (typeof value !== 'string') return new Refusal(SIZE_EXPECTED);
   const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(value.trim());
-  if (m === null) return fail(at, SIZE_EXPECTED, describeValue(value));
+  if (m === null) return new Refusal(SIZE_EXPECTED);
   const [, amount = '', unit = ''] = m;
   const multiplier = unit === '' ? 1 : SIZE_UNITS[unit.toLowerCase()];
   if (multiplier === undefined) {
     const prefix = /^[kmgt]$/i.test(unit) ? `: did you mean "${unit.toUpperCase()}B" or "${unit.toUpperCase()}iB"?` : '';
-    return fail(at, SIZE_EXPECTED, `${describeValue(value)} (unknown unit ${JSON.stringify(unit)}${prefix})`);
+    return new Refusal(SIZE_EXPECTED, `${describeValue(value)} (unknown unit ${JSON.stringify(unit)}${prefix})`);
   }
-  if (unit === '' && !/^\d+$/.test(amount)) return fail(at, SIZE_EXPECTED, `${describeValue(value)} (a number of bytes is a whole number)`);
+  if (unit === '' && !/^\d+$/.test(amount)) return new Refusal(SIZE_EXPECTED, `${describeValue(value)} (a number of bytes is a whole number)`);
   const bytes = Math.floor(Number(amount) * multiplier);
-  if (bytes < 1 || !Number.isSafeInteger(bytes)) return fail(at, SIZE_EXPECTED, describeValue(value));
-  return bytes;
+  return bytes >= 1 && Number.isSafeInteger(bytes) ? bytes : new Refusal(SIZE_EXPECTED);
 }
 
 const GO_DURATION_EXPECTED = 'a Go duration such as "10m", "90s" or "1h30m" (numbers with units ns, us, ms, s, m, h)';
 
 /** A Go duration as distribution reads one: a string, or a YAML integer of nanoseconds. In milliseconds. */
-function parseGoDurationOption(value: unknown, at: string, allowZero: boolean, fail: Fail): number | undefined {
+function goDurationMs(allowZero: boolean): (value: unknown) => number | Refusal {
   const expected = allowZero ? `${GO_DURATION_EXPECTED}, not negative` : `${GO_DURATION_EXPECTED}, greater than 0`;
-  let ms: number | undefined;
-  if (typeof value === 'number' && Number.isSafeInteger(value)) ms = value / 1e6;
-  else if (typeof value === 'string') {
-    try {
-      ms = parseGoDuration(value);
-    } catch {
-      ms = undefined;
+  return (value) => {
+    let ms: number | undefined;
+    if (typeof value === 'number' && Number.isSafeInteger(value)) ms = value / 1e6;
+    else if (typeof value === 'string') {
+      try {
+        ms = parseGoDuration(value);
+      } catch {
+        ms = undefined;
+      }
     }
-  }
-  if (ms === undefined || ms < 0 || (ms === 0 && !allowZero)) return fail(at, expected, describeValue(value));
-  return ms;
+    return ms === undefined || ms < 0 || (ms === 0 && !allowZero) ? new Refusal(expected) : ms;
+  };
 }
 
-function parseAuth(value: unknown, at: string, fail: Fail): DownstreamAuthMode | undefined {
+function authMode(value: unknown): DownstreamAuthMode | Refusal {
   if (typeof value === 'string' && isOneOf(value, DOWNSTREAM_AUTH_MODES)) return value;
   // The modes are few and dissimilar, so a looser match than for keys still points at the right one.
   const suggestion = typeof value === 'string' ? suggestKey(value, DOWNSTREAM_AUTH_MODES, Math.ceil(value.length / 3)) : undefined;
-  return fail(
-    at,
+  return new Refusal(
     `one of ${DOWNSTREAM_AUTH_MODES.map((m) => JSON.stringify(m)).join(', ')}`,
     `${describeValue(value)}${suggestion === undefined ? '' : ` (did you mean "${suggestion}"?)`}`,
   );
+}
+
+function definedOnly<T extends Record<string, unknown>>(record: T): Partial<T> {
+  return Object.fromEntries(Object.entries(record).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+function isStringList(value: unknown): value is string[] {
+  return Array.isArray(value) && value.every((v) => typeof v === 'string');
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -493,12 +463,6 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 
 function isOneOf<T extends string>(value: string, list: readonly T[]): value is T {
   return (list as readonly string[]).includes(value);
-}
-
-/** An own key's value; null (a key written without a value) counts as absent, as in the loader. */
-function valueOf(record: Record<string, unknown>, k: string): unknown {
-  const v = Object.hasOwn(record, k) ? record[k] : undefined;
-  return v === null ? undefined : v;
 }
 
 function unknownKeyGot(k: string, known: readonly string[]): string {

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import forge from 'node-forge';
 import { makeCert as signedCert, rsaKeys, subjectAltName, type TestKeys } from '@cascade/testkit';
-import { CaError, loadCAs, validateCaFiles } from '../src/ca-trust.js';
+import { CaError, CaStore, loadCAs, validateCaFiles } from '../src/ca-trust.js';
 
 const { asn1, pki } = forge;
 
@@ -254,5 +254,26 @@ describe('validateCaFiles', () => {
     assert.ok(messages[1]?.startsWith(`${key}[2]: ${garbage}: contains no PEM CERTIFICATE block`), messages[1]);
     assert.deepEqual(validateCaFiles([validCaFile], key), []);
     assert.deepEqual(validateCaFiles([], key), []);
+  });
+});
+
+describe('CaStore', () => {
+  test('reads each file once: the certificates are kept, and served after the file is gone', () => {
+    const copy = file('store-ca.pem', toPem(validCa));
+    const missing = join(dir, 'store-missing.pem');
+    const cas = new CaStore();
+    const bad = cas.read([copy, missing]);
+    assert.deepEqual(bad.map(({ index, error }) => [index, error.file]), [[1, missing]]);
+    assert.match(bad[0]?.error.reason ?? '', /^file not found/);
+    rmSync(copy);
+    assert.deepEqual(cas.pem([copy]), loadCAs([validCaFile]).pem);
+    assert.deepEqual(cas.read([copy]), [], 'a file read before is not read again');
+    assert.equal(cas.pem([]), undefined);
+  });
+
+  test('reads a file it was not given at load time when asked for its certificates, and refuses a bad one', () => {
+    const cas = new CaStore();
+    assert.deepEqual(cas.pem([validCaFile]), loadCAs([validCaFile]).pem);
+    assert.throws(() => cas.pem([join(dir, 'never-there.pem')]), (e: unknown) => e instanceof CaError && /file not found/.test(e.reason));
   });
 });

@@ -10,14 +10,24 @@ import { parseConfig, startRegistry, type RegistryConfig, type RunningRegistry }
 import { freePort, OCI_MANIFEST, sha256, startFakeRegistry, type Challenge, type FakeRegistry, type FakeRegistryOptions } from '@cascade/testkit';
 import { mirrorMiddleware, type MirrorSettings } from '../src/mirror/middleware.js';
 import type { MirrorNamespace } from '../src/mirror/namespace.js';
-import { mirrorOptionsOf, parseMirrorOptions, validateMirrorConfig } from '../src/mirror/options.js';
+import { parseMirrorOptions, validateMirrorConfig, type MirrorOptions } from '../src/mirror/options.js';
+import { parseNodeConfig, type NodeConfig } from '../src/node.js';
 import { realmRefusal, registrableDomain, scopeOf } from '../src/mirror/remote-auth.js';
 
 const silent = pino({ level: 'silent' });
 const sha = sha256;
 
+const HEAD = 'version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {inmemory: {}}\nhttp: {addr: "127.0.0.1:0"}\n';
+
 function config(yaml: string, checks = true): RegistryConfig {
-  return parseConfig(`version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {inmemory: {}}\nhttp: {addr: "127.0.0.1:0"}\n${yaml}`, 'test.yml', {}, checks ? { checks: [validateMirrorConfig] } : {}).config;
+  return parseConfig(`${HEAD}${yaml}`, 'test.yml', {}, checks ? { checks: [validateMirrorConfig] } : {}).config;
+}
+
+/** A mirror's config, loaded as `cascade registry` loads it: the options parsed once. */
+function mirrorNode(yaml: string): NodeConfig & { mirror: MirrorOptions } {
+  const node = parseNodeConfig(`${HEAD}${yaml}`, 'test.yml', {});
+  assert.ok(node.mirror, 'a mirror config');
+  return { ...node, mirror: node.mirror };
 }
 
 interface Res {
@@ -61,18 +71,15 @@ async function startOrigin(yaml = ''): Promise<{ reg: RunningRegistry; seen: str
 }
 
 async function startMirror(yaml: string, settings: MirrorSettings = {}): Promise<{ reg: RunningRegistry; mirror: MirrorNamespace }> {
-  const cfg = config(yaml);
-  const options = mirrorOptionsOf(cfg);
-  assert.ok(options);
+  const node = mirrorNode(yaml);
   let mirror: MirrorNamespace | undefined;
-  const reg = await startRegistry({ config: cfg, logger: silent, middleware: [mirrorMiddleware(options, { nodeId: 'test-mirror', ...settings }, (m) => (mirror = m))] });
+  const reg = await startRegistry({ config: node.config, logger: silent, middleware: [mirrorMiddleware(node.mirror, { nodeId: 'test-mirror', cas: node.cas, ...settings }, (m) => (mirror = m))] });
   return { reg, mirror: mirror as MirrorNamespace };
 }
 
 describe('mirror options', () => {
   it('reads distribution\'s form: one remote, the default', () => {
-    const o = mirrorOptionsOf(config('proxy: {remoteurl: "https://registry-1.docker.io", ttl: 1h}'));
-    assert.ok(o);
+    const o = mirrorNode('proxy: {remoteurl: "https://registry-1.docker.io", ttl: 1h}').mirror;
     assert.equal(o.remotes.length, 1);
     assert.equal(o.remotes[0]?.name, 'docker.io');
     assert.equal(o.remotes[0]?.dockerHub, true);
@@ -82,13 +89,13 @@ describe('mirror options', () => {
   });
 
   it('reads sealer\'s form: Docker Hub is the default, remotes named by host', () => {
-    const o = mirrorOptionsOf(config('proxy:\n  remoteregistries:\n    - {url: "http://reg.test1.com:5000"}\n    - {url: "https://registry-1.docker.io"}\n'));
+    const o = mirrorNode('proxy:\n  remoteregistries:\n    - {url: "http://reg.test1.com:5000"}\n    - {url: "https://registry-1.docker.io"}\n').mirror;
     assert.deepEqual(o?.remotes.map((r) => r.name), ['reg.test1.com-5000', 'docker.io']);
     assert.equal(o?.defaultRemote?.name, 'docker.io');
   });
 
   it('reads Cascade\'s form: names, aliases, per-remote revalidation, local prefixes; no default unless one is marked', () => {
-    const o = mirrorOptionsOf(config('proxy:\n  revalidate: 30s\n  local: [team/]\n  remotes:\n    - {url: "https://ghcr.io", name: ghcr, revalidate: 5m}\n    - {url: "https://quay.io", aliases: [Quay.Example.com]}\n'));
+    const o = mirrorNode('proxy:\n  revalidate: 30s\n  local: [team/]\n  remotes:\n    - {url: "https://ghcr.io", name: ghcr, revalidate: 5m}\n    - {url: "https://quay.io", aliases: [Quay.Example.com]}\n').mirror;
     assert.deepEqual(o?.remotes.map((r) => [r.name, r.revalidateMs, r.hosts]), [
       ['ghcr', 300_000, ['ghcr.io']],
       ['quay.io', 30_000, ['quay.io', 'quay.example.com']],
@@ -421,9 +428,10 @@ describe('mirror and misbehaving or protected remotes', () => {
 
   it('detects a mirror that is its own remote', async (t) => {
     const port = await freePort();
-    const cfg = parseConfig(`version: 0.1\nlog: {level: error}\nstorage: {inmemory: {}}\nhttp: {addr: "127.0.0.1:${port}"}\nproxy: {remoteurl: "http://127.0.0.1:${port}"}\n`, 'loop.yml', {}).config;
+    const node = parseNodeConfig(`version: 0.1\nlog: {level: error}\nstorage: {inmemory: {}}\nhttp: {addr: "127.0.0.1:${port}"}\nproxy: {remoteurl: "http://127.0.0.1:${port}"}\n`, 'loop.yml', {});
+    assert.ok(node.mirror);
     let mirror: MirrorNamespace | undefined;
-    const reg = await startRegistry({ config: cfg, logger: silent, middleware: [mirrorMiddleware(mirrorOptionsOf(cfg)!, { nodeId: 'loopy' }, (mm) => (mirror = mm))] });
+    const reg = await startRegistry({ config: node.config, logger: silent, middleware: [mirrorMiddleware(node.mirror, { nodeId: 'loopy' }, (mm) => (mirror = mm))] });
     t.after(() => reg.close());
     const res = await req(`${reg.url}/v2/app/manifests/v1`, { headers: { accept: OCI_MANIFEST } });
     assert.equal(res.status, 508);

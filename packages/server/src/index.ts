@@ -1,5 +1,5 @@
 export { loadServerConfig, parseServerConfig, serverConfigSchema, type DatabaseConfig, type ServerConfig } from './front/config.js';
-export { authenticateThroughOrigin, startServer, type RunningCascadeServer } from './front/run.js';
+export { authenticateThroughOrigin, createServer, type RunningCascadeServer, type ServerOptions } from './create.js';
 export { OriginClient, type OriginOptions } from './front/origin.js';
 export { PostgresStateRepository, POSTGRES_MIGRATIONS, migratePostgres, redactDatabaseUrl, type PostgresStateOptions } from './state/postgres.js';
 export { SqliteStateRepository, MIGRATIONS, type Migration } from './state/sqlite.js';

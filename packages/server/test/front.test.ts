@@ -14,7 +14,7 @@ import { pino } from 'pino';
 import { stringify } from 'yaml';
 import { startFakeRegistry, type FakeRegistry } from '@cascade/testkit';
 import { parseServerConfig } from '../src/front/config.js';
-import { startServer, type RunningCascadeServer } from '../src/front/run.js';
+import { createServer, type RunningCascadeServer } from '../src/create.js';
 
 /** Sends `raw` on a new connection and resolves with the status line's code and the body. */
 function rawRequest(url: string, raw: string): Promise<{ status: number; text: string }> {
@@ -63,7 +63,7 @@ describe('server front: only the origin is ever contacted', () => {
       file,
       {},
     );
-    server = await startServer(config, pino({ level: 'silent' }));
+    server = await createServer({ config, logger: pino({ level: 'silent' }) });
   });
 
   after(async () => {

@@ -25,20 +25,18 @@ import { connect as netConnect, isIP } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { connect as tlsConnect, rootCertificates, type PeerCertificate, type TLSSocket } from 'node:tls';
 import { parse as parseYaml } from 'yaml';
-import { ConfigError, loadConfig, loadSendfile, type LoadConfigOptions, type RegistryConfig } from '@cascade/registry-core';
+import { ConfigError, loadSendfile, type RegistryConfig } from '@cascade/registry-core';
 import {
   CaError,
   DOWNSTREAM,
   JWKS_PATH,
   importPublicJwk,
   loadCAs,
-  NODE_CONFIG_OPTIONS,
-  parseDownstreamOptions,
-  parseMirrorOptions,
-  validateMirrorConfig,
+  loadNodeConfig,
   type CaInfo,
   type DownstreamOptions,
   type MirrorOptions,
+  type NodeConfig,
 } from '@cascade/downstream';
 
 /** The outcome of one check. `skip`: not run because an earlier check of the same host failed. */
@@ -75,15 +73,6 @@ export const EXPIRY_WARNING_DAYS = 14;
 export const DEFAULT_TIMEOUT_MS = 5000;
 /** Largest body read from an upstream (a key set is a few hundred bytes). */
 const MAX_BODY_BYTES = 64 * 1024;
-
-/**
- * The same, without reading the CA files: a config that only fails because of a CA file still gives its
- * upstreams and storage to check (and the CA files are checked one by one, with their fixes).
- */
-const LENIENT_OPTIONS: LoadConfigOptions = {
-  middleware: { [DOWNSTREAM]: (options, key, config) => parseDownstreamOptions(options, key, config, { checkCaFiles: false }).errors },
-  checks: [(config) => validateMirrorConfig(withoutCas(config))],
-};
 
 const USAGE = `Usage: cascade doctor [--timeout SECONDS] CONFIG.yml
 
@@ -296,15 +285,16 @@ export function checkSendfile(config: RegistryConfig): CheckResult {
 export function checkConfig(file: string, env: NodeJS.ProcessEnv = process.env): { results: CheckResult[]; plan?: Plan } {
   const subject = `config ${file}`;
   const results: CheckResult[] = [];
-  let config: RegistryConfig;
-  let warnings: string[];
+  let node: NodeConfig;
   try {
-    ({ config, warnings } = loadConfig(file, env, NODE_CONFIG_OPTIONS));
+    node = loadNodeConfig(file, env);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    let lenient: { config: RegistryConfig; warnings: string[] } | undefined;
+    // Without reading the CA files: a config that only fails because of a CA file still gives its upstreams
+    // and storage to check (and the CA files are checked one by one below, with their fixes).
+    let lenient: NodeConfig | undefined;
     try {
-      lenient = loadConfig(file, env, LENIENT_OPTIONS);
+      lenient = loadNodeConfig(file, env, { checkCaFiles: false });
     } catch {
       lenient = undefined;
     }
@@ -320,9 +310,9 @@ export function checkConfig(file: string, env: NodeJS.ProcessEnv = process.env):
       message: 'refused at start-up because of its CA files (see the ca lines below); the rest of the file is valid',
       fix: 'fix the CA files below; the node does not start until they are',
     });
-    ({ config, warnings } = lenient);
+    node = lenient;
   }
-  const plan = planOf(config);
+  const plan = planOf(node);
   const role = plan.downstream ? `a cache node (auth: ${plan.downstream.options.auth})` : plan.mirror ? `a mirror of ${plan.mirror.options.remotes.length} remote${plan.mirror.options.remotes.length === 1 ? '' : 's'}` : 'a registry';
   if (results.length === 0) results.push({ status: 'ok', subject, message: `loads: ${role}` });
   if (plan.downstream && plan.mirror) {
@@ -333,7 +323,7 @@ export function checkConfig(file: string, env: NodeJS.ProcessEnv = process.env):
       fix: 'remove the proxy section or the downstream middleware entry',
     });
   }
-  for (const w of warnings) results.push({ status: 'warn', subject, message: withoutFile(w, file) });
+  for (const w of node.warnings) results.push({ status: 'warn', subject, message: withoutFile(w, file) });
   return { results, plan };
 }
 
@@ -342,52 +332,34 @@ export function withoutFile(message: string, file: string): string {
   return message.startsWith(`${file}: `) ? message.slice(file.length + 2) : message;
 }
 
-/** The downstream options, CA lists and mirror remotes of a loaded config (CA files are not read). */
-function planOf(config: RegistryConfig): Plan {
+/** The downstream options, CA lists (with the keys they are written at) and mirror remotes of a loaded config. */
+function planOf(node: NodeConfig): Plan {
+  const { config } = node;
   let downstream: Plan['downstream'];
   const index = config.middleware.registry.findIndex((m) => m.name === DOWNSTREAM && !m.disabled);
-  if (index >= 0) {
+  if (node.cache && index >= 0) {
     const key = `middleware.registry[${index}].options`;
     const raw = (config.middleware.registry[index]?.options ?? {}) as Record<string, unknown>;
-    const { options } = parseDownstreamOptions(raw, key, config, { checkCaFiles: false });
-    if (options) {
-      const caLists: CaList[] = [];
-      const flat = raw['cas'];
-      if (Array.isArray(flat)) caLists.push({ key: `${key}.cas`, files: flat.filter((f): f is string => typeof f === 'string') });
-      const upstreams = raw['upstreams'];
-      const entry = Array.isArray(upstreams) && isRecord(upstreams[0]) ? upstreams[0] : undefined;
-      const nested = entry?.['cas'];
-      if (Array.isArray(nested)) caLists.push({ key: `${key}.upstreams[0].cas`, files: nested.filter((f): f is string => typeof f === 'string') });
-      // Where a missing CA goes: beside the hosts, as the user wrote them.
-      const casKey = caLists.at(-1)?.key ?? (entry ? `${key}.upstreams[0].cas` : `${key}.cas`);
-      downstream = { options, key, casKey, caLists };
-    }
+    const caLists: CaList[] = [];
+    const flat = raw['cas'];
+    if (Array.isArray(flat)) caLists.push({ key: `${key}.cas`, files: flat.filter((f): f is string => typeof f === 'string') });
+    const upstreams = raw['upstreams'];
+    const entry = Array.isArray(upstreams) && isRecord(upstreams[0]) ? upstreams[0] : undefined;
+    const nested = entry?.['cas'];
+    if (Array.isArray(nested)) caLists.push({ key: `${key}.upstreams[0].cas`, files: nested.filter((f): f is string => typeof f === 'string') });
+    // Where a missing CA goes: beside the hosts, as the user wrote them.
+    const casKey = caLists.at(-1)?.key ?? (entry ? `${key}.upstreams[0].cas` : `${key}.cas`);
+    downstream = { options: node.cache, key, casKey, caLists };
   }
   let mirror: Plan['mirror'];
   const proxy = config.proxy;
-  if (proxy) {
-    const { options } = parseMirrorOptions(withoutCas(config));
-    if (options) {
-      const caLists: CaList[] = [];
-      if (proxy.cas) caLists.push({ key: 'proxy.cas', files: proxy.cas });
-      (proxy.remotes ?? []).forEach((r, i) => r.cas && caLists.push({ key: `proxy.remotes[${i}].cas`, files: r.cas }));
-      // parseMirrorOptions did not see the CA lists: put them back, as it would have ([...proxy.cas, ...remote.cas]).
-      const remotes = options.remotes.map((remote) => {
-        const m = /^proxy\.remotes\[(\d+)\]$/.exec(remote.key);
-        const own = m ? (proxy.remotes?.[Number(m[1])]?.cas ?? []) : [];
-        return { ...remote, cas: [...(proxy.cas ?? []), ...own] };
-      });
-      mirror = { options: { ...options, remotes }, caLists };
-    }
+  if (node.mirror && proxy) {
+    const caLists: CaList[] = [];
+    if (proxy.cas) caLists.push({ key: 'proxy.cas', files: proxy.cas });
+    (proxy.remotes ?? []).forEach((r, i) => r.cas && caLists.push({ key: `proxy.remotes[${i}].cas`, files: r.cas }));
+    mirror = { options: node.mirror, caLists };
   }
   return { config, ...(downstream ? { downstream } : {}), ...(mirror ? { mirror } : {}) };
-}
-
-/** The config with the mirror's CA lists removed, for checks that must not read the CA files. */
-function withoutCas(config: RegistryConfig): RegistryConfig {
-  if (!config.proxy) return config;
-  const { cas: _cas, remotes, ...proxy } = config.proxy;
-  return { ...config, proxy: { ...proxy, ...(remotes ? { remotes: remotes.map(({ cas: _c, ...r }) => r) } : {}) } };
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -2,12 +2,15 @@
  * `cascade up`: the whole DTR-style stack on localhost from embedded defaults, in one process:
  *
  *     origin registry (htpasswd)  <-  server  <-  region-a cache  <-  region-b cache
+ *     remote registries           <-  mirror                          (with --mirror URL)
  *
  * with a ready-made admin and user (passwords generated on the first run and kept in the state
  * directory), the caches registered through the server's API and the user's cache set to region-b, so a
  * pull by the user is redirected to region-b, which fills from region-a, which fills from the server.
- * Logs go to `<dir>/logs/<node>.log`; the terminal shows a banner with where each node listens and the
- * commands to push and pull with skopeo.
+ * `--mirror URL` (repeatable) adds a pull-through mirror of those registries. Each node is assembled where
+ * its role is: the server by `createServer`, the registries by `createNode`, from config files written to
+ * the state directory. Logs go to `<dir>/logs/<node>.log`; the terminal shows a banner with where each node
+ * listens and the commands to push and pull with skopeo.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -15,18 +18,22 @@ import { join, resolve } from 'node:path';
 import bcrypt from 'bcryptjs';
 import { pino, type Logger } from 'pino';
 import { stringify } from 'yaml';
-import { createLogger, parseConfig, startRegistry, type RunningRegistry } from '@cascade/registry-core';
-import { createNode, NODE_CONFIG_OPTIONS } from '@cascade/downstream';
-import { parseServerConfig, startServer, type RunningCascadeServer } from '@cascade/server';
+import { createLogger, startRegistry, type RunningRegistry } from '@cascade/registry-core';
+import { createNode, parseNodeConfig } from '@cascade/downstream';
+import { createServer, parseServerConfig, type RunningCascadeServer } from '@cascade/server';
 
 /** A mistake in the command line: one line, exit 64. */
 export class UpUsageError extends Error {}
 
-const USAGE = `Usage: cascade up [--dir DIR] [--port PORT]
+const USAGE = `Usage: cascade up [--dir DIR] [--port PORT] [--mirror URL]...
 
 Runs the whole stack on 127.0.0.1: the server on PORT (default 5000), the origin registry on PORT+1, the
 region-a cache on PORT+2 and the region-b cache on PORT+3. State (storage, keys, database, logs and the
 generated passwords) goes to DIR (default ./cascade-up); a second run reuses it. Stop with Ctrl-C.
+
+  --mirror URL   Also run a pull-through mirror of the registry at URL (such as
+                 https://registry-1.docker.io) on PORT+4; repeat it for more registries (the first is
+                 the default, the others are reached by their host as a path prefix; docs/mirror.md)
 `;
 
 /** Options of {@link startStack}. */
@@ -34,6 +41,8 @@ export interface UpOptions {
   readonly dir: string;
   /** The server's port; the others follow it. */
   readonly port: number;
+  /** The remote registries of a mirror node on `port + 4` (none: no mirror). The first is the default. */
+  readonly mirror?: readonly string[];
   /** Where logs go (default: one file per node under `<dir>/logs`). */
   readonly logger?: (node: string) => Logger;
 }
@@ -49,7 +58,9 @@ export interface UpCredentials {
 /** A running stack. */
 export interface RunningStack {
   readonly dir: string;
-  readonly urls: { readonly server: string; readonly origin: string; readonly regionA: string; readonly regionB: string };
+  readonly urls: { readonly server: string; readonly origin: string; readonly regionA: string; readonly regionB: string; readonly mirror?: string };
+  /** The mirror's remote registries (empty without a mirror). */
+  readonly mirrored: readonly string[];
   readonly passwords: UpCredentials;
   close(): Promise<void>;
 }
@@ -57,9 +68,11 @@ export interface RunningStack {
 const ISSUER = 'cascade-up';
 
 /** Parses `cascade up` arguments. */
-export function parseUpArgs(args: readonly string[]): { dir: string; port: number } | 'help' {
+export function parseUpArgs(args: readonly string[]): { dir: string; port: number; mirror: string[] } | 'help' {
   let dir = 'cascade-up';
   let port = 5000;
+  let portText: string | undefined;
+  const mirror: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const arg = args[i] as string;
     const value = () => {
@@ -70,12 +83,30 @@ export function parseUpArgs(args: readonly string[]): { dir: string; port: numbe
     if (arg === '--help' || arg === '-h') return 'help';
     else if (arg === '--dir') dir = value();
     else if (arg === '--port') {
-      const v = value();
-      port = Number(v);
-      if (!/^\d+$/.test(v) || port < 1 || port > 65532) throw new UpUsageError(`--port expects a port from 1 to 65532 (four consecutive ports are used), got ${JSON.stringify(v)}`);
-    } else throw new UpUsageError(`unknown option ${JSON.stringify(arg)} for "cascade up"; run "cascade up --help"`);
+      portText = value();
+      port = Number(portText);
+    } else if (arg === '--mirror') mirror.push(remoteUrl(value()));
+    else throw new UpUsageError(`unknown option ${JSON.stringify(arg)} for "cascade up"; run "cascade up --help"`);
   }
-  return { dir: resolve(dir), port };
+  const ports = portsOf(mirror);
+  if (portText !== undefined && (!/^\d+$/.test(portText) || port < 1 || port > 65536 - ports)) {
+    throw new UpUsageError(`--port expects a port from 1 to ${65536 - ports} (${ports === 4 ? 'four' : 'five'} consecutive ports are used), got ${JSON.stringify(portText)}`);
+  }
+  return { dir: resolve(dir), port, mirror };
+}
+
+/** How many consecutive ports the stack takes: four, and one more for a mirror. */
+function portsOf(mirror: readonly string[] | undefined): number {
+  return mirror && mirror.length > 0 ? 5 : 4;
+}
+
+/** A `--mirror` value: an http(s) URL of a registry. */
+function remoteUrl(value: string): string {
+  const url = URL.canParse(value) ? new URL(value) : undefined;
+  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:')) {
+    throw new UpUsageError(`--mirror expects the http:// or https:// URL of a registry, such as https://registry-1.docker.io, got ${JSON.stringify(value)}`);
+  }
+  return value;
 }
 
 /** `cascade up`: starts the stack, prints the banner, and keeps running until a signal. */
@@ -99,9 +130,10 @@ export async function runUp(args: string[]): Promise<number | undefined> {
   return undefined;
 }
 
-/** Starts origin, server and the two caches, registers the caches and picks region-b for the user. */
+/** Starts origin, server, the two caches and the mirror if asked for, registers the caches and picks region-b for the user. */
 export async function startStack(options: UpOptions): Promise<RunningStack> {
   const { dir, port } = options;
+  const mirrored = options.mirror ?? [];
   await mkdir(join(dir, 'logs'), { recursive: true });
   const passwords = await credentials(dir);
   const htpasswd = join(dir, 'origin', 'htpasswd');
@@ -109,7 +141,7 @@ export async function startStack(options: UpOptions): Promise<RunningStack> {
   await writeFile(htpasswd, Object.entries(passwords).map(([user, pw]) => `${user}:${bcrypt.hashSync(pw, 10)}\n`).join(''), { mode: 0o600 });
   const loggerFor = options.logger ?? ((node: string) => createLogger({ level: 'info', fields: { node }, destination: pino.destination({ dest: join(dir, 'logs', `${node}.log`), mkdir: true, sync: false }) }));
   const url = (p: number) => `http://127.0.0.1:${p}`;
-  const urls = { server: url(port), origin: url(port + 1), regionA: url(port + 2), regionB: url(port + 3) };
+  const urls = { server: url(port), origin: url(port + 1), regionA: url(port + 2), regionB: url(port + 3), ...(mirrored.length > 0 ? { mirror: url(port + 4) } : {}) };
   const running: Array<{ close(): Promise<void> }> = [];
   const close = async () => {
     for (const r of running.reverse()) await r.close().catch(() => undefined);
@@ -136,7 +168,7 @@ export async function startStack(options: UpOptions): Promise<RunningStack> {
     await mkdir(join(dir, 'server'), { recursive: true });
     await writeFile(serverFile, serverText, { mode: 0o600 });
     const serverConfig = parseServerConfig(serverText, serverFile, {});
-    const server: RunningCascadeServer = await startServer(serverConfig, loggerFor('server'));
+    const server: RunningCascadeServer = await createServer({ config: serverConfig, logger: loggerFor('server') });
     running.push(server);
     const cache = (name: string, p: number, upstream: Record<string, unknown>, downstreams: string[]) => ({
       storage: { filesystem: { rootdirectory: join(dir, name, 'data') }, delete: { enabled: true } },
@@ -145,11 +177,21 @@ export async function startStack(options: UpOptions): Promise<RunningStack> {
     });
     running.push(await registry(dir, 'region-a', loggerFor('region-a'), cache('region-a', port + 2, { originhost: urls.server }, ['region-b'])));
     running.push(await registry(dir, 'region-b', loggerFor('region-b'), cache('region-b', port + 3, { upstreams: [{ originhost: urls.server, upstreamhosts: [urls.regionA] }] }, [])));
+    if (mirrored.length > 0) {
+      running.push(
+        await registry(dir, 'mirror', loggerFor('mirror'), {
+          storage: { filesystem: { rootdirectory: join(dir, 'mirror', 'data') }, delete: { enabled: true } },
+          http: { addr: `127.0.0.1:${port + 4}` },
+          proxy: { remotes: mirrored.map((remote, i) => ({ url: remote, ...(i === 0 ? { default: true } : {}) })) },
+        }),
+      );
+    }
     await registerCaches(urls, passwords.admin, passwords.user);
-    return { dir, urls, passwords, close };
+    return { dir, urls, mirrored, passwords, close };
   } catch (err) {
     await close();
-    if ((err as { code?: string }).code === 'EADDRINUSE') throw new UpUsageError(`a port from ${port} to ${port + 3} is in use: stop what listens there or pick others with --port`);
+    const last = port + portsOf(mirrored) - 1;
+    if ((err as { code?: string }).code === 'EADDRINUSE') throw new UpUsageError(`a port from ${port} to ${last} is in use: stop what listens there or pick others with --port`);
     throw err;
   }
 }
@@ -163,8 +205,8 @@ async function registry(dir: string, node: string, logger: Logger, config: Recor
   await mkdir(join(dir, node), { recursive: true });
   const text = stringify({ version: '0.1', log: { level: 'info' }, ...config });
   await writeFile(file, text);
-  const { config: parsed } = parseConfig(text, file, {}, NODE_CONFIG_OPTIONS);
-  return startRegistry({ config: parsed, logger, ...createNode(parsed, logger) });
+  const loaded = parseNodeConfig(text, file, {});
+  return startRegistry({ config: loaded.config, logger, ...createNode(loaded, logger) });
 }
 
 /** The accounts' passwords: generated on the first run, kept in `<dir>/credentials.json` (mode 0600). */
@@ -220,6 +262,13 @@ async function registerCaches(urls: RunningStack['urls'], adminPassword: string,
 export function banner(stack: RunningStack): string {
   const { urls, passwords, dir } = stack;
   const host = new URL(urls.server).host;
+  const mirror = urls.mirror ? `  mirror    ${urls.mirror}   pull-through mirror of ${stack.mirrored.join(', ')}\n` : '';
+  const mirrorPull = urls.mirror
+    ? `
+Pull through the mirror (repositories of ${stack.mirrored[0]}; another remote's by its host as a prefix):
+  skopeo copy --src-tls-verify=false docker://${new URL(urls.mirror).host}/REPOSITORY:TAG oci:./mirrored:TAG
+`
+    : '';
   return `
 Cascade is up (state and logs in ${dir})
 
@@ -227,7 +276,7 @@ Cascade is up (state and logs in ${dir})
   origin    ${urls.origin}   the origin registry (htpasswd)
   region-a  ${urls.regionA}   cache, fills from the server
   region-b  ${urls.regionB}   cache, fills from region-a; the cache of "user"
-
+${mirror}
   accounts  admin:${passwords.admin}   (admin of the server's API; pushes)
             user:${passwords.user}    (pulls; its cache is region-b)
 
@@ -236,11 +285,11 @@ Push an image (any skopeo source works: docker-archive:, oci:, dir:, docker://):
 
 Pull it as the user (blobs come from region-b):
   skopeo copy --src-creds user:${passwords.user} --src-tls-verify=false docker://${host}/team/app:v1 oci:./pulled:v1
-
+${mirrorPull}
 The caches:    curl -u admin:${passwords.admin} ${urls.server}/api/v0/content_caches
 Metrics:       curl ${urls.regionB}/metrics
 Logs:          tail -f ${join(dir, 'logs')}/*.log
-Check a node:  npx cascade doctor ${join(dir, 'server', 'server.yml')}   (or region-a/config.yml, region-b/config.yml)
+Check a node:  npx cascade doctor ${join(dir, 'server', 'server.yml')}   (or region-a/config.yml, region-b/config.yml${urls.mirror ? ', mirror/config.yml' : ''})
 Stop:          Ctrl-C
 
 ready

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { isPathNotFound, paths, type Authorizer, type NamespaceMiddleware } from '@cascade/registry-core';
 import { CacheNamespace } from '../cache.js';
-import { loadCAs } from '../ca-trust.js';
+import { CaStore } from '../ca-trust.js';
 import { ExpiryIndex } from '../expiry.js';
 import { UpstreamPool } from '../upstream.js';
 import { observeCache, upstreamLatency } from '../metrics.js';
@@ -29,6 +29,8 @@ export interface MirrorSettings {
   readonly fillTimeoutMs?: number;
   /** The clock of expiry and tag revalidation, in epoch milliseconds (default `Date.now`); for tests. */
   readonly now?: () => number;
+  /** The CA files' certificates, read when the config was loaded (default: read here, once). */
+  readonly cas?: CaStore;
 }
 
 /** The registry middleware of a mirror with `options`; `onReady` receives the namespace (for tests and metrics). */
@@ -36,8 +38,9 @@ export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSetting
   return async (storage, { logger, driver, observability }) => {
     const log = logger.child({ component: 'mirror' });
     const onResult = upstreamLatency(observability);
+    const cas = settings.cas ?? new CaStore();
     const runtimes: RemoteRuntime[] = options.remotes.map((remote) => {
-      const ca = remote.cas.length > 0 ? loadCAs(remote.cas).pem : undefined;
+      const ca = cas.pem(remote.cas);
       const rlog = log.child({ remote: remote.name });
       const auth = new RemoteAuth({
         url: remote.url,
@@ -139,8 +142,8 @@ export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSetting
  * The authorizer of a mirror with `proxy.grants`: the server's grants for blob GETs (keys fetched from the
  * server's `/api/v0/keys`), the mirror's own `auth` for everything else.
  */
-export function mirrorGrantAuthorizer(grants: MirrorGrants, otherwise: Authorizer, logger: Logger): Authorizer {
-  const ca = grants.cas.length > 0 ? loadCAs(grants.cas).pem : undefined;
+export function mirrorGrantAuthorizer(grants: MirrorGrants, otherwise: Authorizer, logger: Logger, cas: CaStore = new CaStore()): Authorizer {
+  const ca = cas.pem(grants.cas);
   const keys = new RemoteJwks({ urls: [grants.keys], ...(ca ? { ca } : {}), logger: logger.child({ component: 'grant-keys' }) });
   const verifier = new GrantVerifier({ issuer: grants.issuer, acceptAudiences: [grants.name], keys });
   return new GrantOrAuthorizer(new GrantAuthorizer(verifier), otherwise);

@@ -22,10 +22,14 @@
  *     - {url: https://registry.internal:5000, username: robot, password: secret, cas: [/etc/cascade/ca.pem]}
  * ```
  *
- * The forms combine (remoteurl first, then remoteregistries, then remotes). Messages name the exact key.
+ * The forms combine (remoteurl first, then remoteregistries, then remotes). Each key's type is checked by the
+ * registry config's schema; {@link mirrorOptionsSchema} checks what holds across keys and remotes (names,
+ * hosts, credentials, the default, local prefixes, the CA files), parsed once into {@link MirrorOptions}.
+ * Messages name the exact key.
  */
-import type { RegistryConfig } from '@cascade/registry-core';
-import { validateCaFiles } from '../ca-trust.js';
+import { z } from 'zod';
+import type { AuthConfig, ProxyConfig, RegistryConfig } from '@cascade/registry-core';
+import { fail, keyAt, optionMessages, readCaFiles, type CaFileSettings, type KeyPath } from '../option-schema.js';
 
 /** Registry hosts that mean Docker Hub; one-component names there live under `library/`. */
 export const DOCKER_HUB_HOSTS = ['docker.io', 'index.docker.io', 'registry-1.docker.io'] as const;
@@ -45,7 +49,7 @@ export interface MirrorRemote {
   readonly password?: string;
   /** How long a tag is served without asking the remote again, in ms (0: ask on every request). */
   readonly revalidateMs: number;
-  /** CA files trusted for this remote's TLS (besides the public roots). */
+  /** CA files trusted for this remote's TLS (besides the public roots): `proxy.cas`, then its own. */
   readonly cas: readonly string[];
   /** Content of a remote with credentials may be served to anonymous clients. */
   readonly anonymous: boolean;
@@ -81,122 +85,190 @@ export interface MirrorGrants {
   readonly cas: readonly string[];
 }
 
+/** How {@link parseMirrorOptions} checks the CA files (as for the cache's options). */
+export type ParseMirrorSettings = CaFileSettings;
+
 const COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*$/;
 
-/**
- * The mirror options of a config, or undefined when it has no `proxy` section.
- * @throws Error listing every problem (the config loader reports the same through {@link validateMirrorConfig}).
- */
-export function mirrorOptionsOf(config: RegistryConfig): MirrorOptions | undefined {
-  const { options, errors } = parseMirrorOptions(config);
-  if (errors.length > 0) throw new Error(errors.join('\n'));
-  return options;
+/** What the mirror's options are read from: the loaded config's `proxy` section, and its `auth` (does the mirror authenticate clients). */
+export interface MirrorSource {
+  readonly auth: AuthConfig;
+  readonly proxy: ProxyConfig;
 }
 
-/** The config loader's check of the `proxy` section (messages `<key>: expected <what>, got <what>`). */
+/**
+ * The schema of mirror mode: from the loaded config's `proxy` and `auth` sections to {@link MirrorOptions},
+ * with every check across keys and remotes; issues are on the keys they name (`proxy.remotes[1].name`).
+ * `settings` say how CA files are checked. Parse with {@link parseMirrorOptions}.
+ */
+export function mirrorOptionsSchema(settings: ParseMirrorSettings = {}) {
+  return z
+    .custom<MirrorSource>()
+    .transform(draftOf)
+    .superRefine((draft, ctx) => checkMirror(draft, ctx, settings))
+    .transform(optionsOf);
+}
+
+/** Parses and checks the `proxy` section; `options` is set only when there are no errors (and there is a section). */
+export function parseMirrorOptions(config: RegistryConfig, settings: ParseMirrorSettings = {}): { options?: MirrorOptions; errors: string[] } {
+  if (config.proxy === undefined) return { errors: [] };
+  const result = mirrorOptionsSchema(settings).safeParse({ auth: config.auth, proxy: config.proxy });
+  return result.success ? { errors: [], options: result.data } : { errors: optionMessages(result.error.issues, '') };
+}
+
+/** The config loader's check of the `proxy` section (messages `<key>: expected <what>, got <what>`), CA files included. */
 export function validateMirrorConfig(config: RegistryConfig): string[] {
   return parseMirrorOptions(config).errors;
 }
 
-interface RawRemote {
-  url: string;
-  name?: string | undefined;
-  aliases?: readonly string[] | undefined;
-  username?: string | undefined;
-  password?: string | undefined;
-  revalidate?: number | undefined;
-  cas?: readonly string[] | undefined;
-  anonymous?: boolean | undefined;
-  default?: boolean | undefined;
-  key: string;
+/** A remote as written, in any of the forms, and what is made of it: its name, its hosts, its settings. */
+interface RemoteDraft {
+  /** Where it is written: `proxy` (distribution's form), `proxy.remoteregistries[i]` or `proxy.remotes[i]`. */
+  readonly path: KeyPath;
+  readonly key: string;
+  readonly url: string;
+  readonly name: string;
+  /** The name is written, not made from the URL. */
+  readonly named: boolean;
+  readonly hosts: string[];
+  readonly dockerHub: boolean;
+  readonly username: string | undefined;
+  readonly password: string | undefined;
+  readonly revalidateMs: number;
+  /** Its own CA files (`proxy.cas` come before them). */
+  readonly cas: readonly string[];
+  readonly anonymous: boolean;
+  readonly isDefault: boolean;
 }
 
-/** Parses and checks the `proxy` section; `options` is set only when there are no errors. */
-export function parseMirrorOptions(config: RegistryConfig): { options?: MirrorOptions; errors: string[] } {
-  const proxy = config.proxy;
-  if (proxy === undefined) return { errors: [] };
-  const errors: string[] = [];
-  const raw: RawRemote[] = [];
-  if (proxy.remoteurl) {
-    raw.push({ url: proxy.remoteurl, username: proxy.username, password: proxy.password, key: 'proxy', default: true });
-  } else if (proxy.username !== undefined || proxy.password !== undefined) {
-    errors.push('proxy.username: expected proxy.remoteurl next to it (the registry these credentials are for), got credentials without a remote');
+interface MirrorDraft {
+  readonly proxy: ProxyConfig;
+  readonly clientAuth: boolean;
+  readonly remotes: readonly RemoteDraft[];
+}
+
+type RemoteAsWritten = NonNullable<ProxyConfig['remotes']>[number] & { path: KeyPath };
+
+/** The remotes of the three forms, in order. */
+function draftOf({ auth, proxy }: MirrorSource): MirrorDraft {
+  const written: RemoteAsWritten[] = [];
+  if (proxy.remoteurl) written.push({ path: ['proxy'], url: proxy.remoteurl, username: proxy.username, password: proxy.password, default: true });
+  (proxy.remoteregistries ?? []).forEach((r, i) => written.push({ path: ['proxy', 'remoteregistries', i], url: r.url, username: r.username, password: r.password }));
+  (proxy.remotes ?? []).forEach((r, i) => written.push({ ...r, path: ['proxy', 'remotes', i] }));
+  return {
+    proxy,
+    clientAuth: Boolean(auth.htpasswd || auth.token || proxy.grants),
+    remotes: written.map((r) => {
+      const url = new URL(r.url);
+      const host = url.host.toLowerCase();
+      const aliases = (r.aliases ?? []).map((a) => a.toLowerCase());
+      const dockerHub = [url.hostname.toLowerCase(), ...aliases].some((h) => (DOCKER_HUB_HOSTS as readonly string[]).includes(h));
+      return {
+        path: r.path,
+        key: keyAt('', r.path),
+        url: r.url,
+        name: r.name ?? (dockerHub ? 'docker.io' : host.replace(/:/g, '-')),
+        named: r.name !== undefined,
+        hosts: [host, ...(dockerHub ? DOCKER_HUB_HOSTS : []), ...aliases].filter((h, i, all) => all.indexOf(h) === i),
+        dockerHub,
+        username: r.username,
+        password: r.password,
+        revalidateMs: r.revalidate ?? proxy.revalidate ?? DEFAULT_REVALIDATE_MS,
+        cas: r.cas ?? [],
+        anonymous: r.anonymous ?? proxy.anonymous ?? false,
+        isDefault: r.default ?? false,
+      };
+    }),
+  };
+}
+
+/** Everything that must hold across keys and remotes, reported in config order. */
+function checkMirror(draft: MirrorDraft, ctx: z.core.$RefinementCtx, settings: ParseMirrorSettings): void {
+  const { proxy } = draft;
+  if (!proxy.remoteurl && (proxy.username !== undefined || proxy.password !== undefined)) {
+    fail(ctx, undefined, 'proxy.remoteurl next to it (the registry these credentials are for)', 'credentials without a remote', { path: ['proxy', 'username'] });
   }
-  (proxy.remoteregistries ?? []).forEach((r, i) => raw.push({ url: r.url, username: r.username, password: r.password, key: `proxy.remoteregistries[${i}]` }));
-  (proxy.remotes ?? []).forEach((r, i) => raw.push({ ...r, key: `proxy.remotes[${i}]` }));
-  if (raw.length === 0) {
-    errors.push(
-      `proxy: expected at least one remote (proxy.remoteurl, proxy.remoteregistries or proxy.remotes): a mirror only contacts the registries it is configured for, got ${proxy.on ? 'on: true' : 'a proxy section'} without any`,
-    );
-    return { errors };
+  if (draft.remotes.length === 0) {
+    const expected = 'at least one remote (proxy.remoteurl, proxy.remoteregistries or proxy.remotes): a mirror only contacts the registries it is configured for';
+    fail(ctx, proxy, expected, `${proxy.on ? 'on: true' : 'a proxy section'} without any`, { path: ['proxy'] });
+    return;
   }
-  const clientAuth = Boolean(config.auth?.htpasswd || config.auth?.token || proxy.grants);
-  if (proxy.grants) errors.push(...validateCaFiles(proxy.grants.cas ?? [], 'proxy.grants.cas'));
-  const revalidateAll = proxy.revalidate ?? DEFAULT_REVALIDATE_MS;
-  const remotes: MirrorRemote[] = [];
+  const readCas = (files: readonly string[], path: KeyPath): void => {
+    if (settings.checkCaFiles !== false) readCaFiles(ctx, path, files, settings);
+  };
+  readCas(proxy.grants?.cas ?? [], ['proxy', 'grants', 'cas']);
   const byName = new Map<string, string>();
   const byHost = new Map<string, string>();
-  for (const r of raw) {
-    const url = new URL(r.url);
-    const host = url.host.toLowerCase();
-    const dockerHub = (DOCKER_HUB_HOSTS as readonly string[]).includes(url.hostname.toLowerCase()) || (r.aliases ?? []).some((a) => (DOCKER_HUB_HOSTS as readonly string[]).includes(a.toLowerCase()));
-    const name = r.name ?? (dockerHub ? 'docker.io' : host.replace(/:/g, '-'));
-    if (!COMPONENT.test(name)) {
-      errors.push(`${r.key}.name: expected a lower-case repository path component ([a-z0-9] separated by ".", "_" or "-"), got ${JSON.stringify(name)}${r.name === undefined ? ' (made from the URL: set name)' : ''}`);
-    } else if (byName.has(name)) {
-      errors.push(`${r.key}.name: expected a name no other remote has, got ${JSON.stringify(name)} (also ${byName.get(name)})`);
-    } else byName.set(name, r.key);
-    const hosts = [host, ...(dockerHub ? DOCKER_HUB_HOSTS : []), ...(r.aliases ?? []).map((a) => a.toLowerCase())].filter((h, i, all) => all.indexOf(h) === i);
-    for (const h of hosts) {
-      if (byHost.has(h) && byHost.get(h) !== r.key) errors.push(`${r.key}: expected registry hosts no other remote has, got ${h} (also ${byHost.get(h)})`);
+  draft.remotes.forEach((r, i) => {
+    const at = (k: string): { path: KeyPath } => ({ path: [...r.path, k] });
+    if (!COMPONENT.test(r.name)) {
+      const got = `${JSON.stringify(r.name)}${r.named ? '' : ' (made from the URL: set name)'}`;
+      fail(ctx, r.name, 'a lower-case repository path component ([a-z0-9] separated by ".", "_" or "-")', got, at('name'));
+    } else if (byName.has(r.name)) {
+      fail(ctx, r.name, 'a name no other remote has', `${JSON.stringify(r.name)} (also ${byName.get(r.name)})`, at('name'));
+    } else byName.set(r.name, r.key);
+    for (const h of r.hosts) {
+      if (byHost.has(h) && byHost.get(h) !== r.key) fail(ctx, h, 'registry hosts no other remote has', `${h} (also ${byHost.get(h)})`, { path: r.path });
       else byHost.set(h, r.key);
     }
     if ((r.username === undefined) !== (r.password === undefined)) {
-      errors.push(`${r.key}.${r.username === undefined ? 'username' : 'password'}: expected it next to ${r.username === undefined ? 'password' : 'username'}, got only one of the two`);
+      const [missing, other] = r.username === undefined ? ['username', 'password'] : ['password', 'username'];
+      fail(ctx, undefined, `it next to ${other}`, 'only one of the two', at(missing));
     }
-    const hasCredentials = r.username !== undefined && r.password !== undefined;
-    const anonymous = r.anonymous ?? proxy.anonymous ?? false;
-    if (hasCredentials && !anonymous && !clientAuth) {
-      errors.push(
-        `${r.key}.username: expected client authentication on this mirror (auth.htpasswd or auth.token) before it serves a remote's private content, or anonymous: true (${r.key === 'proxy' ? 'proxy.anonymous' : `${r.key}.anonymous`}) to serve it to anyone who can reach the mirror, got credentials and no auth section (or proxy.grants)`,
+    if (r.username !== undefined && r.password !== undefined && !r.anonymous && !draft.clientAuth) {
+      fail(
+        ctx,
+        undefined,
+        `client authentication on this mirror (auth.htpasswd or auth.token) before it serves a remote's private content, or anonymous: true (${r.key}.anonymous) to serve it to anyone who can reach the mirror`,
+        'credentials and no auth section (or proxy.grants)',
+        at('username'),
       );
     }
-    const cas = [...(proxy.cas ?? []), ...(r.cas ?? [])];
-    errors.push(...validateCaFiles(proxy.cas ?? [], 'proxy.cas'), ...validateCaFiles(r.cas ?? [], `${r.key}.cas`));
-    remotes.push({
-      name,
-      url: r.url.replace(/\/+$/, ''),
-      hosts,
-      ...(hasCredentials ? { username: r.username as string, password: r.password as string } : {}),
-      revalidateMs: r.revalidate ?? revalidateAll,
-      cas,
-      anonymous,
-      dockerHub,
-      key: r.key,
-    });
-  }
-  const defaults = raw.map((r, i) => ({ r, remote: remotes[i] as MirrorRemote })).filter(({ r }) => r.default);
-  if (defaults.length > 1) errors.push(`${defaults[1]?.r.key}.default: expected one default remote, got a second one (the first is ${defaults[0]?.r.key})`);
-  let defaultRemote = defaults[0]?.remote;
+    // proxy.cas are every remote's: read with the first.
+    if (i === 0) readCas(proxy.cas ?? [], ['proxy', 'cas']);
+    readCas(r.cas, [...r.path, 'cas']);
+  });
+  const defaults = draft.remotes.filter((r) => r.isDefault);
+  const [first, second] = defaults;
+  if (first && second) fail(ctx, true, 'one default remote', `a second one (the first is ${first.key})`, { path: [...second.path, 'default'] });
+  (proxy.local ?? []).forEach((prefix, i) => {
+    const p = prefix.replace(/\/+$/, '');
+    const path = ['proxy', 'local', i];
+    if (!p.split('/').every((c) => COMPONENT.test(c))) {
+      fail(ctx, prefix, 'a repository name prefix (lower-case components joined by "/")', JSON.stringify(prefix), { path });
+      return;
+    }
+    const remote = byName.get(p.split('/')[0] as string) ?? byHost.get(p.split('/')[0] as string);
+    if (remote !== undefined) fail(ctx, prefix, "a prefix that is not a remote's name", `${JSON.stringify(prefix)} (a name of the remote of ${remote})`, { path });
+  });
+}
+
+/** The options of a checked draft. */
+function optionsOf(draft: MirrorDraft): MirrorOptions {
+  const { proxy } = draft;
+  const remotes: MirrorRemote[] = draft.remotes.map((r) => ({
+    name: r.name,
+    url: r.url.replace(/\/+$/, ''),
+    hosts: r.hosts,
+    ...(r.username !== undefined && r.password !== undefined ? { username: r.username, password: r.password } : {}),
+    revalidateMs: r.revalidateMs,
+    cas: [...(proxy.cas ?? []), ...r.cas],
+    anonymous: r.anonymous,
+    dockerHub: r.dockerHub,
+    key: r.key,
+  }));
+  let defaultRemote = remotes[draft.remotes.findIndex((r) => r.isDefault)];
   // sealer: Docker Hub when listed (`docker pull nginx`), else the first; one remote is always the default.
   if (!defaultRemote && (proxy.remotes ?? []).length === 0) defaultRemote = remotes.find((r) => r.dockerHub) ?? remotes[0];
   if (!defaultRemote && remotes.length === 1) defaultRemote = remotes[0];
-  const local: string[] = [];
-  (proxy.local ?? []).forEach((prefix, i) => {
-    const p = prefix.replace(/\/+$/, '');
-    if (!p.split('/').every((c) => COMPONENT.test(c))) {
-      errors.push(`proxy.local[${i}]: expected a repository name prefix (lower-case components joined by "/"), got ${JSON.stringify(prefix)}`);
-      return;
-    }
-    const first = p.split('/')[0] as string;
-    if (byName.has(first) || byHost.has(first)) {
-      errors.push(`proxy.local[${i}]: expected a prefix that is not a remote's name, got ${JSON.stringify(prefix)} (a name of the remote of ${byName.get(first) ?? byHost.get(first)})`);
-      return;
-    }
-    local.push(p);
-  });
-  if (errors.length > 0) return { errors };
   const ttlMs = proxy.ttl > 0 ? proxy.ttl : undefined;
   const grants = proxy.grants ? { issuer: proxy.grants.issuer, name: proxy.grants.name, keys: proxy.grants.keys.replace(/\/+$/, ''), cas: proxy.grants.cas ?? [] } : undefined;
-  return { options: { remotes, ...(defaultRemote ? { defaultRemote } : {}), local, ...(ttlMs !== undefined ? { ttlMs } : {}), clientAuth, ...(grants ? { grants } : {}) }, errors };
+  return {
+    remotes,
+    ...(defaultRemote ? { defaultRemote } : {}),
+    local: (proxy.local ?? []).map((p) => p.replace(/\/+$/, '')),
+    ...(ttlMs !== undefined ? { ttlMs } : {}),
+    clientAuth: draft.clientAuth,
+    ...(grants ? { grants } : {}),
+  };
 }

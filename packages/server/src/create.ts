@@ -1,22 +1,31 @@
-/** Starting the server role from a validated `server.yml`. */
+/**
+ * The server role (the DTR front) assembled in one place, from a validated `server.yml`: the state database,
+ * the origin client, the grant keys and their rotation, the cache health checks, the `/api/v0` router, the web
+ * page and the front app, listening. `cascade server` and `cascade up` start it through {@link createServer}.
+ *
+ * @example
+ * const config = loadServerConfig('/etc/cascade/server.yml');
+ * const server = await createServer({ config });
+ * // ... server.close(drainMs)
+ */
 import { mkdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Context } from 'koa';
 import type { Logger } from 'pino';
 import { createLogger, listen, NodeObservability, type RunningServer } from '@cascade/registry-core';
 import { GrantKeyStore, GrantSigner, LocalJwks } from '@cascade/downstream';
-import { createApiRouter } from '../api/router.js';
-import { selectCache } from '../state/select.js';
-import { StateKeyBackend } from '../state/keys.js';
-import { PostgresStateRepository } from '../state/postgres.js';
-import { SqliteStateRepository } from '../state/sqlite.js';
-import type { StateRepository } from '../state/repository.js';
-import { createFrontApp, type FrontMetrics } from './app.js';
-import type { ServerConfig } from './config.js';
-import { HealthChecker } from './health.js';
-import { userOf } from './identity.js';
-import { OriginClient, tokenUrl } from './origin.js';
-import { createUiMiddleware } from '../web/ui.js';
+import { createApiRouter } from './api/router.js';
+import { selectCache } from './state/select.js';
+import { StateKeyBackend } from './state/keys.js';
+import { PostgresStateRepository } from './state/postgres.js';
+import { SqliteStateRepository } from './state/sqlite.js';
+import type { StateRepository } from './state/repository.js';
+import { createFrontApp, type FrontMetrics } from './front/app.js';
+import type { ServerConfig } from './front/config.js';
+import { HealthChecker } from './front/health.js';
+import { userOf } from './front/identity.js';
+import { OriginClient, tokenUrl } from './front/origin.js';
+import { createUiMiddleware } from './web/ui.js';
 
 /**
  * How long a new grant key is published before it signs: every server sharing the keys (a folder or the
@@ -34,8 +43,18 @@ export interface RunningCascadeServer extends RunningServer {
   readonly metrics: FrontMetrics;
 }
 
-/** Starts the server and resolves once it listens. */
-export async function startServer(config: ServerConfig, logger: Logger = createLogger({ level: config.log.level, ...(config.log.fields ? { fields: config.log.fields } : {}) })): Promise<RunningCascadeServer> {
+/** What {@link createServer} takes. */
+export interface ServerOptions {
+  /** The validated `server.yml` (`loadServerConfig`, `parseServerConfig`). */
+  readonly config: ServerConfig;
+  /** Where the server logs (default: a logger made from `config.log`). */
+  readonly logger?: Logger;
+}
+
+/** Assembles the server role from `options` and resolves once it listens. */
+export async function createServer(options: ServerOptions): Promise<RunningCascadeServer> {
+  const { config } = options;
+  const logger = options.logger ?? createLogger({ level: config.log.level, ...(config.log.fields ? { fields: config.log.fields } : {}) });
   const state = await openState(config, logger);
   const originCas = config.origin.cas.map((f) => readFileSync(f, 'utf8'));
   const origin = new OriginClient({
