@@ -27,6 +27,8 @@ const MAX_BLOCKS = 4;
 const MAX_HEADER = 64 << 10;
 /** Idle connections kept per host for the next fill. */
 const MAX_IDLE = 8;
+/** How long an idle connection is kept. */
+const IDLE_KEEP_MS = 4000;
 
 /**
  * Bytes of a body handed out in the receiver's own buffers: a chunk stays valid until the consumer has
@@ -85,8 +87,18 @@ export class DirectClient {
     if (url.protocol !== 'http:' && url.protocol !== 'https:') return { kind: 'fallback', reason: `scheme ${url.protocol}` };
     const request = requestHead(url, path, headers);
     const key = url.origin;
-    const conn = this.takeIdle(key) ?? (await this.connect(url, signal));
-    return new Response(conn, key, this, this.options, signal).start(request);
+    const idle = this.takeIdle(key);
+    if (idle) {
+      try {
+        return await new Response(idle, key, this, this.options, signal).start(request);
+      } catch (err) {
+        // A kept connection the peer closed as it was reused (its idle timeout raced this request): the
+        // request never reached it, so it goes once more on a new connection. Any other failure stands.
+        const { code, beforeAnswer } = err as { code?: string; beforeAnswer?: boolean };
+        if ((code !== 'ECONNRESET' && code !== 'EPIPE') || !beforeAnswer || signal?.aborted) throw err;
+      }
+    }
+    return new Response(await this.connect(url, signal), key, this, this.options, signal).start(request);
   }
 
   /** Closes every idle connection. */
@@ -103,7 +115,8 @@ export class DirectClient {
       return;
     }
     conn.reader = undefined;
-    conn.socket.setTimeout(this.options.idleTimeoutMs);
+    // Closed before the peer would close it: Node servers (a Cascade hop) drop idle connections after 5 s.
+    conn.socket.setTimeout(Math.min(this.options.idleTimeoutMs, IDLE_KEEP_MS));
     list.push(conn);
     this.idle.set(key, list);
   }
@@ -186,8 +199,14 @@ class Response implements Reader, ChunkSource {
   private failHead!: (err: Error) => void;
   private headTimer: NodeJS.Timeout | undefined;
   private readonly onAbort = () => this.fail(abortError(this.signal));
-  private readonly onClose = () => this.fail(Object.assign(new Error(this.head ? `upstream closed the connection after ${this.bodyRead} of ${this.head.length} body bytes` : 'upstream closed the connection before its answer'), { code: 'ECONNRESET' }));
-  private readonly onError = (err: Error) => this.fail(err);
+  private readonly onClose = () =>
+    this.fail(
+      Object.assign(new Error(this.head ? `upstream closed the connection after ${this.bodyRead} of ${this.head.length} body bytes` : 'upstream closed the connection before its answer'), {
+        code: 'ECONNRESET',
+        beforeAnswer: this.read === 0,
+      }),
+    );
+  private readonly onError = (err: Error) => this.fail(Object.assign(err, { beforeAnswer: this.read === 0 }));
 
   constructor(
     private readonly conn: Connection,

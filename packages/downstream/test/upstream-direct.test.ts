@@ -234,3 +234,39 @@ describe('fills through the direct path', () => {
     }
   });
 });
+
+describe('direct blob GET: kept connections', () => {
+  it('a kept connection the upstream closed as it was reused: the GET goes again on a new connection, once', async () => {
+    let requests = 0;
+    const u = await upstream((socket) => {
+      requests += 1;
+      // The first answer keeps the connection; the second request on it meets a close (an idle timeout's race).
+      if (requests === 2) return socket.destroy();
+      socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+    });
+    const client = new DirectClient(options);
+    try {
+      for (let i = 0; i < 2; i++) {
+        const a = await client.get(u.url, '/x', {});
+        assert.equal(a.kind, 'body');
+        if (a.kind === 'body') assert.equal((await drain(a.chunks)).toString(), 'ok');
+      }
+      assert.equal(requests, 3, 'the reused connection failed once, then a new one answered');
+      assert.equal(u.connections(), 2);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('a new connection closed before the answer is a failure, not retried', async () => {
+    let requests = 0;
+    const u = await upstream((socket) => {
+      requests += 1;
+      socket.destroy();
+    });
+    const client = new DirectClient(options);
+    await assert.rejects(client.get(u.url, '/x', {}), /closed the connection before its answer/);
+    assert.equal(requests, 1);
+    client.close();
+  });
+});
