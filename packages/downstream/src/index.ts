@@ -11,6 +11,7 @@ export * from './grants/grant.js';
 export * from './grants/authorizer.js';
 export * from './mirror/options.js';
 export * from './mirror/remote-auth.js';
+export * from './registry-client/index.js';
 export * from './mirror/namespace.js';
 export * from './mirror/middleware.js';
 export * from './metrics.js';

@@ -12,7 +12,7 @@ import { mirrorMiddleware, type MirrorSettings } from '../src/mirror/middleware.
 import type { MirrorNamespace } from '../src/mirror/namespace.js';
 import { parseMirrorOptions, validateMirrorConfig, type MirrorOptions } from '../src/mirror/options.js';
 import { parseNodeConfig, type NodeConfig } from '../src/node.js';
-import { realmRefusal, registrableDomain, scopeOf } from '../src/mirror/remote-auth.js';
+import { realmRefusal, registrableDomain, scopeOf } from '../src/registry-client/index.js';
 
 const silent = pino({ level: 'silent' });
 const sha = sha256;

@@ -1,7 +1,7 @@
 /**
  * The server role (the DTR front) assembled in one place, from a validated `server.yml`: the state database,
  * the origin client, the grant keys and their rotation, the cache health checks, the `/api/v0` router, the web
- * page and the front app, listening. `cascade server` and `cascade up` start it through {@link createServer}.
+ * page and the gateway app, listening. `cascade server` and `cascade up` start it through {@link createServer}.
  *
  * @example
  * const config = loadServerConfig('/etc/cascade/server.yml');
@@ -13,18 +13,18 @@ import { dirname } from 'node:path';
 import type { Context } from 'koa';
 import type { Logger } from 'pino';
 import { createLogger, listen, NodeObservability, type RunningServer } from '@cascade/registry-core';
-import { GrantKeyStore, GrantSigner, LocalJwks } from '@cascade/downstream';
+import { GrantKeyStore, GrantSigner, LocalJwks, tokenUrl } from '@cascade/downstream';
 import { createApiRouter } from './api/router.js';
 import { selectCache } from './state/select.js';
 import { StateKeyBackend } from './state/keys.js';
 import { PostgresStateRepository } from './state/postgres.js';
 import { SqliteStateRepository } from './state/sqlite.js';
 import type { StateRepository } from './state/repository.js';
-import { createFrontApp, type FrontMetrics } from './front/app.js';
-import type { ServerConfig } from './front/config.js';
-import { HealthChecker } from './front/health.js';
-import { userOf } from './front/identity.js';
-import { OriginClient, tokenUrl } from './front/origin.js';
+import { createGatewayApp, type GatewayMetrics } from './gateway/app.js';
+import type { ServerConfig } from './config.js';
+import { HealthChecker } from './health.js';
+import { userOf } from './gateway/identity.js';
+import { OriginClient } from './gateway/origin.js';
 import { createUiMiddleware } from './web/ui.js';
 
 /**
@@ -40,7 +40,7 @@ const KEY_MAINTENANCE_INTERVAL_MS = 60_000;
 export interface RunningCascadeServer extends RunningServer {
   readonly logger: Logger;
   readonly state: StateRepository;
-  readonly metrics: FrontMetrics;
+  readonly metrics: GatewayMetrics;
 }
 
 /** What {@link createServer} takes. */
@@ -118,7 +118,7 @@ export async function createServer(options: ServerOptions): Promise<RunningCasca
     lastTroubleLog = Date.now();
     logger.warn({ reason: err instanceof Error ? err.message : String(err) }, msg);
   };
-  const app = createFrontApp({
+  const app = createGatewayApp({
     observability,
     origin,
     logger,

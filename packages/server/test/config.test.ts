@@ -1,7 +1,7 @@
 /** `server.yml` defaults: every section left out gets its documented defaults, parsed (durations in ms). */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { parseServerConfig } from '../src/front/config.js';
+import { parseServerConfig } from '../src/config.js';
 
 describe('server.yml defaults', () => {
   it('applies the defaults of omitted sections as parsed values, not as the strings they are written as', () => {

@@ -15,7 +15,7 @@ import pino from 'pino';
 import { errorMapper } from '@cascade/registry-core';
 import { makeCa } from '@cascade/testkit';
 import { createApiRouter } from '../src/api/router.js';
-import { cacheFigures, HealthChecker, parsePrometheusText } from '../src/front/health.js';
+import { cacheFigures, HealthChecker, parsePrometheusText } from '../src/health.js';
 import { SqliteStateRepository } from '../src/state/sqlite.js';
 import { createUiMiddleware, UI_CSP, UI_DIR } from '../src/web/ui.js';
 

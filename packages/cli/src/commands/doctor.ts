@@ -19,20 +19,22 @@
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { constants as fsConstants, readFileSync } from 'node:fs';
 import { access, open, stat, statfs, unlink } from 'node:fs/promises';
-import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+import type { IncomingMessage } from 'node:http';
 import { connect as netConnect, isIP } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { connect as tlsConnect, rootCertificates, type PeerCertificate, type TLSSocket } from 'node:tls';
 import { parse as parseYaml } from 'yaml';
-import { ConfigError, loadSendfile, type RegistryConfig } from '@cascade/registry-core';
+import { ConfigError, loadSendfile, RegistryError, type RegistryConfig } from '@cascade/registry-core';
 import {
+  BodyTooLargeError,
   CaError,
   DOWNSTREAM,
   JWKS_PATH,
   importPublicJwk,
   loadCAs,
   loadNodeConfig,
+  readBounded,
+  RegistryClient,
   type CaInfo,
   type DownstreamOptions,
   type MirrorOptions,
@@ -780,47 +782,34 @@ interface HttpAnswer {
   readonly truncated: boolean;
 }
 
-/** One GET, trusting the configured CAs as the cache does, without following redirects. */
-function get(base: string, path: string, ca: readonly string[], timeoutMs: number): Promise<HttpAnswer> {
-  const url = new URL(path, base);
-  const https = url.protocol === 'https:';
-  const trust = ca.length > 0 ? [...rootCertificates, ...ca] : undefined;
-  return new Promise((done, fail) => {
-    const req = (https ? httpsRequest : httpRequest)(
-      url,
-      { method: 'GET', agent: false, headers: { accept: 'application/json', 'user-agent': 'cascade-doctor' }, ...(https && trust ? { ca: trust } : {}) },
-      (res) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        let truncated = false;
-        res.on('data', (chunk: Buffer) => {
-          size += chunk.length;
-          if (size > MAX_BODY_BYTES) {
-            truncated = true;
-            res.destroy();
-            finish();
-            return;
-          }
-          chunks.push(chunk);
-        });
-        const finish = () => {
-          clearTimeout(timer);
-          done({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks), truncated });
-        };
-        res.on('end', finish);
-        res.on('error', (err) => {
-          clearTimeout(timer);
-          if (!truncated) fail(err);
-        });
-      },
-    );
-    const timer = setTimeout(() => req.destroy(Object.assign(new Error(`no answer within ${timeoutMs / 1000} s`), { code: 'ETIMEDOUT' })), timeoutMs);
-    req.on('error', (err) => {
-      clearTimeout(timer);
-      fail(err);
+/**
+ * One GET on the registry client, trusting the configured CAs as the cache does, without following
+ * redirects, on a connection of its own; a body past {@link MAX_BODY_BYTES} is `truncated`. Fails with the
+ * network's error (its `code`) when the host does not answer, or `ETIMEDOUT` when the whole exchange takes
+ * longer than `timeoutMs`.
+ */
+async function get(base: string, path: string, ca: readonly string[], timeoutMs: number): Promise<HttpAnswer> {
+  const client = new RegistryClient({ url: base, ca, maxSockets: 1, responseTimeoutMs: timeoutMs });
+  const deadline = AbortSignal.timeout(timeoutMs);
+  // The client's errors carry the network's as their cause: that is what a check reports.
+  const cause = (err: unknown) => {
+    if (deadline.aborted) return Object.assign(new Error(`no answer within ${timeoutMs / 1000} s`), { code: 'ETIMEDOUT' });
+    return err instanceof RegistryError && err.cause !== undefined ? err.cause : err;
+  };
+  try {
+    const res = await client.requestUrl(new URL(path, base), { method: 'GET', headers: { accept: 'application/json', 'user-agent': 'cascade-doctor' }, signal: deadline }).catch((err: unknown) => {
+      throw cause(err);
     });
-    req.end();
-  });
+    const answer = { status: res.statusCode ?? 0, headers: res.headers };
+    try {
+      return { ...answer, body: await readBounded(res, MAX_BODY_BYTES, `GET ${path}`), truncated: false };
+    } catch (err) {
+      if (err instanceof BodyTooLargeError) return { ...answer, body: Buffer.alloc(0), truncated: true };
+      throw cause(err);
+    }
+  } finally {
+    client.close();
+  }
 }
 
 /**

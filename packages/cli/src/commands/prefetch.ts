@@ -17,9 +17,9 @@
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { Agent as HttpAgent, request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
-import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import { INDEX_MEDIA_TYPES, MediaType, NON_DISTRIBUTABLE_LAYER_TYPES, isValidTag, parseChallenge, validateName } from '@cascade/registry-core';
+import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
+import { basicAuthorization, BodyTooLargeError, readBounded, RegistryClient, TokenCache, tokenRealmOf, type TokenRealm } from '@cascade/downstream';
+import { INDEX_MEDIA_TYPES, MediaType, NON_DISTRIBUTABLE_LAYER_TYPES, RegistryError, isValidTag, validateName } from '@cascade/registry-core';
 
 /** A failure of `cascade prefetch` that is not a usage error (the cache, the image, a blob): exit code 1. */
 export class PrefetchError extends Error {
@@ -515,14 +515,15 @@ export class Progress {
 // ---------------------------------------------------------------------------------------------------
 // HTTP
 
-/** The HTTP side of a run: agents, credentials, tokens, cancellation. */
+/** The HTTP side of a run: the registry client (connections, CA trust), credentials, tokens, cancellation. */
 interface Client {
   readonly cache: URL;
-  readonly http: HttpAgent;
-  readonly https: HttpsAgent;
+  readonly registry: RegistryClient;
   readonly credentials?: Credentials;
-  /** Bearer tokens from the registry's token service, by scope. */
-  readonly tokens: Map<string, string>;
+  /** The token service each repository's challenge named, and the scope asked of it. */
+  readonly realms: Map<string, { readonly realm: TokenRealm; readonly scope: string }>;
+  /** Bearer tokens from those token services. */
+  readonly tokens: TokenCache;
   readonly signal: AbortSignal;
 }
 
@@ -573,30 +574,37 @@ function isAbort(err: unknown): boolean {
   return (err as Error)?.name === 'AbortError' || (err as NodeJS.ErrnoException)?.code === 'ABORT_ERR';
 }
 
-/** Sends one request; resolves with the response headers (the body is left to the caller). */
-function send(client: Client, url: URL, headers: OutgoingHttpHeaders): Promise<IncomingMessage> {
-  return new Promise((resolve, reject) => {
-    const https = url.protocol === 'https:';
-    const req = (https ? httpsRequest : httpRequest)(url, { method: 'GET', headers, agent: https ? client.https : client.http, signal: client.signal }, resolve);
-    req.setTimeout(IDLE_TIMEOUT_MS, () => req.destroy(Object.assign(new Error(`no data from ${url.origin} for ${IDLE_TIMEOUT_MS / 1000} s`), { code: 'ETIMEDOUT' })));
-    req.on('error', (err) => reject(isAbort(err) ? err : new TransportError(describeTransportError(err, url))));
-    req.end();
-  });
+/** The error a failed request or read is reported with: an abort as it is, a body over its bound, a host not reached. */
+function failureOf(err: unknown, url: URL): unknown {
+  if (err instanceof BodyTooLargeError) return tooLarge(err);
+  const cause = err instanceof RegistryError && err.cause !== undefined ? err.cause : err;
+  if (isAbort(cause)) return cause;
+  if (err instanceof PrefetchError) return err;
+  return new TransportError(describeTransportError(cause, url));
+}
+
+function tooLarge(err: BodyTooLargeError): PrefetchError {
+  return new PrefetchError(`${err.what} is larger than ${formatBytes(err.limit)}`);
+}
+
+/** Sends one GET; resolves with the response headers (the body is left to the caller). */
+async function send(client: Client, url: URL, headers: OutgoingHttpHeaders): Promise<IncomingMessage> {
+  try {
+    return await client.registry.requestUrl(url, { method: 'GET', headers, signal: client.signal });
+  } catch (err) {
+    throw failureOf(err, url);
+  }
 }
 
 /** Reads a body of at most `limit` bytes. */
 async function readBody(res: IncomingMessage, limit: number, what: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of res as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) {
-      res.destroy();
-      throw new PrefetchError(`${what} is larger than ${formatBytes(limit)}`);
-    }
-    chunks.push(chunk);
+  try {
+    return await readBounded(res, limit, what);
+  } catch (err) {
+    if (err instanceof BodyTooLargeError) throw tooLarge(err);
+    const cause = err instanceof RegistryError ? err.cause : undefined;
+    throw isAbort(cause) ? cause : err;
   }
-  return Buffer.concat(chunks);
 }
 
 /** The OCI error body's first message (`MANIFEST_UNKNOWN: manifest unknown`), or ''. */
@@ -611,18 +619,13 @@ function registryMessage(body: Buffer): string {
   return '';
 }
 
-function basicHeader(c: { user: string; password: string }): string {
-  return `Basic ${Buffer.from(`${c.user}:${c.password}`).toString('base64')}`;
-}
-
-
 /** The Authorization header for a request to the cache about `repo`. */
-function authorization(client: Client, repo: string): string | undefined {
+async function authorization(client: Client, repo: string): Promise<string | undefined> {
   const c = client.credentials;
   if (c?.kind === 'bearer') return `Bearer ${c.token}`;
-  const token = client.tokens.get(repo);
-  if (token) return `Bearer ${token}`;
-  return c?.kind === 'basic' ? basicHeader(c) : undefined;
+  const asked = client.realms.get(repo);
+  if (asked) return `Bearer ${await client.tokens.get(asked.realm, asked.scope, () => requestToken(client, asked.realm, asked.scope))}`;
+  return c?.kind === 'basic' ? basicAuthorization(c.user, c.password) : undefined;
 }
 
 /**
@@ -630,30 +633,33 @@ function authorization(client: Client, repo: string): string | undefined {
  * (with the Basic credentials, if any). True when a token was obtained and the request is worth retrying.
  */
 async function fetchToken(client: Client, challenge: string | undefined, repo: string): Promise<boolean> {
-  if (client.credentials?.kind === 'bearer' || client.tokens.has(repo)) return false;
-  const parsed = parseChallenge(challenge);
-  if (parsed?.scheme !== 'bearer' || !parsed.params.realm || !/^https?:\/\//i.test(parsed.params.realm)) return false;
-  const realm = new URL(parsed.params.realm);
-  if (parsed.params.service) realm.searchParams.set('service', parsed.params.service);
-  realm.searchParams.set('scope', parsed.params.scope ?? `repository:${repo}:pull`);
-  const headers: OutgoingHttpHeaders = { 'user-agent': USER_AGENT };
-  if (client.credentials?.kind === 'basic') headers.authorization = basicHeader(client.credentials);
-  const res = await send(client, realm, headers);
-  const body = await readBody(res, 1 << 20, `the token from ${realm.origin}`);
-  if (res.statusCode === 401 || res.statusCode === 403) {
-    throw new HttpStatusError(401, `the token service ${realm.origin} refused ${client.credentials ? 'the credentials' : 'an anonymous token'} (${res.statusCode}); ${client.credentials ? 'check --user or CASCADE_PREFETCH_AUTH' : 'give credentials with --user USER:PASS or CASCADE_PREFETCH_AUTH=USER:PASS'}`);
-  }
-  if (res.statusCode !== 200) throw new PrefetchError(`the token service ${realm.origin} answered ${res.statusCode} ${registryMessage(body)}`.trim());
-  let token: unknown;
-  try {
-    const json = JSON.parse(body.toString('utf8')) as { token?: unknown; access_token?: unknown };
-    token = json.token ?? json.access_token;
-  } catch {
-    /* handled below */
-  }
-  if (typeof token !== 'string' || token === '') throw new PrefetchError(`the token service ${realm.origin} sent no token`);
-  client.tokens.set(repo, token);
+  if (client.credentials?.kind === 'bearer' || client.realms.has(repo)) return false;
+  const parsed = tokenRealmOf(challenge);
+  if (!parsed || !/^https?:\/\//i.test(parsed.realm)) return false;
+  const realm: TokenRealm = { realm: parsed.realm, ...(parsed.service ? { service: parsed.service } : {}) };
+  const scope = parsed.scope ?? `repository:${repo}:pull`;
+  await client.tokens.get(realm, scope, () => requestToken(client, realm, scope));
+  client.realms.set(repo, { realm, scope });
   return true;
+}
+
+/** One token request to `realm` for `scope`, with the Basic credentials if any. */
+async function requestToken(client: Client, realm: TokenRealm, scope: string): Promise<{ token: string; expiresIn?: number }> {
+  const where = new URL(realm.realm);
+  const headers: OutgoingHttpHeaders = { 'user-agent': USER_AGENT };
+  if (client.credentials?.kind === 'basic') headers.authorization = basicAuthorization(client.credentials.user, client.credentials.password);
+  let res;
+  try {
+    res = await client.registry.requestToken(realm, scope, headers);
+  } catch (err) {
+    throw failureOf(err, where);
+  }
+  if (res.status === 401 || res.status === 403) {
+    throw new HttpStatusError(401, `the token service ${where.origin} refused ${client.credentials ? 'the credentials' : 'an anonymous token'} (${res.status}); ${client.credentials ? 'check --user or CASCADE_PREFETCH_AUTH' : 'give credentials with --user USER:PASS or CASCADE_PREFETCH_AUTH=USER:PASS'}`);
+  }
+  if (res.status !== 200) throw new PrefetchError(`the token service ${where.origin} answered ${res.status} ${registryMessage(res.body)}`.trim());
+  if (!res.answer || 'invalid' in res.answer) throw new PrefetchError(`the token service ${where.origin} sent no token`);
+  return res.answer;
 }
 
 /**
@@ -667,7 +673,7 @@ async function get(client: Client, path: string, repo: string, accept?: string):
     const toCache = url.origin === client.cache.origin;
     const headers: OutgoingHttpHeaders = { 'user-agent': USER_AGENT };
     if (accept) headers.accept = accept;
-    const auth = toCache ? authorization(client, repo) : undefined;
+    const auth = toCache ? await authorization(client, repo) : undefined;
     if (auth) headers.authorization = auth;
     const res = await send(client, url, headers);
     const status = res.statusCode ?? 0;
@@ -991,12 +997,19 @@ export async function prefetch(options: PrefetchOptions, io: PrefetchIO): Promis
     interruptedBy ??= signal;
     controller.abort();
   });
-  const maxSockets = options.concurrency + 2;
   const client: Client = {
     cache: options.cache,
-    http: new HttpAgent({ keepAlive: true, maxSockets }),
-    https: new HttpsAgent({ keepAlive: true, maxSockets, ...(ca ? { ca } : {}) }),
-    tokens: new Map(),
+    registry: new RegistryClient({
+      url: options.cache.href,
+      maxSockets: options.concurrency + 2,
+      responseTimeoutMs: IDLE_TIMEOUT_MS,
+      idleTimeoutMs: IDLE_TIMEOUT_MS,
+      name: 'the cache',
+      // --ca replaces the system's CAs for the run (docs/prefetch.md)
+      ...(ca ? { ca: [ca], systemRoots: false } : {}),
+    }),
+    realms: new Map(),
+    tokens: new TokenCache(),
     signal: controller.signal,
     ...(options.credentials ? { credentials: options.credentials } : {}),
   };
@@ -1060,7 +1073,6 @@ export async function prefetch(options: PrefetchOptions, io: PrefetchIO): Promis
   } finally {
     progress.stop();
     removeHandlers();
-    client.http.destroy();
-    client.https.destroy();
+    client.registry.close();
   }
 }

@@ -2,48 +2,16 @@
  * A mirror's credentials for one remote: anonymous, Basic, or the Bearer token flow of the distribution
  * spec (a 401 names a realm, a service and a scope; the token is fetched from the realm, with the
  * configured Basic credentials when there are any, and reused for that scope until it expires, by every
- * request).
+ * request), on the one registry client (`../registry-client/`).
  *
  * The realm is where the credentials go, so it must be on the remote's host or its registrable domain
  * (`auth.docker.io` for `registry-1.docker.io`), over https unless the remote itself is plain http: a
- * remote cannot send the mirror's password anywhere else.
+ * remote cannot send the mirror's password anywhere else (`realmRefusal`).
  */
-import { isIP } from 'node:net';
-import { Agent as HttpsAgent } from 'node:https';
-import { rootCertificates } from 'node:tls';
-import got, { type Got } from 'got';
 import type { Logger } from 'pino';
 import { parseChallenge, RegistryError } from '@cascade/registry-core';
 import { describeError, type UpstreamAuth, type UpstreamHost, type UpstreamRequest } from '../upstream.js';
-
-/** The registrable domain of a host name, approximately (`auth.docker.io` -> `docker.io`, `a.b.co.uk` -> `b.co.uk`). */
-export function registrableDomain(hostname: string): string {
-  const labels = hostname.toLowerCase().replace(/\.$/, '').split('.');
-  if (labels.length <= 2) return labels.join('.');
-  const tld = labels[labels.length - 1] as string;
-  const sld = labels[labels.length - 2] as string;
-  const keep = tld.length === 2 && (sld.length <= 3 || ['co', 'com', 'net', 'org', 'gov', 'edu', 'ac'].includes(sld)) ? 3 : 2;
-  return labels.slice(-keep).join('.');
-}
-
-/** Why a token realm may not receive the mirror's credentials for `remote`, or undefined when it may. */
-export function realmRefusal(realm: URL, remote: URL): string | undefined {
-  if (realm.protocol !== 'https:' && !(realm.protocol === 'http:' && remote.protocol === 'http:')) {
-    return `the realm is ${realm.protocol.replace(':', '')} while the remote is https`;
-  }
-  const a = realm.hostname.toLowerCase();
-  const b = remote.hostname.toLowerCase();
-  if (a === b) return undefined;
-  if (isIP(a.replace(/^\[|\]$/g, '')) || isIP(b.replace(/^\[|\]$/g, ''))) return `the realm's host ${a} is not the remote's host ${b}`;
-  if (registrableDomain(a) === registrableDomain(b)) return undefined;
-  return `the realm's host ${a} is not on the remote's domain ${registrableDomain(b)}`;
-}
-
-/** The scope a request needs: pull on the repository of its path. */
-export function scopeOf(path: string): string | undefined {
-  const m = /^\/v2\/(.+?)\/(?:manifests|blobs|tags|referrers)\//.exec(path);
-  return m ? `repository:${m[1]}:pull` : undefined;
-}
+import { basicAuthorization, realmRefusal, RegistryClient, scopeOf, TokenCache, type TokenRealm } from '../registry-client/index.js';
 
 /** Options of {@link RemoteAuth}. */
 export interface RemoteAuthOptions {
@@ -59,11 +27,6 @@ export interface RemoteAuthOptions {
   readonly timeoutMs?: number;
 }
 
-interface CachedToken {
-  readonly token: string;
-  readonly expiresAt: number;
-}
-
 /** Counters of one remote's credentials, for metrics. */
 export interface RemoteAuthStats {
   readonly scheme: 'none' | 'basic' | 'bearer';
@@ -74,32 +37,21 @@ export interface RemoteAuthStats {
 /** The credentials of one remote, shared by all requests to it. */
 export class RemoteAuth implements UpstreamAuth {
   private scheme: 'none' | 'basic' | 'bearer' = 'none';
-  private realm: { url: string; service?: string } | undefined;
-  private readonly tokens = new Map<string, CachedToken>();
-  private readonly pending = new Map<string, Promise<string>>();
-  private readonly client: Got;
-  private readonly agent: HttpsAgent;
+  private realm: TokenRealm | undefined;
+  private readonly tokens: TokenCache;
+  private readonly client: RegistryClient;
   private readonly now: () => number;
   private fetched = 0;
 
   constructor(private readonly options: RemoteAuthOptions) {
     this.now = options.now ?? Date.now;
-    const ca = options.ca && options.ca.length > 0 ? [...rootCertificates, ...options.ca] : undefined;
-    this.agent = new HttpsAgent({ keepAlive: true, maxSockets: 8, ...(ca ? { ca } : {}) });
-    this.client = got.extend({
-      retry: { limit: 0 },
-      throwHttpErrors: false,
-      followRedirect: false,
-      timeout: { request: options.timeoutMs ?? 10_000 },
-      agent: { https: this.agent },
-      ...(ca ? { https: { certificateAuthority: ca } } : {}),
-    });
+    this.tokens = new TokenCache(this.now);
+    this.client = new RegistryClient({ url: options.url, maxSockets: 8, ...(options.ca ? { ca: options.ca } : {}) });
   }
 
   private get basic(): string | undefined {
     const { username, password } = this.options;
-    if (username === undefined || password === undefined) return undefined;
-    return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
+    return username === undefined || password === undefined ? undefined : basicAuthorization(username, password);
   }
 
   async headers(request: UpstreamRequest): Promise<Record<string, string>> {
@@ -109,7 +61,8 @@ export class RemoteAuth implements UpstreamAuth {
     }
     if (this.scheme === 'bearer') {
       const scope = scopeOf(request.path) ?? '';
-      return { authorization: `Bearer ${await this.token(scope)}` };
+      const realm = this.realm as TokenRealm;
+      return { authorization: `Bearer ${await this.tokens.get(realm, scope, () => this.fetchToken(realm, scope))}` };
     }
     return {};
   }
@@ -138,9 +91,9 @@ export class RemoteAuth implements UpstreamAuth {
       throw new RegistryError('UPSTREAM_FAILED', `remote ${host.url} asked for a token from ${realmUrl.host}, which this mirror refuses: ${refusal}`);
     }
     this.scheme = 'bearer';
-    this.realm = { url: realm, ...(challenge.params['service'] ? { service: challenge.params['service'] } : {}) };
+    this.realm = { realm, ...(challenge.params['service'] ? { service: challenge.params['service'] } : {}) };
     // The token we sent (if any) was refused: get a new one for the retry.
-    this.tokens.delete(scopeOf(request.path) ?? '');
+    this.tokens.delete(this.realm, scopeOf(request.path) ?? '');
     return true;
   }
 
@@ -149,60 +102,29 @@ export class RemoteAuth implements UpstreamAuth {
   }
 
   close(): void {
-    this.agent.destroy();
+    this.client.close();
   }
 
-  /** A valid token for `scope`: cached, being fetched by another request, or fetched now. */
-  private token(scope: string): Promise<string> {
-    const cached = this.tokens.get(scope);
-    if (cached && cached.expiresAt > this.now()) return Promise.resolve(cached.token);
-    const running = this.pending.get(scope);
-    if (running) return running;
-    const p = this.fetchToken(scope).finally(() => this.pending.delete(scope));
-    this.pending.set(scope, p);
-    return p;
-  }
-
-  private async fetchToken(scope: string): Promise<string> {
-    const realm = this.realm as { url: string; service?: string };
-    const url = new URL(realm.url);
-    if (realm.service) url.searchParams.set('service', realm.service);
-    if (scope) url.searchParams.set('scope', scope);
+  private async fetchToken(realm: TokenRealm, scope: string): Promise<{ token: string; expiresIn?: number }> {
     const basic = this.basic;
     const started = this.now();
+    const url = new URL(realm.realm);
     let res;
     try {
-      res = await this.client.get(url, { headers: { 'user-agent': 'cascade-mirror', ...(basic ? { authorization: basic } : {}) } });
+      res = await this.client.requestToken(realm, scope || undefined, { 'user-agent': 'cascade-mirror', ...(basic ? { authorization: basic } : {}) }, this.options.timeoutMs ?? 10_000);
     } catch (err) {
-      throw new RegistryError('UPSTREAM_FAILED', `cannot get a token from ${url.host}: ${describeError(err)}`);
+      throw new RegistryError('UPSTREAM_FAILED', `cannot get a token from ${url.host}: ${describeError(err instanceof RegistryError && err.cause !== undefined ? err.cause : err)}`);
     }
-    const log = this.options.logger;
-    log.info({ realm: `${url.protocol}//${url.host}${url.pathname}`, scope, status: res.statusCode, duration: this.now() - started }, 'token request');
-    if (res.statusCode === 401 || res.statusCode === 403) {
+    this.options.logger.info({ realm: `${url.protocol}//${url.host}${url.pathname}`, scope, status: res.status, duration: this.now() - started }, 'token request');
+    if (res.status === 401 || res.status === 403) {
       throw new RegistryError('DENIED', `the token service of ${this.options.url} refused ${basic ? 'the configured credentials' : 'an anonymous token'} for ${scope || 'this request'}`);
     }
-    if (res.statusCode !== 200) {
-      throw new RegistryError('UPSTREAM_FAILED', `the token service of ${this.options.url} answered ${res.statusCode}`);
+    if (res.status !== 200 || !res.answer) throw new RegistryError('UPSTREAM_FAILED', `the token service of ${this.options.url} answered ${res.status}`);
+    const answer = res.answer;
+    if ('invalid' in answer) {
+      throw new RegistryError('UPSTREAM_FAILED', `the token service of ${this.options.url} ${answer.invalid === 'not-json' ? 'did not answer JSON' : 'sent no token'}`);
     }
-    let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
-    try {
-      body = JSON.parse(res.body) as typeof body;
-    } catch {
-      throw new RegistryError('UPSTREAM_FAILED', `the token service of ${this.options.url} did not answer JSON`);
-    }
-    const token = typeof body.token === 'string' ? body.token : typeof body.access_token === 'string' ? body.access_token : undefined;
-    if (!token) throw new RegistryError('UPSTREAM_FAILED', `the token service of ${this.options.url} sent no token`);
-    // The spec's default lifetime is 60 s; renew a little early so a token does not expire in flight.
-    const lifetimeMs = (typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : 60) * 1000;
-    const margin = Math.min(10_000, lifetimeMs / 10);
-    this.tokens.set(scope, { token, expiresAt: started + lifetimeMs - margin });
     this.fetched += 1;
-    if (this.tokens.size > 10_000) this.prune();
-    return token;
-  }
-
-  private prune(): void {
-    const now = this.now();
-    for (const [scope, t] of this.tokens) if (t.expiresAt <= now) this.tokens.delete(scope);
+    return answer;
   }
 }

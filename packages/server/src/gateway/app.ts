@@ -1,10 +1,10 @@
 /**
- * The server's HTTP front, the DTR role: every `/v2/` request is authorized by the origin with the user's
+ * The server's gateway, its `/v2/` front door in the DTR role: every `/v2/` request is authorized by the origin with the user's
  * own credentials; manifests and everything else are proxied to the origin (never stale); an authorized
  * blob GET is redirected to the user's cache with a signed grant, or streamed from the origin when the
  * user has no usable cache; a cache presenting a valid grant gets the blob streamed from the origin with
  * the server's service credentials. The app is the HTTP kit's middleware, a list of routes outside `/v2/`
- * on @koa/router (ops, grant keys, token relay, web page), the `/api/v0` API, and the `/v2/` front.
+ * on @koa/router (ops, grant keys, token relay, web page), the `/api/v0` API, and the `/v2/` gateway.
  */
 import { createHash } from 'node:crypto';
 import Koa from 'koa';
@@ -24,8 +24,8 @@ export interface RedirectTarget {
   readonly host: string;
 }
 
-/** Options of {@link createFrontApp}. */
-export interface FrontOptions {
+/** Options of {@link createGatewayApp}. */
+export interface GatewayOptions {
   readonly origin: OriginClient;
   readonly logger: Logger;
   /** The cache for this user, repository and client, or undefined to serve the blob from the server. */
@@ -75,8 +75,8 @@ export function withRealm(header: string, realm: string, originRealm: string): s
   return header.replace(/realm="([^"]*)"/i, (whole, current: string) => (current === originRealm ? `realm="${realm}"` : whole));
 }
 
-/** Counters of the front, for logs and metrics. */
-export interface FrontMetrics {
+/** Counters of the gateway, for logs and metrics. */
+export interface GatewayMetrics {
   redirects: Record<string, number>;
   servedByServer: number;
   grantFills: number;
@@ -85,13 +85,13 @@ export interface FrontMetrics {
 }
 
 /** Builds the server's Koa application. */
-export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMetrics } {
+export function createGatewayApp(options: GatewayOptions): Koa & { metrics: GatewayMetrics } {
   const app = new Koa();
   const { origin, logger: log } = options;
-  const metrics: FrontMetrics = { redirects: {}, servedByServer: 0, grantFills: 0, authorizationsAsked: 0, authorizationsCached: 0 };
+  const metrics: GatewayMetrics = { redirects: {}, servedByServer: 0, grantFills: 0, authorizationsAsked: 0, authorizationsCached: 0 };
   const allowed = new Map<string, number>();
   const obs = options.observability;
-  const authorizationSeconds = obs ? observeFront(obs, metrics) : undefined;
+  const authorizationSeconds = obs ? observeGateway(obs, metrics) : undefined;
 
   app.on('error', onResponseError(log));
   app.use(requestId());
@@ -235,7 +235,7 @@ export function createFrontApp(options: FrontOptions): Koa & { metrics: FrontMet
 }
 
 /** The server's own metrics; returns the observer of authorization latency. */
-function observeFront(obs: NodeObservability, metrics: FrontMetrics): (result: 'allowed' | 'refused', seconds: number) => void {
+function observeGateway(obs: NodeObservability, metrics: GatewayMetrics): (result: 'allowed' | 'refused', seconds: number) => void {
   const registers = [obs.registry];
   new Counter({
     name: 'cascade_server_redirects_total',

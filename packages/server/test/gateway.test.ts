@@ -1,5 +1,5 @@
 /**
- * The server's front against hostile request lines, in-process on real ports: a fake origin (the testkit's)
+ * The server's gateway against hostile request lines, in-process on real ports: a fake origin (the testkit's)
  * that counts what it is asked, and a canary listener that counts every connection it gets. The server must contact its
  * origin only, whatever host a request names, and answer an invalid grant with 401 even when no cache is
  * registered.
@@ -13,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { stringify } from 'yaml';
 import { startFakeRegistry, type FakeRegistry } from '@cascade/testkit';
-import { parseServerConfig } from '../src/front/config.js';
+import { parseServerConfig } from '../src/config.js';
 import { createServer, type RunningCascadeServer } from '../src/create.js';
 
 /** Sends `raw` on a new connection and resolves with the status line's code and the body. */
@@ -34,7 +34,7 @@ function rawRequest(url: string, raw: string): Promise<{ status: number; text: s
   });
 }
 
-describe('server front: only the origin is ever contacted', () => {
+describe('server gateway: only the origin is ever contacted', () => {
   let dir: string;
   let origin: FakeRegistry;
   let canary: TcpServer;

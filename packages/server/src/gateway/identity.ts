@@ -3,6 +3,7 @@
  * the origin decides (every request is authorized through it), and the name read here is used only once
  * the origin has accepted the credentials, to pick the user's cache.
  */
+import { parseJwsPayload } from '@cascade/registry-core';
 
 /** The user name of a Basic header, or the `sub` of a Bearer JWT; undefined for anonymous requests. */
 export function userOf(authorization: string | undefined): string | undefined {
@@ -18,8 +19,8 @@ export function userOf(authorization: string | undefined): string | undefined {
     const payload = value.split('.')[1];
     if (!payload) return undefined;
     try {
-      const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as { sub?: unknown };
-      return typeof claims.sub === 'string' && claims.sub.length > 0 ? claims.sub : undefined;
+      const { sub } = parseJwsPayload(payload);
+      return typeof sub === 'string' && sub.length > 0 ? sub : undefined;
     } catch {
       return undefined;
     }

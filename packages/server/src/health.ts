@@ -14,8 +14,8 @@ import { request as httpRequest } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { rootCertificates } from 'node:tls';
 import type { Logger } from 'pino';
-import type { CacheLiveHealth } from '../api/router.js';
-import type { ContentCache, StateRepository } from '../state/repository.js';
+import type { CacheLiveHealth } from './api/router.js';
+import type { ContentCache, StateRepository } from './state/repository.js';
 
 export type { CacheLiveHealth };
 
