@@ -34,7 +34,7 @@ export const ERROR_CODES = {
   TAG_INVALID: { status: 400, message: 'manifest tag did not match URI', description: 'The tag is malformed.' },
   RANGE_INVALID: { status: 416, message: 'invalid content range', description: 'The range is malformed, out of order or beyond the content.' },
   PAGINATION_NUMBER_INVALID: { status: 400, message: 'invalid number of results requested', description: 'The `n` query parameter is not a non-negative integer.' },
-  REQUEST_INVALID: { status: 400, message: 'malformed request', description: 'The request target is not a path (absolute-form `http://host/...` or asterisk-form `*`): a registry is not a proxy.' },
+  REQUEST_INVALID: { status: 400, message: 'malformed request', description: 'A request that cannot be read: a target that is not a path (absolute-form `http://host/...` or asterisk-form `*`: a registry is not a proxy), or a token request without what the token endpoint needs.' },
   NOT_FOUND: { status: 404, message: 'not found', description: 'The path is not part of the registry API.' },
   UNAVAILABLE: { status: 503, message: 'service unavailable', description: 'The registry is unavailable.' },
   // Cascade's codes: each fixes its status, so no thrower overrides one

@@ -179,7 +179,7 @@ function single(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
 
-/** A malformed token request. The OCI error table has no generic 400, so UNSUPPORTED carries it. */
+/** A malformed token request: 400 `REQUEST_INVALID`. */
 function badRequest(message: string): RegistryError {
-  return new RegistryError('UNSUPPORTED', message, { status: 400 });
+  return new RegistryError('REQUEST_INVALID', message);
 }
