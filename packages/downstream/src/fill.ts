@@ -15,17 +15,16 @@ import type { Logger } from 'pino';
 import {
   type BlobBody,
   CASCADE_DIRS,
-  closingBody,
   Digest,
   diskFullError,
   type FileSegment,
   type FileSegments,
+  filesBody,
   isDiskFull,
   isPathNotFound,
   paths,
   RegistryError,
   type PositionalReader,
-  segmentStream,
   type StorageDriver,
   streamBody,
 } from '@cascade/registry-core';
@@ -171,7 +170,7 @@ export class Fill extends EventEmitter {
     if (!this.driver.openForRead) return streamBody(length, () => this.followByReaders(start, end), release);
     let file: PositionalReader | undefined;
     const source: FileSegments = { length, segments: (signal) => this.stretches(start, end, signal, async () => (file ??= await this.openFile(signal)).fd) };
-    return closingBody({ length, file: source, stream: () => segmentStream(source) }, (complete) => {
+    return filesBody(source, (complete) => {
       void file?.close().catch(() => undefined);
       file = undefined;
       release(complete);

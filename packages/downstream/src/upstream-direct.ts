@@ -258,7 +258,6 @@ class Response implements Reader, ChunkSource {
       landed.copy(buf, 0, 0, n);
     }
     this.lent = undefined;
-    const at = this.read;
     this.read += n;
     if (!this.head) {
       this.parseHead();
@@ -267,11 +266,11 @@ class Response implements Reader, ChunkSource {
       // The first body bytes arrived with the head.
       return this.deliver(this.blocks[0]!.buf.subarray(this.bodyStart - this.blocks[0]!.start, this.read - this.blocks[0]!.start));
     }
-    return this.deliver(buf.subarray(0, n), at);
+    return this.deliver(buf.subarray(0, n));
   }
 
   /** Queues body bytes for the consumer; false pauses the socket (the ring is full). */
-  private deliver(chunk: Buffer, _at?: number): boolean {
+  private deliver(chunk: Buffer): boolean {
     const head = this.head as NonNullable<Response['head']>;
     let bytes = chunk;
     if (this.bodyRead > head.length) {
@@ -356,7 +355,6 @@ class Response implements Reader, ChunkSource {
     this.released += bytes;
     // A block is free once every byte in it was released: its successor starts at or before `released`.
     while (this.blocks.length > 1 && this.blocks[1]!.start <= this.released) this.spare.push(this.blocks.shift()!.buf);
-    if (this.blocks.length === 1 && this.released === this.read && this.ended) this.blocks = [];
     if (this.paused && this.blocks.length < MAX_BLOCKS && !this.error && !this.ended) {
       this.paused = false;
       this.conn.socket.resume();

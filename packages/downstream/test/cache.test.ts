@@ -346,18 +346,16 @@ describe('cache with a full disk', () => {
     // that would go past it fails (whatever the size of the writes).
     const failingWriter: InMemoryDriver['writer'] = async (path, options) => {
       const w = await inner.writer(path, options);
+      const writev = async (chunks: readonly Uint8Array[]) => {
+        if (full && w.size + chunks.reduce((n, c) => n + c.length, 0) > 100_000) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+        await w.writev(chunks);
+      };
       return {
         get size() {
           return w.size;
         },
-        write: async (chunk: Uint8Array) => {
-          if (full && w.size + chunk.length > 100_000) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
-          await w.write(chunk);
-        },
-        writev: async (chunks: readonly Uint8Array[]) => {
-          if (full && w.size + chunks.reduce((n, c) => n + c.length, 0) > 100_000) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
-          await w.writev(chunks);
-        },
+        write: (chunk: Uint8Array) => writev([chunk]),
+        writev,
         commit: () => w.commit(),
         cancel: () => w.cancel(),
         close: () => w.close(),

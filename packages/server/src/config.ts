@@ -2,11 +2,10 @@
  * The server's own config file (`server.yml`), validated once at start-up. Relative paths are relative to
  * the file. Every error names the file, the key and what was expected.
  */
-import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import YAML from 'yaml';
 import { z } from 'zod';
-import { ConfigError, parseGoDuration, type ConfigIssue } from '@cascade/registry-core';
+import { ConfigError, parseGoDuration, readConfigFile, type ConfigIssue } from '@cascade/registry-core';
 
 const duration = (fallback: string) =>
   z
@@ -94,14 +93,7 @@ export type ServerConfig = Omit<z.output<typeof serverConfigSchema>, 'database'>
  * @throws ConfigError with every problem, one per line.
  */
 export function loadServerConfig(file: string, env: NodeJS.ProcessEnv = process.env): ServerConfig {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    const reason = err instanceof Error ? err.message : String(err);
-    throw new ConfigError(file, [{ key: '', expected: 'a readable configuration file', got: reason, message: `${file}: cannot read config file: ${reason}` }]);
-  }
-  return parseServerConfig(text, file, env);
+  return parseServerConfig(readConfigFile(file), file, env);
 }
 
 /** Validates server config text; `file` names it in messages and anchors relative paths. */

@@ -21,4 +21,4 @@ export {
 } from './schema.js';
 export { parseGoDuration, parseDtrDuration } from './duration.js';
 export { ConfigError, describeValue, suggestKey, type ConfigIssue } from './errors.js';
-export { loadConfig, parseConfig, type LoadConfigOptions, type LoadedConfig, type MiddlewareOptionsValidator } from './load.js';
+export { loadConfig, parseConfig, readConfigFile, type LoadConfigOptions, type LoadedConfig, type MiddlewareOptionsValidator } from './load.js';

@@ -75,14 +75,20 @@ function firstLine(text: string): string {
  * for (const w of warnings) logger.warn(w);
  */
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, options: LoadConfigOptions = {}): LoadedConfig {
-  let text: string;
+  return parseConfig(readConfigFile(file), file, env, options);
+}
+
+/**
+ * The text of a configuration file (the registry's, the server's).
+ * @throws ConfigError when it cannot be read.
+ */
+export function readConfigFile(file: string): string {
   try {
-    text = readFileSync(file, 'utf8');
+    return readFileSync(file, 'utf8');
   } catch (e) {
     const reason = e instanceof Error ? e.message : String(e);
     throw new ConfigError(file, [{ key: '', expected: 'a readable configuration file', got: reason, message: `${file}: cannot read config file: ${reason}` }]);
   }
-  return parseConfig(text, file, env, options);
 }
 
 /**

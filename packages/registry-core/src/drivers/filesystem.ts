@@ -87,53 +87,50 @@ export class FilesystemDriver implements StorageDriver {
   async reader(path: string, options: ReadOptions = {}): Promise<Readable> {
     const file = this.#resolve(path);
     const { offset, end } = checkRange(options);
-    let handle: FileHandle;
-    try {
-      handle = await open(file, 'r');
-    } catch (err) {
-      throw notFound(path, err);
+    const { handle, size } = await this.#openFile(path, { file });
+    if (offset >= size || (end !== undefined && end < offset)) {
+      await handle.close();
+      return emptyStream();
     }
-    try {
-      const info = await handle.stat();
-      if (info.isDirectory()) throw systemError('EISDIR', `illegal operation on a directory: ${path}`);
-      if (offset >= info.size || (end !== undefined && end < offset)) {
-        await handle.close();
-        return emptyStream();
-      }
-      // The stream owns the handle from here (autoClose), so an abandoned or destroyed stream releases the fd.
-      const last = Math.min(end ?? info.size - 1, info.size - 1);
-      const stream = handle.createReadStream({ start: offset, end: last, highWaterMark: READ_HIGH_WATER_MARK });
-      return options.signal ? addAbortSignal(options.signal, stream) : stream;
-    } catch (err) {
-      await handle.close().catch(() => undefined);
-      throw err;
-    }
+    // The stream owns the handle from here (autoClose), so an abandoned or destroyed stream releases the fd.
+    const last = Math.min(end ?? size - 1, size - 1);
+    const stream = handle.createReadStream({ start: offset, end: last, highWaterMark: READ_HIGH_WATER_MARK });
+    return options.signal ? addAbortSignal(options.signal, stream) : stream;
   }
 
   async openForRead(path: string, signal?: AbortSignal): Promise<PositionalReader> {
     signal?.throwIfAborted();
-    let handle: FileHandle;
-    try {
-      handle = await open(this.#resolve(path), 'r');
-    } catch (err) {
-      throw notFound(path, err);
-    }
-    let size: number;
-    try {
-      const info = await handle.stat();
-      if (info.isDirectory()) throw systemError('EISDIR', `illegal operation on a directory: ${path}`);
-      size = info.size;
-      signal?.throwIfAborted();
-    } catch (err) {
-      await handle.close().catch(() => undefined);
-      throw err;
-    }
+    const { handle, size } = await this.#openFile(path, signal ? { signal } : {});
     return {
       fd: handle.fd,
       size,
       read: async (buffer, position) => (await handle.read(buffer, 0, buffer.length, position)).bytesRead,
       close: () => handle.close(),
     };
+  }
+
+  /**
+   * The file at `path` (already resolved: `file`) opened for reading (`flags` 'r') or for appending ('r+'), with
+   * its size: one open and one fstat. A directory is EISDIR; the handle is closed when that check fails or
+   * `signal` was aborted meanwhile.
+   */
+  async #openFile(path: string, o: { file?: string; flags?: 'r' | 'r+'; signal?: AbortSignal }): Promise<{ handle: FileHandle; size: number }> {
+    const { file = this.#resolve(path), flags = 'r', signal } = o;
+    let handle: FileHandle;
+    try {
+      handle = await open(file, flags);
+    } catch (err) {
+      throw notFound(path, err);
+    }
+    try {
+      const info = await handle.stat();
+      if (info.isDirectory()) throw systemError('EISDIR', `illegal operation on a directory: ${path}`);
+      signal?.throwIfAborted();
+      return { handle, size: info.size };
+    } catch (err) {
+      await handle.close().catch(() => undefined);
+      throw err;
+    }
   }
 
   async writer(path: string, options: { append?: boolean; create?: boolean } = {}): Promise<FileWriter> {
@@ -145,19 +142,8 @@ export class FilesystemDriver implements StorageDriver {
       return new FilesystemWriter(handle, 0, { kind: 'append', file });
     }
     if (options.append) {
-      let handle: FileHandle;
-      try {
-        handle = await open(file, 'r+');
-      } catch (err) {
-        throw notFound(path, err);
-      }
-      try {
-        const info = await handle.stat();
-        return new FilesystemWriter(handle, info.size, { kind: 'append', file });
-      } catch (err) {
-        await handle.close().catch(() => undefined);
-        throw err;
-      }
+      const { handle, size } = await this.#openFile(path, { file, flags: 'r+' });
+      return new FilesystemWriter(handle, size, { kind: 'append', file });
     }
     const temp = await this.#openTemp();
     return new FilesystemWriter(temp.handle, 0, {

@@ -7,7 +7,7 @@
  */
 import { read as fsRead } from 'node:fs';
 import { Readable } from 'node:stream';
-import type { PositionalReader, StorageDriver } from '../drivers/driver.js';
+import { isPathNotFound, type PositionalReader, type StorageDriver } from '../drivers/driver.js';
 import type { ByteRange } from '../registry.js';
 
 /** A stretch of an open file. */
@@ -110,17 +110,22 @@ function pread(fd: number, buffer: Buffer, position: number): Promise<number> {
  * A body of `length` bytes of an open file from `start`. The file is closed, and `onClose` called, when the
  * body is closed (the sendfile threads work on their own duplicate of the descriptor).
  */
-export function fileBody(file: PositionalReader, start: number, length: number, onClose?: (complete: boolean) => void): BlobBody {
+function fileBody(file: PositionalReader, start: number, length: number, onClose?: (complete: boolean) => void): BlobBody {
   const source: FileSegments = {
     length,
     async *segments() {
       yield { fd: file.fd, offset: start, length };
     },
   };
-  return closingBody({ length, file: source, stream: () => segmentStream(source) }, (complete) => {
+  return filesBody(source, (complete) => {
     void file.close().catch(() => undefined);
     onClose?.(complete);
   });
+}
+
+/** A body whose bytes are `source`'s file stretches: sent with sendfile, or read into a stream. */
+export function filesBody(source: FileSegments, release: (complete: boolean) => void): BlobBody {
+  return closingBody({ length: source.length, file: source, stream: () => segmentStream(source) }, release);
 }
 
 /** A body that is a stream (`open` is called at most once, when the body is read). */
@@ -168,7 +173,7 @@ export async function openStored(driver: StorageDriver, path: string, signal?: A
     try {
       file = await driver.openForRead(path, signal);
     } catch (err) {
-      if ((err as { code?: string }).code === 'PATH_NOT_FOUND') return undefined;
+      if (isPathNotFound(err)) return undefined;
       throw err;
     }
     return {
@@ -181,7 +186,7 @@ export async function openStored(driver: StorageDriver, path: string, signal?: A
   try {
     size = (await driver.stat(path)).size;
   } catch (err) {
-    if ((err as { code?: string }).code === 'PATH_NOT_FOUND') return undefined;
+    if (isPathNotFound(err)) return undefined;
     throw err;
   }
   return {
@@ -196,7 +201,7 @@ export async function openStored(driver: StorageDriver, path: string, signal?: A
 }
 
 /** A stream whose source is opened on first read (a reader's open is async; a body's stream is not). */
-export function lazyStream(open: () => Promise<Readable>): Readable {
+function lazyStream(open: () => Promise<Readable>): Readable {
   return Readable.from(
     (async function* () {
       yield* await open();
