@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the end-to-end tests drive (skopeo, containerd, distribution's
 # docker-registry, nginx, apache2-utils, prometheus for promtool, chromium for the web page test,
-# postgresql for the server's PostgreSQL state, podman as a mirror client, strace for the adversarial fuzzer). Skips apt when every command is already there. Needs root.
+# postgresql for the server's PostgreSQL state, redis-server for a region of cache nodes, podman as a mirror client, strace for the adversarial fuzzer). Skips apt when every command is already there. Needs root.
 set -euo pipefail
 
-need=(skopeo containerd ctr docker-registry nginx htpasswd promtool chromium podman strace)
+need=(skopeo containerd ctr docker-registry nginx htpasswd promtool chromium podman strace redis-server)
 missing=()
 for cmd in "${need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
@@ -29,7 +29,7 @@ if ((${#missing[@]})); then
   remove_policy() { if ((created_policy)); then rm -f "$policy"; fi; }
   trap remove_policy EXIT
   apt-get update
-  apt-get install -y --no-install-recommends skopeo containerd docker-registry nginx-light apache2-utils prometheus chromium chromium-driver postgresql podman strace
+  apt-get install -y --no-install-recommends skopeo containerd docker-registry nginx-light apache2-utils prometheus chromium chromium-driver postgresql podman strace redis-server
   remove_policy
   trap - EXIT
   for cmd in "${need[@]}"; do
