@@ -329,7 +329,7 @@ class PassthroughManifestStore implements ManifestStore {
     return Promise.reject(readOnly());
   }
 
-  delete(): Promise<void> {
+  delete(): Promise<string[]> {
     return Promise.reject(readOnly());
   }
 

@@ -101,8 +101,11 @@ export interface ManifestStore {
    * @throws RegistryError MANIFEST_INVALID, MANIFEST_BLOB_UNKNOWN
    */
   put(manifest: ParsedManifest): Promise<void>;
-  /** Removes the manifest and every tag that points to it. @throws RegistryError MANIFEST_UNKNOWN */
-  delete(digest: Digest): Promise<void>;
+  /**
+   * Removes the manifest and every tag that points to it; resolves with those tags.
+   * @throws RegistryError MANIFEST_UNKNOWN
+   */
+  delete(digest: Digest): Promise<string[]>;
   /** Descriptors of the manifests whose `subject` is `digest`, optionally only those of `artifactType`. */
   referrers(digest: Digest, artifactType?: string): Promise<Descriptor[]>;
 }

@@ -18,6 +18,7 @@ import { loadSendfile } from './http/sendfile.js';
 import { listen, type RunningServer } from './http/listen.js';
 import { createLogger } from './logger.js';
 import { NodeObservability } from './metrics.js';
+import { Notifier } from './notifications/notifier.js';
 import type { Namespace } from './registry.js';
 import type { StorageDriver } from './drivers/driver.js';
 import { FilesystemDriver } from './drivers/filesystem.js';
@@ -112,6 +113,8 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
   }
   // A given authorizer replaces the whole `auth` section, token endpoint included, as it always has.
   const auth: RegistryAuth = options.authorizer ? { authorizer: options.authorizer, routes: [] } : createAuth(config, logger);
+  // Events a previous run left queued are sent before any new one (each endpoint keeps its order).
+  const notifier = await Notifier.start({ config, driver, logger, observability });
   const sendfile = config.http.sendfile.enabled ? loadSendfile(config.http.sendfile.threads) : 'turned off (http.sendfile.enabled: false)';
   if (typeof sendfile === 'string') logger.info({ reason: sendfile }, 'blob bodies are streamed, not sent with sendfile');
   else logger.info({ threads: sendfile.threads }, 'blob bodies from files are sent with sendfile (plain HTTP)');
@@ -126,9 +129,18 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
     prefix: config.http.prefix ?? '',
     accessLog: !config.log.accesslog?.disabled,
     ...(typeof sendfile === 'string' ? {} : { sendfile }),
+    ...(notifier ? { events: notifier } : {}),
   });
   const tls = config.http.tls?.certificate && config.http.tls.key ? { certificate: config.http.tls.certificate, key: config.http.tls.key } : undefined;
-  const running = await listen(app.callback(), { addr: config.http.addr, net: config.http.net === 'unix' ? 'unix' : 'tcp', ...(tls ? { tls } : {}), role: options.role ?? 'registry' }, logger);
+  let running: RunningServer;
+  try {
+    running = await listen(app.callback(), { addr: config.http.addr, net: config.http.net === 'unix' ? 'unix' : 'tcp', ...(tls ? { tls } : {}), role: options.role ?? 'registry' }, logger);
+  } catch (err) {
+    await notifier?.close();
+    throw err;
+  }
+  const port = URL.canParse(running.url) ? Number(new URL(running.url).port) : 0;
+  if (notifier && port > 0) notifier.listeningOn(port);
   return {
     ...running,
     namespace,
@@ -137,6 +149,8 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
     observability,
     async close(drainMs?: number) {
       await running.close(drainMs);
+      // After the last request: every event accepted is on disk before the process exits.
+      await notifier?.close();
       for (const close of closers.reverse()) await close();
     },
   };

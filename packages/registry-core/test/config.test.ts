@@ -244,12 +244,61 @@ describe('defaults and accepted sections', () => {
     const text = `${MINIMAL}notifications:\n  endpoints: []\nredis:\n  addr: localhost:6379\nreporting:\n  bugsnag:\n    apikey: x\nvalidation:\n  disabled: true\ncompatibility:\n  schema1:\n    enabled: true\n`;
     const { warnings } = parseConfig(text, FILE, {});
     assert.deepEqual(warnings, [
-      'notifications: accepted but not implemented by Cascade; ignored',
       'redis: accepted but not implemented by Cascade; ignored',
       'reporting: accepted but not implemented by Cascade; ignored',
       'validation: accepted but not implemented by Cascade; ignored',
       'compatibility: accepted but not implemented by Cascade; ignored',
     ]);
+  });
+
+  test('notifications: distribution\'s keys and forms, defaults, REGISTRY_NOTIFICATIONS_* overrides', () => {
+    // distribution's documented example (docs/content/about/notifications.md), plus the other keys.
+    const text = `${MINIMAL}notifications:
+  events:
+    includereferences: true
+  endpoints:
+    - name: alistener
+      url: https://mylistener.example.com/event
+      headers:
+        Authorization: [Bearer secret-token]
+        X-One: single
+      timeout: 500ms
+      threshold: 5
+      backoff: 1s
+      ignoredmediatypes: [application/octet-stream]
+      ignore:
+        mediatypes: [application/vnd.docker.image.rootfs.diff.tar.gzip]
+        actions: [pull]
+    - name: off
+      disabled: yes
+      url: http://127.0.0.1:1/x
+      timeout: 2000000000
+`;
+    const { config, warnings } = parseConfig(text, FILE, { REGISTRY_NOTIFICATIONS_ENDPOINTS_1_BACKOFF: '3s', REGISTRY_NOTIFICATIONS_ENDPOINTS_0_QUEUELIMIT: '50' });
+    assert.deepEqual(warnings, []);
+    const [a, b] = config.notifications.endpoints;
+    assert.equal(config.notifications.events.includereferences, true);
+    assert.deepEqual(a, {
+      name: 'alistener',
+      disabled: false,
+      url: 'https://mylistener.example.com/event',
+      headers: { Authorization: ['Bearer secret-token'], 'X-One': ['single'] },
+      timeout: 500,
+      threshold: 5,
+      backoff: 1000,
+      ignoredmediatypes: ['application/octet-stream'],
+      ignore: { mediatypes: ['application/vnd.docker.image.rootfs.diff.tar.gzip'], actions: ['pull'] },
+      queuelimit: 50,
+      batchsize: 1,
+    });
+    assert.equal(b?.disabled, true);
+    assert.equal(b?.timeout, 2000);
+    assert.equal(b?.backoff, 3000);
+    assert.equal(b?.queuelimit, 100_000);
+    assert.deepEqual(parseConfig(MINIMAL, FILE, {}).config.notifications, { events: { includereferences: false }, endpoints: [] });
+    const bad = fails(`${MINIMAL}notifications:\n  endpoints:\n    - name: x\n      url: ftp://h/\n      timeout: 5 seconds\n      ignore:\n        actions: [pul]\n    - name: x\n      url: http://h/\n      headers:\n        'Bad Name': [v]\n`);
+    const keys = bad.issues.map((i) => i.key).sort();
+    assert.deepEqual(keys, ['notifications.endpoints[0].ignore.actions[0]', 'notifications.endpoints[0].timeout', 'notifications.endpoints[0].url', 'notifications.endpoints[1].headers.Bad Name', 'notifications.endpoints[1].name']);
   });
 
   test('the deprecated top-level loglevel is applied as log.level, with a warning', () => {

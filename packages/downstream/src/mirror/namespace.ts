@@ -303,7 +303,7 @@ class MirrorManifestStore implements ManifestStore {
     return Promise.reject(readOnly(this.repo.remote));
   }
 
-  delete(): Promise<void> {
+  delete(): Promise<string[]> {
     return Promise.reject(readOnly(this.repo.remote));
   }
 

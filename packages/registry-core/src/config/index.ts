@@ -10,6 +10,8 @@ export {
   AUTH_SCHEMES,
   MIDDLEWARE_POINTS,
   UNIMPLEMENTED_SECTIONS,
+  EVENT_ACTIONS,
+  NOTIFICATIONS_QUEUE_LIMIT,
   type RegistryConfig,
   type LogConfig,
   type StorageConfig,
@@ -18,6 +20,8 @@ export {
   type MiddlewareConfig,
   type ProxyConfig,
   type HealthConfig,
+  type NotificationsConfig,
+  type EndpointConfig,
 } from './schema.js';
 export { parseGoDuration, parseDtrDuration } from './duration.js';
 export { ConfigError, describeValue, suggestKey, type ConfigIssue } from './errors.js';

@@ -405,11 +405,65 @@ const healthSchema = z.strictObject({
   tcp: z.array(z.strictObject({ addr: z.string().min(1), timeout: goDuration().optional(), ...checkCommon })).default(() => []),
 });
 
+/** The actions of notification events (distribution's `EventAction*`). */
+export const EVENT_ACTIONS = ['push', 'pull', 'delete', 'mount'] as const;
+
+/** Default bound of an endpoint's on-disk queue, in events (Cascade's `queuelimit`). */
+export const NOTIFICATIONS_QUEUE_LIMIT = 100_000;
+
+/** An HTTP header name (RFC 9110 token), so a configured header can never break the request it is sent on. */
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/**
+ * One `notifications.endpoints[]` entry: distribution's keys, and Cascade's `queuelimit` (the bound of the
+ * endpoint's on-disk queue) and `batchsize` (events per envelope; distribution sends one). distribution
+ * treats a zero or absent `timeout`, `threshold` or `backoff` as its default (1s, 10, 1s); so does Cascade.
+ */
+const endpointSchema = z.strictObject({
+  name: z.string().min(1),
+  disabled: bool().default(false),
+  url: httpUrl(),
+  headers: z
+    .record(z.string(), headerValues)
+    .default(() => ({}))
+    .superRefine((headers, ctx) => {
+      for (const [name, values] of Object.entries(headers)) {
+        if (!HEADER_NAME.test(name)) ctx.addIssue({ code: 'custom', path: [name], input: name, message: 'bad header name', params: { expected: 'an HTTP header name (letters, digits and !#$%&\'*+.^_`|~-)' } });
+        else if (values.some((v) => /[\r\n\0]/.test(v))) ctx.addIssue({ code: 'custom', path: [name], input: values, message: 'bad header value', params: { expected: 'header values without line breaks or NUL' } });
+      }
+    }),
+  timeout: goDuration().optional(),
+  threshold: int().min(0).optional(),
+  backoff: goDuration().optional(),
+  ignoredmediatypes: z.array(z.string()).default(() => []),
+  ignore: z.strictObject({ mediatypes: z.array(z.string()).default(() => []), actions: z.array(z.enum(EVENT_ACTIONS)).default(() => []) }).prefault({}),
+  queuelimit: int().min(1).default(NOTIFICATIONS_QUEUE_LIMIT),
+  batchsize: int().min(1).max(1000).default(1),
+});
+
+/** `notifications`: webhook endpoints that receive registry events (distribution's format). */
+const notificationsSchema = z
+  .strictObject({
+    events: z.strictObject({ includereferences: bool().default(false) }).prefault({}),
+    endpoints: z.array(endpointSchema).default(() => []),
+  })
+  .superRefine((value: unknown, ctx) => {
+    // The name keys an endpoint's queue folder and its metrics, so two endpoints cannot share one.
+    if (!isRecord(value) || !Array.isArray(value['endpoints'])) return;
+    const seen = new Set<string>();
+    value['endpoints'].forEach((e: unknown, i) => {
+      const name = isRecord(e) ? e['name'] : undefined;
+      if (typeof name !== 'string') return;
+      if (seen.has(name)) ctx.addIssue({ code: 'custom', path: ['endpoints', i, 'name'], input: name, message: 'duplicate endpoint name', params: { expected: 'a name no other endpoint has' } });
+      seen.add(name);
+    });
+  }, ALWAYS);
+
 /**
  * Top-level sections of distribution that Cascade accepts so that existing files load, but does not
  * implement. Their content is not validated; each one present is reported as a warning.
  */
-export const UNIMPLEMENTED_SECTIONS = ['notifications', 'redis', 'reporting', 'validation', 'compatibility', 'policy', 'catalog'] as const;
+export const UNIMPLEMENTED_SECTIONS = ['redis', 'reporting', 'validation', 'compatibility', 'policy', 'catalog'] as const;
 
 /**
  * The whole `config.yml`. Parse the output of `parseConfig`'s normalization (YAML nulls removed, storage and
@@ -429,7 +483,7 @@ export const registryConfigSchema = z
     middleware: middlewareSchema.prefault({}),
     proxy: proxySchema.optional(),
     health: healthSchema.prefault({}),
-    notifications: freeForm().optional(),
+    notifications: notificationsSchema.prefault({}),
     redis: freeForm().optional(),
     reporting: freeForm().optional(),
     validation: freeForm().optional(),
@@ -457,6 +511,10 @@ export type TokenAccessRule = z.output<typeof tokenRuleSchema>;
 export type MiddlewareConfig = z.output<typeof middlewareEntrySchema>;
 /** `proxy`: the pull-through (mirror) mode; absent when not configured. */
 export type ProxyConfig = z.output<typeof proxySchema>;
+/** `notifications`: the event endpoints. */
+export type NotificationsConfig = RegistryConfig['notifications'];
+/** One `notifications.endpoints[]` entry. */
+export type EndpointConfig = z.output<typeof endpointSchema>;
 /** `health`: the storage driver check and the accepted file/http/tcp checks. */
 export type HealthConfig = RegistryConfig['health'];
 

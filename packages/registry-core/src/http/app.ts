@@ -11,6 +11,7 @@ import type { Namespace } from '../registry.js';
 import { dispatch } from './dispatch.js';
 import { accessLog, errorMapper, onResponseError, requestId, routerOf, serveRoutes, type ExtraRoute } from './kit/index.js';
 import type { Sendfile } from './sendfile.js';
+import type { EventSink } from '../notifications/event.js';
 import { routeLabel, type NodeObservability } from '../metrics.js';
 
 export type { ExtraRoute } from './kit/index.js';
@@ -39,6 +40,8 @@ export interface RegistryAppOptions {
   readonly observability?: NodeObservability;
   /** Blob bodies read from files go out with sendfile(2) (see `http/sendfile.ts`). */
   readonly sendfile?: Sendfile;
+  /** Where notification events go (`notifications`). */
+  readonly events?: EventSink;
 }
 
 /**
@@ -63,6 +66,7 @@ export function createRegistryApp(options: RegistryAppOptions): Koa {
     prefix,
     catalogMaxEntries: options.catalogMaxEntries ?? 1000,
     ...(options.sendfile ? { sendfile: options.sendfile } : {}),
+    ...(options.events ? { events: options.events } : {}),
     onBodyError: (err: Error) => log.warn({ err: { code: (err as { code?: string }).code, message: err.message } }, 'blob body failed'),
   };
 

@@ -3,6 +3,7 @@ import type { Context } from 'koa';
 import type { Access, Action, Authorizer } from '../auth/authorizer.js';
 import { RegistryError } from '../errors.js';
 import { validateName } from '../names.js';
+import { RequestEvents } from '../notifications/event.js';
 import type { Namespace } from '../registry.js';
 import { cancelUpload, deleteBlob, getBlob, patchUpload, putUpload, startUpload, uploadStatus } from './handlers/blobs.js';
 import type { Handler, HandlerOptions } from './handlers/context.js';
@@ -76,6 +77,7 @@ export async function dispatch(ctx: Context, path: string, options: DispatcherOp
     ...(registryHost ? { registryHost } : {}),
     responseHeaders,
   };
+  const events = new RequestEvents(options.events, ctx, params.name ?? '', identity.user, options.prefix);
   await entry.handler({
     ctx,
     params,
@@ -84,7 +86,11 @@ export async function dispatch(ctx: Context, path: string, options: DispatcherOp
     identity,
     request,
     options,
+    events,
   });
+  // A push, mount or delete is answered once its events are on disk (one group commit, a few ms), so a crash
+  // after the answer loses none; a pull's events follow within a few ms and never delay the answer.
+  if (ctx.method !== 'GET' && ctx.method !== 'HEAD') await events.durable();
   for (const [name, value] of Object.entries(responseHeaders)) ctx.set(name, value);
 }
 

@@ -81,17 +81,19 @@ export class StorageManifestStore implements ManifestStore {
     }
   }
 
-  async delete(digest: Digest): Promise<void> {
+  async delete(digest: Digest): Promise<string[]> {
     const manifest = await this.get(digest);
     await this.driver.delete(paths.revisionDir(this.name, digest));
+    const untagged: string[] = [];
     for (const tag of await this.tags.listOrEmpty()) {
       const current = await readLink(this.driver, paths.tagCurrentLink(this.name, tag));
-      if (current?.equals(digest)) await deleteIfExists(this.driver, paths.tagDir(this.name, tag));
+      if (current?.equals(digest) && (await deleteIfExists(this.driver, paths.tagDir(this.name, tag)))) untagged.push(tag);
     }
     if (manifest.subject) {
       const subject = Digest.tryParse(manifest.subject.digest);
       if (subject) await deleteIfExists(this.driver, paths.referrerLink(this.name, subject, digest).replace(/\/link$/, ''));
     }
+    return untagged;
   }
 
   async referrers(subject: Digest, artifactType?: string): Promise<Descriptor[]> {

@@ -51,6 +51,8 @@ export const CASCADE_DIRS = {
   expiry: `${ROOT}/_cascade_expiry`,
   /** A mirror's record of the blobs pushed to its local repositories (never expired). */
   local: `${ROOT}/_cascade_local`,
+  /** Each notification endpoint's queue of events not yet delivered (`notifications.endpoints`). */
+  events: `${ROOT}/_cascade_events`,
   /** Where `/ready` writes and deletes a file to prove the storage writable. */
   ready: `${ROOT}/_cascade_ready`,
 } as const;

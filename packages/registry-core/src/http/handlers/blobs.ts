@@ -12,9 +12,11 @@ import type { Handler, HandlerContext } from './context.js';
  * GET and HEAD `/v2/<name>/blobs/<digest>`, with Range: one call to the store, which answers the size and the
  * body together. A body in files goes out with sendfile where the connection allows; otherwise as a stream.
  */
-export const getBlob: Handler = async ({ ctx, params, repo, request, options }) => {
+export const getBlob: Handler = async ({ ctx, params, repo, request, options, events }) => {
   const digest = Digest.parse(params.digest ?? '');
   const { size, range, body } = await repo.blobs.serve(digest, request);
+  // distribution reports a pull for every blob GET and HEAD it answers (ServeBlob), ranges included.
+  events.blob('pull', digest.toString(), size);
   const length = range ? range.end - range.start + 1 : size;
   const sendfile = body?.file && options.sendfile && canSendfile(ctx) ? options.sendfile : undefined;
   // Koa's body setter drops Content-Type and Content-Length, so the body goes first and headers after.
@@ -38,10 +40,11 @@ export const getBlob: Handler = async ({ ctx, params, repo, request, options }) 
 };
 
 /** DELETE `/v2/<name>/blobs/<digest>`. */
-export const deleteBlob: Handler = async ({ ctx, params, repo, options }) => {
+export const deleteBlob: Handler = async ({ ctx, params, repo, options, events }) => {
   requireDelete(options.deleteEnabled);
   const digest = Digest.parse(params.digest ?? '');
   await repo.blobs.delete(digest);
+  events.deleted({ digest: digest.toString() });
   emptyResponse(ctx, 202);
 };
 
@@ -54,7 +57,10 @@ export const startUpload: Handler = async (h) => {
     const digest = Digest.parse(mount);
     validateName(from);
     const desc = await repo.blobs.mount(digest, from);
-    if (desc) return blobCreated(h, digest);
+    if (desc) {
+      h.events.blob('mount', digest.toString(), desc.size, from);
+      return blobCreated(h, digest);
+    }
     // Not mountable: fall through to a new session, as the spec says.
   }
   const digestParam = queryValue(ctx.query.digest);
@@ -63,7 +69,8 @@ export const startUpload: Handler = async (h) => {
     const digest = Digest.parse(digestParam);
     try {
       await upload.append(ctx.req);
-      await upload.commit(digest);
+      const desc = await upload.commit(digest);
+      h.events.blob('push', digest.toString(), desc.size);
     } catch (err) {
       await upload.cancel().catch(() => undefined);
       throw err;
@@ -103,7 +110,8 @@ export const putUpload: Handler = async (h) => {
   const digest = Digest.parse(digestParam);
   const upload = await h.repo.blobs.getUpload(h.params.uuid ?? '');
   if (hasBody(h.ctx.req)) await upload.append(h.ctx.req, parseContentRange(h.ctx.get('content-range')));
-  await upload.commit(digest);
+  const desc = await upload.commit(digest);
+  h.events.blob('push', digest.toString(), desc.size);
   blobCreated(h, digest);
 };
 

@@ -1,6 +1,7 @@
 /** What every `/v2/` handler receives. */
 import type { Context } from 'koa';
 import type { Identity } from '../../auth/authorizer.js';
+import type { EventSink, RequestEvents } from '../../notifications/event.js';
 import type { Namespace, Repository, RequestContext } from '../../registry.js';
 import type { RouteParams } from '../routes.js';
 import type { Sendfile } from '../sendfile.js';
@@ -17,6 +18,8 @@ export interface HandlerOptions {
   readonly sendfile?: Sendfile;
   /** Hears a body that failed after its headers went out. */
   readonly onBodyError?: (err: Error) => void;
+  /** Where notification events go (`notifications`); absent without an enabled endpoint. */
+  readonly events?: EventSink;
 }
 
 /** The request as a handler sees it. */
@@ -29,6 +32,8 @@ export interface HandlerContext {
   readonly identity: Identity;
   readonly request: RequestContext;
   readonly options: HandlerOptions;
+  /** The request's notification events: handlers report what succeeded (a no-op without notifications). */
+  readonly events: RequestEvents;
 }
 
 /** A handler of one method of one route. */

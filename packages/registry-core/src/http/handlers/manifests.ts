@@ -27,10 +27,12 @@ function existingReference(value: string): Reference {
 }
 
 /** GET and HEAD `/v2/<name>/manifests/<reference>`. */
-export const getManifest: Handler = async ({ ctx, params, repo }) => {
+export const getManifest: Handler = async ({ ctx, params, repo, events }) => {
   const ref = existingReference(params.reference ?? '');
   const digest = ref.kind === 'tag' ? await repo.tags.resolve(ref.tag) : ref.digest;
   let manifest = await repo.manifests.get(digest);
+  // As distribution's manifest listener: every manifest read (GET or HEAD) is a pull, with the tag asked for.
+  events.manifest('pull', manifest, ref.kind === 'tag' ? ref.tag : undefined);
   const accepted = parseAccept(ctx.get('accept'));
   if (!isAcceptable(manifest.mediaType, accepted)) {
     // Old clients that cannot read manifest lists get the linux/amd64 image instead, as from distribution.
@@ -42,6 +44,7 @@ export const getManifest: Handler = async ({ ctx, params, repo }) => {
       });
     }
     manifest = childManifest;
+    events.manifest('pull', manifest);
   }
   sendManifest(ctx, manifest);
 };
@@ -59,7 +62,7 @@ function sendManifest(ctx: Parameters<Handler>[0]['ctx'], manifest: ParsedManife
 }
 
 /** PUT `/v2/<name>/manifests/<reference>`. */
-export const putManifest: Handler = async ({ ctx, params, repo, options }) => {
+export const putManifest: Handler = async ({ ctx, params, repo, options, events }) => {
   const ref = parseReference(params.reference ?? '');
   const bytes = await readBody(ctx.req, MANIFEST_MAX_BYTES, 'manifest');
   const manifest = parseManifest(bytes, ctx.get('content-type') || undefined);
@@ -71,6 +74,7 @@ export const putManifest: Handler = async ({ ctx, params, repo, options }) => {
   }
   await repo.manifests.put(manifest);
   if (ref.kind === 'tag') await repo.tags.tag(ref.tag, manifest.digest);
+  events.manifest('push', manifest, ref.kind === 'tag' ? ref.tag : undefined);
   const digest = ref.kind === 'digest' ? ref.digest : manifest.digest;
   emptyResponse(ctx, 201);
   ctx.set('Location', `${options.prefix}/v2/${repo.name}/manifests/${digest.toString()}`);
@@ -79,11 +83,18 @@ export const putManifest: Handler = async ({ ctx, params, repo, options }) => {
 };
 
 /** DELETE `/v2/<name>/manifests/<reference>`: a digest deletes the manifest and its tags, a tag only the tag. */
-export const deleteManifest: Handler = async ({ ctx, params, repo, options }) => {
+export const deleteManifest: Handler = async ({ ctx, params, repo, options, events }) => {
   requireDelete(options.deleteEnabled);
   const ref = existingReference(params.reference ?? '');
-  if (ref.kind === 'tag') await repo.tags.untag(ref.tag);
-  else await repo.manifests.delete(ref.digest);
+  if (ref.kind === 'tag') {
+    await repo.tags.untag(ref.tag);
+    events.deleted({ tag: ref.tag });
+  } else {
+    // distribution 2.8: the manifest's delete event, then one for each tag that pointed at it.
+    const untagged = await repo.manifests.delete(ref.digest);
+    events.deleted({ digest: ref.digest.toString() });
+    for (const tag of untagged) events.deleted({ tag });
+  }
   emptyResponse(ctx, 202);
 };
 
