@@ -95,6 +95,8 @@ describe('/metrics, /health and /ready on every role', () => {
     text = await scrapeSettled(cache.url, (t) => sample(t, 'cascade_cache_fills_total', { result: 'completed' }) === 1);
     assert.equal(sample(text, 'cascade_cache_bytes_total', { source: 'upstream' }), 300_000);
     assert.equal(sample(text, 'cascade_cache_bytes_total', { source: 'disk' }), 600_000);
+    // Sent to clients: the miss's bytes too.
+    assert.equal(sample(text, 'cascade_cache_bytes_served_total'), 900_000);
     assert.equal(sample(text, 'cascade_cache_fills_total', { result: 'completed' }), 1);
     assert.ok((sample(text, 'cascade_upstream_request_duration_seconds_count', { upstream: origin.url, outcome: 'ok' }) ?? 0) >= 1);
     assert.ok((sample(text, 'cascade_http_requests_total', { route: 'blob', method: 'GET', status: '200' }) ?? 0) >= 3);

@@ -6,21 +6,16 @@
  * UPDATE_SCREENSHOTS=1.
  */
 import assert from 'node:assert/strict';
-import { access, mkdir } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { launchChromium, signIn } from '../lib/browser.js';
 import { waitFor } from '../lib/cache.js';
-import { ROOT, testScope, type CascadeProcess } from '../lib/cascade.js';
+import { ROOT, testScope } from '../lib/cascade.js';
 import { makeOciImage } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
 import { skopeo } from '../lib/peers.js';
-import { api, basic, startStack, USERS, type StackUser } from '../lib/stack.js';
-
-/** Debian's chromium (scripts/install-peers.sh installs it); playwright downloads no browser. */
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-/** Flags for a closed network and no sandbox (root in CI): nothing to wait for, nothing to fetch. */
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+import { api, basic, startStack, USERS } from '../lib/stack.js';
 
 interface Health {
   status: string;
@@ -31,26 +26,8 @@ interface Health {
   metricsAt?: string | null;
 }
 
-/** Opens the page in a new context and signs in; answers the page with console errors collected. */
-async function signIn(browser: Browser, server: CascadeProcess, user: StackUser, errors: string[], viewport = { width: 1280, height: 860 }): Promise<{ context: BrowserContext; page: Page }> {
-  const context = await browser.newContext({ viewport, ...(viewport.width < 500 ? { isMobile: true, hasTouch: true } : {}) });
-  const page = await context.newPage();
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') errors.push(`${user}: ${msg.text()}`);
-  });
-  page.on('pageerror', (err) => errors.push(`${user}: ${err.message}`));
-  await page.goto(`${server.url}/ui/`);
-  await page.fill('#signin-username', user);
-  await page.fill('#signin-password', USERS[user]);
-  await page.click('#signin-submit');
-  await page.waitForSelector('#app-view:not([hidden])');
-  assert.equal(await page.textContent('#who-name'), user);
-  return { context, page };
-}
-
 describe('web page: pick a cache, see health, manage caches', () => {
   it('bob picks region-a and his next pull goes there; alice registers, renames and deletes a cache and sets rules', { timeout: 120_000 }, async (t) => {
-    await access(CHROMIUM).catch(() => assert.fail(`${CHROMIUM} is missing: run scripts/install-peers.sh (Debian packages chromium and chromium-driver)`));
     const { dir, defer } = await testScope(t, 'e2e-web-');
     const shots = process.env.UPDATE_SCREENSHOTS === '1' ? join(ROOT, 'docs/screenshots') : join(dir, 'screenshots');
     await mkdir(shots, { recursive: true });
@@ -72,7 +49,7 @@ describe('web page: pick a cache, see health, manage caches', () => {
       return all.every((h) => h.status === 'healthy' && h.metricsAt);
     });
 
-    const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    const browser = await launchChromium();
     defer(() => browser.close());
     const errors: string[] = [];
 
@@ -99,7 +76,7 @@ describe('web page: pick a cache, see health, manage caches', () => {
 
     // 1. bob signs in: no admin tools; every cache with its health.
     const bob = await signIn(browser, server, 'bob', errors);
-    assert.equal(await bob.page.isVisible('#tabs'), false, 'no admin tab for bob');
+    assert.equal(await bob.page.isVisible('#tabs .tab[data-tab="manage"]'), false, 'no admin tab for bob');
     assert.equal(await bob.page.isVisible('#manage-view'), false);
     for (const name of ['region-a', 'region-b']) {
       const card = `#cache-list .option[data-name="${name}"]`;

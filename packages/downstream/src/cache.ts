@@ -50,6 +50,8 @@ export interface CacheMetrics {
   misses: number;
   bytesFromDisk: number;
   bytesFromUpstream: number;
+  /** Blob bytes sent to clients in full answers (hits and misses alike; not the far-ahead ranges fetched directly). */
+  bytesServed: number;
   fillsCompleted: number;
   fillsFailed: number;
   /** Fills that failed on this node's own storage (disk full, I/O error), not on the upstream. */
@@ -76,7 +78,7 @@ export interface CacheNamespaceOptions {
 /** A registry namespace that is a cache of its upstreams. */
 export class CacheNamespace implements Namespace {
   readonly fills: FillManager;
-  readonly metrics: CacheMetrics = { hits: 0, misses: 0, bytesFromDisk: 0, bytesFromUpstream: 0, fillsCompleted: 0, fillsFailed: 0, storageErrors: 0, rangePassthrough: 0 };
+  readonly metrics: CacheMetrics = { hits: 0, misses: 0, bytesFromDisk: 0, bytesFromUpstream: 0, bytesServed: 0, fillsCompleted: 0, fillsFailed: 0, storageErrors: 0, rangePassthrough: 0 };
 
   constructor(readonly options: CacheNamespaceOptions) {
     this.fills = new FillManager({
@@ -207,7 +209,9 @@ export class CacheBlobStore implements BlobStore {
       let release: (() => void) | undefined;
       const served = servedFrom(stored, ctx, (complete) => {
         release?.();
-        if (complete) metrics.bytesFromDisk += served.body?.length ?? 0;
+        if (!complete) return;
+        metrics.bytesFromDisk += served.body?.length ?? 0;
+        metrics.bytesServed += served.body?.length ?? 0;
       });
       if (served.body) {
         metrics.hits += 1;
@@ -245,7 +249,9 @@ export class CacheBlobStore implements BlobStore {
       return { size, range, body: streamBody(end - start + 1, () => res.body, () => res.body.destroy()) };
     }
     const body = fill.body(start, end, (complete) => {
-      if (complete && hit) metrics.bytesFromDisk += end - start + 1;
+      if (!complete) return;
+      if (hit) metrics.bytesFromDisk += end - start + 1;
+      metrics.bytesServed += end - start + 1;
     });
     return { size, ...(range ? { range } : {}), body };
   }

@@ -55,6 +55,8 @@ export function observeCache(obs: NodeObservability, o: ObservedCache): void {
     set({ source: 'disk' }, m.bytesFromDisk);
     set({ source: 'upstream' }, m.bytesFromUpstream);
   });
+  // What the node sent (hits and misses): with the bytes received from upstream, what it saved its upstream.
+  counter(obs, 'cascade_cache_bytes_served_total', 'Blob bytes sent to clients in complete answers, from disk or from a fill.', [], (set) => set({}, m.bytesServed));
   counter(obs, 'cascade_cache_fills_total', 'Fills from upstream, by result (failed: nothing was stored).', ['result'], (set) => {
     set({ result: 'completed' }, m.fillsCompleted);
     set({ result: 'failed' }, m.fillsFailed);

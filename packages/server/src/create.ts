@@ -23,6 +23,7 @@ import type { StateRepository } from './state/repository.js';
 import { createGatewayApp, type GatewayMetrics } from './gateway/app.js';
 import type { ServerConfig } from './config.js';
 import { HealthChecker } from './health.js';
+import { buildCacheTree, serverUrls } from './tree.js';
 import { userOf } from './gateway/identity.js';
 import { OriginClient } from './gateway/origin.js';
 import { createUiMiddleware } from './web/ui.js';
@@ -87,11 +88,21 @@ export async function createServer(options: ServerOptions): Promise<RunningCasca
   // Caches are trusted with the origin's CAs too (one private CA usually signs every node).
   const health = new HealthChecker({ state, intervalMs: config.healthcheck.interval, logger: logger.child({ component: 'health' }), ca: originCas });
 
+  // The URLs caches may use for this server, for the cache tree: known once it listens (the system may
+  // choose the port).
+  let ownUrls: string[] = [];
   const api = createApiRouter({
     state,
     isAdmin: (user: string) => admins.has(user),
     authenticate: (ctx: Context) => authenticateThroughOrigin(origin, ctx.get('authorization')),
     liveHealth: (id: string) => health.liveHealth(id),
+    cacheTree: async (admin: boolean) =>
+      buildCacheTree({
+        originUrl: config.origin.url,
+        serverUrls: ownUrls,
+        caches: (await state.list()).map((c) => health.treeInput(c)),
+        admin,
+      }),
   });
   const observability = new NodeObservability('server');
   observability.addReadyCheck({
@@ -159,6 +170,7 @@ export async function createServer(options: ServerOptions): Promise<RunningCasca
     ui: createUiMiddleware(),
   });
   const running = await listen(app.callback(), { addr: config.http.addr, ...(config.http.tls ? { tls: config.http.tls } : {}), role: 'server' }, logger);
+  ownUrls = serverUrls(running.url, config.http.publicurl, config.http.addr);
   health.start();
   logger.info({ origin: config.origin.url, admins: [...admins], database: config.database.postgres !== undefined ? 'postgres' : config.database.sqlite }, 'server ready');
   return {

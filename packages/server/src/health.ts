@@ -5,7 +5,8 @@
  *
  * A cache that answers is also asked for its `/metrics` (Prometheus text format), for its hit ratio and
  * the bytes it keeps on disk: what the web page and `GET /api/v0/content_caches/{id}/health` show. Those
- * figures, and the last error seen, are kept in memory (the database keeps the check results).
+ * figures, and the last error seen, are kept in memory (the database keeps the check results), and so are
+ * the counters read over the last hour, for the cache tree (tree.ts).
  *
  * Requests go through node:http(s) with the origin's extra CAs (`origin.cas`), so a cache whose
  * certificate is signed by the same private CA as the origin is not taken for down.
@@ -16,6 +17,7 @@ import { rootCertificates } from 'node:tls';
 import type { Logger } from 'pino';
 import type { CacheLiveHealth } from './api/router.js';
 import type { ContentCache, StateRepository } from './state/repository.js';
+import { CacheHistory, sampleOf, type CacheSample, type TreeCacheInput } from './tree.js';
 
 export type { CacheLiveHealth };
 
@@ -47,6 +49,8 @@ const METRICS_MAX_BYTES = 1 << 20;
 export class HealthChecker {
   private readonly down = new Set<string>();
   private readonly live = new Map<string, CacheLiveHealth>();
+  /** The counters read from each cache over the last hour, for the cache tree. */
+  private readonly history = new CacheHistory();
   private readonly httpsAgent: HttpsAgent | undefined;
   private timer: NodeJS.Timeout | undefined;
   private known: ContentCache[] | undefined;
@@ -65,6 +69,21 @@ export class HealthChecker {
   /** The cache's metrics and last error, as far as known (every field null before the first check). */
   liveHealth(id: string): CacheLiveHealth {
     return this.live.get(id) ?? NO_LIVE_HEALTH;
+  }
+
+  /** A registered cache as the cache tree shows it: its last check and its figures over the last hour. */
+  treeInput(cache: ContentCache, now = Date.now()): TreeCacheInput {
+    const live = this.live.get(cache.id);
+    const status = this.down.has(cache.id) ? 'down' : live ? 'up' : 'unknown';
+    return {
+      id: cache.id,
+      name: cache.name,
+      host: cache.host,
+      health: { status, lastError: live?.lastError ?? null, lastErrorAt: live?.lastErrorAt ?? null },
+      diskBytes: live?.diskBytes ?? null,
+      latest: this.history.latest(cache.id) ?? null,
+      figures: this.history.figures(cache.id, now) ?? null,
+    };
   }
 
   start(): void {
@@ -99,6 +118,7 @@ export class HealthChecker {
     const ids = new Set(caches.map((c) => c.id));
     for (const id of this.live.keys()) if (!ids.has(id)) this.live.delete(id);
     for (const id of this.down) if (!ids.has(id)) this.down.delete(id);
+    this.history.keep(ids);
     await Promise.all(caches.map((c) => this.check(c.id, c.host)));
   }
 
@@ -122,11 +142,14 @@ export class HealthChecker {
     if (wasDown !== !ok) this.options.logger[ok ? 'info' : 'warn']({ cache: id, host, error }, ok ? 'cache up' : 'cache down');
     const previous = this.live.get(id) ?? NO_LIVE_HEALTH;
     let live: CacheLiveHealth = ok ? previous : { ...previous, lastError: error ?? 'check failed', lastErrorAt: at };
+    let sample: CacheSample | undefined;
     if (ok) {
       try {
         const res = await this.get(`${base}/metrics`, timeoutMs, METRICS_MAX_BYTES);
         // A cache without /metrics (another registry, an older Cascade) shows n/a.
-        live = { ...live, ...(res.status === 200 ? cacheFigures(parsePrometheusText(res.body)) : cacheFigures(new Map())), metricsAt: at };
+        const metrics = res.status === 200 ? parsePrometheusText(res.body) : new Map<string, MetricSample[]>();
+        live = { ...live, ...cacheFigures(metrics), metricsAt: at };
+        sample = sampleOf(metrics, at.getTime());
       } catch (err) {
         this.options.logger.debug({ cache: id, host, err }, 'cache metrics unavailable');
         live = { ...live, ...cacheFigures(new Map()), metricsAt: at };
@@ -134,7 +157,10 @@ export class HealthChecker {
     }
     try {
       const recorded = await this.options.state.recordHealth(id, { ok, latencyMs, ...(error ? { error } : {}), at });
-      if (recorded) this.live.set(id, live);
+      if (recorded) {
+        this.live.set(id, live);
+        if (sample) this.history.add(id, sample);
+      }
     } catch {
       // the cache was deleted meanwhile
     }

@@ -1,7 +1,7 @@
 /**
  * The web page's server side: the static files and their headers (`/`, `/ui/`), `GET /api/v0/accounts/me`,
- * the health answer with the checker's live figures, and the health checker itself (metrics parsing, the
- * last error kept after recovery, caches served over https with a private CA).
+ * the health answer with the checker's live figures, the cache tree route, and the health checker itself
+ * (metrics parsing, the last error kept after recovery, caches served over https with a private CA).
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
@@ -136,6 +136,7 @@ describe('API: /accounts/me and live health', () => {
         lastError: 'connect ECONNREFUSED',
         lastErrorAt: new Date('2029-12-31T23:59:00.000Z'),
       }),
+      cacheTree: async (admin) => ({ admin }),
     }));
     server = createHttpServer(app.callback());
     base = `http://${await listen(server)}`;
@@ -161,6 +162,27 @@ describe('API: /accounts/me and live health', () => {
     assert.equal(put.status, 405);
     // A user named "me" still has settings.
     assert.equal((await fetch(`${base}/api/v0/accounts/me/settings`, { headers: { authorization: auth('admin') } })).status, 200);
+  });
+
+  it('the cache tree: any user, told whether an admin asks; 404 from a router without one', async () => {
+    const tree = (user: string) => fetch(`${base}/api/v0/content_caches_tree`, { headers: { authorization: auth(user) } });
+    assert.deepEqual(await (await tree('admin')).json(), { admin: true });
+    const bob = await tree('bob');
+    assert.equal(bob.status, 200);
+    assert.equal(bob.headers.get('cache-control'), 'no-store');
+    assert.deepEqual(await bob.json(), { admin: false });
+    assert.equal((await fetch(`${base}/api/v0/content_caches_tree`)).status, 401);
+    const bare = new Koa();
+    bare.use(errorMapper(silent));
+    bare.use(createApiRouter({ state, isAdmin: () => true, authenticate: async () => ({ user: 'admin' }) }));
+    const plain = createHttpServer(bare.callback());
+    try {
+      const res = await fetch(`http://${await listen(plain)}/api/v0/content_caches_tree`);
+      assert.equal(res.status, 404);
+      assert.equal(((await res.json()) as { errors: Array<{ code: string }> }).errors[0]?.code, 'NOT_FOUND');
+    } finally {
+      await close(plain);
+    }
   });
 
   it('the health answer carries the checker\'s live figures', async () => {

@@ -224,10 +224,11 @@ async function start(/** @type {string} */ authorization, /** @type {{user:strin
   $('who-name').textContent = me.user;
   $('who-admin').hidden = !me.admin;
   $('who').hidden = false;
-  $('tabs').hidden = !me.admin;
+  $('tabs').hidden = false;
+  $('tab-manage').hidden = !me.admin;
   $('signin-view').hidden = true;
   $('app-view').hidden = false;
-  showTab(me.admin && location.hash === '#manage' ? 'manage' : 'pick');
+  showTab(location.hash.slice(1));
   say('pick-status', 'Loading…', 'busy');
   await guarded('pick-status', async () => {
     await loadAll();
@@ -514,17 +515,104 @@ async function deleteRule(/** @type {string} */ kind, /** @type {string} */ key)
   });
 }
 
+// ---- the cache tree ------------------------------------------------------------------------------------
+
+async function loadTree() {
+  const tree = await api('GET', '/content_caches_tree');
+  renderTree(tree);
+  say('tree-status', '');
+}
+
+/** The health badge of a tree node: up, down or unknown. */
+function treeBadge(/** @type {'up'|'down'|'unknown'} */ status) {
+  const cls = status === 'up' ? 'ok' : status === 'down' ? 'bad' : 'unknown';
+  const text = status === 'up' ? 'up' : status === 'down' ? 'down' : 'not checked yet';
+  return h('span', { class: `badge ${cls}`, dataset: { status } }, text);
+}
+
+/** Where an upstream of a cache leads, in words. */
+function upstreamLabel(/** @type {any} */ u) {
+  const t = u.target;
+  const name = t.kind === 'cache' ? t.name : t.kind === 'server' ? 'this server' : t.kind === 'origin' ? 'the origin' : (u.url ?? 'an unknown host');
+  const marks = [u.parent ? 'parent' : '', u.up === false ? 'marked down' : '', u.errors ? `${u.errors} errors` : ''].filter(Boolean);
+  return h('li', { class: `upstream${u.up === false ? ' down' : ''}`, dataset: { target: t.kind === 'cache' ? t.name : t.kind } }, name, marks.length ? h('span', { class: 'muted' }, ` (${marks.join(', ')})`) : null);
+}
+
+/** A cache's card in the tree. */
+function treeCacheCard(/** @type {any} */ n) {
+  const stat = (/** @type {string} */ label, /** @type {string} */ value, /** @type {string} */ key, title = '') =>
+    h('div', { class: `stat ${key}`, dataset: { stat: key } }, h('dt', {}, label), h('dd', { title: title || undefined }, value));
+  const none = n.since === null ? 'n/a' : null;
+  const count = (/** @type {number|null} */ v) => (v === null || v === undefined ? 'n/a' : String(v));
+  const since = n.since ? `since ${formatTime(n.since)}` : 'no figure yet: one more check of the cache is needed';
+  return h(
+    'article',
+    { class: `node cache-node ${n.health}`, dataset: { kind: 'cache', name: n.name, health: n.health }, 'aria-label': `${n.name}, ${n.health}` },
+    h(
+      'div',
+      { class: 'card-head' },
+      treeBadge(n.health),
+      h('span', { class: 'name' }, n.name),
+      n.upstreamUnknown ? h('span', { class: 'tag warn', title: 'The cache has not reported its upstreams yet' }, 'upstream unknown') : null,
+      n.inCycle ? h('span', { class: 'tag warn' }, 'in a cycle') : null,
+    ),
+    h('div', { class: 'host' }, n.host),
+    h(
+      'dl',
+      { class: 'stats', title: since },
+      stat('Hit ratio', none ?? formatRatio(n.hitRatio), 'hit-ratio', since),
+      stat('Served', none ?? formatBytes(n.bytesServed), 'served', 'Blob bytes sent to clients in the last hour'),
+      stat('Filled', none ?? formatBytes(n.bytesFilled), 'filled', 'Blob bytes received from upstream in the last hour'),
+      stat('Upstream errors', none ?? count(n.upstreamErrors), 'upstream-errors', 'Failed requests to its upstreams in the last hour'),
+      stat('Warm jobs', count(n.warmJobsInFlight), 'warm-jobs', 'Warm jobs running now'),
+      stat('Disk used', formatBytes(n.diskBytes), 'disk'),
+    ),
+    n.upstreams.length ? h('div', { class: 'upstreams' }, h('span', { class: 'muted' }, 'Upstreams: '), h('ul', { class: 'upstream-list' }, n.upstreams.map(upstreamLabel))) : null,
+    n.health === 'down' && n.lastError ? h('p', { class: 'node-error' }, `Last error: ${n.lastError}${n.lastErrorAt ? ` (${formatTime(n.lastErrorAt)})` : ''}`) : null,
+  );
+}
+
+/** One node of the tree and, below it, its children. */
+function treeItem(/** @type {any} */ n) {
+  let card;
+  if (n.kind === 'cache') card = treeCacheCard(n);
+  else {
+    const title = n.kind === 'origin' ? 'Origin registry' : n.kind === 'server' ? 'This server' : n.kind === 'cycle' ? 'Upstream cycle' : 'Unknown upstream';
+    const detail =
+      n.kind === 'cycle'
+        ? `${[...n.caches, n.caches[0]].join(' \u2192 ')}: these caches fill from each other; fix their upstreams`
+        : n.kind === 'server'
+          ? 'Checks the caches and redirects pulls to them'
+          : (n.url ?? 'URL shown to admins');
+    card = h(
+      'article',
+      { class: `node ${n.kind}-node`, dataset: { kind: n.kind }, 'aria-label': title },
+      h('div', { class: 'card-head' }, n.kind === 'cycle' || n.kind === 'unknown-upstream' ? h('span', { class: 'tag warn' }, n.kind === 'cycle' ? 'misconfigured' : 'not registered') : null, h('span', { class: 'name' }, title)),
+      h('div', { class: n.kind === 'server' || n.kind === 'cycle' ? 'node-note' : 'host' }, detail),
+    );
+  }
+  const children = n.children.length ? h('ul', {}, n.children.map(treeItem)) : null;
+  return h('li', { dataset: { kind: n.kind, ...(n.kind === 'cache' ? { name: n.name } : {}) } }, card, children);
+}
+
+function renderTree(/** @type {any} */ tree) {
+  const root = h('ul', { class: 'tree', 'aria-label': `The cache tree; figures over the last ${Math.round(tree.windowSeconds / 60)} minutes` }, tree.roots.map(treeItem));
+  $('cache-tree').replaceChildren(root);
+}
+
 // ---- tabs and start-up ---------------------------------------------------------------------------------
 
 function showTab(/** @type {string} */ tab) {
-  state.tab = tab === 'manage' && state.admin ? 'manage' : 'pick';
+  state.tab = tab === 'manage' && state.admin ? 'manage' : tab === 'tree' ? 'tree' : 'pick';
   $('pick-view').hidden = state.tab !== 'pick';
+  $('tree-view').hidden = state.tab !== 'tree';
   $('manage-view').hidden = state.tab !== 'manage';
+  if (state.tab === 'tree') void guarded('tree-status', loadTree);
   for (const b of document.querySelectorAll('#tabs .tab')) {
     if (/** @type {HTMLElement} */ (b).dataset.tab === state.tab) b.setAttribute('aria-current', 'page');
     else b.removeAttribute('aria-current');
   }
-  history.replaceState(null, '', state.tab === 'manage' ? '#manage' : location.pathname);
+  history.replaceState(null, '', state.tab === 'pick' ? location.pathname : `#${state.tab}`);
 }
 
 function renderAll() {
@@ -547,8 +635,11 @@ async function init() {
   $('network-form').addEventListener('submit', (e) => void setRule(/** @type {SubmitEvent} */ (e), 'networks'));
   for (const b of document.querySelectorAll('#tabs .tab')) b.addEventListener('click', () => showTab(/** @type {HTMLElement} */ (b).dataset.tab ?? 'pick'));
 
+  $('tree-refresh').addEventListener('click', () => void guarded('tree-status', loadTree));
+
   setInterval(() => {
     if (state.authorization && document.visibilityState === 'visible') void guarded('pick-status', loadHealth);
+    if (state.authorization && document.visibilityState === 'visible' && state.tab === 'tree') void guarded('tree-status', loadTree);
   }, HEALTH_REFRESH_MS);
 
   const saved = sessionStorage.getItem(AUTH_KEY);

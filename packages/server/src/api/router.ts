@@ -46,6 +46,11 @@ export interface ApiRouterOptions {
    * the health answer has these fields too; `cascade server` always gives it.
    */
   readonly liveHealth?: (id: string) => CacheLiveHealth;
+  /**
+   * The cache tree (tree.ts's `buildCacheTree`), with the upstream URLs that name no registered cache only
+   * for an admin. Without it, `GET /content_caches_tree` answers 404; `cascade server` always gives it.
+   */
+  readonly cacheTree?: (admin: boolean) => Promise<unknown>;
 }
 
 /** A cache's figures from its `/metrics` and its last error, as the health checker keeps them in memory. */
@@ -105,6 +110,11 @@ export const API_RESOURCES = {
   },
   contentCacheHealth: {
     path: '/content_caches/:id/health',
+    operations: { GET: { access: 'user', status: 200 } },
+  },
+  // How the caches chain, with their figures over the last hour (the web page's tree).
+  contentCachesTree: {
+    path: '/content_caches_tree',
     operations: { GET: { access: 'user', status: 200 } },
   },
   // Who the caller is (the web page shows admin tools to admins): before the settings, same prefix.
@@ -286,6 +296,12 @@ export function createApiRouter(options: ApiRouterOptions): Middleware {
         const health = await state.health(call.param('id'));
         if (health === undefined) throw noSuchCache(call.param('id'));
         return healthJson(health, options.liveHealth?.(health.cacheId));
+      },
+    },
+    contentCachesTree: {
+      GET: async (call) => {
+        if (!options.cacheTree) throw new ApiError('NOT_FOUND', 'this server does not keep a cache tree');
+        return options.cacheTree(options.isAdmin(call.user));
       },
     },
     me: {
