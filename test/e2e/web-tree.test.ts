@@ -131,7 +131,7 @@ describe('web page: the cache tree', () => {
     assert.ok(b.hitRatio !== null && b.hitRatio! > 0 && b.hitRatio! < 1, `region-b: misses then hits, ${b.hitRatio}`);
     assert.equal(a.hitRatio, 0, 'region-a only filled');
     assert.equal(b.upstreamErrors, 0);
-    assert.equal(b.warmJobsInFlight, null, 'no warmer in this server yet');
+    assert.equal(b.warmJobsInFlight, 0, 'no warm job yet');
     // bob is no admin: the origin's URL is not his to see; the caches' hosts are (as on the cards).
     assert.equal(after.roots[0]?.url, null);
     assert.equal(find(after.roots, 'region-b')?.upstreams?.[0]?.url, regionA.url);
@@ -153,7 +153,7 @@ describe('web page: the cache tree', () => {
       assert.match((await stat(node, 'filled')) ?? '', /KiB|MiB/);
       assert.match((await stat(node, 'served')) ?? '', /KiB|MiB/);
       assert.equal(await stat(node, 'upstream-errors'), '0');
-      assert.equal(await stat(node, 'warm-jobs'), 'n/a');
+      assert.equal(await stat(node, 'warm-jobs'), '0');
     }
     assert.match((await bob.page.textContent(`${TREE_PATH.regionB} > article .upstreams`)) ?? '', /region-a \(parent\).*this server/);
     assert.match((await bob.page.textContent('#cache-tree li[data-kind="origin"] > article')) ?? '', /URL shown to admins/);
@@ -181,6 +181,14 @@ describe('web page: the cache tree', () => {
     // Its hour stays (the figures it published before stopping); region-a is still up.
     assert.match((await stat(TREE_PATH.regionB, 'filled')) ?? '', /KiB|MiB/);
     await bob.page.waitForSelector(`${TREE_PATH.regionA} > article .badge[data-status="up"]`);
+
+    // alice warms the image on region-b by hand while it is down: the job waits to retry, in flight on the tree.
+    const warm = await api(server, 'POST', `/api/v0/content_caches/${created['region-b']}/warm`, 'alice', { repository: 'team/app', reference: 'v1' });
+    assert.equal(warm.status, 202, JSON.stringify(warm.json));
+    await waitFor('a warm job in flight on region-b', async () => find((await tree('bob')).roots, 'region-b')?.warmJobsInFlight === 1, 15_000, 200);
+    assert.equal(find((await tree('bob')).roots, 'region-a')?.warmJobsInFlight, 0);
+    await bob.page.click('#tree-refresh');
+    await bob.page.waitForSelector(`${TREE_PATH.regionB} > article .stat.warm-jobs dd:text-is("1")`);
 
     assert.deepEqual(errors, [], 'no script error and no CSP violation on the page');
   });

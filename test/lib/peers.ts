@@ -167,6 +167,8 @@ export interface DistributionOptions {
   remoteurl?: string;
   /** Log lines kept in `output` (default: the daemon's default). */
   keepLogLines?: number;
+  /** The `notifications` section, as distribution reads it (endpoints the registry posts its events to). */
+  notifications?: Record<string, unknown>;
 }
 
 /** Starts distribution's `docker-registry serve` on a free port and waits until `GET /v2/` answers. */
@@ -197,6 +199,7 @@ export async function startDistribution(options: DistributionOptions): Promise<D
         http: { addr: `127.0.0.1:${port}`, secret: 'e2e-test-secret' },
         ...(options.remoteurl ? { proxy: { remoteurl: options.remoteurl } } : {}),
         ...(htpasswdPath ? { auth: { htpasswd: { realm: 'e2e', path: htpasswdPath } } } : {}),
+        ...(options.notifications ? { notifications: options.notifications } : {}),
       };
       // JSON is valid YAML, and distribution reads YAML
       const configPath = join(dir, 'config.yml');

@@ -37,6 +37,10 @@ export interface ServerOptions {
   tokenproxy?: boolean;
   /** `grants.keystore` (default: the server's default, folder). */
   keystore?: 'folder' | 'database';
+  /** `http.addr` (default `127.0.0.1:0`, a free port). */
+  addr?: string;
+  /** More top-level sections of server.yml (`events`, `warm`). */
+  extra?: Record<string, unknown>;
 }
 
 /** Writes `dir/server.yml` (listening on a free port) and starts `cascade server` with it. */
@@ -46,13 +50,14 @@ export async function startServer(dir: string, o: ServerOptions): Promise<Cascad
   await writeFile(
     file,
     stringify({
-      http: { addr: '127.0.0.1:0' },
+      http: { addr: o.addr ?? '127.0.0.1:0' },
       origin: { url: o.origin, username: 'svc', password: o.password },
       grants: { keysdir: o.keysdir ?? join(dir, 'keys'), issuer: o.issuer, ...(o.ttl ? { ttl: o.ttl } : {}), ...(o.keystore ? { keystore: o.keystore } : {}) },
       database: o.database ?? { sqlite: join(dir, 'state.db') },
       admins: ['alice'],
       ...(o.healthInterval ? { healthcheck: { interval: o.healthInterval } } : {}),
       ...(o.tokenproxy !== undefined ? { authorization: { tokenproxy: o.tokenproxy } } : {}),
+      ...(o.extra ?? {}),
     }),
   );
   return spawnCascade(['server', file]);
@@ -85,6 +90,12 @@ export interface StackOptions {
   database?: { postgres: string };
   /** The server's `grants.keystore`. */
   keystore?: 'folder' | 'database';
+  /** The server's `http.addr` (default: a free port chosen when it starts). */
+  serverAddr?: string;
+  /** More sections of the server's server.yml. */
+  serverExtra?: Record<string, unknown>;
+  /** The origin's `notifications` section (distribution's format). */
+  originNotifications?: Record<string, unknown>;
 }
 
 /** Starts the origin, the server and the two chained caches; `defer` registers their stops. */
@@ -96,6 +107,7 @@ export async function startStack(dir: string, defer: (fn: () => unknown) => void
     const proc = await startCascade(join(dir, 'origin'), {
       storage: { filesystem: { rootdirectory: join(dir, 'origin-data') }, delete: { enabled: true } },
       auth: { htpasswd: { realm: 'origin', path: join(dir, 'htpasswd') } },
+      ...(options.originNotifications ? { notifications: options.originNotifications } : {}),
     });
     defer(() => proc.stop());
     origin = {
@@ -105,7 +117,12 @@ export async function startStack(dir: string, defer: (fn: () => unknown) => void
     };
   } else {
     await mkdir(join(dir, 'origin-data'), { recursive: true });
-    const dist = await startDistribution({ rootdirectory: join(dir, 'origin-data'), deleteEnabled: true, htpasswd: join(dir, 'htpasswd') });
+    const dist = await startDistribution({
+      rootdirectory: join(dir, 'origin-data'),
+      deleteEnabled: true,
+      htpasswd: join(dir, 'htpasswd'),
+      ...(options.originNotifications ? { notifications: options.originNotifications } : {}),
+    });
     defer(() => dist.stop());
     origin = {
       url: dist.url,
@@ -121,6 +138,8 @@ export async function startStack(dir: string, defer: (fn: () => unknown) => void
     healthInterval: options.healthInterval ?? '1s',
     ...(options.database ? { database: options.database } : {}),
     ...(options.keystore ? { keystore: options.keystore } : {}),
+    ...(options.serverAddr ? { addr: options.serverAddr } : {}),
+    ...(options.serverExtra ? { extra: options.serverExtra } : {}),
   });
   defer(() => server.stop());
   const cacheConfig = (name: string, upstreams: Record<string, unknown>, downstreams: string[] = []) => ({

@@ -17,3 +17,4 @@ export * from './mirror/middleware.js';
 export * from './metrics.js';
 export * from './node.js';
 export * from './upstream-direct.js';
+export * from './warm.js';

@@ -16,6 +16,7 @@ import { ExpiryIndex } from './expiry.js';
 import type { DownstreamOptions } from './options.js';
 import { UpstreamPool } from './upstream.js';
 import { observeCache, upstreamLatency } from './metrics.js';
+import type { CacheWarmTarget } from './warm.js';
 
 /** The middleware name in config files. */
 export const DOWNSTREAM = 'downstream';
@@ -23,8 +24,11 @@ export const DOWNSTREAM = 'downstream';
 /** How often the cache logs its counters (when they changed). */
 const METRICS_INTERVAL_MS = 60_000;
 
-/** The registry middleware of a cache node with `options`; the CA files' certificates come from `cas`. */
-export function downstreamMiddleware(options: DownstreamOptions, cas: CaStore = new CaStore()): NamespaceMiddleware {
+/**
+ * The registry middleware of a cache node with `options`; the CA files' certificates come from `cas`. `warm`
+ * receives the namespace once built (the node's warm route fills into it).
+ */
+export function downstreamMiddleware(options: DownstreamOptions, cas: CaStore = new CaStore(), warm?: CacheWarmTarget): NamespaceMiddleware {
   return async (_inner, { logger, driver, observability }) => {
     const log = logger.child({ component: 'downstream' });
     const ca = cas.pem(options.cas);
@@ -57,6 +61,7 @@ export function downstreamMiddleware(options: DownstreamOptions, cas: CaStore = 
       forwardAuthorization: options.auth === 'passthrough',
     });
     await cache.recover();
+    warm?.attach(cache);
     await expiry?.start();
     observeCache(observability, { cache, pools: [upstreams], ...(expiry ? { expiry } : {}), upstreamCritical: true });
     log.info(
@@ -92,7 +97,7 @@ export function downstreamMiddleware(options: DownstreamOptions, cas: CaStore = 
  * keys, fetched from the upstreams' `/api/v0/keys` (each cache re-publishes its upstream's set, so the
  * keys travel down the chain like the blobs), and this cache publishes them at its own `/api/v0/keys`.
  */
-export function grantAuthorizationOf(options: DownstreamOptions, logger: Logger, cas: CaStore = new CaStore()): { authorizer: GrantAuthorizer; routes: ExtraRoute[] } {
+export function grantAuthorizationOf(options: DownstreamOptions, logger: Logger, cas: CaStore = new CaStore()): { authorizer: GrantAuthorizer; verifier: GrantVerifier; routes: ExtraRoute[] } {
   const ca = cas.pem(options.cas);
   const keys = new RemoteJwks({
     urls: [...options.upstreamhosts, ...(options.originhost ? [options.originhost] : [])],
@@ -104,6 +109,7 @@ export function grantAuthorizationOf(options: DownstreamOptions, logger: Logger,
   const verifier = new GrantVerifier({ issuer: options.issuer, acceptAudiences: audiences, keys });
   return {
     authorizer: new GrantAuthorizer(verifier),
+    verifier,
     routes: [
       {
         method: 'GET',

@@ -24,6 +24,7 @@ import { CaStore } from './ca-trust.js';
 import { DOWNSTREAM, downstreamMiddleware, grantAuthorizationOf } from './middleware.js';
 import { parseDownstreamOptions, type CaFileSettings, type DownstreamOptions } from './options.js';
 import { mirrorGrantAuthorizer, mirrorMiddleware } from './mirror/middleware.js';
+import { CacheWarmTarget, warmRoute } from './warm.js';
 import { parseMirrorOptions, type MirrorOptions } from './mirror/options.js';
 
 /** A node's config, loaded: the registry config, its warnings, and the options of its role, parsed once. */
@@ -96,12 +97,15 @@ export class NodeRoleError extends Error {
 }
 
 /**
- * A cache node with `options`: the middleware, and in `auth: grant` mode the grant authorizer and the
- * `/api/v0/keys` route. `cas` holds the CA files' certificates (those not in it are read here, once).
+ * A cache node with `options`: the middleware, and in `auth: grant` mode the grant authorizer, the
+ * `/api/v0/keys` route and the warm route (`POST /api/v0/warm`, the server's warm on push). `cas` holds the
+ * CA files' certificates (those not in it are read here, once).
  */
 export function createCacheNode(options: DownstreamOptions, logger: Logger, cas: CaStore = new CaStore()): NodeRole {
-  const grant = options.auth === 'grant' ? grantAuthorizationOf(options, logger, cas) : undefined;
-  return { role: 'cache', middleware: [downstreamMiddleware(options, cas)], ...(grant ? { authorizer: grant.authorizer, extraRoutes: grant.routes } : {}) };
+  if (options.auth !== 'grant') return { role: 'cache', middleware: [downstreamMiddleware(options, cas)] };
+  const grant = grantAuthorizationOf(options, logger, cas);
+  const warm = new CacheWarmTarget();
+  return { role: 'cache', middleware: [downstreamMiddleware(options, cas, warm)], authorizer: grant.authorizer, extraRoutes: [...grant.routes, warmRoute(warm, grant.verifier)] };
 }
 
 /**

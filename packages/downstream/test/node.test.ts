@@ -64,7 +64,7 @@ describe('createNode', () => {
     assert.deepEqual(createNode(node(''), silent), { role: 'registry', middleware: [] });
   });
 
-  it('makes a cache node of the downstream middleware, with the grant authorizer and the key route in auth: grant mode', () => {
+  it('makes a cache node of the downstream middleware, with the grant authorizer, the key route and the warm route in auth: grant mode', () => {
     const plain = createNode(node(CACHE), silent);
     assert.equal(plain.role, 'cache');
     assert.equal(plain.middleware.length, 1);
@@ -72,7 +72,7 @@ describe('createNode', () => {
     const grant = createNode(node(GRANT_CACHE), silent);
     assert.equal(grant.role, 'cache');
     assert.ok(grant.authorizer);
-    assert.deepEqual(grant.extraRoutes?.map((r) => `${r.method} ${r.path}`), ['GET /api/v0/keys']);
+    assert.deepEqual(grant.extraRoutes?.map((r) => `${r.method} ${r.path}`), ['GET /api/v0/keys', 'POST /api/v0/warm']);
     const options = node(CACHE).cache;
     assert.ok(options);
     assert.equal(createCacheNode(options, silent).role, 'cache');

@@ -78,6 +78,31 @@ export const serverConfigSchema = z.strictObject({
     })
     .prefault({}),
   healthcheck: z.strictObject({ interval: duration('15s') }).prefault({}),
+  /** The origin's notifications (warm on push): who may post them to `/api/v0/events`. */
+  events: z
+    .strictObject({
+      /** Secrets the origin sends as `Authorization: Bearer <secret>`; `CASCADE_EVENTS_TOKEN` adds one. */
+      tokens: z.array(z.string().min(16, 'a secret of at least 16 characters')).default([]),
+      /** A file of secrets, one per line (read at start-up), instead of or besides `tokens`. */
+      tokenfile: z.string().min(1).optional(),
+    })
+    .prefault({}),
+  /** How the server warms caches (on push, by the warm rules, or by hand). */
+  warm: z
+    .strictObject({
+      /** Blob warm requests in flight per cache. */
+      concurrency: z.number().int().min(1).max(64).default(2),
+      /** Attempts per job before it is reported failed (a cache down, a fill failing). */
+      attempts: z.number().int().min(1).max(100).default(8),
+      /** The wait before the first retry; it doubles each time, up to `maxbackoff`. */
+      backoff: duration('5s'),
+      maxbackoff: duration('5m'),
+      /** How long one blob's warm request may take (the cache answers once the blob is stored). */
+      timeout: duration('30m'),
+      /** Finished jobs kept in memory for the API and the web page. */
+      history: z.number().int().min(1).max(100_000).default(1000),
+    })
+    .prefault({}),
 });
 
 /** Where the server keeps its state: exactly one of a SQLite file and a PostgreSQL URL. */
@@ -88,8 +113,9 @@ export type ServerConfig = Omit<z.output<typeof serverConfigSchema>, 'database'>
 
 /**
  * Reads and validates `file`. `CASCADE_ORIGIN_PASSWORD` overrides `origin.password`, and
- * `CASCADE_DATABASE_URL` overrides the `database` section with that PostgreSQL URL (so secrets need not be
- * in the file, and one file serves a single server and a shared database).
+ * `CASCADE_DATABASE_URL` overrides the `database` section with that PostgreSQL URL, and `CASCADE_EVENTS_TOKEN`
+ * adds an events secret (so secrets need not be in the file, and one file serves a single server and a shared
+ * database).
  * @throws ConfigError with every problem, one per line.
  */
 export function loadServerConfig(file: string, env: NodeJS.ProcessEnv = process.env): ServerConfig {
@@ -132,6 +158,10 @@ export function parseServerConfig(text: string, file: string, env: NodeJS.Proces
     origin: { ...config.origin, ...(password !== undefined ? { password } : {}), cas: config.origin.cas.map(abs) },
     grants: { ...config.grants, keysdir: abs(config.grants.keysdir) },
     database,
+    events: {
+      tokens: [...config.events.tokens, ...(env.CASCADE_EVENTS_TOKEN ? [env.CASCADE_EVENTS_TOKEN] : [])],
+      ...(config.events.tokenfile !== undefined ? { tokenfile: abs(config.events.tokenfile) } : {}),
+    },
     ...(config.http.tls ? { http: { ...config.http, tls: { certificate: abs(config.http.tls.certificate), key: abs(config.http.tls.key) } } } : {}),
   };
 }

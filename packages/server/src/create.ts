@@ -27,6 +27,10 @@ import { buildCacheTree, serverUrls } from './tree.js';
 import { userOf } from './gateway/identity.js';
 import { OriginClient } from './gateway/origin.js';
 import { createUiMiddleware } from './web/ui.js';
+import { EventsTokens, tokensOfFile } from './warm/events.js';
+import { CacheWarmClient, resolveAtOrigin } from './warm/fetch.js';
+import { WarmService } from './warm/service.js';
+import { observeWarmer, Warmer } from './warm/warmer.js';
 
 /**
  * How long a new grant key is published before it signs: every server sharing the keys (a folder or the
@@ -42,6 +46,8 @@ export interface RunningCascadeServer extends RunningServer {
   readonly logger: Logger;
   readonly state: StateRepository;
   readonly metrics: GatewayMetrics;
+  /** Warm jobs (`warmer.inFlight(cacheId)`: a cache's jobs not yet over). */
+  readonly warmer: Warmer;
 }
 
 /** What {@link createServer} takes. */
@@ -91,6 +97,23 @@ export async function createServer(options: ServerOptions): Promise<RunningCasca
   // The URLs caches may use for this server, for the cache tree: known once it listens (the system may
   // choose the port).
   let ownUrls: string[] = [];
+
+  // Warm on push: the origin's events (with a secret), the warm rules, jobs that make caches fetch blobs.
+  const eventsTokens = new EventsTokens(readEventsTokens(config));
+  const warmClient = new CacheWarmClient({ signer, grantTtlSeconds: Math.max(1, Math.round(config.grants.ttl / 1000)), ca: originCas, timeoutMs: config.warm.timeout });
+  const warmer = new Warmer({
+    resolve: (repository, reference, signal) => resolveAtOrigin(origin, repository, reference, signal),
+    warmBlob: (cache, repository, blob, signal) => warmClient.warmBlob(cache, repository, blob, signal),
+    cacheById: (id) => state.get(id),
+    logger: logger.child({ component: 'warm' }),
+    concurrency: config.warm.concurrency,
+    attempts: config.warm.attempts,
+    backoffMs: config.warm.backoff,
+    maxBackoffMs: config.warm.maxbackoff,
+    history: config.warm.history,
+  });
+  const warm = new WarmService({ state, warmer, logger: logger.child({ component: 'warm' }) });
+
   const api = createApiRouter({
     state,
     isAdmin: (user: string) => admins.has(user),
@@ -102,9 +125,13 @@ export async function createServer(options: ServerOptions): Promise<RunningCasca
         serverUrls: ownUrls,
         caches: (await state.list()).map((c) => health.treeInput(c)),
         admin,
+        warmJobsInFlight: (id: string) => warmer.inFlight(id),
       }),
+    warm,
+    eventsTokens,
   });
   const observability = new NodeObservability('server');
+  observeWarmer(observability.registry, warmer, warm.eventCounts);
   observability.addReadyCheck({
     name: 'origin reachable',
     critical: true,
@@ -172,16 +199,19 @@ export async function createServer(options: ServerOptions): Promise<RunningCasca
   const running = await listen(app.callback(), { addr: config.http.addr, ...(config.http.tls ? { tls: config.http.tls } : {}), role: 'server' }, logger);
   ownUrls = serverUrls(running.url, config.http.publicurl, config.http.addr);
   health.start();
-  logger.info({ origin: config.origin.url, admins: [...admins], database: config.database.postgres !== undefined ? 'postgres' : config.database.sqlite }, 'server ready');
+  logger.info({ origin: config.origin.url, admins: [...admins], events: eventsTokens.configured, database: config.database.postgres !== undefined ? 'postgres' : config.database.sqlite }, 'server ready');
   return {
     ...running,
     logger,
     state,
     metrics: app.metrics,
+    warmer,
     async close(drainMs?: number) {
       clearInterval(keyTimer);
       health.stop();
       await running.close(drainMs);
+      await warmer.close();
+      warmClient.close();
       origin.close();
       await state.close();
     },
@@ -206,6 +236,26 @@ export async function authenticateThroughOrigin(origin: OriginClient, authorizat
   const res = await origin.request({ method: 'GET', path: '/v2/', headers: { authorization } });
   res.resume();
   return res.statusCode === 200 ? { user } : undefined;
+}
+
+/**
+ * The events secrets: `events.tokens` (with `CASCADE_EVENTS_TOKEN`) and the lines of `events.tokenfile`.
+ * @throws Error when the file cannot be read or holds a secret shorter than 16 characters.
+ */
+function readEventsTokens(config: ServerConfig): string[] {
+  const { tokenfile } = config.events;
+  // CASCADE_EVENTS_TOKEN did not go through the schema's check.
+  if (config.events.tokens.some((t) => t.length < 16)) throw new Error('CASCADE_EVENTS_TOKEN: expected a secret of at least 16 characters');
+  if (tokenfile === undefined) return [...config.events.tokens];
+  let text: string;
+  try {
+    text = readFileSync(tokenfile, 'utf8');
+  } catch (err) {
+    throw new Error(`${config.file}: events.tokenfile: cannot read ${tokenfile}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+  const fromFile = tokensOfFile(text);
+  if (fromFile.some((t) => t.length < 16)) throw new Error(`${config.file}: events.tokenfile: ${tokenfile} holds a secret shorter than 16 characters`);
+  return [...config.events.tokens, ...fromFile];
 }
 
 /** Opens the state database the config names (creating a SQLite file's folder), and says which one. */

@@ -10,7 +10,7 @@ import { request, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, type TestContext } from 'node:test';
 import Koa from 'koa';
 import { pino, type Logger } from 'pino';
 import { errorMapper } from '@cascade/registry-core';
@@ -18,6 +18,9 @@ import { API_ERROR_CODES, ApiError, type ApiErrorCode } from '../src/api/errors.
 import { API_PREFIX, API_RESOURCES, createApiRouter, type ApiRouterOptions } from '../src/api/router.js';
 import type { StateRepository } from '../src/state/repository.js';
 import { SqliteStateRepository } from '../src/state/sqlite.js';
+import { EventsTokens } from '../src/warm/events.js';
+import { WarmService } from '../src/warm/service.js';
+import { Warmer } from '../src/warm/warmer.js';
 
 const USERS: Record<string, string> = { admin: 'secret', alice: 'secret', bob: 'secret' };
 const MISSING = '00000000-0000-4000-8000-000000000000';
@@ -556,5 +559,78 @@ describe('docs/server-api.md', () => {
         assert.match(doc, new RegExp(`^\\| ${method} \\| \`${path.replace(/[{}]/g, '\\$&')}\` \\|`, 'm'), `docs/server-api.md must list ${method} ${path}`);
       }
     }
+  });
+});
+
+describe('/api/v0 warm on push', () => {
+  const SECRET = 'unit-events-secret-0123456789';
+  const MANIFEST = `sha256:${'a'.repeat(64)}`;
+
+  async function warmApi(t: TestContext, withWarm = true) {
+    const state = new SqliteStateRepository(':memory:');
+    const warmer = new Warmer({ resolve: async () => ({ digest: MANIFEST, blobs: [] }), warmBlob: async () => ({ present: true, size: 0 }), cacheById: (id) => state.get(id), logger: pino({ level: 'silent' }) });
+    const warm = new WarmService({ state, warmer, logger: pino({ level: 'silent' }) });
+    const api = await serve({ state, ...(withWarm ? { warm, eventsTokens: new EventsTokens([SECRET]) } : {}) });
+    t.after(async () => {
+      await api.close();
+      await warmer.close();
+      await state.close();
+    });
+    return { api, state, warmer };
+  }
+
+  it('takes events only with the secret, as an envelope, at most 1 MiB', async (t) => {
+    const { api, state } = await warmApi(t);
+    const cache = await state.create({ name: 'region-a', host: 'http://a' });
+    await state.setWarmRule({ namespace: 'team', cacheIds: [cache.id] });
+    const envelope = { events: [{ id: 'e1', action: 'push', target: { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: MANIFEST, repository: 'team/app' } }] };
+    const type = { 'content-type': 'application/vnd.docker.distribution.events.v1+json' };
+    assertError(await call(api, 'POST', '/api/v0/events', { json: envelope, headers: type }), 401, 'UNAUTHORIZED', /missing or wrong/);
+    assertError(await call(api, 'POST', '/api/v0/events', { as: 'admin', json: envelope, headers: type }), 401, 'UNAUTHORIZED', /missing or wrong/);
+    const ok = await call(api, 'POST', '/api/v0/events', { json: envelope, headers: { ...type, authorization: `Bearer ${SECRET}` } });
+    assert.equal(ok.status, 200);
+    assert.equal((ok.body as { jobs: string[] }).jobs.length, 1);
+    assertError(await call(api, 'POST', '/api/v0/events', { json: { events: [{ id: 1 }] }, headers: { authorization: `Bearer ${SECRET}` } }), 400, 'INVALID_EVENTS', /events\.0\.id/);
+    assertError(await call(api, 'POST', '/api/v0/events', { json: 'x'.repeat(100), headers: { authorization: `Bearer ${SECRET}`, 'content-type': 'text/plain' } }), 415, 'UNSUPPORTED_MEDIA_TYPE');
+    const big = JSON.stringify({ events: [], pad: 'x'.repeat(1 << 20) });
+    assertError(await call(api, 'POST', '/api/v0/events', { json: big, headers: { authorization: `Bearer ${SECRET}` } }), 413, 'REQUEST_TOO_LARGE');
+  });
+
+  it('refuses every event when no secret is configured', async (t) => {
+    const { api } = await warmApi(t, false);
+    assertError(await call(api, 'POST', '/api/v0/events', { json: { events: [] }, headers: { authorization: 'Bearer anything-at-all-0123456789' } }), 401, 'UNAUTHORIZED', /no events secret is configured/);
+  });
+
+  it('sets, lists and deletes warm rules (admins), and reads jobs (admins)', async (t) => {
+    const { api, state } = await warmApi(t);
+    const a = await state.create({ name: 'region-a', host: 'http://a' });
+    assertError(await call(api, 'PUT', '/api/v0/warm_rules/team', { as: 'bob', json: { contentCacheUUIDs: [a.id] } }), 403, 'DENIED');
+    const set = await call(api, 'PUT', '/api/v0/warm_rules/team/sub/', { as: 'admin', json: { contentCacheUUIDs: [a.id] } });
+    assert.equal(set.status, 200);
+    assert.deepEqual(set.body, { namespace: 'team/sub', contentCacheUUIDs: [a.id] });
+    assert.deepEqual((await call(api, 'GET', '/api/v0/warm_rules', { as: 'bob' })).body, [{ namespace: 'team/sub', contentCacheUUIDs: [a.id] }]);
+    for (const json of [{}, { contentCacheUUIDs: [] }, { contentCacheUUIDs: 'x' }, { contentCacheUUIDs: [1] }, { contentCacheUUIDs: [MISSING] }, { contentCacheUUIDs: [a.id], extra: 1 }]) {
+      assertError(await call(api, 'PUT', '/api/v0/warm_rules/team', { as: 'admin', json }), 400, 'INVALID_WARM_RULE');
+    }
+    assertError(await call(api, 'PUT', '/api/v0/warm_rules/Team', { as: 'admin', json: { contentCacheUUIDs: [a.id] } }), 400, 'INVALID_WARM_RULE');
+    assert.equal((await call(api, 'DELETE', '/api/v0/warm_rules/team%2Fsub', { as: 'admin' })).status, 204);
+    assertError(await call(api, 'DELETE', '/api/v0/warm_rules/team/sub', { as: 'admin' }), 404, 'NO_SUCH_WARM_RULE');
+
+    // A manual warm: 202 with the job, which the jobs routes show.
+    const started = await call(api, 'POST', `/api/v0/content_caches/${a.id}/warm`, { as: 'admin', json: { repository: 'team/app', reference: 'v1' } });
+    assert.equal(started.status, 202);
+    const job = started.body as { id: string; state: string; trigger: unknown; contentCacheName: string };
+    assert.equal(job.state, 'queued');
+    assert.deepEqual(job.trigger, { kind: 'manual', user: 'admin' });
+    assert.equal(started.headers.get('location'), `/api/v0/warm_jobs/${job.id}`);
+    assert.equal((await call(api, 'GET', `/api/v0/warm_jobs/${job.id}`, { as: 'admin' })).status, 200);
+    assert.equal(((await call(api, 'GET', '/api/v0/warm_jobs', { as: 'admin' })).body as unknown[]).length, 1);
+    assertError(await call(api, 'GET', '/api/v0/warm_jobs', { as: 'bob' }), 403, 'DENIED');
+    assertError(await call(api, 'GET', `/api/v0/warm_jobs/${MISSING}`, { as: 'admin' }), 404, 'NO_SUCH_WARM_JOB');
+    assertError(await call(api, 'POST', `/api/v0/content_caches/${MISSING}/warm`, { as: 'admin', json: { repository: 'team/app', reference: 'v1' } }), 404, 'NO_SUCH_CONTENT_CACHE');
+    for (const json of [{ repository: 'team/app' }, { repository: 'Team', reference: 'v1' }, { repository: 'team/app', reference: 'sha256:nope' }, { repository: 'team/app', reference: 'bad tag' }, { repository: 'team/app', reference: 'v1', x: 1 }]) {
+      assertError(await call(api, 'POST', `/api/v0/content_caches/${a.id}/warm`, { as: 'admin', json }), 400, 'INVALID_WARM_REQUEST');
+    }
+    assertError(await call(api, 'POST', `/api/v0/content_caches/${a.id}/warm`, { as: 'bob', json: { repository: 'team/app', reference: 'v1' } }), 403, 'DENIED');
   });
 });

@@ -65,3 +65,26 @@ describe('server.yml grants.rotate', () => {
     assert.throws(() => parseServerConfig('origin: {url: "http://o:1"}\ngrants: {rotate: 30m}\n', 'server.yml', {}), /grants\.rotate: expected 0 \(never\) or at least 1h/);
   });
 });
+
+describe('server.yml events and warm', () => {
+  const origin = 'origin: {url: "http://o:1"}\n';
+
+  it('has no events secret and the documented warm defaults when left out', () => {
+    const c = parseServerConfig(origin, '/etc/cascade/server.yml', {});
+    assert.deepEqual(c.events, { tokens: [] });
+    assert.deepEqual(c.warm, { concurrency: 2, attempts: 8, backoff: 5_000, maxbackoff: 300_000, timeout: 1_800_000, history: 1000 });
+  });
+
+  it('takes secrets from the file, a token file beside it, and CASCADE_EVENTS_TOKEN', () => {
+    const c = parseServerConfig(`${origin}events: {tokens: [from-the-file-0123456789], tokenfile: secrets/events}\nwarm: {backoff: 1s, attempts: 3}\n`, '/etc/cascade/server.yml', { CASCADE_EVENTS_TOKEN: 'from-the-env-0123456789' });
+    assert.deepEqual(c.events, { tokens: ['from-the-file-0123456789', 'from-the-env-0123456789'], tokenfile: '/etc/cascade/secrets/events' });
+    assert.equal(c.warm.backoff, 1_000);
+    assert.equal(c.warm.attempts, 3);
+  });
+
+  it('refuses a short secret and warm values out of range, without echoing the secret', () => {
+    assert.throws(() => parseServerConfig(`${origin}events: {tokens: [short]}\n`, 'server.yml', {}), (err: Error) => /events\.tokens\.0: a secret of at least 16 characters/.test(err.message) && !err.message.includes('short]'));
+    assert.throws(() => parseServerConfig(`${origin}warm: {concurrency: 0}\n`, 'server.yml', {}), /warm\.concurrency/);
+    assert.throws(() => parseServerConfig(`${origin}warm: {unknown: 1}\n`, 'server.yml', {}), /warm: no key "unknown"/);
+  });
+});

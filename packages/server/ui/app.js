@@ -3,6 +3,8 @@
 // any other client, with Basic credentials that the server checks with the origin registry. The
 // credentials stay in this tab (sessionStorage), never in a cookie, and are sent only to this server.
 
+import { initWarm, loadWarm } from './warm.js';
+
 const API = new URL('../api/v0', location.href).pathname;
 const AUTH_KEY = 'cascade.authorization';
 const HEALTH_REFRESH_MS = 15000;
@@ -252,7 +254,7 @@ async function loadAll() {
   state.rules = rules;
   if (state.pending !== undefined && state.pending !== '' && !caches.some((/** @type {any} */ c) => c.id === state.pending)) state.pending = undefined;
   renderAll();
-  await loadHealth();
+  await Promise.all([loadHealth(), state.admin ? loadWarm() : undefined]);
 }
 
 async function loadHealth() {
@@ -634,6 +636,7 @@ async function init() {
   $('namespace-form').addEventListener('submit', (e) => void setRule(/** @type {SubmitEvent} */ (e), 'namespaces'));
   $('network-form').addEventListener('submit', (e) => void setRule(/** @type {SubmitEvent} */ (e), 'networks'));
   for (const b of document.querySelectorAll('#tabs .tab')) b.addEventListener('click', () => showTab(/** @type {HTMLElement} */ (b).dataset.tab ?? 'pick'));
+  initWarm();
 
   $('tree-refresh').addEventListener('click', () => void guarded('tree-status', loadTree));
 
@@ -659,3 +662,6 @@ async function init() {
 }
 
 void init();
+
+// The warm-on-push panel (warm.js) uses the page's helpers.
+export { api, guarded, h, say, state, cacheName, formatBytes, formatTime };

@@ -1,6 +1,6 @@
 /**
  * The server's `/api/v0` API: DTR's content caches and user settings, and what DTR lacked (a default cache,
- * namespace and network rules, cache health). Routes are data: {@link API_RESOURCES} lists each resource
+ * namespace and network rules, cache health, warm on push: the origin's events, warm rules, warm jobs). Routes are data: {@link API_RESOURCES} lists each resource
  * with the operations it has; each operation is a @koa/router route that authenticates, authorizes and runs
  * its handler. Failures are thrown as {@link ApiError}s, which the HTTP kit's error mapper (in the app the
  * API is mounted on) answers with the `{"errors":[...]}` envelope. docs/server-api.md is the reference for
@@ -8,7 +8,7 @@
  */
 import Router, { type RouterContext } from '@koa/router';
 import type { Context, Middleware } from 'koa';
-import { serveRoutes } from '@cascade/registry-core';
+import { Digest, isValidTag, RegistryError, serveRoutes, validateName } from '@cascade/registry-core';
 import {
   normalizeCidr,
   StateError,
@@ -18,6 +18,9 @@ import {
   type StateRepository,
 } from '../state/repository.js';
 import { API_BODY_LIMIT, onlyFields, readJsonObject, type JsonObject } from './body.js';
+import { EVENTS_BODY_LIMIT, eventsEnvelopeSchema, type EventsTokens } from '../warm/events.js';
+import type { WarmService } from '../warm/service.js';
+import type { WarmJob } from '../warm/warmer.js';
 import { ApiError, type ApiErrorCode } from './errors.js';
 
 /** Where the API is mounted. */
@@ -51,6 +54,10 @@ export interface ApiRouterOptions {
    * for an admin. Without it, `GET /content_caches_tree` answers 404; `cascade server` always gives it.
    */
   readonly cacheTree?: (admin: boolean) => Promise<unknown>;
+  /** Warm on push and manual warms; without it the warm routes answer 404 `NOT_FOUND`. */
+  readonly warm?: WarmService;
+  /** The secrets the origin's notifications carry to `/api/v0/events` (none: every post is refused). */
+  readonly eventsTokens?: EventsTokens;
 }
 
 /** A cache's figures from its `/metrics` and its last error, as the health checker keeps them in memory. */
@@ -69,8 +76,8 @@ export interface CacheLiveHealth {
   readonly lastErrorAt: Date | null;
 }
 
-/** Who may call an operation. */
-export type ApiAccess = 'user' | 'admin' | 'owner-or-admin';
+/** Who may call an operation (`events`: the origin, with an events secret instead of user credentials). */
+export type ApiAccess = 'user' | 'admin' | 'owner-or-admin' | 'events';
 
 /** The methods operations are defined for; HEAD is answered as GET (@koa/router does). */
 export type ApiMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
@@ -82,7 +89,9 @@ export interface ApiOperationSpec {
   /** The code answered for refused input (a malformed body, an unknown cache in a reference). */
   readonly invalid?: ApiErrorCode;
   /** The success status. */
-  readonly status: 200 | 201 | 204;
+  readonly status: 200 | 201 | 202 | 204;
+  /** The largest body, when not the API's default. */
+  readonly bodyLimit?: number;
 }
 
 /** One resource: a path under {@link API_PREFIX} (in @koa/router syntax) and its operations. */
@@ -156,6 +165,34 @@ export const API_RESOURCES = {
       DELETE: { access: 'admin', invalid: 'INVALID_CONTENT_CACHE_RULE', status: 204 },
     },
   },
+  // Warm on push: the origin's notifications, the rules, manual warms and the jobs.
+  events: {
+    path: '/events',
+    operations: { POST: { access: 'events', invalid: 'INVALID_EVENTS', status: 200, bodyLimit: EVENTS_BODY_LIMIT } },
+  },
+  warmRules: {
+    path: '/warm_rules',
+    operations: { GET: { access: 'user', status: 200 } },
+  },
+  warmRule: {
+    path: '/warm_rules/*namespace',
+    operations: {
+      PUT: { access: 'admin', invalid: 'INVALID_WARM_RULE', status: 200 },
+      DELETE: { access: 'admin', invalid: 'INVALID_WARM_RULE', status: 204 },
+    },
+  },
+  contentCacheWarm: {
+    path: '/content_caches/:id/warm',
+    operations: { POST: { access: 'admin', invalid: 'INVALID_WARM_REQUEST', status: 202 } },
+  },
+  warmJobs: {
+    path: '/warm_jobs',
+    operations: { GET: { access: 'admin', status: 200 } },
+  },
+  warmJob: {
+    path: '/warm_jobs/:id',
+    operations: { GET: { access: 'admin', status: 200 } },
+  },
 } as const satisfies Record<string, ApiResourceSpec>;
 
 type Resources = typeof API_RESOURCES;
@@ -199,6 +236,31 @@ function healthJson(health: CacheHealth, live?: CacheLiveHealth) {
           metricsAt: live.metricsAt?.toISOString() ?? null,
         }
       : {}),
+  };
+}
+
+/** The JSON of a warm job; times as ISO 8601. */
+export function warmJobJson(job: WarmJob) {
+  return {
+    id: job.id,
+    contentCacheUUID: job.cache.id,
+    contentCacheName: job.cache.name,
+    repository: job.repository,
+    reference: job.reference,
+    digest: job.digest,
+    trigger: job.trigger,
+    state: job.state,
+    attempts: job.attempts,
+    blobsTotal: job.blobsTotal,
+    blobsDone: job.blobsDone,
+    blobsPresent: job.blobsPresent,
+    bytesTotal: job.bytesTotal,
+    bytesDone: job.bytesDone,
+    lastError: job.lastError,
+    createdAt: job.createdAt.toISOString(),
+    startedAt: job.startedAt?.toISOString() ?? null,
+    finishedAt: job.finishedAt?.toISOString() ?? null,
+    nextAttemptAt: job.nextAttemptAt?.toISOString() ?? null,
   };
 }
 
@@ -257,6 +319,12 @@ export function createApiRouter(options: ApiRouterOptions): Middleware {
 
   const noSuchCache = (id: string) => new ApiError('NO_SUCH_CONTENT_CACHE', `no content cache with id ${JSON.stringify(id.slice(0, 100))}`);
   const noSuchRule = (what: string) => new ApiError('NO_SUCH_CONTENT_CACHE_RULE', `no content cache rule for ${what}`);
+
+  const warm = (): WarmService => {
+    if (!options.warm) throw new ApiError('NOT_FOUND', 'warming is not set up on this server');
+    return options.warm;
+  };
+  const noSuchJob = (id: string) => new ApiError('NO_SUCH_WARM_JOB', `no warm job with id ${JSON.stringify(id.slice(0, 100))}`);
 
   const handlers: Handlers = {
     contentCaches: {
@@ -364,20 +432,91 @@ export function createApiRouter(options: ApiRouterOptions): Middleware {
         return undefined;
       },
     },
+    events: {
+      POST: async (call) => {
+        const parsed = eventsEnvelopeSchema.safeParse(await call.body());
+        if (!parsed.success) {
+          const issue = parsed.error.issues[0];
+          throw new ApiError('INVALID_EVENTS', `not a notification envelope: ${issue ? `${issue.path.join('.') || '(top level)'}: ${issue.message}` : 'invalid'}`);
+        }
+        return warm().receive(parsed.data.events);
+      },
+    },
+    warmRules: {
+      GET: async () => (await state.listWarmRules()).map((r) => ({ namespace: r.namespace, contentCacheUUIDs: r.cacheIds })),
+    },
+    warmRule: {
+      PUT: async (call) => {
+        const body = await call.body();
+        onlyFields(body, ['contentCacheUUIDs'], 'INVALID_WARM_RULE');
+        const ids = body['contentCacheUUIDs'];
+        if (!Array.isArray(ids) || !ids.every((id): id is string => typeof id === 'string')) throw new ApiError('INVALID_WARM_RULE', 'contentCacheUUIDs must be a list of content cache ids');
+        const rule = await state.setWarmRule({ namespace: call.param('namespace'), cacheIds: ids });
+        return { namespace: rule.namespace, contentCacheUUIDs: rule.cacheIds };
+      },
+      DELETE: async (call) => {
+        const namespace = call.param('namespace');
+        if (!(await state.deleteWarmRule(namespace))) throw new ApiError('NO_SUCH_WARM_RULE', `no warm rule for namespace ${JSON.stringify(namespace.slice(0, 300))}`);
+        return undefined;
+      },
+    },
+    contentCacheWarm: {
+      POST: async (call, ctx) => {
+        const body = await call.body();
+        onlyFields(body, ['repository', 'reference'], 'INVALID_WARM_REQUEST');
+        const repository = requiredString(body, 'repository', 'INVALID_WARM_REQUEST');
+        const reference = requiredString(body, 'reference', 'INVALID_WARM_REQUEST');
+        try {
+          validateName(repository);
+          if (Digest.looksLikeDigest(reference)) Digest.parse(reference);
+          else if (!isValidTag(reference)) throw new RegistryError('TAG_INVALID', `${JSON.stringify(reference.slice(0, 200))} is neither a tag nor a digest`);
+        } catch (err) {
+          if (err instanceof RegistryError) throw new ApiError('INVALID_WARM_REQUEST', err.message);
+          throw err;
+        }
+        const service = warm();
+        const cache = await state.get(call.param('id'));
+        if (cache === undefined) throw noSuchCache(call.param('id'));
+        const job = service.warmByHand(cache, repository, reference, call.user);
+        ctx.set('Location', `${API_PREFIX}/warm_jobs/${job.id}`);
+        return warmJobJson(job);
+      },
+    },
+    warmJobs: {
+      GET: async () => warm().warmer.list().map(warmJobJson),
+    },
+    warmJob: {
+      GET: async (call) => {
+        const job = warm().warmer.get(call.param('id'));
+        if (job === undefined) throw noSuchJob(call.param('id'));
+        return warmJobJson(job);
+      },
+    },
   };
 
   /** Runs one operation for an authenticated, authorized caller, and answers its result. */
   async function run(ctx: RouterContext, spec: ApiOperationSpec, handler: Handler): Promise<void> {
-    const identity = await options.authenticate(ctx);
-    if (identity === undefined) {
-      if (!ctx.response.get('WWW-Authenticate')) ctx.set('WWW-Authenticate', 'Basic realm="cascade"');
-      throw new ApiError('UNAUTHORIZED');
+    let user: string;
+    if (spec.access === 'events') {
+      // The origin's notifications carry a shared secret, not a user's credentials.
+      if (!options.eventsTokens?.accepts(ctx.get('authorization'))) {
+        ctx.set('WWW-Authenticate', 'Bearer realm="cascade-events"');
+        throw new ApiError('UNAUTHORIZED', options.eventsTokens?.configured ? 'the events secret is missing or wrong' : 'no events secret is configured (events.tokens in server.yml)');
+      }
+      user = '';
+    } else {
+      const identity = await options.authenticate(ctx);
+      if (identity === undefined) {
+        if (!ctx.response.get('WWW-Authenticate')) ctx.set('WWW-Authenticate', 'Basic realm="cascade"');
+        throw new ApiError('UNAUTHORIZED');
+      }
+      authorize(spec.access, identity.user, ctx.params['username'], options.isAdmin);
+      user = identity.user;
     }
-    authorize(spec.access, identity.user, ctx.params['username'], options.isAdmin);
     const call: Call = {
-      user: identity.user,
+      user,
       param: (name) => ctx.params[name] ?? '',
-      body: () => readJsonObject(ctx.req, spec.invalid ?? 'INVALID_JSON', limit),
+      body: () => readJsonObject(ctx.req, spec.invalid ?? 'INVALID_JSON', spec.bodyLimit ?? limit),
     };
     let result: unknown;
     try {
@@ -419,7 +558,7 @@ export function createApiRouter(options: ApiRouterOptions): Middleware {
  * Checks the caller may run an operation.
  * @throws ApiError DENIED
  */
-function authorize(access: ApiAccess, user: string, owner: string | undefined, isAdmin: (user: string) => boolean): void {
+function authorize(access: Exclude<ApiAccess, 'events'>, user: string, owner: string | undefined, isAdmin: (user: string) => boolean): void {
   if (access === 'user') return;
   if (access === 'owner-or-admin' && owner !== undefined && owner === user) return;
   if (isAdmin(user)) return;

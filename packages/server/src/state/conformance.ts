@@ -1,6 +1,6 @@
 /**
  * The behaviour every {@link StateRepository} must have, as `node:test` tests: content caches, settings, the
- * default, namespace and network rules, health, the cascade of a cache delete, and grant keys. It registers tests, so
+ * default, namespace and network rules, warm rules, health, the cascade of a cache delete, and grant keys. It registers tests, so
  * it is imported only from tests (package export `./conformance`): the SQLite repository's unit tests and
  * the PostgreSQL end-to-end test run it.
  */
@@ -225,6 +225,33 @@ export function runStateConformance(name: string, open: () => Promise<StateRepos
       const fresh = await state.create({ name: 'gone', host: 'http://gone' });
       assert.notEqual(fresh.id, gone.id);
       assert.deepEqual(await state.getSettings('alice'), { contentCacheUUID: null });
+    });
+
+    it('sets, replaces, lists and deletes warm rules; a deleted cache leaves them', async (t) => {
+      const state = await openState(t);
+      const [a, b] = [await state.create({ name: 'a', host: 'http://a' }), await state.create({ name: 'b', host: 'http://b' })];
+      const both = [a.id, b.id].sort();
+      assert.deepEqual(await state.listWarmRules(), []);
+      assert.deepEqual(await state.setWarmRule({ namespace: 'team/', cacheIds: [b.id.toUpperCase(), a.id, b.id] }), { namespace: 'team', cacheIds: both }, 'a trailing slash, case and duplicates are normalized');
+      await state.setWarmRule({ namespace: 'team/sub', cacheIds: [a.id] });
+      assert.deepEqual(await state.listWarmRules(), [
+        { namespace: 'team', cacheIds: both },
+        { namespace: 'team/sub', cacheIds: [a.id] },
+      ]);
+      assert.deepEqual(await state.setWarmRule({ namespace: 'team/sub', cacheIds: [b.id] }), { namespace: 'team/sub', cacheIds: [b.id] }, 'replaced as a whole');
+      for (const namespace of ['', 'Team', '/team', 'team//', 'a b']) await refused(state.setWarmRule({ namespace, cacheIds: [a.id] }), 'INVALID', /namespace/);
+      await refused(state.setWarmRule({ namespace: 'x', cacheIds: [] }), 'INVALID', /at least one/);
+      await refused(state.setWarmRule({ namespace: 'x', cacheIds: ['nope'] }), 'INVALID', /no content cache/);
+      // A cache that does not exist refuses the whole rule, and leaves the old one as it was.
+      await refused(state.setWarmRule({ namespace: 'team', cacheIds: [a.id, MISSING] }), 'INVALID', /no content cache/);
+      assert.deepEqual((await state.listWarmRules())[0], { namespace: 'team', cacheIds: both });
+
+      assert.equal(await state.delete(b.id), true);
+      assert.deepEqual(await state.listWarmRules(), [{ namespace: 'team', cacheIds: [a.id] }], 'the deleted cache left every rule; a rule left empty is gone');
+      assert.equal(await state.deleteWarmRule('team/'), true);
+      assert.equal(await state.deleteWarmRule('team'), false);
+      assert.equal(await state.deleteWarmRule('Not Valid'), false);
+      assert.deepEqual(await state.listWarmRules(), []);
     });
 
     it('keeps grant keys: added once per kid, listed oldest first, deleted', async (t) => {

@@ -21,6 +21,9 @@ import {
   validateHealthReport,
   validateNamespace,
   validateUserName,
+  validateWarmNamespace,
+  validateWarmRule,
+  warmRulesOf,
   type CacheHealth,
   type ContentCache,
   type ContentCachePatch,
@@ -31,6 +34,7 @@ import {
   type NewContentCache,
   type StateRepository,
   type UserSettings,
+  type WarmRule,
 } from './repository.js';
 import type { Migration } from './sqlite.js';
 
@@ -86,6 +90,18 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
         pem        TEXT NOT NULL,
         created_at BIGINT NOT NULL
       );
+    `,
+  },
+  {
+    version: 3,
+    name: 'warm rules: the caches that fetch an image pushed under a namespace',
+    sql: `
+      CREATE TABLE warm_rules (
+        namespace        TEXT NOT NULL,
+        content_cache_id TEXT NOT NULL REFERENCES content_caches(id) ON DELETE CASCADE,
+        PRIMARY KEY (namespace, content_cache_id)
+      );
+      CREATE INDEX warm_rules_cache ON warm_rules(content_cache_id);
     `,
   },
 ];
@@ -420,6 +436,45 @@ export class PostgresStateRepository implements StateRepository {
       return false;
     }
     return (await this.changes('DELETE FROM network_rules WHERE cidr = $1', [key])) > 0;
+  }
+
+  /** {@inheritDoc StateRepository.listWarmRules} */
+  async listWarmRules(): Promise<WarmRule[]> {
+    return warmRulesOf(
+      await this.rows<{ namespace: string; content_cache_id: string }>('SELECT namespace, content_cache_id FROM warm_rules ORDER BY namespace COLLATE "C", content_cache_id COLLATE "C"'),
+    );
+  }
+
+  /** {@inheritDoc StateRepository.setWarmRule} */
+  async setWarmRule(rule: WarmRule): Promise<WarmRule> {
+    const checked = validateWarmRule(rule);
+    // One transaction: the rule is replaced as a whole, or not at all when a cache does not exist.
+    const client = await this.pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query('DELETE FROM warm_rules WHERE namespace = $1', [checked.namespace]);
+      for (const id of checked.cacheIds) {
+        await this.write(() => client.query('INSERT INTO warm_rules (namespace, content_cache_id) VALUES ($1, $2)', [checked.namespace, id]), { missingCache: id });
+      }
+      await client.query('COMMIT');
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      client.release();
+    }
+    return checked;
+  }
+
+  /** {@inheritDoc StateRepository.deleteWarmRule} */
+  async deleteWarmRule(namespace: string): Promise<boolean> {
+    let key: string;
+    try {
+      key = validateWarmNamespace(namespace);
+    } catch {
+      return false;
+    }
+    return (await this.changes('DELETE FROM warm_rules WHERE namespace = $1', [key])) > 0;
   }
 
   /** {@inheritDoc StateRepository.recordHealth} */

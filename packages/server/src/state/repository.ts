@@ -49,6 +49,14 @@ export interface NetworkRule {
   readonly cacheId: string;
 }
 
+/** The caches that fetch every image pushed under a namespace (warm on push). */
+export interface WarmRule {
+  /** A repository prefix of whole path components, such as `team` or `team/sub`. */
+  readonly namespace: string;
+  /** The caches to warm: at least one, sorted, no duplicates. */
+  readonly cacheIds: readonly string[];
+}
+
 /** One health check of a cache, as the server saw it. */
 export interface HealthReport {
   readonly ok: boolean;
@@ -148,6 +156,19 @@ export interface StateRepository {
   setNetworkRule(rule: NetworkRule): Promise<NetworkRule>;
   /** Deletes the rule of a network (normalized first); false when there was none or the CIDR is malformed. */
   deleteNetworkRule(cidr: string): Promise<boolean>;
+
+  // Warm rules (which caches fetch a pushed image at once)
+
+  /** Every warm rule, sorted by namespace. */
+  listWarmRules(): Promise<WarmRule[]>;
+  /**
+   * Creates or replaces the rule of `rule.namespace` (its caches replaced as a whole) and answers it
+   * normalized. Deleting a cache removes it from every rule; a rule left without caches is gone.
+   * @throws StateError INVALID for a malformed namespace, no caches, or a cache that does not exist.
+   */
+  setWarmRule(rule: WarmRule): Promise<WarmRule>;
+  /** Deletes the rule of a namespace (normalized first); false when there was none. */
+  deleteWarmRule(namespace: string): Promise<boolean>;
 
   // Health
 
@@ -298,6 +319,42 @@ export function validateNamespace(namespace: string): string {
     if (err instanceof RegistryError) throw new StateError('INVALID', err.message.replace(/^repository name/, 'namespace'));
     throw err;
   }
+}
+
+/** Most caches one warm rule may name. */
+export const WARM_RULE_MAX_CACHES = 100;
+
+/**
+ * Validates a warm rule's namespace: a namespace as {@link validateNamespace} takes it, written with or
+ * without one trailing slash (`team/` is `team`).
+ * @throws StateError INVALID with the reason.
+ */
+export function validateWarmNamespace(namespace: string): string {
+  return validateNamespace(namespace.endsWith('/') ? namespace.slice(0, -1) : namespace);
+}
+
+/**
+ * Validates a warm rule and answers it normalized: the namespace, and the cache ids lower-cased, sorted,
+ * without duplicates (at least one, at most {@link WARM_RULE_MAX_CACHES}).
+ * @throws StateError INVALID with the reason.
+ */
+export function validateWarmRule(rule: WarmRule): WarmRule {
+  const namespace = validateWarmNamespace(rule.namespace);
+  if (!Array.isArray(rule.cacheIds) || rule.cacheIds.length === 0) throw new StateError('INVALID', 'a warm rule needs at least one content cache');
+  if (rule.cacheIds.length > WARM_RULE_MAX_CACHES) throw new StateError('INVALID', `a warm rule names at most ${WARM_RULE_MAX_CACHES} content caches`);
+  const cacheIds = [...new Set(rule.cacheIds.map((id) => referencedCacheId(String(id))))].sort();
+  return { namespace, cacheIds };
+}
+
+/** Groups `(namespace, cache)` rows, sorted by namespace then cache, into warm rules. */
+export function warmRulesOf(rows: readonly { namespace: string; content_cache_id: string }[]): WarmRule[] {
+  const rules = new Map<string, string[]>();
+  for (const row of rows) {
+    const ids = rules.get(row.namespace) ?? [];
+    ids.push(row.content_cache_id);
+    rules.set(row.namespace, ids);
+  }
+  return [...rules].map(([namespace, cacheIds]) => ({ namespace, cacheIds }));
 }
 
 /**

@@ -19,6 +19,9 @@ import {
   validateHealthReport,
   validateNamespace,
   validateUserName,
+  validateWarmNamespace,
+  validateWarmRule,
+  warmRulesOf,
   type CacheHealth,
   type ContentCache,
   type ContentCachePatch,
@@ -29,6 +32,7 @@ import {
   type NewContentCache,
   type StateRepository,
   type UserSettings,
+  type WarmRule,
 } from './repository.js';
 
 /** One schema change. Applied migrations are never edited: a change is a new migration. */
@@ -91,6 +95,18 @@ export const MIGRATIONS: readonly Migration[] = [
         pem        TEXT NOT NULL,
         created_at INTEGER NOT NULL
       );
+    `,
+  },
+  {
+    version: 3,
+    name: 'warm rules: the caches that fetch an image pushed under a namespace',
+    sql: `
+      CREATE TABLE warm_rules (
+        namespace        TEXT NOT NULL,
+        content_cache_id TEXT NOT NULL REFERENCES content_caches(id) ON DELETE CASCADE,
+        PRIMARY KEY (namespace, content_cache_id)
+      );
+      CREATE INDEX warm_rules_cache ON warm_rules(content_cache_id);
     `,
   },
 ];
@@ -201,6 +217,12 @@ function prepareStatements(db: Database.Database) {
       'INSERT INTO network_rules (cidr, content_cache_id) VALUES (?, ?) ON CONFLICT (cidr) DO UPDATE SET content_cache_id = excluded.content_cache_id',
     ),
     deleteNetwork: db.prepare<[string]>('DELETE FROM network_rules WHERE cidr = ?'),
+
+    listWarm: db.prepare<[], { namespace: string; content_cache_id: string }>(
+      'SELECT namespace, content_cache_id FROM warm_rules ORDER BY namespace, content_cache_id',
+    ),
+    insertWarm: db.prepare<[string, string]>('INSERT INTO warm_rules (namespace, content_cache_id) VALUES (?, ?)'),
+    deleteWarm: db.prepare<[string]>('DELETE FROM warm_rules WHERE namespace = ?'),
 
     // One statement, so the failure count cannot be lost between a read and a write; a report older than
     // the stored one changes nothing.
@@ -400,6 +422,34 @@ export class SqliteStateRepository implements StateRepository {
       return false;
     }
     return this.stmt.deleteNetwork.run(key).changes > 0;
+  }
+
+  /** {@inheritDoc StateRepository.listWarmRules} */
+  async listWarmRules(): Promise<WarmRule[]> {
+    return warmRulesOf(this.stmt.listWarm.all());
+  }
+
+  /** {@inheritDoc StateRepository.setWarmRule} */
+  async setWarmRule(rule: WarmRule): Promise<WarmRule> {
+    const checked = validateWarmRule(rule);
+    // One transaction: the rule is replaced as a whole, or not at all when a cache does not exist.
+    const replace = this.db.transaction(() => {
+      this.stmt.deleteWarm.run(checked.namespace);
+      for (const id of checked.cacheIds) this.write(() => this.stmt.insertWarm.run(checked.namespace, id), { missingCache: id });
+    });
+    replace.immediate();
+    return checked;
+  }
+
+  /** {@inheritDoc StateRepository.deleteWarmRule} */
+  async deleteWarmRule(namespace: string): Promise<boolean> {
+    let key: string;
+    try {
+      key = validateWarmNamespace(namespace);
+    } catch {
+      return false;
+    }
+    return this.stmt.deleteWarm.run(key).changes > 0;
   }
 
   /** {@inheritDoc StateRepository.recordHealth} */
