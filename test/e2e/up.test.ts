@@ -10,7 +10,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { startCascadeOrigin, waitFor } from '../lib/cache.js';
+import { hasBlobData, startCascadeOrigin, waitFor } from '../lib/cache.js';
 import { CASCADE_BIN, testScope } from '../lib/cascade.js';
 import { makeOciImage } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
@@ -77,6 +77,24 @@ test('cascade up: the stack on localhost, a push and a pull through a cache, a c
     assert.match(doctor.stdout.trimEnd(), /: all good$/, `${config}:\n${doctor.stdout}`);
   }
   assert.ok(banner.includes(`npx cascade doctor ${join(state, 'server', 'server.yml')}`), 'the banner gives the doctor command');
+
+  // Warm on push out of the box: the origin notifies the server; with a warm rule for `team`, a push leaves
+  // its blobs on both caches before anyone pulls.
+  const adminApi = (method: string, path: string, body?: unknown) =>
+    fetch(`http://${server}/api/v0${path}`, {
+      method,
+      headers: { authorization: `Basic ${Buffer.from(`admin:${creds.admin}`).toString('base64')}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+  const caches = (await (await adminApi('GET', '/content_caches')).json()) as Array<{ id: string; name: string }>;
+  const rule = await adminApi('PUT', '/warm_rules/team', { contentCacheUUIDs: caches.map((c) => c.id) });
+  assert.equal(rule.status, 200, await rule.text());
+  const warmed = await makeOciImage(join(dir, 'src-warm'), { layers: [300_000], tag: 'v2', seed: 'cascade-up-warm' });
+  await skopeo(['copy', '--dest-creds', `admin:${creds.admin}`, warmed.ref, `docker://${server}/team/warm:v2`]);
+  const warmedBlobs = warmed.blobs.map((b) => b.digest).filter((d) => d !== warmed.digest);
+  for (const node of ['region-a', 'region-b']) {
+    await waitFor(`${node} to hold the pushed image's blobs`, async () => (await Promise.all(warmedBlobs.map((d) => hasBlobData(join(state, node, 'data'), d)))).every(Boolean) || undefined, 30_000, 200);
+  }
   const logs = (await Promise.all(['origin', 'server', 'region-a', 'region-b'].map((n) => readFile(join(state, 'logs', `${n}.log`), 'utf8')))).join('\n');
   assert.ok(!logs.includes(creds.admin) && !logs.includes(creds.user), 'no password in the logs');
 

@@ -41,7 +41,7 @@ describe('cascade up banner', () => {
     dir: '/tmp/up',
     urls: { server: 'http://127.0.0.1:5000', origin: 'http://127.0.0.1:5001', regionA: 'http://127.0.0.1:5002', regionB: 'http://127.0.0.1:5003', ...(mirror ? { mirror } : {}) },
     mirrored: mirror ? ['https://registry-1.docker.io'] : [],
-    passwords: { admin: 'a', user: 'u', service: 's' },
+    passwords: { admin: 'a', user: 'u', service: 's', events: 'e' },
     close: async () => undefined,
   });
 

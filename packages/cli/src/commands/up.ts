@@ -53,6 +53,8 @@ export interface UpCredentials {
   readonly user: string;
   /** The server's service account at the origin (fills for caches). */
   readonly service: string;
+  /** The secret the origin's notifications carry to the server's `/api/v0/events` (warm on push). */
+  readonly events: string;
 }
 
 /** A running stack. */
@@ -152,6 +154,10 @@ export async function startStack(options: UpOptions): Promise<RunningStack> {
         storage: { filesystem: { rootdirectory: join(dir, 'origin', 'data') }, delete: { enabled: true } },
         http: { addr: `127.0.0.1:${port + 1}` },
         auth: { htpasswd: { realm: 'cascade-up origin', path: htpasswd } },
+        // Pushes reach the server's events endpoint, which warms the caches its warm rules name.
+        notifications: {
+          endpoints: [{ name: 'cascade-server', url: `${urls.server}/api/v0/events`, headers: { Authorization: [`Bearer ${passwords.events}`] }, timeout: '5s', threshold: 3, backoff: '2s' }],
+        },
       }),
     );
     // Written out like the registries' config files (mode 0600: it holds the service account's password),
@@ -164,6 +170,7 @@ export async function startStack(options: UpOptions): Promise<RunningStack> {
       database: { sqlite: join(dir, 'server', 'state.db') },
       admins: ['admin'],
       healthcheck: { interval: '5s' },
+      events: { tokens: [passwords.events] },
     });
     await mkdir(join(dir, 'server'), { recursive: true });
     await writeFile(serverFile, serverText, { mode: 0o600 });
@@ -212,14 +219,16 @@ async function registry(dir: string, node: string, logger: Logger, config: Recor
 /** The accounts' passwords: generated on the first run, kept in `<dir>/credentials.json` (mode 0600). */
 async function credentials(dir: string): Promise<UpCredentials> {
   const file = join(dir, 'credentials.json');
+  let saved: Partial<UpCredentials> = {};
   try {
-    const saved = JSON.parse(await readFile(file, 'utf8')) as Partial<UpCredentials>;
-    if (saved.admin && saved.user && saved.service) return { admin: saved.admin, user: saved.user, service: saved.service };
+    saved = (JSON.parse(await readFile(file, 'utf8')) as Partial<UpCredentials> | null) ?? {};
   } catch {
     // first run
   }
   const make = () => randomBytes(9).toString('base64url');
-  const created = { admin: make(), user: make(), service: make() };
+  // A stack made before the events secret existed keeps its passwords and gains the secret.
+  if (saved.admin && saved.user && saved.service && saved.events) return { admin: saved.admin, user: saved.user, service: saved.service, events: saved.events };
+  const created = { admin: saved.admin ?? make(), user: saved.user ?? make(), service: saved.service ?? make(), events: saved.events ?? randomBytes(24).toString('base64url') };
   await writeFile(file, `${JSON.stringify(created, null, 2)}\n`, { mode: 0o600 });
   return created;
 }
