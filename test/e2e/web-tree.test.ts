@@ -15,7 +15,7 @@ import { ROOT, testScope } from '../lib/cascade.js';
 import { makeOciImage } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
 import { skopeo } from '../lib/peers.js';
-import { api, startStack, USERS } from '../lib/stack.js';
+import { api, registerCaches, startStack, USERS } from '../lib/stack.js';
 
 interface TreeUpstream {
   url: string | null;
@@ -69,12 +69,7 @@ describe('web page: the cache tree', () => {
     const { server, regionA, regionB, origin } = await startStack(dir, defer);
 
     // As `cascade up` does: both caches registered, bob's cache is region-b.
-    const created: Record<string, string> = {};
-    for (const [name, cache] of [['region-a', regionA], ['region-b', regionB]] as const) {
-      const res = await api(server, 'POST', '/api/v0/content_caches', 'alice', { name, host: cache.url });
-      assert.equal(res.status, 201, JSON.stringify(res.json));
-      created[name] = (res.json as { id: string }).id;
-    }
+    const created = await registerCaches(server, { 'region-a': regionA, 'region-b': regionB });
     assert.equal((await api(server, 'PATCH', '/api/v0/accounts/bob/settings', 'bob', { contentCacheUUID: created['region-b'] })).status, 200);
     const tree = async (user: 'alice' | 'bob') => {
       const res = await api(server, 'GET', '/api/v0/content_caches_tree', user);

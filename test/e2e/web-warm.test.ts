@@ -13,7 +13,7 @@ import { launchChromium, signIn } from '../lib/browser.js';
 import { testScope } from '../lib/cascade.js';
 import { makeOciImage } from '../lib/image.js';
 import { freePort, skopeo } from '../lib/peers.js';
-import { api, startStack, USERS } from '../lib/stack.js';
+import { api, registerCaches, startStack, USERS } from '../lib/stack.js';
 
 const ROOT = join(import.meta.dirname, '../../..');
 const SECRET = 'web-warm-events-secret-0123456789';
@@ -30,10 +30,7 @@ describe('web page: warm on push', () => {
       serverExtra: { events: { tokens: [SECRET] } },
       originNotifications: { endpoints: [{ name: 'cascade-server', url: `http://127.0.0.1:${serverPort}/api/v0/events`, headers: { Authorization: [`Bearer ${SECRET}`] }, timeout: '5s', threshold: 3, backoff: '1s' }] },
     });
-    const ids: Record<string, string> = {};
-    for (const [name, cache] of [['region-a', regionA], ['region-b', regionB]] as const) {
-      ids[name] = ((await api(server, 'POST', '/api/v0/content_caches', 'alice', { name, host: cache.url })).json as { id: string }).id;
-    }
+    const ids = await registerCaches(server, { 'region-a': regionA, 'region-b': regionB });
 
     const browser = await launchChromium();
     defer(() => browser.close());

@@ -15,7 +15,7 @@ import { ROOT, testScope } from '../lib/cascade.js';
 import { makeOciImage } from '../lib/image.js';
 import { assertLayoutHolds } from '../lib/oci-assert.js';
 import { skopeo } from '../lib/peers.js';
-import { api, basic, startStack, USERS } from '../lib/stack.js';
+import { api, basic, registerCaches, startStack, USERS } from '../lib/stack.js';
 
 interface Health {
   status: string;
@@ -34,12 +34,7 @@ describe('web page: pick a cache, see health, manage caches', () => {
     const { server, regionA, regionB, origin } = await startStack(dir, defer);
 
     // Setup through the API: alice registers the two caches and pushes an image.
-    const created: Record<string, string> = {};
-    for (const [name, cache] of [['region-a', regionA], ['region-b', regionB]] as const) {
-      const res = await api(server, 'POST', '/api/v0/content_caches', 'alice', { name, host: cache.url });
-      assert.equal(res.status, 201, JSON.stringify(res.json));
-      created[name] = (res.json as { id: string }).id;
-    }
+    const created = await registerCaches(server, { 'region-a': regionA, 'region-b': regionB });
     const image = await makeOciImage(join(dir, 'src'), { layers: [400_000, 60_000], tag: 'v1', seed: 'web-page' });
     await skopeo(['copy', '--dest-creds', `alice:${USERS.alice}`, `oci:${join(dir, 'src')}:v1`, `docker://${server.host}/team/app:v1`]);
     const layers = image.blobs.map((b) => b.digest).filter((d) => d !== image.digest);

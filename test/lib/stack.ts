@@ -3,6 +3,7 @@
  * `cascade server` in front of it (alice is its admin, svc its service account), and two cache nodes in
  * `auth: grant` mode, chained region-b -> region-a -> server. Every process is stopped by `defer`.
  */
+import assert from 'node:assert/strict';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
@@ -162,4 +163,15 @@ export async function api(server: CascadeProcess, method: string, path: string, 
   });
   const text = await res.text();
   return { status: res.status, json: text ? (JSON.parse(text) as unknown) : undefined };
+}
+
+/** Registers caches at the server as alice (admin), each by name and URL, and answers their ids by name. */
+export async function registerCaches(server: CascadeProcess, caches: Record<string, CascadeProcess>): Promise<Record<string, string>> {
+  const ids: Record<string, string> = {};
+  for (const [name, cache] of Object.entries(caches)) {
+    const res = await api(server, 'POST', '/api/v0/content_caches', 'alice', { name, host: cache.url });
+    assert.equal(res.status, 201, JSON.stringify(res.json));
+    ids[name] = (res.json as { id: string }).id;
+  }
+  return ids;
 }

@@ -17,6 +17,7 @@ import type { Logger } from 'pino';
 import type { EndpointConfig } from '../config/index.js';
 import { EVENTS_MEDIA_TYPE, type NotificationEvent } from './event.js';
 import type { EventQueue, QueueBatch } from './queue.js';
+import { pause } from '../async.js';
 
 /** distribution's defaults for a zero or absent `timeout`, `threshold`, `backoff`. */
 export const ENDPOINT_DEFAULTS = { timeoutMs: 1000, threshold: 10, backoffMs: 1000 } as const;
@@ -184,7 +185,7 @@ export class Endpoint {
       attempts++;
       failures++;
       // distribution's circuit breaker: at once until `threshold` failures in a row, then once per `backoff`.
-      if (failures >= this.#threshold) await sleep(this.#backoffMs, signal);
+      if (failures >= this.#threshold) await pause(this.#backoffMs, signal);
     }
   }
 
@@ -193,15 +194,3 @@ export class Endpoint {
   }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
-}

@@ -12,6 +12,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
+import { pause } from '@cascade/registry-core';
 import type { ContentCache } from '../state/repository.js';
 
 /** A blob of an image, as its manifest describes it. */
@@ -245,7 +246,7 @@ export class Warmer {
       job.state = 'retrying';
       job.nextAttemptAt = new Date(Date.now() + delay);
       this.options.logger.warn({ job: job.id, cache: job.cache.name, repository: job.repository, reference: job.reference, attempt: job.attempts, retryInMs: delay, reason: job.lastError }, 'warm attempt failed: retrying');
-      await sleep(delay, signal);
+      await pause(delay, signal);
     }
   }
 
@@ -308,19 +309,6 @@ class Slots {
   }
 }
 
-/** Resolves after `ms`, or at once when `signal` aborts. */
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
-}
 
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
