@@ -62,6 +62,7 @@ const STRACE = straceUsable();
 
 const USERS = { alice: 'alice-pw', bob: 'bob-pw', svc: 'svc-pw' } as const;
 const basic = (user: keyof typeof USERS): string => `Basic ${Buffer.from(`${user}:${USERS[user]}`).toString('base64')}`;
+const EVENTS_SECRET = 'fuzz-events-secret-0123456789abcdef';
 
 async function writeHtpasswd(file: string): Promise<void> {
   await writeFile(file, Object.entries(USERS).map(([u, p]) => `${u}:${bcrypt.hashSync(p, 6)}`).join('\n') + '\n');
@@ -315,6 +316,8 @@ test(`fuzz: server: ${REQUESTS} hostile requests (no cache registered, then one)
       database: { sqlite: join(home, 'state.db') },
       admins: ['alice'],
       healthcheck: { interval: '1s' },
+      events: { tokens: [EVENTS_SECRET] },
+      warm: { backoff: '200ms', attempts: 2 },
     },
     'server.yml',
   );
@@ -326,7 +329,8 @@ test(`fuzz: server: ${REQUESTS} hostile requests (no cache registered, then one)
     goodAuth: [basic('alice'), basic('bob')],
     pushAuth: basic('alice'),
     adminAuth: basic('alice'),
-    extraPaths: [...OPS_PATHS, '/api/v0/keys', '/api/v0/content_caches', '/auth/token', '/ui/', '/ui/index.html', '/'],
+    eventsAuth: `Bearer ${EVENTS_SECRET}`,
+    extraPaths: [...OPS_PATHS, '/api/v0/keys', '/api/v0/content_caches', '/api/v0/content_caches_tree', '/api/v0/warm_rules', '/auth/token', '/ui/', '/ui/index.html', '/'],
     nsHosts: [],
   };
   const ports = [Number(new URL(origin.url).port)];
@@ -343,6 +347,11 @@ test(`fuzz: server: ${REQUESTS} hostile requests (no cache registered, then one)
     assert.equal(created.status, 201, `register the cache: ${created.status} ${JSON.stringify(body)}`);
     const def = await fetch(`${node.url}/api/v0/content_caches_default`, { method: 'PUT', headers: { authorization: basic('alice'), 'content-type': 'application/json' }, body: JSON.stringify({ contentCacheUUID: body.id }) });
     assert.equal(def.status, 200, `set the default cache: ${def.status} ${await def.text()}`);
+    // Pushes under every seeded namespace warm it, so events the fuzzer sends start real warm jobs.
+    for (const ns of ['fuzz', 'team', 'library']) {
+      const rule = await fetch(`${node.url}/api/v0/warm_rules/${ns}`, { method: 'PUT', headers: { authorization: basic('alice'), 'content-type': 'application/json' }, body: JSON.stringify({ contentCacheUUIDs: [body.id] }) });
+      assert.equal(rule.status, 200, `warm rule ${ns}: ${rule.status} ${await rule.text()}`);
+    }
   };
   await fuzzAndCheck(
     t,

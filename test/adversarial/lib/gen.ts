@@ -53,6 +53,8 @@ export interface World {
   readonly nsHosts: readonly string[];
   /** Valid grants seen in redirects (server), reused in later requests. */
   readonly grants: string[];
+  /** The `Authorization` the server's `/api/v0/events` takes (its events secret), when it has one. */
+  readonly eventsAuth?: string;
 }
 
 /** One request, ready to write. */
@@ -672,7 +674,8 @@ async function poisonScenario(ctx: ScenarioContext): Promise<void> {
 async function serverScenario(ctx: ScenarioContext): Promise<void> {
   const { rng, world } = ctx;
   const canary = () => rng.pick(world.canaryHosts);
-  const kind = rng.int(0, 3);
+  const kind = rng.int(0, 4);
+  if (kind === 4) return eventsRequest(ctx);
   if (kind === 0) {
     // The token relay: never to a realm the client names.
     const q = [`realm=${encodeURIComponent(rng.pick([`http://${canary()}/token`, `https://${canary()}/`, `//${canary()}/`, canary(), `http://${world.nodeHost}/auth/token`]))}`, `service=${encodeURIComponent(rng.pick([canary(), world.nodeHost, 'origin', '']))}`, `scope=${encodeURIComponent(`repository:${repoName(rng, world)}:pull`)}`];
@@ -722,6 +725,68 @@ async function serverScenario(ctx: ScenarioContext): Promise<void> {
     `/v2/${b.repo}/blobs/${b.digest}?grant=${g}&grant=${grantJunk(rng, world)}`,
   ];
   await ctx.send(build({ method: rng.pick(['GET', 'GET', 'HEAD']), target: rng.pick(variants), headers: rng.chance(0.3) ? [['X-Cascade-Grant', rng.chance(0.5) ? g : grantJunk(rng, world)]] : [] }, world));
+}
+
+/**
+ * Server: the origin's notifications at `/api/v0/events` (with the secret or without, well-formed envelopes
+ * naming real and hostile repositories, canary URLs and references, broken ones) and the warm API. Whatever an
+ * event says, the server asks only its configured origin for manifests and only registered caches to warm.
+ */
+async function eventsRequest(ctx: ScenarioContext): Promise<void> {
+  const { rng, world } = ctx;
+  const canary = () => rng.pick(world.canaryHosts);
+  if (rng.chance(0.3)) {
+    // The warm API: rules, jobs, manual warms, the tree; the admin only sets rules (they name caches by id).
+    const admin = world.adminAuth && rng.chance(0.4);
+    const paths = ['/api/v0/warm_rules', `/api/v0/warm_rules/${rng.pick(['team', 'fuzz/', '', '..', traversal(rng, world), 'a'.repeat(300), '%00'])}`, '/api/v0/warm_jobs', `/api/v0/warm_jobs/${rng.pick([rng.hex(16), '..', traversal(rng, world)])}`, `/api/v0/content_caches/${rng.pick([rng.hex(32), '..', '%2e%2e'])}/warm`, '/api/v0/content_caches_tree'];
+    const path = rng.pick(paths);
+    const method = admin && /warm_rules\//.test(path) ? rng.pick(['PUT', 'DELETE', 'GET']) : rng.pick(['GET', 'GET', 'POST', 'PUT', 'DELETE']);
+    const body = method === 'GET' || method === 'DELETE' ? undefined : Buffer.from(rng.chance(0.7) ? JSON.stringify({ contentCacheUUIDs: rng.pick([[rng.hex(32)], [], 'x', [null], Array.from({ length: 200 }, () => rng.hex(32))]), repository: rng.pick([...world.repos, traversal(rng, world), `${canary()}/x`]), reference: rng.pick(['v1', 'latest', `sha256:${rng.hex(64)}`, '../x', '']) }) : rng.pick(['{', 'null', '[]', 'x'.repeat(5000)]));
+    const auth = admin ? world.adminAuth : authorization(rng, world);
+    await ctx.send(build({ method, target: path, headers: [...(auth ? ([['Authorization', auth]] as Array<[string, string]>) : []), ...(body ? ([['Content-Type', 'application/json']] as Array<[string, string]>) : [])], ...(body ? { body } : {}) }, world));
+    return;
+  }
+  const m = rng.pick(world.manifests);
+  const event = () => ({
+    id: rng.pick([rng.hex(16), 'dup', '', 5]),
+    timestamp: rng.pick([new Date().toISOString(), 'yesterday', null]),
+    action: rng.pick(['push', 'push', 'push', 'pull', 'delete', 'mount', 'x']),
+    target: {
+      mediaType: rng.pick([m.mediaType, 'application/vnd.oci.image.index.v1+json', 'application/octet-stream', 'text/html', 5]),
+      digest: rng.pick([m.digest, `sha256:${rng.hex(64)}`, 'sha256:../../x', '']),
+      repository: rng.pick([m.repo, m.repo, traversal(rng, world), `${canary()}/x`, '', 'a'.repeat(300)]),
+      tag: rng.pick([m.tag, undefined, '../x', 'v'.repeat(200)]),
+      url: rng.pick([`http://${canary()}/v2/${m.repo}/manifests/${m.digest}`, `http://${world.nodeHost}/v2/x`, 'file:///etc/passwd']),
+      size: rng.pick([1000, -1, 1e300, 'x']),
+    },
+    request: { id: 'r', addr: canary(), host: canary(), method: 'PUT', useragent: 'fuzz' },
+    actor: { name: rng.pick(['alice', '', '../x']) },
+    source: { addr: canary(), instanceID: 'fuzz' },
+  });
+  // A push as the origin sends it, but for what it names outside the manifest (URLs, addresses): the server
+  // must take the manifest from its origin, whatever `target.url` says.
+  const push = () => ({
+    id: rng.hex(16),
+    timestamp: new Date().toISOString(),
+    action: 'push',
+    target: { mediaType: m.mediaType, digest: m.digest, repository: m.repo, ...(rng.chance(0.5) ? { tag: m.tag } : {}), size: 1000, length: 1000, url: `http://${canary()}/v2/${m.repo}/manifests/${m.digest}` },
+    request: { id: 'r', addr: canary(), host: canary(), method: 'PUT', useragent: 'fuzz' },
+    actor: { name: 'alice' },
+    source: { addr: canary(), instanceID: 'fuzz' },
+  });
+  const body = rng.pick([
+    () => JSON.stringify({ events: [push()] }),
+    () => JSON.stringify({ events: [push(), push(), { ...push(), action: 'pull' }] }),
+    () => JSON.stringify({ events: [event()] }),
+    () => JSON.stringify({ events: Array.from({ length: rng.int(2, 40) }, event) }),
+    () => JSON.stringify({ events: rng.pick([null, {}, 'x', [null, 5]]) }),
+    () => JSON.stringify({ events: [{ ...event(), target: rng.pick([null, 'x', []]) }] }),
+    () => `{"events":[${'['.repeat(5000)}`,
+    () => 'x'.repeat(rng.pick([10, 2_000_000])),
+  ])();
+  const auth = world.eventsAuth && rng.chance(0.7) ? world.eventsAuth : rng.pick([undefined, 'Bearer wrong', `Bearer ${'x'.repeat(10_000)}`, authorization(rng, world) ?? 'Basic Og==']);
+  const type = rng.pick(['application/vnd.docker.distribution.events.v1+json', 'application/json', 'text/plain', 'application/json; charset=utf-16']);
+  await ctx.send(build({ method: rng.pick(['POST', 'POST', 'POST', 'GET', 'PUT']), target: '/api/v0/events', headers: [...(auth ? ([['Authorization', auth]] as Array<[string, string]>) : []), ['Content-Type', type]], body: Buffer.from(body) }, world));
 }
 
 /** Mirror: routing by `ns`, the `domain` header and path prefixes, to configured remotes and to canaries. */
