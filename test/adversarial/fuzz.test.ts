@@ -39,6 +39,8 @@
  */
 import assert from 'node:assert/strict';
 import { copyFile, mkdir, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join, relative } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import bcrypt from 'bcryptjs';
@@ -198,6 +200,36 @@ async function seedAll(base: string, repos: Array<[string, string?]>, auth?: str
 
 const OPS_PATHS = ['/metrics', '/health', '/ready'];
 
+/**
+ * A notifications endpoint for the registry's fuzz: counts the events it is sent and keeps every envelope that
+ * is not well-formed (JSON with an `events` list of objects each with an id, an action and a target).
+ */
+async function startEventSink(): Promise<{ url: string; port: number; events: () => number; malformed: string[]; close(): Promise<void> }> {
+  let events = 0;
+  const malformed: string[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const text = Buffer.concat(chunks).toString('utf8');
+      try {
+        const body = JSON.parse(text) as { events?: unknown };
+        if (!Array.isArray(body.events)) throw new Error('no events list');
+        for (const e of body.events as Array<Record<string, unknown>>) {
+          if (typeof e?.id !== 'string' || typeof e.action !== 'string' || typeof e.target !== 'object' || e.target === null) throw new Error('an event without id, action or target');
+          events += 1;
+        }
+      } catch (err) {
+        if (malformed.length < 5) malformed.push(`${(err as Error).message}: ${text.slice(0, 300)}`);
+      }
+      res.writeHead(200).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  return { url: `http://127.0.0.1:${port}/events`, port, events: () => events, malformed, close: () => new Promise((resolve) => server.close(() => resolve())) };
+}
+
 for (const variant of ['open', 'htpasswd'] as const) {
   const label = variant === 'open' ? 'registry' : 'registry-htpasswd';
   // The htpasswd variant is a shorter run on top of the role's 10,000 (bcrypt makes each checked password slow).
@@ -213,11 +245,16 @@ for (const variant of ['open', 'htpasswd'] as const) {
       await mkdir(home, { recursive: true });
       await writeHtpasswd(htpasswd);
     }
+    // Every request that succeeds becomes an event: hostile Host headers, names and digests must still make
+    // well-formed envelopes, sent only to the configured endpoint.
+    const sink = await startEventSink();
+    defer(() => sink.close());
     const node = await startTraced(home, 'registry', {
       version: '0.1',
       http: { addr: '127.0.0.1:0' },
       storage: { filesystem: { rootdirectory: root }, delete: { enabled: true } },
       ...(variant === 'htpasswd' ? { auth: { htpasswd: { realm: 'fuzz', path: htpasswd } } } : {}),
+      notifications: { endpoints: [{ name: 'fuzz-sink', url: sink.url, timeout: '2s', threshold: 3, backoff: '200ms' }] },
     });
     defer(() => node.stop());
     const auth = variant === 'htpasswd' ? basic('alice') : undefined;
@@ -231,7 +268,9 @@ for (const variant of ['open', 'htpasswd'] as const) {
       extraPaths: OPS_PATHS,
       nsHosts: [],
     };
-    await fuzzAndCheck(t, { label, node, world, canary, dir, allowedRoots: [root], allowedFiles: [join(home, 'config.yml'), htpasswd], upstreamPorts: () => [], ...(auth ? { pingAuth: auth } : {}) }, requests);
+    await fuzzAndCheck(t, { label, node, world, canary, dir, allowedRoots: [root], allowedFiles: [join(home, 'config.yml'), htpasswd], upstreamPorts: () => [sink.port], ...(auth ? { pingAuth: auth } : {}) }, requests);
+    assert.ok(sink.events() > 0, 'the pushes and pulls of the fuzz were notified');
+    assert.deepEqual(sink.malformed, [], 'every envelope is well-formed');
   });
 }
 
