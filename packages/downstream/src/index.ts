@@ -17,3 +17,5 @@ export * from './mirror/middleware.js';
 export * from './metrics.js';
 export * from './node.js';
 export * from './upstream-direct.js';
+export * from './region/coordinator.js';
+export * from './region/metrics.js';
