@@ -32,6 +32,7 @@ import {
   type TagStore,
 } from '@cascade/registry-core';
 import { FillManager, type Fill, type FillSource } from './fill.js';
+import type { RegionCoordinator } from './region/coordinator.js';
 import { blobPath, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
 
 /** How long the upstream's answer to an anonymous `GET /v2/` is reused (`auth: passthrough`). */
@@ -73,6 +74,8 @@ export interface CacheNamespaceOptions {
    * upstream directly instead of waiting (default 8 MiB).
    */
   readonly rangeAheadBytes?: number;
+  /** The region of nodes this one fills with (see region/coordinator.ts). */
+  readonly region?: RegionCoordinator;
 }
 
 /** A registry namespace that is a cache of its upstreams. */
@@ -86,6 +89,7 @@ export class CacheNamespace implements Namespace {
       upstreams: options.upstreams,
       logger: options.logger,
       ...(options.fillTimeoutMs !== undefined ? { fillTimeoutMs: options.fillTimeoutMs } : {}),
+      ...(options.region ? { region: options.region } : {}),
       onCommitted: (digest, size) => {
         this.metrics.fillsCompleted += 1;
         options.tracker?.touch(digest, size, 'fill');

@@ -7,8 +7,16 @@
  *
  * A fill does not depend on its clients: when the last one goes away it keeps running for `fillTimeoutMs`
  * (so the next client gets a hit), then is aborted.
+ *
+ * In a region (several nodes on one shared folder, `region/coordinator.ts`), single-flight is the region's: the
+ * node that gets the fill's lease leads it and publishes how many bytes of its partial file are on storage; the
+ * others follow that file up to there (the last byte once the blob is committed), take the fill over when the
+ * leader's lease expires (its published bytes hashed again and copied into a file of their own, the rest
+ * fetched with a Range request), and fill alone when Redis does not answer. A leader that stops (shutdown, no
+ * client left) hands the fill to the region instead of failing it.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
@@ -29,6 +37,7 @@ import {
   streamBody,
 } from '@cascade/registry-core';
 import { blobPath, chunksOf, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
+import type { FillProgress, RegionCoordinator } from './region/coordinator.js';
 import type { ChunkSource } from './upstream-direct.js';
 
 /** Bytes a fill may have received and not yet written before it stops reading from upstream. */
@@ -70,6 +79,23 @@ export interface FillManagerOptions {
   readonly onFailed?: (digest: Digest, reason: string, cause: 'upstream' | 'storage') => void;
   /** Called for every chunk received from upstream (metrics). */
   readonly onUpstreamBytes?: (n: number) => void;
+  /**
+   * The region this node belongs to: a fill is then led by one node of the region, followed by the others
+   * through the shared storage, and taken over when its leader dies (see region/coordinator.ts).
+   */
+  readonly region?: RegionCoordinator;
+}
+
+/** How often a node following another node's fill looks at its progress. */
+const REMOTE_POLL_MS = 50;
+
+/** Where a fill that was taken over resumes: the dead leader's partial file, its bytes hashed and on storage. */
+interface Resume {
+  readonly partial: string;
+  /** This node's new partial file, which the fill uses once the verified bytes are copied into it. */
+  readonly target: string;
+  readonly offset: number;
+  readonly size: number;
 }
 
 type FillState = 'filling' | 'done' | 'failed';
@@ -96,7 +122,8 @@ export class Fill extends EventEmitter {
 
   constructor(
     readonly digest: Digest,
-    readonly partialPath: string,
+    /** The file the bytes are written to; in a region it changes when another node takes the fill over. */
+    public partialPath: string,
     private readonly driver: StorageDriver,
     private readonly fillTimeoutMs: number,
     /** Where the fill fetches from, when not the node's one upstream set (a mirror's `remote/repository`). */
@@ -169,7 +196,17 @@ export class Fill extends EventEmitter {
     };
     if (!this.driver.openForRead) return streamBody(length, () => this.followByReaders(start, end), release);
     let file: PositionalReader | undefined;
-    const source: FileSegments = { length, segments: (signal) => this.stretches(start, end, signal, async () => (file ??= await this.openFile(signal)).fd) };
+    let openedPath: string | undefined;
+    const fd = async (signal: AbortSignal): Promise<number> => {
+      if (file && this.state === 'filling' && openedPath !== this.partialPath && openedPath !== paths.blobData(this.digest)) {
+        // Another node took the fill over and writes a copy: the stretches still to come are read from it.
+        void file.close().catch(() => undefined);
+        file = undefined;
+      }
+      if (!file) ({ reader: file, path: openedPath } = await this.openFile(signal));
+      return file.fd;
+    };
+    const source: FileSegments = { length, segments: (signal) => this.stretches(start, end, signal, () => fd(signal)) };
     return filesBody(source, (complete) => {
       void file?.close().catch(() => undefined);
       file = undefined;
@@ -187,14 +224,24 @@ export class Fill extends EventEmitter {
    * The file of this fill, opened once per body: the partial file stays readable through its move into place,
    * so one descriptor serves every stretch.
    */
-  private async openFile(signal: AbortSignal): Promise<PositionalReader> {
+  private async openFile(signal: AbortSignal): Promise<{ reader: PositionalReader; path: string }> {
     const driver = this.driver as Required<Pick<StorageDriver, 'openForRead'>>;
+    const stored = paths.blobData(this.digest);
     for (;;) {
+      const path = this.state === 'done' ? stored : this.partialPath;
       try {
-        return await driver.openForRead(this.state === 'done' ? paths.blobData(this.digest) : this.partialPath, signal);
+        return { reader: await driver.openForRead(path, signal), path };
       } catch (err) {
         // The partial file was just moved into place (or removed on failure): look at the state again.
         if (!isPathNotFound(err) || this.state === 'failed') throw this.state === 'failed' ? (this.error ?? err) : err;
+        if (this.state === 'done') continue;
+        // Moved into place (by this node, or by the node of the region that leads the fill)?
+        try {
+          return { reader: await driver.openForRead(stored, signal), path: stored };
+        } catch (e) {
+          if (!isPathNotFound(e)) throw e;
+        }
+        await this.nextProgress(signal);
       }
     }
   }
@@ -373,42 +420,242 @@ export class FillManager {
   start(name: string, digest: Digest, headers: Readonly<Record<string, string>>, source?: FillSource): Fill {
     const existing = this.fills.get(digest.toString());
     if (existing) return existing;
-    const partial = `${FILLS_DIR}/${digest.algorithm}/${digest.hex}-${process.pid}-${Date.now().toString(36)}`;
-    const fill = new Fill(digest, partial, this.options.driver, this.fillTimeoutMs, source?.key);
+    const fill = new Fill(digest, partialPathOf(digest), this.options.driver, this.fillTimeoutMs, source?.key);
     this.fills.set(digest.toString(), fill);
-    void this.run(fill, name, headers, source?.upstreams ?? this.options.upstreams).finally(() => this.fills.delete(digest.toString()));
+    const upstreams = source?.upstreams ?? this.options.upstreams;
+    const region = this.options.region;
+    const work = region && !source ? this.coordinate(region, fill, name, headers, upstreams) : this.run(fill, name, headers, upstreams);
+    const settled = work.finally(() => {
+      this.fills.delete(digest.toString());
+      this.running.delete(settled);
+    });
+    this.running.add(settled);
     // With no follower yet, the idle clock starts at once; the first follow() stops it.
     return fill;
   }
 
-  /** Aborts every fill (shutdown) and waits for them to settle. */
+  /** The work of every fill, until it settles (in a region: until its end is published and its lease released). */
+  private readonly running = new Set<Promise<void>>();
+
+  /** Aborts every fill (shutdown) and waits for them to settle (a region's leader hands its fills over). */
   async close(): Promise<void> {
     const all = [...this.fills.values()];
     for (const f of all) f.abort('shutting down');
-    await Promise.all(all.map((f) => f.finished));
+    await Promise.all([...all.map((f) => f.finished), ...this.running]);
   }
 
-  /** Removes partial files left by a previous process. */
+  /**
+   * Removes partial files left by a previous process. In a region the folder is shared: only the files nobody
+   * wrote for {@link ABANDONED_PARTIAL_MS} go (a live fill writes all the time; a dead node's fill is taken over
+   * within the lease).
+   */
   async recover(): Promise<void> {
+    const { driver, region } = this.options;
     try {
-      await this.options.driver.delete(FILLS_DIR);
+      if (!region) return await driver.delete(FILLS_DIR);
+      const old = Date.now() - ABANDONED_PARTIAL_MS;
+      const abandoned: string[] = [];
+      await driver.walk(FILLS_DIR, (info) => {
+        if (!info.isDir && info.modTime.getTime() < old) abandoned.push(info.path);
+      });
+      await Promise.all(abandoned.map((p) => driver.delete(p).catch(() => undefined)));
     } catch (err) {
       if (!isPathNotFound(err)) throw err;
     }
   }
 
-  private async run(fill: Fill, name: string, headers: Readonly<Record<string, string>>, upstreams: UpstreamPool): Promise<void> {
+  /** A fill in a region: led by this node, following another node's, or alone when Redis does not answer. */
+  private async coordinate(region: RegionCoordinator, fill: Fill, name: string, headers: Readonly<Record<string, string>>, upstreams: UpstreamPool): Promise<void> {
+    if (await this.adoptStored(fill)) return;
+    const token = fillToken(region);
+    const claim = await region.claimFill(fill.digest, { token, state: 'filling', partial: fill.partialPath, written: 0 });
+    if (claim === 'alone') {
+      region.stats.fillsAlone += 1;
+      return this.run(fill, name, headers, upstreams);
+    }
+    if (claim === 'led') {
+      region.stats.fillsLed += 1;
+      return this.lead(region, fill, token, name, headers, upstreams);
+    }
+    region.stats.fillsJoined += 1;
+    return this.follow(region, fill, name, headers, upstreams);
+  }
+
+  /** Runs a fill as the region's leader: publishes its progress, renews its lease, publishes its end. */
+  private async lead(region: RegionCoordinator, fill: Fill, token: string, name: string, headers: Readonly<Record<string, string>>, upstreams: UpstreamPool, resume?: Resume): Promise<void> {
+    const digest = fill.digest;
+    let lost = false;
+    // A fill stopped here (shutdown, or no client of this node left) is handed to the region, not failed:
+    // its partial file stays, and a node whose clients still follow it takes it over at once.
+    const canHandOff = () => !lost && fill.written > 0 && fill.size !== undefined;
+    const handingOff = () => fill.state === 'failed' && fill.signal.aborted && canHandOff();
+    const snapshot = (): FillProgress => ({
+      token,
+      state: handingOff() ? 'filling' : fill.state,
+      partial: fill.partialPath,
+      written: fill.written,
+      ...(fill.size !== undefined ? { size: fill.size } : {}),
+      ...(fill.error && !handingOff() ? { reason: fill.error.message } : {}),
+    });
+    // One publication at a time, the latest state each: as often as Redis answers, never queued up.
+    let publishing: Promise<void> | undefined;
+    let again = false;
+    const publish = (): void => {
+      if (publishing) {
+        again = true;
+        return;
+      }
+      publishing = (async () => {
+        do {
+          again = false;
+          await region.publishFill(digest, snapshot());
+        } while (again);
+      })().finally(() => (publishing = undefined));
+    };
+    fill.on('progress', publish);
+    const renew = setInterval(() => {
+      void region.renewFill(digest, token).then((r) => {
+        if (r !== 'lost') return;
+        lost = true;
+        fill.abort('another node of the region took this fill over (this node had lost its lease)');
+      });
+    }, Math.max(100, Math.floor(region.leaseMs / 3)));
+    renew.unref();
+    try {
+      // A lost lease's file is the new leader's to copy from (and remove): it stays too.
+      await this.run(fill, name, headers, upstreams, resume, () => lost || canHandOff());
+    } finally {
+      clearInterval(renew);
+      fill.off('progress', publish);
+      await publishing;
+      const handoff = handingOff();
+      if (!lost) await region.publishFill(digest, snapshot());
+      await region.releaseFill(digest, token);
+      // The dead leader's bytes were copied into this fill's own file (or could not be): its file is done with.
+      if (resume) await this.options.driver.delete(resume.partial).catch(() => undefined);
+      if (handoff) this.dropUnclaimed(region, fill, token);
+    }
+  }
+
+  /** Removes a handed-off fill's partial file if no node took the fill over within a few leases. */
+  private dropUnclaimed(region: RegionCoordinator, fill: Fill, token: string): void {
+    const partial = fill.partialPath;
+    const timer = setTimeout(() => {
+      void region.peekFill(fill.digest).then(async (peek) => {
+        if (peek && peek.progress?.token !== token) return; // taken over: the new leader removes it when done
+        await this.options.driver.delete(partial).catch(() => undefined);
+      });
+    }, region.leaseMs * 3);
+    timer.unref();
+  }
+
+  /**
+   * Follows the fill another node of the region leads: its bytes are read from the leader's partial file up to
+   * what the leader published, the last byte once the blob is committed. Takes the fill over when the leader's
+   * lease expires; fills alone when Redis stops answering before any byte came.
+   */
+  private async follow(region: RegionCoordinator, fill: Fill, name: string, headers: Readonly<Record<string, string>>, upstreams: UpstreamPool): Promise<void> {
+    const digest = fill.digest;
+    const log = this.options.logger.child({ digest: digest.toString() });
+    for (;;) {
+      if (fill.signal.aborted) {
+        fill.fail(new RegistryError('UNAVAILABLE', `the fill stopped: ${String((fill.signal.reason as Error | undefined)?.message ?? 'aborted')}`));
+        return;
+      }
+      if (await this.adoptStored(fill)) return;
+      const peek = await region.peekFill(digest);
+      if (peek === undefined) {
+        // Redis is away. With nothing received yet, this node fills alone; else it follows the partial file.
+        if (fill.written === 0 && fill.size === undefined) {
+          region.stats.fillsAlone += 1;
+          fill.partialPath = partialPathOf(digest);
+          return this.run(fill, name, headers, upstreams);
+        }
+        const onDisk = await this.options.driver.stat(fill.partialPath).then((i) => i.size, () => undefined);
+        if (onDisk === undefined) {
+          if (await this.adoptStored(fill)) return;
+          fill.fail(new RegistryError('UPSTREAM_FAILED', 'the fill of another node of the region ended without storing the blob (Redis unreachable: cannot tell why)'));
+          return;
+        }
+        if (onDisk > fill.written) fill.progress(onDisk - fill.written);
+      } else {
+        const p = peek.progress;
+        if (p && (peek.leader === undefined || p.token === peek.leader)) {
+          if (p.state === 'failed') {
+            fill.fail(new RegistryError('UPSTREAM_FAILED', `the fill failed on another node of the region: ${p.reason ?? 'unknown reason'}`));
+            return;
+          }
+          if (p.state === 'done') {
+            if (await this.adoptStored(fill)) return;
+            fill.fail(new RegistryError('UNAVAILABLE', 'the blob another node of the region filled is gone already'));
+            return;
+          }
+          if (p.partial !== fill.partialPath) {
+            fill.partialPath = p.partial;
+            fill.emit('progress');
+          }
+          if (p.size !== undefined && fill.size === undefined) fill.setSize(p.size);
+          if (p.written > fill.written) fill.progress(p.written - fill.written);
+        }
+        if (peek.leader === undefined) {
+          // The leader is gone (its lease expired, or it ended and its progress is not there): take the fill over.
+          const partial = partialPathOf(digest);
+          const resume = p && p.state === 'filling' && p.size !== undefined && p.written > 0 ? { partial: p.partial, target: partial, offset: p.written, size: p.size } : undefined;
+          const token = fillToken(region);
+          const claim = await region.claimFill(digest, { token, state: 'filling', partial: resume?.partial ?? partial, written: resume?.offset ?? 0, ...(resume ? { size: resume.size } : {}) });
+          if (claim === 'led') {
+            region.stats.takeovers += 1;
+            log.warn({ from: p?.token, offset: resume?.offset ?? 0 }, 'region: the node leading this fill is gone; this node takes it over');
+            if (!resume) fill.partialPath = partial;
+            return this.lead(region, fill, token, name, headers, upstreams, resume);
+          }
+          continue;
+        }
+      }
+      await sleep(REMOTE_POLL_MS, undefined, { signal: fill.signal }).catch(() => undefined);
+    }
+  }
+
+  /** Succeeds `fill` when its blob is stored already (another fill committed it); true when it did. */
+  private async adoptStored(fill: Fill): Promise<boolean> {
+    const stored = await this.options.driver.stat(paths.blobData(fill.digest)).catch(() => undefined);
+    if (!stored) return false;
+    if (fill.size === undefined) fill.setSize(stored.size);
+    fill.written = stored.size;
+    fill.succeed();
+    return true;
+  }
+
+  /**
+   * Fetches the blob into the fill's partial file, from `resume.offset` for a fill taken over. A fill aborted
+   * while `keepOnAbort()` says so keeps its partial file (a region's leader handing the fill over).
+   */
+  private async run(fill: Fill, name: string, headers: Readonly<Record<string, string>>, upstreams: UpstreamPool, resume?: Resume, keepOnAbort?: () => boolean): Promise<void> {
     const { driver, logger } = this.options;
     const digest = fill.digest;
     const log = logger.child({ digest: digest.toString() });
     // A fill that finished between the caller's look at the disk and this start has stored the blob:
     // serve that copy instead of fetching it again.
-    const stored = await driver.stat(paths.blobData(digest)).catch(() => undefined);
-    if (stored) {
-      fill.setSize(stored.size);
-      fill.written = stored.size;
-      fill.succeed();
-      return;
+    if (await this.adoptStored(fill)) return;
+    const hash = createHash(digest.algorithm);
+    let writer: Awaited<ReturnType<StorageDriver['writer']>> | undefined;
+    if (resume) {
+      // Taken over from a dead node: its verified bytes are hashed again and copied into this fill's own file
+      // (never written in place: the old leader may be cut off from Redis, not dead, and still writing).
+      try {
+        writer = await localStorage(driver.writer(resume.target, { create: true }));
+        await copyPrefix(driver, resume, hash, writer);
+      } catch (err) {
+        if (writer) await writer.cancel().catch(() => undefined);
+        await driver.delete(resume.target).catch(() => undefined);
+        log.warn({ reason: describeError(err) }, 'region: could not take the fill over from the partial file of the node that led it');
+        fill.fail(new RegistryError('UNAVAILABLE', 'the node that led this fill is gone and its partial file could not be read; retry'));
+        return;
+      }
+      fill.partialPath = resume.target;
+      if (fill.size === undefined) fill.setSize(resume.size);
+      if (resume.offset > fill.written) fill.progress(resume.offset - fill.written);
+      else fill.emit('progress');
     }
     // The upstream request follows the fill's signal only while it runs: aborting a fill that is syncing its
     // file must not reach a finished response (got would emit an error nobody listens to any more).
@@ -416,28 +663,29 @@ export class FillManager {
     const abortRequest = () => request.abort(fill.signal.reason);
     fill.signal.addEventListener('abort', abortRequest, { once: true });
     let response: UpstreamBlobResponse;
+    const firstHeaders = resume ? { ...headers, range: `bytes=${resume.offset}-${resume.size - 1}` } : headers;
     try {
-      response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers, signal: request.signal, direct: true });
+      response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers: firstHeaders, signal: request.signal, direct: true });
     } catch (err) {
+      if (writer) await writer.cancel().catch(() => undefined);
+      if (resume) await driver.delete(fill.partialPath).catch(() => undefined);
       fill.signal.removeEventListener('abort', abortRequest);
       this.options.onFailed?.(digest, err instanceof Error ? err.message : String(err), 'upstream');
       this.noteFailure(fill, err);
       fill.fail(err as Error);
       return;
     }
-    const expected = response.size;
+    const expected = resume ? resume.size : response.size;
     // Clients get their headers (the size) once the first bytes are on this node's disk, not before: a disk
     // that cannot take them (full, read-only) is then answered with an error status (507), not a 200 cut short.
     const ready = () => {
       if (fill.size === undefined && expected !== undefined) fill.setSize(expected);
     };
     const started = Date.now();
-    const hash = createHash(digest.algorithm);
-    let writer: Awaited<ReturnType<StorageDriver['writer']>> | undefined;
     // Bytes that wait for a batch to fill are written after GATHER_MS at most (a slow upstream, the tail).
     let gatherTimer: NodeJS.Timeout | undefined;
     try {
-      writer = await localStorage(driver.writer(fill.partialPath, { create: true }));
+      writer ??= await localStorage(driver.writer(fill.partialPath, { create: true }));
       // The body's bytes stay in the receiver's buffers until written: each write gives its bytes back.
       let source = chunksOf(response);
       const onAbort = () => source.destroy(fill.signal.reason instanceof Error ? fill.signal.reason : new Error('fill aborted'));
@@ -445,7 +693,7 @@ export class FillManager {
       // Chunks are written while the next ones arrive (the writer keeps them in order): the socket keeps
       // flowing, and only when WRITE_AHEAD bytes wait for the disk does the fill wait for it.
       const w = writer;
-      let received = 0;
+      let received = resume?.offset ?? 0;
       let queuedBytes = 0;
       let writeFailed: unknown;
       const inFlight: Promise<void>[] = [];
@@ -484,7 +732,7 @@ export class FillManager {
       };
       // Bytes of the current response to drop before using any: an upstream that answered a resumed
       // request with the whole blob (200) instead of the range asked for resends what was already received.
-      let skip = 0;
+      let skip = resume ? resumeOffset(response, resume.offset, resume.size) : 0;
       const receive = async (chunks: ChunkSource): Promise<void> => {
         for (;;) {
           let next: Buffer | undefined;
@@ -566,8 +814,9 @@ export class FillManager {
     } catch (err) {
       clearTimeout(gatherTimer);
       response.body.destroy();
-      if (writer) await writer.cancel().catch(() => undefined);
-      await driver.delete(fill.partialPath).catch(() => undefined);
+      const keep = fill.signal.aborted && keepOnAbort?.() === true;
+      if (writer) await (keep ? writer.close() : writer.cancel()).catch(() => undefined);
+      if (!keep) await driver.delete(fill.partialPath).catch(() => undefined);
       if (err instanceof LocalStorageError && !fill.signal.aborted) {
         // This node's own disk failed (full, read-only, I/O error): the upstream did nothing wrong and stays
         // in rotation; the client is told the truth (507 for a full disk).
@@ -585,6 +834,41 @@ export class FillManager {
       fill.fail(err instanceof RegistryError ? err : new RegistryError('UPSTREAM_FAILED', `fetching the blob from upstream failed: ${reason}`));
     }
   }
+}
+
+/** How long a partial file in a region's shared folder goes unwritten before a starting node removes it. */
+const ABANDONED_PARTIAL_MS = 10 * 60_000;
+
+/** A new partial file's path, unique to this process and moment. */
+function partialPathOf(digest: Digest): string {
+  return `${FILLS_DIR}/${digest.algorithm}/${digest.hex}-${process.pid}-${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
+}
+
+/** A fill lease's token: the node and the fill. */
+function fillToken(region: RegionCoordinator): string {
+  return `${region.nodeId}/${randomBytes(4).toString('hex')}`;
+}
+
+/** Copies the first `resume.offset` bytes of the old partial file into `writer`, hashing them. */
+async function copyPrefix(driver: StorageDriver, resume: Resume, hash: ReturnType<typeof createHash>, writer: Awaited<ReturnType<StorageDriver['writer']>>): Promise<void> {
+  const reader = await driver.reader(resume.partial, { offset: 0, end: resume.offset - 1 });
+  let copied = 0;
+  let batch: Buffer[] = [];
+  let batchBytes = 0;
+  for await (const chunk of reader) {
+    const buf = chunk as Buffer;
+    hash.update(buf);
+    copied += buf.length;
+    batch.push(buf);
+    batchBytes += buf.length;
+    if (batchBytes >= WRITE_BATCH) {
+      await localStorage(writer.writev(batch));
+      batch = [];
+      batchBytes = 0;
+    }
+  }
+  if (batchBytes > 0) await localStorage(writer.writev(batch));
+  if (copied !== resume.offset) throw new Error(`the partial file holds ${copied} of the ${resume.offset} bytes its leader published`);
 }
 
 /** This node's own storage failed during a fill (the disk, not the upstream). */

@@ -18,3 +18,5 @@ export * from './metrics.js';
 export * from './node.js';
 export * from './upstream-direct.js';
 export * from './warm.js';
+export * from './region/coordinator.js';
+export * from './region/metrics.js';

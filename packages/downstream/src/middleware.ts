@@ -10,13 +10,15 @@ import type { Logger } from 'pino';
 import { paths, type ExtraRoute, type NamespaceMiddleware } from '@cascade/registry-core';
 import { GrantAuthorizer } from './grants/authorizer.js';
 import { GrantVerifier, JWKS_PATH, RemoteJwks } from './grants/grant.js';
-import { CacheNamespace } from './cache.js';
+import { CacheNamespace, type AccessTracker } from './cache.js';
 import { CaStore } from './ca-trust.js';
 import { ExpiryIndex } from './expiry.js';
 import type { DownstreamOptions } from './options.js';
 import { UpstreamPool } from './upstream.js';
 import { observeCache, upstreamLatency } from './metrics.js';
 import type { CacheWarmTarget } from './warm.js';
+import { RegionCoordinator } from './region/coordinator.js';
+import { observeRegion } from './region/metrics.js';
 
 /** The middleware name in config files. */
 export const DOWNSTREAM = 'downstream';
@@ -39,10 +41,15 @@ export function downstreamMiddleware(options: DownstreamOptions, cas: CaStore = 
       logger: log,
       onResult: upstreamLatency(observability),
     });
+    const region = options.region
+      ? new RegionCoordinator({ redis: options.region.redis, storageRoot: options.region.storageRoot, logger: log, ...(options.region.name ? { name: options.region.name } : {}) })
+      : undefined;
+    await region?.start();
     const expiry =
       options.blobttlMs !== undefined || options.maxsizeBytes !== undefined
         ? new ExpiryIndex({
             driver,
+            ...(region ? { region } : {}),
             ...(options.blobttlMs !== undefined ? { ttlMs: options.blobttlMs } : {}),
             ...(options.maxsizeBytes !== undefined ? { maxSizeBytes: options.maxsizeBytes } : {}),
             sweepIntervalMs: options.sweepintervalMs,
@@ -57,22 +64,30 @@ export function downstreamMiddleware(options: DownstreamOptions, cas: CaStore = 
       upstreams,
       logger: log,
       fillTimeoutMs: options.filltimeoutMs,
-      ...(expiry ? { tracker: expiry } : {}),
+      ...(expiry ? { tracker: region ? regionTracker(expiry, region) : expiry } : {}),
+      ...(region ? { region } : {}),
       forwardAuthorization: options.auth === 'passthrough',
     });
     await cache.recover();
     warm?.attach(cache);
     await expiry?.start();
     observeCache(observability, { cache, pools: [upstreams], ...(expiry ? { expiry } : {}), upstreamCritical: true });
+    if (region) observeRegion(observability, region);
     log.info(
-      { upstreams: upstreams.hosts.map((h) => `${h.role}:${h.url}`), blobttlMs: options.blobttlMs, maxsizeBytes: options.maxsizeBytes, auth: options.auth },
+      {
+        upstreams: upstreams.hosts.map((h) => `${h.role}:${h.url}`),
+        blobttlMs: options.blobttlMs,
+        maxsizeBytes: options.maxsizeBytes,
+        auth: options.auth,
+        ...(region ? { region: region.prefix, node: region.nodeId, redisUp: region.up } : {}),
+      },
       'cache node ready',
     );
     const timer = setInterval(() => logMetrics(log, cache, upstreams, expiry), METRICS_INTERVAL_MS);
     timer.unref();
     let last = '';
     function logMetrics(l: Logger, c: CacheNamespace, u: UpstreamPool, e: ExpiryIndex | undefined): void {
-      const snapshot = { ...c.metrics, inFlight: c.fills.inFlight, upstreams: u.stats(), ...(e ? { expiry: e.stats() } : {}) };
+      const snapshot = { ...c.metrics, inFlight: c.fills.inFlight, upstreams: u.stats(), ...(e ? { expiry: e.stats() } : {}), ...(region ? { region: { ...region.stats, redisUp: region.up } } : {}) };
       const text = JSON.stringify(snapshot);
       if (text === last) return;
       last = text;
@@ -87,8 +102,24 @@ export function downstreamMiddleware(options: DownstreamOptions, cas: CaStore = 
         logMetrics(log, cache, upstreams, expiry);
         await cache.close();
         await expiry?.stop();
+        await region?.close();
       },
     };
+  };
+}
+
+/** The expiry index's accesses, with pins held region-wide too (the sweeper of any node leaves them alone). */
+function regionTracker(expiry: ExpiryIndex, region: RegionCoordinator): AccessTracker {
+  return {
+    touch: (digest, size, access) => expiry.touch(digest, size, access),
+    pin(digest) {
+      const local = expiry.pin(digest);
+      const shared = region.pin(digest);
+      return () => {
+        local();
+        shared();
+      };
+    },
   };
 }
 

@@ -22,7 +22,7 @@ import {
 } from '@cascade/registry-core';
 import { CaStore } from './ca-trust.js';
 import { DOWNSTREAM, downstreamMiddleware, grantAuthorizationOf } from './middleware.js';
-import { parseDownstreamOptions, type CaFileSettings, type DownstreamOptions } from './options.js';
+import { parseDownstreamOptions, type CaFileSettings, type DownstreamOptions, type ParseDownstreamSettings } from './options.js';
 import { mirrorGrantAuthorizer, mirrorMiddleware } from './mirror/middleware.js';
 import { CacheWarmTarget, warmRoute } from './warm.js';
 import { parseMirrorOptions, type MirrorOptions } from './mirror/options.js';
@@ -44,19 +44,19 @@ export interface NodeConfig extends LoadedConfig {
  * @throws ConfigError listing every problem.
  */
 export function loadNodeConfig(file: string, env: NodeJS.ProcessEnv = process.env, settings: CaFileSettings = {}): NodeConfig {
-  return loadNode((options) => loadConfig(file, env, options), settings);
+  return loadNode((options) => loadConfig(file, env, options), { ...settings, env });
 }
 
 /** {@link loadNodeConfig} from text; `file` is only used in messages. */
 export function parseNodeConfig(text: string, file: string, env: NodeJS.ProcessEnv = process.env, settings: CaFileSettings = {}): NodeConfig {
-  return loadNode((options) => parseConfig(text, file, env, options), settings);
+  return loadNode((options) => parseConfig(text, file, env, options), { ...settings, env });
 }
 
 /**
  * The loader's validators keep what they parse: a `downstream` entry's options by key, the mirror's options,
  * and the certificates of the CA files, so that nothing is parsed or read twice.
  */
-function loadNode(load: (options: LoadConfigOptions) => LoadedConfig, settings: CaFileSettings): NodeConfig {
+function loadNode(load: (options: LoadConfigOptions) => LoadedConfig, settings: ParseDownstreamSettings): NodeConfig {
   const withStore = { ...settings, cas: settings.cas ?? new CaStore() };
   const caches = new Map<string, DownstreamOptions>();
   let mirror: MirrorOptions | undefined;

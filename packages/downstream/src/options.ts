@@ -51,13 +51,16 @@ export const DOWNSTREAM_DEFAULTS = {
 } as const satisfies { filltimeout: string; sweepinterval: string; auth: DownstreamAuthMode; issuer: string };
 
 /** Every key the options may hold, in the order the documentation lists them. */
-export const DOWNSTREAM_OPTION_KEYS = ['blobttl', 'upstreams', 'originhost', 'upstreamhosts', 'cas', 'maxsize', 'filltimeout', 'sweepinterval', 'auth', 'name', 'issuer', 'downstreams'] as const;
+export const DOWNSTREAM_OPTION_KEYS = ['blobttl', 'upstreams', 'originhost', 'upstreamhosts', 'cas', 'maxsize', 'filltimeout', 'sweepinterval', 'auth', 'name', 'issuer', 'downstreams', 'region'] as const;
+
+/** The environment variable that supplies `region.redis`, or overrides the one in the file. */
+export const REGION_REDIS_ENV = 'CASCADE_REGION_REDIS';
 
 /** The keys of the one entry of the nested `upstreams` form. */
 const UPSTREAM_ENTRY_KEYS = ['originhost', 'upstreamhosts', 'cas'] as const;
 
 /** The order messages come in: the keys as the schema reads them, where blobs come from first. */
-const MESSAGE_ORDER = ['originhost', 'upstreamhosts', 'cas', 'upstreams', 'blobttl', 'maxsize', 'filltimeout', 'sweepinterval', 'auth', 'name', 'issuer', 'downstreams'];
+const MESSAGE_ORDER = ['originhost', 'upstreamhosts', 'cas', 'upstreams', 'blobttl', 'maxsize', 'filltimeout', 'sweepinterval', 'auth', 'name', 'issuer', 'downstreams', 'region'];
 
 /** The validated options of a cache node, whatever form they were written in. */
 export interface DownstreamOptions {
@@ -96,10 +99,28 @@ export interface DownstreamOptions {
   readonly issuer: string;
   /** `auth: grant`: names of the caches that fill through this one (their grants travel up with misses). */
   readonly downstreams: readonly string[];
+  /**
+   * The region this node belongs to: the nodes with the same Redis and the same (shared) storage folder fill
+   * each blob once, share one expiry state and one sweeper (see docs/cache.md, "A region of several nodes").
+   */
+  readonly region?: RegionOptions;
 }
 
-/** How {@link parseDownstreamOptions} checks the files the options name. */
-export type ParseDownstreamSettings = CaFileSettings;
+/** `region`: the Redis that coordinates the nodes of a region. */
+export interface RegionOptions {
+  /** `redis://` or `rediss://` URL (password and TLS as Redis URLs allow). */
+  readonly redis: string;
+  /** Names the region's keys in Redis (default: derived from the storage folder's path). */
+  readonly name?: string;
+  /** The shared storage folder (`storage.filesystem.rootdirectory`). */
+  readonly storageRoot: string;
+}
+
+/** How {@link parseDownstreamOptions} checks the files the options name, and the environment it reads. */
+export interface ParseDownstreamSettings extends CaFileSettings {
+  /** Read for {@link REGION_REDIS_ENV} (default: none). */
+  readonly env?: NodeJS.ProcessEnv;
+}
 export type { CaFileSettings } from './option-schema.js';
 
 /**
@@ -108,10 +129,11 @@ export type { CaFileSettings } from './option-schema.js';
  * the configuration, read for `storage.delete.enabled`; `settings` say how CA files are checked. Parse with
  * {@link parseDownstreamOptions}, which turns the issues into messages.
  */
-export function downstreamOptionsSchema(key: string, config: RegistryConfig, settings: CaFileSettings = {}) {
+export function downstreamOptionsSchema(key: string, config: RegistryConfig, settings: ParseDownstreamSettings = {}) {
   const at = (...path: KeyPath): string => keyAt(key, path);
+  const envRedis = settings.env?.[REGION_REDIS_ENV];
   return z
-    .looseObject({
+    .preprocess((raw) => withRegionEnv(raw, envRedis), z.looseObject({
       originhost: optional(hostUrl),
       upstreamhosts: optional(hostList(at('upstreamhosts'))),
       cas: optional(caList),
@@ -127,7 +149,8 @@ export function downstreamOptionsSchema(key: string, config: RegistryConfig, set
         leaf((v) => (Array.isArray(v) && v.every((d): d is string => typeof d === 'string' && d !== '') ? v : new Refusal('a list of cache names'))),
         [],
       ),
-    })
+      region: optional(regionSchema(envRedis !== undefined && envRedis !== '')),
+    }))
     .superRefine((o, ctx) => {
       for (const k of Object.keys(o)) {
         if (!isOneOf(k, DOWNSTREAM_OPTION_KEYS)) fail(ctx, o[k], `a key of ${key} (${DOWNSTREAM_OPTION_KEYS.join(', ')})`, unknownKeyGot(k, DOWNSTREAM_OPTION_KEYS), { path: [k], unknownKey: true });
@@ -141,6 +164,11 @@ export function downstreamOptionsSchema(key: string, config: RegistryConfig, set
       if (deleting.length > 0 && !config.storage.delete.enabled) {
         const why = `${deleting.join(' and ')} ${deleting.length === 1 ? 'is' : 'are'} set (the cache deletes blobs when they expire or are evicted, and the storage refuses deletes unless they are enabled)`;
         fail(ctx, false, `true because ${why}`, 'false', { key: 'storage.delete.enabled', after: 'keys' });
+      }
+      // The nodes of a region share one folder: a storage of this process's memory cannot be shared.
+      if (isRecord(o.region) && config.storage.filesystem === undefined) {
+        const driver = config.storage.inmemory !== undefined ? 'inmemory' : 'no filesystem storage';
+        fail(ctx, driver, `storage.filesystem (a folder every node of the region mounts) because ${at('region')} is set`, driver, { key: 'storage', after: 'keys' });
       }
       if (settings.checkCaFiles === false) return;
       const entryCas = isUpstreamSet(o.upstreams) ? o.upstreams.cas : undefined;
@@ -163,6 +191,7 @@ export function downstreamOptionsSchema(key: string, config: RegistryConfig, set
         ...(o.name === undefined ? {} : { name: o.name }),
         issuer: o.issuer,
         downstreams: o.downstreams,
+        ...(o.region === undefined ? {} : { region: { ...o.region, storageRoot: config.storage.filesystem?.rootdirectory ?? '' } }),
       };
     });
 }
@@ -198,6 +227,55 @@ export function parseDownstreamOptions(
  * file does not start.
  */
 export const validateDownstreamOptions: MiddlewareOptionsValidator = (options, key, config) => parseDownstreamOptions(options, key, config).errors;
+
+// --- The region ---
+
+/** The options with `region.redis` set from the environment, when it is (the environment wins over the file). */
+function withRegionEnv(raw: unknown, envRedis: string | undefined): unknown {
+  if (envRedis === undefined || envRedis === '' || !isRecord(raw)) return raw;
+  const region = isRecord(raw['region']) ? raw['region'] : {};
+  return { ...raw, region: { ...region, redis: envRedis } };
+}
+
+const REDIS_EXPECTED = 'a redis:// or rediss:// URL such as "redis://redis.example:6379/0"';
+
+/** `region.redis`: a Redis URL, never echoed (it may hold a password). */
+function redisUrl(fromEnv: boolean) {
+  const source = fromEnv ? ` (from ${REGION_REDIS_ENV})` : '';
+  return leaf((value): string | Refusal => {
+    const shown = typeof value === 'string' ? `"${safeText(value)}"${source}` : `${describeValue(value)}${source}`;
+    if (typeof value !== 'string' || !URL.canParse(value)) return new Refusal(REDIS_EXPECTED, shown);
+    const url = new URL(value);
+    if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') return new Refusal(REDIS_EXPECTED, shown);
+    if (url.hostname === '') return new Refusal(`${REDIS_EXPECTED} (with a host)`, shown);
+    if (url.pathname !== '' && url.pathname !== '/' && !/^\/\d+$/.test(url.pathname)) return new Refusal(`${REDIS_EXPECTED} (the path is a database number)`, shown);
+    return value;
+  });
+}
+
+/** A URL's text for a message: its credentials masked, whether it parses or not. */
+function safeText(value: string): string {
+  return value.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1***@');
+}
+
+const REGION_KEYS = ['redis', 'name'] as const;
+
+/** `region`: `{redis, name?}`. */
+function regionSchema(fromEnv: boolean) {
+  const redis = redisUrl(fromEnv);
+  const name = leaf((v) => (typeof v === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(v) ? v : new Refusal('a region name of letters, digits, ".", "_" and "-" (at most 64)')));
+  return z.unknown().transform((value, ctx): { redis: string; name?: string } => {
+    if (!isRecord(value)) return fail(ctx, value, `a mapping such as "{redis: redis://redis.example:6379/0}" (or set ${REGION_REDIS_ENV})`);
+    for (const k of Object.keys(value)) {
+      if (!isOneOf(k, REGION_KEYS)) fail(ctx, value[k], `a key of region (${REGION_KEYS.join(', ')})`, unknownKeyGot(k, REGION_KEYS), { path: [k], unknownKey: true });
+    }
+    if (value['redis'] === undefined || value['redis'] === null) return fail(ctx, undefined, `${REDIS_EXPECTED} (or set ${REGION_REDIS_ENV})`, 'nothing', { path: ['redis'] });
+    const url = parseAt(redis, value['redis'], ['redis'], ctx);
+    const n = value['name'] === undefined || value['name'] === null ? undefined : parseAt(name, value['name'], ['name'], ctx);
+    if (url === undefined) return z.NEVER;
+    return { redis: url, ...(n === undefined ? {} : { name: n }) };
+  });
+}
 
 // --- Where blobs come from: the three forms ---
 

@@ -315,7 +315,7 @@ describe('unknown keys', () => {
     assert.match(error({ originhost: ORIGIN, BlobTTL: '24h' }, `${KEY}.BlobTTL`), /\(did you mean "blobttl"\?\)$/);
     assert.match(error({ originhost: ORIGIN, upstream: [] }, `${KEY}.upstream`), /\(did you mean "upstreams"\?\)$/);
     assert.match(error({ originhost: ORIGIN, ca: [] }, `${KEY}.ca`), /\(did you mean "cas"\?\)$/);
-    assert.match(error({ originhost: ORIGIN, region: 'us' }, `${KEY}.region`), /got unknown key "region"$/);
+    assert.match(error({ originhost: ORIGIN, zone: 'us' }, `${KEY}.zone`), /got unknown key "zone"$/);
   });
 
   test('in the upstream set, pointing options-level keys to their place', () => {
@@ -493,5 +493,49 @@ describe('auth: grant', () => {
     const message = error({ originhost: ORIGIN, auth: 'grant' }, `${KEY}.name`);
     assert.match(message, /registered on the server/);
     error({ originhost: ORIGIN, auth: 'grant', name: 'a', downstreams: 'b' }, `${KEY}.downstreams`);
+  });
+});
+
+describe('region', () => {
+  const filesystem: RegistryConfig = parseConfig('version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /srv/shared\n  delete:\n    enabled: true\n', FILE, {}).config;
+  const REDIS = 'redis://redis.eu-west.internal:6379/0';
+  const parseWith = (options: Record<string, unknown>, env: NodeJS.ProcessEnv = {}, config = filesystem) => parseDownstreamOptions(options, KEY, config, { checkCaFiles: false, env });
+
+  test('region.redis with filesystem storage: the node joins the region of its storage folder', () => {
+    const { options, errors } = parseWith({ originhost: ORIGIN, region: { redis: REDIS } });
+    assert.deepEqual(errors, []);
+    assert.deepEqual(options?.region, { redis: REDIS, storageRoot: '/srv/shared' });
+    assert.deepEqual(parseWith({ originhost: ORIGIN, region: { redis: 'rediss://:secret@redis.example:6380', name: 'eu-west' } }).options?.region, {
+      redis: 'rediss://:secret@redis.example:6380',
+      name: 'eu-west',
+      storageRoot: '/srv/shared',
+    });
+  });
+
+  test('CASCADE_REGION_REDIS supplies region.redis, and wins over the file', () => {
+    assert.equal(parseWith({ originhost: ORIGIN }, { CASCADE_REGION_REDIS: REDIS }).options?.region?.redis, REDIS);
+    assert.equal(parseWith({ originhost: ORIGIN, region: { redis: 'redis://other:6379', name: 'eu' } }, { CASCADE_REGION_REDIS: REDIS }).options?.region?.redis, REDIS);
+    assert.equal(parseWith({ originhost: ORIGIN, region: { name: 'eu' } }, { CASCADE_REGION_REDIS: REDIS }).options?.region?.name, 'eu');
+    assert.equal(parseWith({ originhost: ORIGIN }, { CASCADE_REGION_REDIS: '' }).options?.region, undefined, 'empty means unset');
+  });
+
+  test('a bad URL is an error naming region.redis that never shows the password', () => {
+    for (const bad of ['http://:hunter2@redis.example:6379', 'redis.example:6379', 'redis://:hunter2@redis.example:6379/x', 'redis://:hunter2@']) {
+      const { errors } = parseWith({ originhost: ORIGIN, region: { redis: bad } });
+      assert.equal(errors.length, 1, errors.join('\n'));
+      assert.ok(errors[0]?.startsWith(`${KEY}.region.redis: expected a redis:// or rediss:// URL`), errors[0]);
+      assert.ok(!errors[0]?.includes('hunter2'), errors[0]);
+    }
+    const fromEnv = parseWith({ originhost: ORIGIN }, { CASCADE_REGION_REDIS: 'http://:hunter2@x' }).errors;
+    assert.equal(fromEnv.length, 1);
+    assert.match(fromEnv[0] ?? '', /^middleware\.registry\[0\]\.options\.region\.redis: .*\(from CASCADE_REGION_REDIS\)$/);
+    assert.ok(!fromEnv[0]?.includes('hunter2'));
+    assert.match(parseWith({ originhost: ORIGIN, region: {} }).errors[0] ?? '', /^middleware\.registry\[0\]\.options\.region\.redis: expected .* \(or set CASCADE_REGION_REDIS\), got nothing$/);
+    assert.match(parseWith({ originhost: ORIGIN, region: { redis: REDIS, nodes: 3 } }).errors[0] ?? '', /region\.nodes: expected a key of region \(redis, name\)/);
+  });
+
+  test('region needs filesystem storage (the shared folder): inmemory is refused', () => {
+    const { errors } = parseWith({ originhost: ORIGIN, region: { redis: REDIS } }, {}, withDeletes);
+    assert.deepEqual(errors, [`storage: expected storage.filesystem (a folder every node of the region mounts) because ${KEY}.region is set, got inmemory`]);
   });
 });

@@ -82,7 +82,9 @@ export class ExpiryIndex {
     const { driver, now, log } = settings;
     const signal = this.#stop.signal;
     this.#settings = settings;
-    const journals = new Journals({ driver, bucketMs: settings.bucketMs, maxFiles: settings.maxJournalFiles, signal, log });
+    const region = settings.region;
+    const journals = new Journals({ driver, bucketMs: settings.bucketMs, maxFiles: settings.maxJournalFiles, signal, log, ...(region ? { tag: region.journalTag } : {}) });
+    if (region) this.#totals.listener = { adjusted: (d) => region.addBytes(d), walked: (b) => region.setBytes(b) };
     this.#state = new StateFile(driver, now, log);
     this.#recorder = new AccessRecorder({
       driver,

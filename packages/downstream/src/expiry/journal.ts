@@ -2,7 +2,9 @@
  * The access journals of the expiry index on storage, one per time bucket:
  * `<EXPIRY_DIRECTORY>/<start>-<length>.log`, one line `<digest> <size>` per blob accessed in
  * `[start, start + length)`, and beside it `<start>-<length>.head`, the offset of the first line a sweep has not
- * consumed yet. {@link Journals} appends lines, consumes them, and merges journals when there are too many.
+ * consumed yet. The nodes of a region (one shared folder) each append to their own journals,
+ * `<start>-<length>-<tag>.log`, so that no two processes append to one file; every sweep reads them all.
+ {@link Journals} appends lines, consumes them, and merges journals when there are too many.
  *
  * Appends, the end of a sweep of a journal and the end of a merge take one lock, so that none sees another half
  * done. A crash can leave a torn last line; the next append starts with a newline, and readers skip the line.
@@ -11,8 +13,8 @@ import { isPathNotFound, type FileWriter, type StorageDriver } from '@cascade/re
 import { containsNewline, LINE_BATCH, parseLine, readLines, readTail, statBlob, type JournalLine } from './lines.js';
 import { EXPIRY_DIRECTORY, type ExpiryLogger } from './options.js';
 
-const JOURNAL_NAME = /^(\d+)-(\d+)\.log$/;
-const HEAD_NAME = /^(\d+)-(\d+)\.head$/;
+const JOURNAL_NAME = /^(\d+)-(\d+)(-[A-Za-z0-9]+)?\.log$/;
+const HEAD_NAME = /^(\d+)-(\d+)(-[A-Za-z0-9]+)?\.head$/;
 
 /** One journal: the accesses of `[start, end)`. */
 export interface JournalFile {
@@ -24,8 +26,8 @@ export interface JournalFile {
   readonly headPath: string;
 }
 
-function journalFile(start: number, length: number): JournalFile {
-  const name = `${start}-${length}`;
+function journalFile(start: number, length: number, tag?: string): JournalFile {
+  const name = `${start}-${length}${tag ? `-${tag}` : ''}`;
   return {
     name,
     start,
@@ -45,6 +47,8 @@ export interface JournalsOptions {
   /** Aborted when the index stops: compaction ends early. */
   readonly signal: AbortSignal;
   readonly log: ExpiryLogger | undefined;
+  /** Tags this process's journal files (a node of a region: letters and digits). */
+  readonly tag?: string;
 }
 
 /** The journals on storage (see the module comment). */
@@ -54,6 +58,7 @@ export class Journals {
   readonly #maxFiles: number;
   readonly #signal: AbortSignal;
   readonly #log: ExpiryLogger | undefined;
+  readonly #tag: string | undefined;
   /** Journals whose end this process knows to be at a line boundary (no torn line from a crash). */
   readonly #clean = new Set<string>();
   /** Serializes appends with the final step of a sweep or merge on a file (re-append, head move, delete). */
@@ -65,6 +70,7 @@ export class Journals {
     this.#maxFiles = options.maxFiles;
     this.#signal = options.signal;
     this.#log = options.log;
+    this.#tag = options.tag;
   }
 
   /** Start of the bucket that holds `time`. */
@@ -74,7 +80,7 @@ export class Journals {
 
   /** The journal of the bucket starting at `start` (which need not exist yet). */
   forBucket(start: number): JournalFile {
-    return journalFile(start, this.#bucketMs);
+    return journalFile(start, this.#bucketMs, this.#tag);
   }
 
   /** The journals, oldest first. With `tidy`, deletes head files whose journal is gone (left by a crash). */
@@ -95,14 +101,16 @@ export class Journals {
       if (log) {
         const start = Number(log[1]);
         const length = Number(log[2]);
+        const tag = log[3]?.slice(1);
         if (Number.isSafeInteger(start) && Number.isSafeInteger(length) && length > 0) {
-          files.push(journalFile(start, length));
-          logs.add(`${start}-${length}`);
+          const file = journalFile(start, length, tag);
+          files.push(file);
+          logs.add(file.name);
         }
         continue;
       }
       const head = HEAD_NAME.exec(base);
-      if (head) heads.push(`${head[1]}-${head[2]}`);
+      if (head) heads.push(`${head[1]}-${head[2]}${head[3] ?? ''}`);
     }
     if (tidy) {
       for (const name of heads) {
@@ -191,7 +199,8 @@ export class Journals {
 
   async #merge(a: JournalFile, b: JournalFile): Promise<void> {
     const start = Math.min(a.start, b.start);
-    const merged = journalFile(start, Math.max(a.end, b.end) - start);
+    // In a region a merged journal gets a tag of its own: it must not be (or replace) a journal another node appends to.
+    const merged = journalFile(start, Math.max(a.end, b.end) - start, this.#tag === undefined ? undefined : `${this.#tag}m${Date.now().toString(36)}`);
     const writer = await this.#driver.writer(merged.path);
     try {
       const consumed: number[] = [];

@@ -68,6 +68,26 @@ export interface ExpiryOptions {
    * buckets of a TTL when more). Only matters without a TTL, where journals never expire on their own.
    */
   maxJournalFiles?: number;
+  /** The region this node belongs to (several nodes on one storage folder). */
+  region?: ExpiryRegion;
+}
+
+/**
+ * What the index needs from a region of nodes on one shared storage folder (see `region/coordinator.ts`): each
+ * node journals into its own files, one node at a time sweeps, pins hold region-wide, and the byte total is the
+ * region's.
+ */
+export interface ExpiryRegion {
+  /** Tags this node's journal files (letters and digits). */
+  readonly journalTag: string;
+  /** Runs `sweep` if this node is the region's sweeper now; undefined when it is not (or Redis is away). */
+  exclusiveSweep<T>(intervalMs: number, sweep: () => Promise<T>): Promise<T | undefined>;
+  /** Of `keys` (digests as text), those a node of the region pins; undefined when unknown. */
+  pinned(keys: readonly string[]): Promise<Set<string> | undefined>;
+  addBytes(delta: number): void;
+  setBytes(bytes: number): void;
+  /** The region's byte total; undefined when unknown. */
+  bytes(): Promise<number | undefined>;
 }
 
 /** {@link ExpiryOptions} checked, with every default applied. */
@@ -85,6 +105,7 @@ export interface ExpirySettings {
   readonly reconcileBlobsPerSecond: number;
   readonly reconcileIntervalMs: number;
   readonly maxJournalFiles: number;
+  readonly region: ExpiryRegion | undefined;
 }
 
 /**
@@ -119,5 +140,6 @@ export function resolveOptions(options: ExpiryOptions): ExpirySettings {
     reconcileBlobsPerSecond,
     reconcileIntervalMs: options.reconcileIntervalMs ?? DEFAULT_RECONCILE_INTERVAL_MS,
     maxJournalFiles: Math.max(2, options.maxJournalFiles ?? Math.max(256, 2 * ttlBuckets + 16)),
+    region: options.region,
   };
 }

@@ -28,7 +28,7 @@ export interface SweepResult {
 
 /** What a {@link Sweeper} needs: the settings it reads, and the parts of the index it consults and updates. */
 export interface SweeperOptions {
-  readonly settings: Pick<ExpirySettings, 'driver' | 'ttlMs' | 'maxSizeBytes' | 'now' | 'remove' | 'log'>;
+  readonly settings: Pick<ExpirySettings, 'driver' | 'ttlMs' | 'maxSizeBytes' | 'now' | 'remove' | 'log' | 'region' | 'sweepIntervalMs'>;
   readonly journals: Journals;
   /** Flushed before a sweep; its unsettled accesses protect their blobs. */
   readonly recorder: AccessRecorder;
@@ -67,14 +67,29 @@ export class Sweeper {
     clearInterval(this.#timer);
   }
 
-  /** Sweeps now (see the module comment); concurrent calls share one run. */
+  /**
+   * Sweeps now (see the module comment); concurrent calls share one run. In a region, only when this node is
+   * the region's sweeper for this interval (see `ExpiryRegion.exclusiveSweep`); otherwise nothing is removed.
+   */
   sweep(): Promise<SweepResult> {
     if (this.#running) return this.#running;
-    const run = this.#sweepNow().finally(() => {
+    const region = this.#parts.settings.region;
+    const work = region ? this.#regionSweep(region) : this.#sweepNow();
+    const run = work.finally(() => {
       this.#running = undefined;
     });
     this.#running = run;
     return run;
+  }
+
+  /** A sweep of the region's storage, if this node is the region's sweeper now, with the region's byte total. */
+  async #regionSweep(region: NonNullable<ExpirySettings['region']>): Promise<SweepResult> {
+    const { totals, settings } = this.#parts;
+    // Every node takes the region's total before each sweep interval; a Redis that lost it gets this node's.
+    const bytes = await region.bytes();
+    if (bytes !== undefined) totals.bytes = bytes;
+    else region.setBytes(totals.bytes);
+    return (await region.exclusiveSweep(settings.sweepIntervalMs, () => this.#sweepNow())) ?? { expired: 0, evicted: 0, bytesFreed: 0 };
   }
 
   async #sweepNow(): Promise<SweepResult> {
@@ -139,6 +154,10 @@ export class Sweeper {
       } finally {
         unwatch();
       }
+      // In a region, a blob another node serves or fills is pinned there; when Redis cannot say, every blob is.
+      const region = settings.region;
+      const keys = parsed.flatMap((p) => (p.digest ? [p.key] : []));
+      const regionPins = region ? ((await region.pinned(keys)) ?? new Set(keys)) : undefined;
       const removals: { parsed: ParsedLine; digest: Digest; size: number }[] = [];
       // A blob may have several lines in one batch (a restart journals again); its stat is shared, so only the
       // first may remove it, or its bytes would be counted twice.
@@ -159,6 +178,7 @@ export class Sweeper {
         if (
           (mode === 'expire' && ttlMs !== undefined && time + ttlMs > now) ||
           pins.has(p.key) ||
+          regionPins?.has(p.key) === true ||
           recorder.isUnsettled(p.key) ||
           settled.has(p.key)
         ) {

@@ -19,9 +19,13 @@ export class Totals {
   #walkCursor: string | undefined;
   #walkDelta = 0;
 
+  /** Sees every adjustment, and every total a walk completes (a region keeps its total in Redis). */
+  listener: { adjusted(delta: number): void; walked(bytes: number): void } | undefined;
+
   /** Adds `delta` bytes (negative for a removal) for a blob, never going below 0. */
   adjust(digest: Digest, delta: number): void {
     this.bytes = Math.max(0, this.bytes + delta);
+    this.listener?.adjusted(delta);
     // The running walk has counted (or will count) this blob as it finds it: keep only the deltas it cannot see.
     if (this.#walkCursor !== undefined && paths.blobData(digest) <= this.#walkCursor) this.#walkDelta += delta;
   }
@@ -40,6 +44,7 @@ export class Totals {
   /** The walk completed and counted `bytes`: they become the total, with the adjustments made behind it. */
   completeWalk(bytes: number): void {
     this.bytes = Math.max(0, bytes + this.#walkDelta);
+    this.listener?.walked(this.bytes);
   }
 
   /** The walk is over, completed or not. */
