@@ -4,7 +4,8 @@
  * chained). Every process listens on 127.0.0.1 on a free port, or, given a {@link NetPlace} (scenario 7),
  * in its own network namespace on that namespace's address; every one is tracked by a {@link Fleet},
  * which stops them all at the end and reports the ones that died on their own (a crash is a correctness
- * failure of the benchmark). {@link cpuSeconds} and {@link RssProbe} read what a process costs.
+ * failure of the benchmark). Scenario 8's region puts nginx in front of several nodes as a round-robin
+ * balancer ({@link startNginxBalancer}). {@link cpuSeconds} and {@link RssProbe} read what a process costs.
  */
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -193,6 +194,72 @@ export async function startNginx(fleet: Fleet, dir: string, file: string): Promi
   }
 }
 
+/**
+ * Starts nginx as a round-robin HTTP balancer in front of `nodes` (scenario 8, a region), configured as
+ * deploy/compose/config/region-nginx.conf is for production: bodies streamed (no buffering, no size limit),
+ * keep-alive to the nodes, long timeouts, a failing node skipped.
+ */
+export async function startNginxBalancer(fleet: Fleet, dir: string, nodes: readonly Peer[]): Promise<Peer> {
+  await mkdir(dir, { recursive: true });
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const conf = [
+      ...(process.getuid?.() === 0 ? ['user root;'] : []),
+      'worker_processes auto;',
+      `pid ${join(dir, 'nginx.pid')};`,
+      `error_log ${join(dir, 'error.log')} warn;`,
+      'events { worker_connections 4096; }',
+      'http {',
+      '  access_log off;',
+      ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t}_temp_path ${join(dir, t)};`),
+      '  upstream region_nodes {',
+      ...nodes.map((n) => `    server ${n.host} max_fails=1 fail_timeout=10s;`),
+      '    keepalive 64;',
+      '  }',
+      '  server {',
+      `    listen 127.0.0.1:${port};`,
+      '    client_max_body_size 0;',
+      '    proxy_buffering off;',
+      '    proxy_request_buffering off;',
+      '    proxy_max_temp_file_size 0;',
+      '    proxy_http_version 1.1;',
+      '    proxy_set_header Connection "";',
+      '    proxy_set_header Host $http_host;',
+      '    proxy_connect_timeout 5s;',
+      '    proxy_send_timeout 900s;',
+      '    proxy_read_timeout 900s;',
+      '    location = /ping { return 200; }',
+      '    location / { proxy_pass http://region_nodes; }',
+      '  }',
+      '}',
+      '',
+    ].join('\n');
+    const confPath = join(dir, 'nginx.conf');
+    await writeFile(confPath, conf);
+    const d = daemon('nginx', ['-c', confPath, '-p', dir, '-g', 'daemon off;'], { cwd: dir, keep: ACCESS_LOG_LINES });
+    const url = `http://127.0.0.1:${port}`;
+    try {
+      await waitHttp(`nginx balancer on ${url}`, d, `${url}/ping`);
+    } catch (err) {
+      await d.kill();
+      if (attempt < 3) continue;
+      throw err;
+    }
+    return fleet.add({
+      name: 'nginx-balancer',
+      kind: 'nginx',
+      url,
+      host: `127.0.0.1:${port}`,
+      pid: d.child.pid!,
+      rootdirectory: dir,
+      requests: () => [],
+      tail: (n = 40) => [...d.output, ...safeRead(join(dir, 'error.log')).split('\n')].slice(-n).join('\n'),
+      crashed: () => d.hasExited(),
+      stop: () => d.kill(),
+    });
+  }
+}
+
 function safeRead(path: string): string {
   try {
     return readFileSync(path, 'utf8');
@@ -216,11 +283,13 @@ export interface CascadeCacheOptions {
   options?: Record<string, unknown>;
   /** Run in this network namespace, on its address (scenario 7); on loopback otherwise. */
   net?: NetPlace;
+  /** The storage folder (default `dir/data`); a region's nodes share one. */
+  rootdirectory?: string;
 }
 
 /** Starts `cascade registry cache.yml`: a cache node (downstream middleware) with storage in `dir/data`. */
 export async function startCascadeCache(fleet: Fleet, o: CascadeCacheOptions): Promise<Peer> {
-  const rootdirectory = join(o.dir, 'data');
+  const rootdirectory = o.rootdirectory ?? join(o.dir, 'data');
   await mkdir(rootdirectory, { recursive: true });
   const config = cacheConfig(rootdirectory, {
     origin: o.origin,

@@ -2,7 +2,7 @@
  * The benchmark runner: Cascade's cache node against distribution's proxy mode and nginx, on loopback and
  * (scenario 7) over shaped links between network namespaces.
  *
- *   node test/dist/bench/run.js [--smoke] [--runs N] [--only 1,2,3,4,6,7,profile] [--no-profile]
+ *   node test/dist/bench/run.js [--smoke] [--runs N] [--only 1,2,3,4,6,7,8,profile] [--no-profile]
  *                               [--memory fresh|recycled|both] [--big-mib N] [--shaped-mib N] [--shaped-gbit 1,10]
  *                               [--out DIR] [--work DIR] [--client curl|node] [--keep] [--merge] [--render]
  *
@@ -17,8 +17,9 @@
  * the output folder (benchmarks.json), re-rendering the report; `--render` only re-renders it.
  *
  * Full mode (default, `npm run bench`): 512 MiB blobs, 32 streams, 100 simultaneous requests, a 300-layer
- * image, shaped links at 1 and 10 Gbit/s, 3 runs, a CPU profile of the cache node; writes
- * docs/benchmarks.md, .svg and .json.
+ * image, shaped links at 1 and 10 Gbit/s, a region herd (60 clients, a 256 MiB blob, 3 nodes with Redis
+ * behind nginx; needs the region core of issue 16 and redis-server), 3 runs, a CPU profile of the cache
+ * node; writes docs/benchmarks.md, .svg and .json.
  * Smoke mode (`npm run bench:smoke`, and test/e2e/bench-smoke.test.ts): small sizes, 1 run, every body
  * hashed, results in a temporary folder. Exit code 1 when a correctness problem was found (wrong bytes, a
  * cut transfer, more than one upstream GET per hop for Cascade, a crash), never for speed.
@@ -36,6 +37,7 @@ import { Fleet } from './procs.js';
 import { renderMarkdown, renderSvg, verdicts, type Results } from './report.js';
 import { endRun, FULL, SCENARIOS, setup, SMOKE, startServerEarly, stopServer, type BenchConfig, type Context, type MemoryMode, type Metrics } from './scenarios.js';
 import { SHAPED } from './shaped.js';
+import { REGION } from './region.js';
 import { environment, machineFloors, MiB, type MachineFloors } from './util.js';
 
 const { values } = parseArgs({
@@ -86,7 +88,7 @@ function ensureCurl(smoke: boolean): ClientKind {
   return 'node';
 }
 
-for (const cmd of ['docker-registry', 'nginx', 'skopeo']) {
+for (const cmd of ['docker-registry', 'nginx', 'skopeo', 'redis-server']) {
   try {
     execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
   } catch {
@@ -97,7 +99,7 @@ for (const cmd of ['docker-registry', 'nginx', 'skopeo']) {
 
 const smoke = values.smoke ?? false;
 const only = values.only ? values.only.split(',').map((s) => s.trim()) : undefined;
-const scenarios = new Set(only ? only.filter((s) => /^\d$/.test(s)).map(Number) : [1, 2, 3, 4, 5, 6, 7]);
+const scenarios = new Set(only ? only.filter((s) => /^\d$/.test(s)).map(Number) : [1, 2, 3, 4, 5, 6, 7, 8]);
 const wantProfile = !smoke && !values['no-profile'] && (!only || only.includes('profile'));
 const client: ClientKind = values.client === 'node' ? 'node' : values.client === 'curl' ? 'curl' : ensureCurl(smoke);
 
@@ -165,7 +167,7 @@ try {
   startServerEarly(ctx);
   for (let r = 1; r <= (scenarios.size ? cfg.runs : 0); r++) {
     const m: Metrics = {};
-    for (const s of [...SCENARIOS, SHAPED]) {
+    for (const s of [...SCENARIOS, SHAPED, REGION]) {
       if (!scenarios.has(s.id)) continue;
       log(`run ${r}/${cfg.runs}: scenario ${s.id}, ${s.name}`);
       try {

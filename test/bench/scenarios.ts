@@ -79,7 +79,12 @@ export interface BenchConfig {
   /** Scenario 7: the link speeds, Gbit/s. */
   readonly shapedGbits: readonly number[];
   readonly client: ClientKind;
-  /** Scenarios to run (1..7); 5 is measured during 1 and 3. */
+  /** Scenario 8 (a region): the blob (MiB), the simultaneous clients, the nodes, and how many bodies are hashed (all: every one). */
+  readonly regionMiB: number;
+  readonly regionClients: number;
+  readonly regionNodes: number;
+  readonly regionHashed: number | 'all';
+  /** Scenarios to run (1..8); 5 is measured during 1 and 3. */
   readonly scenarios: ReadonlySet<number>;
 }
 
@@ -118,6 +123,11 @@ export const FULL: Omit<BenchConfig, 'runs' | 'client' | 'scenarios'> = {
   recycleMiB: 2048,
   shapedMiB: 256,
   shapedGbits: [1, 10],
+  regionMiB: 256,
+  regionClients: 60,
+  regionNodes: 3,
+  // 60 bodies of 256 MiB would be 15 GiB of files to hash: every tenth is hashed, every one's size checked.
+  regionHashed: 6,
 };
 
 export const SMOKE: Omit<BenchConfig, 'runs' | 'client' | 'scenarios'> = {
@@ -135,6 +145,10 @@ export const SMOKE: Omit<BenchConfig, 'runs' | 'client' | 'scenarios'> = {
   shapedMiB: 8,
   // One speed: the smoke run checks that shaped chains work, not how fast.
   shapedGbits: [10],
+  regionMiB: 4,
+  regionClients: 12,
+  regionNodes: 3,
+  regionHashed: 'all',
 };
 
 export interface BlobData {
@@ -233,7 +247,7 @@ export async function seedImage(work: string, origin: Peer, layers: number[]): P
  * that fails the run; a peer's (distribution, nginx, the origin measured directly) is a note: the suite
  * tests Cascade, and an occasional 500 from distribution's proxy under load is its own business.
  */
-function problem(ctx: Context, message: string): void {
+export function problem(ctx: Context, message: string): void {
   if (/cascade|^s6/i.test(message.split(':')[0] ?? '')) {
     ctx.problems.push(message);
     console.error(`PROBLEM: ${message}`);
@@ -281,7 +295,7 @@ export function trace(s: string): void {
 }
 
 /** Waits until `peer` has the blob in its storage (distribution's proxy stores in the background). */
-async function waitStored(ctx: Context, peer: Peer, blob: BlobData, timeoutMs = 120_000): Promise<boolean> {
+export async function waitStored(ctx: Context, peer: Peer, blob: BlobData, timeoutMs = 120_000): Promise<boolean> {
   const path = blobDataPath(peer.rootdirectory, blob.digest);
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
@@ -294,7 +308,7 @@ async function waitStored(ctx: Context, peer: Peer, blob: BlobData, timeoutMs = 
 }
 
 /** Waits until every request `peer` answered so far is in its access log (a marker request). */
-async function settle(peer: Peer, timeoutMs = 10_000): Promise<void> {
+export async function settle(peer: Peer, timeoutMs = 10_000): Promise<void> {
   const id = randomUUID();
   await fetchHashed(`${peer.url}/v2/?settle=${id}`, { hash: false, timeoutMs, headers: { connection: 'close' } });
   const deadline = Date.now() + timeoutMs;
@@ -304,7 +318,7 @@ async function settle(peer: Peer, timeoutMs = 10_000): Promise<void> {
   }
 }
 
-const blobRequests = (peer: Peer, digest: string, method: string, since = 0) =>
+export const blobRequests = (peer: Peer, digest: string, method: string, since = 0) =>
   peer.requests().slice(since).filter((r) => r.method === method && r.path.endsWith(`/blobs/${digest}`)).length;
 
 /** A fresh storage folder for this run's nodes. */

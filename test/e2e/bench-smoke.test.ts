@@ -1,7 +1,8 @@
 /**
  * The benchmark suite's smoke run (`node test/dist/bench/run.js --smoke`), so the suite cannot rot: small
  * sizes, one run, every downloaded body hashed. It fails on correctness only (wrong bytes, cut transfers,
- * more than one upstream GET per hop for Cascade, a crashed process, a scenario that could not run),
+ * more than one upstream GET per hop for Cascade, more than one origin GET for a region's herd (scenario 8),
+ * a crashed process, a scenario that could not run),
  * never on speed. The full benchmark (`npm run bench`) is documented in docs/benchmarks.md, not run here.
  */
 import assert from 'node:assert/strict';
@@ -61,6 +62,7 @@ it('the benchmark suite runs end to end at smoke sizes with correct results', { 
     's4.direct.ms', 's4.cascade.coldMs', 's4.cascade.warmMs', 's4.distribution.coldMs',
     's5.conc.cascade.MiB', 's5.burst.cascade.MiB',
     's6.manifest.server.p50Ms', 's6.manifest.origin.p50Ms', 's6.blob.origin.p50Ms',
+    's8.single.p50Ms', 's8.single.p99Ms', 's8.region.p50Ms', 's8.region.p99Ms', 's8.region.wallMs', 's8.region.cpuS', 's8.region.nginx.cpuS',
   ]) {
     assert.ok(Number.isFinite(m[key]) && m[key]! > 0, `${key} = ${m[key]}\n${tail}`);
   }
@@ -69,10 +71,16 @@ it('the benchmark suite runs end to end at smoke sizes with correct results', { 
   assert.equal(m['s3.cascade1.minGetsPerHop'], 1);
   assert.equal(m['s3.cascade3.maxGetsPerHop'], 1);
   assert.equal(m['s3.cascade3.minGetsPerHop'], 1);
+  // A region of nodes on one folder with Redis: one origin GET for the herd, one led fill, every node up.
+  assert.equal(m['s8.region.originGets'], 1);
+  assert.equal(m['s8.single.originGets'], 1);
+  assert.equal(m['s8.region.fills.led'], 1);
+  assert.equal(m['s8.region.redisUp'], 1);
   // The report and the chart were written.
   const md = await readFile(join(out, 'benchmarks.md'), 'utf8');
   assert.match(md, /^# Benchmarks/);
   assert.match(md, /## 6\. The server/);
+  assert.match(md, /## 8\. A region: \d+ clients/);
   const svg = await readFile(join(out, 'benchmarks.svg'), 'utf8');
   assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
   assert.match(svg, /<\/svg>\n$/);

@@ -3,11 +3,15 @@
  * push through the server as the admin and a pull as the user work with skopeo, the user's blobs come
  * from region-b (which filled them through region-a), and SIGTERM stops everything with exit 0. A second
  * run on the same directory reuses its state (same passwords, the image still there). With `--mirror URL`, the
- * stack has a fifth node, a pull-through mirror of that registry, which skopeo pulls an image through.
+ * stack has a fifth node, a pull-through mirror of that registry, which skopeo pulls an image through. With
+ * `--region 3`, region-b is three node processes on one storage folder with a redis-server, behind the
+ * command's balancer: concurrent pulls are served by several nodes, region-a (the region's upstream) sends
+ * each blob once, `cascade doctor` finds Redis and the live nodes, and with one node killed pulls still work.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { hasBlobData, startCascadeOrigin, waitFor } from '../lib/cache.js';
@@ -27,7 +31,8 @@ interface Up {
 async function startUp(dir: string, args: readonly string[] = []): Promise<Up> {
   for (let attempt = 1; ; attempt++) {
     const port = 20_000 + ((await freePort()) % 40_000);
-    const child = spawn(process.execPath, [CASCADE_BIN, 'up', '--dir', dir, '--port', String(port), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Its own process group: a test that fails stops it with every process it started (a region's nodes, Redis).
+    const child = spawn(process.execPath, [CASCADE_BIN, 'up', '--dir', dir, '--port', String(port), ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     const out: string[] = [];
     child.stdout!.setEncoding('utf8').on('data', (d: string) => out.push(d));
     child.stderr!.setEncoding('utf8').on('data', (d: string) => out.push(d));
@@ -43,11 +48,20 @@ async function startUp(dir: string, args: readonly string[] = []): Promise<Up> {
   }
 }
 
+/** SIGKILL to the process group of `cascade up` (the command, and any node or redis-server it started). */
+function killGroup(up: Up): void {
+  try {
+    process.kill(-up.child.pid!, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
+
 test('cascade up: the stack on localhost, a push and a pull through a cache, a clean stop and a restart', { timeout: 120_000 }, async (t) => {
   const { dir, defer } = await testScope(t, 'e2e-up-');
   const state = join(dir, 'stack');
   const up = await startUp(state);
-  defer(() => up.child.kill('SIGKILL'));
+  defer(() => killGroup(up));
   const banner = up.out.join('');
   const creds = JSON.parse(await readFile(join(state, 'credentials.json'), 'utf8')) as { admin: string; user: string };
   const server = `127.0.0.1:${up.port}`;
@@ -102,7 +116,7 @@ test('cascade up: the stack on localhost, a push and a pull through a cache, a c
   assert.equal(await up.exited, 0, 'SIGTERM stops the stack cleanly');
 
   const again = await startUp(state);
-  defer(() => again.child.kill('SIGKILL'));
+  defer(() => killGroup(again));
   assert.ok(again.out.join('').includes(`admin:${creds.admin}`), 'the same passwords on a second run');
   await skopeo(['copy', '--src-creds', `user:${creds.user}`, `docker://127.0.0.1:${again.port}/team/app:v1`, `oci:${join(dir, 'pulled-again')}:v1`]);
   await assertLayoutHolds(join(dir, 'pulled-again'), 'v1', image);
@@ -119,7 +133,7 @@ test('cascade up --mirror: a fifth node, a pull-through mirror of a registry, pu
 
   const state = join(dir, 'stack');
   const up = await startUp(state, ['--mirror', remote.url]);
-  defer(() => up.child.kill('SIGKILL'));
+  defer(() => killGroup(up));
   const mirror = `127.0.0.1:${up.port + 4}`;
   const banner = up.out.join('');
   assert.ok(banner.includes(`mirror    http://${mirror}   pull-through mirror of ${remote.url}`), banner);
@@ -137,4 +151,100 @@ test('cascade up --mirror: a fifth node, a pull-through mirror of a registry, pu
 
   up.child.kill('SIGTERM');
   assert.equal(await up.exited, 0, 'SIGTERM stops the stack, the mirror too');
+});
+
+/** The JSON lines of a node's log in the stack's `logs/` folder. */
+async function logLines(state: string, node: string): Promise<Array<Record<string, unknown>>> {
+  return (await readFile(join(state, 'logs', `${node}.log`), 'utf8')).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+/** How many times `node` answered GET 200 for each blob digest. */
+async function blobGets(state: string, node: string): Promise<Map<string, number>> {
+  const counts = new Map<string, number>();
+  for (const l of await logLines(state, node)) {
+    if (l.msg !== 'request' || l.method !== 'GET' || l.status !== 200 || !/\/blobs\/sha256:/.test(String(l.path))) continue;
+    const digest = String(l.path).split('/blobs/')[1]!;
+    counts.set(digest, (counts.get(digest) ?? 0) + 1);
+  }
+  return counts;
+}
+
+/** The sum of a counter's samples that match `labels` in a Prometheus text exposition. */
+function metricSum(text: string, name: string, labels = ''): number {
+  return text
+    .split('\n')
+    .filter((l) => l.startsWith(`${name}{`) || l.startsWith(`${name} `))
+    .filter((l) => l.includes(labels))
+    .reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+}
+
+/** Whether something accepts TCP connections on 127.0.0.1:`port`. */
+function listening(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    socket.once('connect', () => { socket.destroy(); resolve(true); });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+test('cascade up --region 3: region-b is three nodes on one folder with Redis behind a balancer; one fill per blob; a node killed, pulls still work', { timeout: 180_000 }, async (t) => {
+  const { dir, defer } = await testScope(t, 'e2e-up-region-');
+  const state = join(dir, 'stack');
+  const up = await startUp(state, ['--region', '3']);
+  defer(() => killGroup(up));
+  const banner = up.out.join('');
+  const creds = JSON.parse(await readFile(join(state, 'credentials.json'), 'utf8')) as { admin: string; user: string };
+  const server = `127.0.0.1:${up.port}`;
+  assert.ok(banner.includes(`region-b  http://127.0.0.1:${up.port + 3}   balancer`), banner);
+  const nodes = [...banner.matchAll(/^ {4}(region-b-\d) +(http:\/\/127\.0\.0\.1:(\d+)) +pid (\d+), storage (\S+) \(shared\)$/gm)].map((m) => ({ name: m[1]!, url: m[2]!, port: Number(m[3]), pid: Number(m[4]), storage: m[5]! }));
+  assert.deepEqual(nodes.map((n) => n.name), ['region-b-1', 'region-b-2', 'region-b-3'], banner);
+  assert.deepEqual(nodes.map((n) => n.port), [up.port + 5, up.port + 6, up.port + 7]);
+  assert.equal(new Set(nodes.map((n) => n.storage)).size, 1, 'one storage folder');
+  const redisPort = Number(/redis {7}redis:\/\/127\.0\.0\.1:(\d+)/.exec(banner)?.[1]);
+  assert.equal(redisPort, up.port + 8, banner);
+
+  // Three users' pulls at once: each skopeo has connections of its own, which the balancer spreads.
+  const image = await makeOciImage(join(dir, 'src'), { layers: [4 << 20, 1 << 20], tag: 'v1', seed: 'cascade-up-region' });
+  await skopeo(['copy', '--dest-creds', `admin:${creds.admin}`, image.ref, `docker://${server}/team/app:v1`]);
+  await Promise.all([1, 2, 3].map((i) => skopeo(['copy', '--src-creds', `user:${creds.user}`, `docker://${server}/team/app:v1`, `oci:${join(dir, `pulled-${i}`)}:v1`])));
+  for (const i of [1, 2, 3]) await assertLayoutHolds(join(dir, `pulled-${i}`), 'v1', image);
+
+  const blobDigests = image.blobs.map((b) => b.digest).filter((d) => d !== image.digest);
+  const servedBy = await Promise.all(nodes.map((n) => blobGets(state, n.name)));
+  assert.ok(servedBy.filter((m) => m.size > 0).length >= 2, `several nodes served blobs: ${servedBy.map((m) => m.size).join(', ')}`);
+  // One fill per blob for the whole region: its upstream, region-a, sent each blob once.
+  const fromA = await blobGets(state, 'region-a');
+  for (const d of blobDigests) assert.equal(fromA.get(d), 1, `region-a sent ${d} once to the region (${JSON.stringify([...fromA])})`);
+  // Each blob is once in the shared folder, and the nodes' metrics count one led fill per blob.
+  for (const d of blobDigests) {
+    const hex = d.slice('sha256:'.length);
+    assert.equal((await stat(join(nodes[0]!.storage, 'docker/registry/v2/blobs/sha256', hex.slice(0, 2), hex, 'data'))).size, image.blobs.find((b) => b.digest === d)!.size);
+  }
+  const metrics = await Promise.all(nodes.map(async (n) => (await fetch(`${n.url}/metrics`)).text()));
+  assert.equal(metrics.reduce((sum, text) => sum + metricSum(text, 'cascade_region_fills_total', 'role="led"'), 0), blobDigests.length, 'one led fill per blob in the region');
+  for (const text of metrics) assert.equal(metricSum(text, 'cascade_region_redis_up'), 1);
+
+  // cascade doctor on a node's config: Redis answers and the region's nodes are live.
+  const doctor = await run(process.execPath, [CASCADE_BIN, 'doctor', join(state, 'region-b-1', 'config.yml')], { allowFailure: true, env: { ...process.env, NO_COLOR: '1' } });
+  assert.equal(doctor.code, 0, doctor.stdout + doctor.stderr);
+  assert.match(doctor.stdout, new RegExp(`^ok {4}region redis://127\\.0\\.0\\.1:${redisPort}: answers PING`, 'm'), doctor.stdout);
+  assert.match(doctor.stdout, /^ok {4}region redis:\S+: 3 live nodes/m, doctor.stdout);
+
+  // A node dies (SIGKILL, as a crash): the balancer skips it, and a new image is pulled through the region.
+  process.kill(nodes[1]!.pid, 'SIGKILL');
+  const second = await makeOciImage(join(dir, 'src2'), { layers: [2 << 20, 300_000], tag: 'v2', seed: 'cascade-up-region-2' });
+  await skopeo(['copy', '--dest-creds', `admin:${creds.admin}`, second.ref, `docker://${server}/team/app:v2`]);
+  await Promise.all([1, 2].map((i) => skopeo(['copy', '--src-creds', `user:${creds.user}`, `docker://${server}/team/app:v2`, `oci:${join(dir, `pulled-v2-${i}`)}:v2`])));
+  for (const i of [1, 2]) await assertLayoutHolds(join(dir, `pulled-v2-${i}`), 'v2', second);
+  const fromA2 = await blobGets(state, 'region-a');
+  for (const d of second.blobs.map((b) => b.digest).filter((d) => d !== second.digest)) assert.equal(fromA2.get(d), 1, `region-a sent ${d} once`);
+  assert.ok((await logLines(state, 'region-b')).some((l) => /region-b-2 exited \(signal SIGKILL\)/.test(String(l.msg))), 'the exit is logged');
+
+  // SIGTERM stops the stack: the nodes and Redis too.
+  up.child.kill('SIGTERM');
+  assert.equal(await up.exited, 0);
+  for (const n of nodes) assert.throws(() => process.kill(n.pid, 0), { code: 'ESRCH' }, `${n.name} is stopped`);
+  assert.equal(await listening(redisPort), false, 'redis-server is stopped');
+  const logs = (await Promise.all(['server', 'region-a', ...nodes.map((n) => n.name)].map((n) => readFile(join(state, 'logs', `${n}.log`), 'utf8')))).join('\n');
+  assert.ok(!logs.includes(creds.admin) && !logs.includes(creds.user), 'no password in the logs');
 });

@@ -4,8 +4,12 @@
  * validators, the compose services and the Kubernetes objects fit together, and the Dockerfile runs a
  * non-root user and an entrypoint that exists. The certificates the configs name are made with the
  * `cascade certs` commands of deploy/README.md, so the CA checks of the downstream middleware run for real.
+ * The region (compose.region.yml, k8s/region.yml): three nodes on one shared volume with Redis behind one
+ * balancer; the nodes' config loads with `loadNodeConfig` (`region.redis`, overridden by
+ * `CASCADE_REGION_REDIS`), and nginx itself checks the balancer's config (`nginx -t`).
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -14,7 +18,7 @@ import { dirname, join, relative } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import YAML from 'yaml';
 import { ConfigError, loadConfig, parseConfig, type LoadConfigOptions } from '@cascade/registry-core';
-import { DOWNSTREAM, parseDownstreamOptions, validateDownstreamOptions } from '@cascade/downstream';
+import { DOWNSTREAM, loadNodeConfig, parseDownstreamOptions, validateDownstreamOptions } from '@cascade/downstream';
 import { runCerts } from '../src/commands/certs.js';
 import { loadServerConfig } from '@cascade/server';
 
@@ -270,8 +274,8 @@ describe('deploy/compose', () => {
   });
 });
 
-/** A Kubernetes manifest of deploy/k8s: its documents, and the Deployment's pod, container, mounts and volumes. */
-function k8sManifest(file: string) {
+/** A Kubernetes manifest of deploy/k8s: its documents, and the Deployment's (the one named `deploymentName`, given several) pod, container, mounts and volumes. */
+function k8sManifest(file: string, deploymentName?: string) {
   const docs = YAML.parseAllDocuments(readFileSync(join(DEPLOY, 'k8s', file), 'utf8')).map((d, i) => obj((d as YAML.Document).toJS(), `document ${i + 1}`));
   /** The one document of `kind` (and `name`, when given). */
   const named = (kind: string, name?: string): Obj => {
@@ -279,7 +283,7 @@ function k8sManifest(file: string) {
     assert.equal(found.length, 1, `one ${kind} ${name ?? ''}`);
     return found[0] as Obj;
   };
-  const deployment = named('Deployment');
+  const deployment = named('Deployment', deploymentName);
   const pod = obj(obj(obj(deployment['spec'], 'spec')['template'], 'template')['spec'], 'pod spec');
   const container = obj(list(pod['containers'], 'containers')[0], 'container');
   const mounts = new Map(list(container['volumeMounts'], 'volumeMounts').map((m) => [String(obj(m, 'mount')['mountPath']), obj(m, 'mount')]));
@@ -426,6 +430,145 @@ describe('deploy/k8s/server.yml', () => {
     assert.equal(security['readOnlyRootFilesystem'], true);
     assert.ok(mounts.has('/tmp'), 'a writable /tmp');
     assertServiceTargets(manifest);
+  });
+});
+
+describe('deploy/compose/compose.region.yml', () => {
+  const compose = obj(YAML.parse(readFileSync(join(COMPOSE, 'compose.yml'), 'utf8')), 'compose.yml');
+  const region = obj(YAML.parse(readFileSync(join(COMPOSE, 'compose.region.yml'), 'utf8')), 'compose.region.yml');
+  const services = obj(region['services'], 'services');
+  const nodes = ['region-1', 'region-2', 'region-3'];
+  const service = (name: string) => obj(services[name], name);
+  const volumesOf = (name: string) => list(service(name)['volumes'], `${name}.volumes`).map(String);
+  const configFile = join(COMPOSE, 'config', 'region.yml');
+  const nginxFile = join(COMPOSE, 'config', 'region-nginx.conf');
+  const redisEnv = 'redis://:${CASCADE_REDIS_PASSWORD}@redis:6379/0';
+
+  it('adds redis, three nodes on one named volume with the same config, and a balancer; no name clashes with compose.yml', () => {
+    assert.deepEqual(Object.keys(services).sort(), ['redis', 'region', 'region-1', 'region-2', 'region-3']);
+    for (const name of Object.keys(services)) assert.ok(!(name in obj(compose['services'], 'services')), `${name} is new`);
+    for (const name of nodes) {
+      assert.deepEqual(service(name)['command'], ['registry', '/etc/cascade/config.yml']);
+      assert.deepEqual(volumesOf(name), volumesOf('region-1'), `${name} mounts what region-1 mounts`);
+      assert.deepEqual(service(name)['environment'], { CASCADE_REGION_REDIS: redisEnv });
+      assert.deepEqual(list(service(name)['depends_on'], 'depends_on').sort(), ['redis', 'server']);
+      assert.equal(service(name)['ports'], undefined, `${name}: reached through the balancer only`);
+    }
+    assert.ok(volumesOf('region-1').includes('region-data:/var/lib/cascade'), 'the shared volume');
+    assert.ok(volumesOf('region-1').includes('./config/region.yml:/etc/cascade/config.yml:ro'));
+    assert.ok('region-data' in obj(region['volumes'], 'volumes'));
+    const redisCommand = list(service('redis')['command'], 'redis.command').map(String);
+    assert.equal(redisCommand[redisCommand.indexOf('--requirepass') + 1], '${CASCADE_REDIS_PASSWORD:?set CASCADE_REDIS_PASSWORD in deploy/compose/.env}');
+    assert.equal(service('redis')['ports'], undefined, 'Redis is not published');
+    for (const v of [...volumesOf('region'), ...volumesOf('region-1')]) {
+      const source = v.split(':')[0]!;
+      if (source.startsWith('./') && !source.startsWith('./certs/')) assert.ok(existsSync(join(COMPOSE, source)), `${source} exists`);
+    }
+  });
+
+  it("the nodes' config loads with loadNodeConfig: a region cache with auth: grant, CASCADE_REGION_REDIS overriding region.redis", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cascade-deploy-region-'));
+    try {
+      assert.equal(await quietly(() => runCerts(['ca', '--out', dir])), 0);
+      const file = join(dir, 'region.yml');
+      await writeFile(file, readFileSync(configFile, 'utf8').replaceAll('/etc/cascade/certs/', `${dir}/`));
+      const fromFile = loadNodeConfig(file, {});
+      assert.deepEqual(fromFile.warnings, []);
+      const options = fromFile.cache as (typeof fromFile.cache & { region?: { redis: string } }) | undefined;
+      assert.equal(options?.auth, 'grant');
+      assert.equal(options?.name, 'region-c');
+      assert.equal(options?.originhost, 'https://server:8443');
+      assert.equal(options?.region?.redis, 'redis://redis:6379/0');
+      assert.equal(fromFile.config.storage.filesystem?.rootdirectory, '/var/lib/cascade/registry');
+      const url = redisEnv.replace('${CASCADE_REDIS_PASSWORD}', 'pw');
+      const fromEnv = loadNodeConfig(file, { CASCADE_REGION_REDIS: url }).cache as { region?: { redis: string } } | undefined;
+      assert.equal(fromEnv?.region?.redis, url);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the balancer: nginx accepts its config, round-robin over the three nodes on their port, bodies streamed, TLS on the published port', async () => {
+    const conf = readFileSync(nginxFile, 'utf8');
+    const addr = String(obj(YAML.parse(readFileSync(configFile, 'utf8')), 'region.yml')['http'] && obj(obj(YAML.parse(readFileSync(configFile, 'utf8')), 'region.yml')['http'], 'http')['addr']);
+    const upstreams = [...conf.matchAll(/^\s*server (region-\d):(\d+)/gm)].map((m) => `${m[1]}:${m[2]}`);
+    assert.deepEqual(upstreams, nodes.map((n) => `${n}:${portOf(addr)}`));
+    assert.doesNotMatch(conf, /\b(ip_hash|hash|least_conn|random)\b/, 'round-robin, the default');
+    for (const directive of [/proxy_buffering off;/, /proxy_request_buffering off;/, /client_max_body_size 0;/, /proxy_read_timeout 900s;/, /proxy_send_timeout 900s;/, /proxy_http_version 1\.1;/]) assert.match(conf, directive);
+    const listen = Number(/listen (\d+) ssl;/.exec(conf)?.[1]);
+    assert.deepEqual(service('region')['ports'], [`${listen}:${listen}`]);
+    const certFiles = [...conf.matchAll(/ssl_certificate(?:_key)? (\S+);/g)].map((m) => m[1]!);
+    for (const f of certFiles) assert.ok(volumesOf('region').some((v) => v.endsWith(`:${f}:ro`) && v.startsWith('./certs/region')), `${f} is mounted from the README's region certificate`);
+    // nginx itself checks the file, with the nodes' names and the certificate paths made local.
+    const dir = await mkdtemp(join(tmpdir(), 'cascade-deploy-nginx-'));
+    try {
+      assert.equal(await quietly(() => runCerts(['ca', '--out', dir])), 0);
+      assert.equal(await quietly(() => runCerts(['server', '--ca', dir, '--out', dir, '--name', 'region', '--san', 'region,localhost'])), 0);
+      const local = join(dir, 'nginx.conf');
+      await writeFile(local, conf.replace(/server region-\d:/g, 'server 127.0.0.1:').replaceAll('/etc/nginx/certs/', `${dir}/`));
+      const out = execFileSync('nginx', ['-t', '-p', dir, '-c', local, '-g', `pid ${join(dir, 'nginx.pid')}; error_log ${join(dir, 'error.log')};`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+      assert.equal(typeof out, 'string');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the README registers the region at the server as one cache: its name, at the balancer', () => {
+    const readme = readFileSync(join(DEPLOY, 'README.md'), 'utf8');
+    const listen = Number(/listen (\d+) ssl;/.exec(readFileSync(nginxFile, 'utf8'))?.[1]);
+    assert.ok(readme.includes(`{"name": "region-c", "host": "https://region:${listen}"}`), 'registered at the balancer');
+    assert.match(readme, /npx cascade certs server .*--name region --san region,/);
+    assert.match(readme, /CASCADE_REDIS_PASSWORD=/);
+  });
+});
+
+describe('deploy/k8s/region.yml', () => {
+  const manifest = k8sManifest('region.yml', 'cascade-region');
+  const { docs, named, deployment, container, mounts, volumes } = manifest;
+
+  it('has the namespace, ConfigMap, Secrets, a ReadWriteMany claim, the nodes, their Service and Redis', () => {
+    assert.deepEqual(docs.map((d) => d['kind']), ['Namespace', 'ConfigMap', 'Secret', 'Secret', 'PersistentVolumeClaim', 'Deployment', 'Service', 'Deployment', 'Service']);
+    const ns = String(obj(named('Namespace')['metadata'], 'metadata')['name']);
+    for (const d of docs.slice(1)) assert.equal(obj(d['metadata'], 'metadata')['namespace'], ns, String(d['kind']));
+    assert.deepEqual(obj(named('PersistentVolumeClaim')['spec'], 'pvc spec')['accessModes'], ['ReadWriteMany']);
+    assert.equal(obj(deployment['spec'], 'spec')['replicas'], 3);
+    assert.equal(obj(obj(volumes.get(String(mounts.get('/var/lib/cascade')?.['name'])), 'v')['persistentVolumeClaim'], 'pvc')['claimName'], 'cascade-region-data');
+  });
+
+  it("the ConfigMap's config.yml loads with loadNodeConfig; each replica gets CASCADE_REGION_REDIS with the password, pointing at the Redis Service", async () => {
+    const text = String(obj(named('ConfigMap')['data'], 'data')['config.yml']);
+    const env = list(container['env'], 'env').map((e) => obj(e, 'env'));
+    const password = env.findIndex((e) => e['name'] === 'REDIS_PASSWORD');
+    const url = env.findIndex((e) => e['name'] === 'CASCADE_REGION_REDIS');
+    assert.ok(password >= 0 && password < url, 'REDIS_PASSWORD is defined before the URL that uses it');
+    assert.deepEqual(obj(obj(env[password]!['valueFrom'], 'valueFrom')['secretKeyRef'], 'ref'), { name: 'cascade-redis', key: 'password' });
+    const redisService = named('Service', 'cascade-redis');
+    const redisPort = obj(list(obj(redisService['spec'], 'spec')['ports'], 'ports')[0], 'port')['port'];
+    assert.equal(env[url]!['value'], `redis://:$(REDIS_PASSWORD)@cascade-redis:${redisPort}/0`);
+    assert.doesNotMatch(text, /redis:\/\/[^\s]*@/, 'no password in the ConfigMap');
+    const dir = await mkdtemp(join(tmpdir(), 'cascade-k8s-region-'));
+    try {
+      assert.equal(await quietly(() => runCerts(['ca', '--out', dir])), 0);
+      await writeFile(join(dir, 'ca.crt'), readFileSync(join(dir, 'ca.pem')));
+      const file = join(dir, 'config.yml');
+      await writeFile(file, text.replaceAll('/etc/cascade/tls/', `${dir}/`));
+      const node = loadNodeConfig(file, {});
+      assert.deepEqual(node.warnings, []);
+      assert.equal((node.cache as { region?: { redis: string } } | undefined)?.region?.redis, 'redis://cascade-redis:6379/0');
+      assert.equal(obj(list(container['ports'], 'ports')[0], 'port')['containerPort'], portOf(node.config.http.addr));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('probes /health and /ready, runs as non-root, and the Services select their pods', () => {
+    assertProbes(manifest);
+    assertServiceTargets({ ...manifest, named: (kind: string, name?: string) => manifest.named(kind, name ?? (kind === 'Service' ? 'cascade-region' : undefined)) });
+    const redis = k8sManifest('region.yml', 'cascade-redis');
+    const redisArgs = list(redis.container['args'], 'args').map(String);
+    assert.equal(redisArgs[redisArgs.indexOf('--requirepass') + 1], '$(REDIS_PASSWORD)');
+    assertServiceTargets({ ...redis, named: (kind: string, name?: string) => redis.named(kind, name ?? (kind === 'Service' ? 'cascade-redis' : undefined)) });
+    assert.equal(obj(redis.pod['securityContext'], 'securityContext')['runAsNonRoot'], true);
   });
 });
 

@@ -3,9 +3,10 @@
  * (https servers on 127.0.0.1 with certificates made by `cascade certs`' functions) and named with its fix:
  * a wrong CA, an expired certificate, a name mismatch, a dead upstream, a wrong key set; a good setup exits 0.
  * The real command is spawned for the exit codes, and every `cascade doctor` command of docs/doctor.md is run.
+ * A node of a region is checked against a real redis-server (with a password, never printed): up, then down.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -17,7 +18,7 @@ import Database from 'better-sqlite3';
 import { GrantKeyStore, publicJwk } from '@cascade/downstream';
 import { freePort, startFakeRegistry, type FakeRegistry } from '@cascade/testkit';
 import { createCa, createServerCert, parseSans, type CertAndKey } from '../src/commands/certs.js';
-import { checkDirectory, formatResult, inspectJwks, runChecks, runDoctor, type CheckResult } from '../src/commands/doctor.js';
+import { checkDirectory, formatResult, inspectJwks, runChecks, runDoctor, shownRedisUrl, type CheckResult } from '../src/commands/doctor.js';
 import { MIGRATIONS, SqliteStateRepository } from '@cascade/server';
 
 const ROOT = new URL('../../../../', import.meta.url);
@@ -424,5 +425,94 @@ proxy:
       assert.equal(r.code, 0, `cascade ${args.join(' ')}:\n${r.stdout}${r.stderr}`);
       assert.match(r.stdout.trimEnd(), /: all good$/);
     }
+  });
+});
+
+/** A redis-server on a free port of 127.0.0.1 with `password`, its data in `dir`; stop() ends it. */
+async function startRedis(dir: string, password: string): Promise<{ port: number; stop(): Promise<void> }> {
+  const port = await freePort();
+  await mkdir(dir, { recursive: true });
+  const child = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(port), '--dir', dir, '--save', '', '--appendonly', 'no', '--requirepass', password], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const deadline = Date.now() + 10_000;
+  while (!output.includes('Ready to accept connections')) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server did not start:\n${output}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    port,
+    async stop() {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+describe('cascade doctor: a node of a region', () => {
+  it('shows Redis URLs with their credentials masked', () => {
+    assert.equal(shownRedisUrl('redis://:s3cret-pw@redis.example.com:6379/0'), 'redis://:***@redis.example.com:6379/0');
+    assert.equal(shownRedisUrl('rediss://cascade:s3cret-pw@redis.example.com:6380'), 'rediss://cascade:***@redis.example.com:6380');
+    assert.equal(shownRedisUrl('redis://s3cret-pw@redis.example.com'), 'redis://***@redis.example.com');
+    assert.equal(shownRedisUrl('redis://redis:6379'), 'redis://redis:6379');
+  });
+
+  it('Redis answering: ok with the live nodes; Redis down: a failed, degraded check with the fix; the password never shown', { timeout: 60_000 }, async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), 'cascade-doctor-region-'));
+    const cleanup: Array<() => Promise<unknown>> = [() => rm(dir, { recursive: true, force: true })];
+    t.after(async () => {
+      for (const step of cleanup.reverse()) await step();
+    });
+    const password = `pw-${Date.now().toString(36)}-secret`;
+    const redis = await startRedis(join(dir, 'redis'), password);
+    cleanup.push(() => redis.stop());
+    const origin = await startFakeRegistry();
+    cleanup.push(() => origin.stop());
+    const redisUrl = `redis://:${password}@127.0.0.1:${redis.port}`;
+    const config = (redisInFile: string) => `version: 0.1
+storage:
+  filesystem:
+    rootdirectory: ${join(dir, 'shared')}
+http:
+  addr: 127.0.0.1:0
+middleware:
+  registry:
+    - name: downstream
+      options:
+        originhost: ${origin.url}
+        region:
+          redis: ${redisInFile}
+`;
+    const file = join(dir, 'cache.yml');
+    await writeFile(file, config(redisUrl));
+    const all = (results: readonly CheckResult[]) => results.map((r) => formatResult(r)).join('\n');
+
+    let results = await diagnose(file);
+    assert.ok(!all(results).includes(password), all(results));
+    find(results, 'ok', new RegExp(`^ok {4}region redis://:\\*\\*\\*@127\\.0\\.0\\.1:${redis.port}: answers PING`));
+    // No node runs here: none is registered in Redis.
+    find(results, 'warn', /region .*: no live node of the region is registered in Redis/);
+    find(results, 'ok', /storage .*shared: writable/);
+    assert.ok(!results.some((r) => r.status === 'FAIL'), all(results));
+
+    // CASCADE_REGION_REDIS overrides the file's URL (here a dead one).
+    await writeFile(file, config(`redis://127.0.0.1:${await freePort()}`));
+    results = [];
+    for await (const r of runChecks(file, { timeoutMs: 10_000, env: { CASCADE_REGION_REDIS: redisUrl } })) results.push(r);
+    find(results, 'ok', /region redis:.*: answers PING/);
+
+    // Redis down: the node is degraded, and the real command says so and exits 1.
+    await writeFile(file, config(redisUrl));
+    await redis.stop();
+    results = await diagnose(file);
+    const line = find(results, 'FAIL', /region redis:\/\/:\*\*\*@127\.0\.0\.1:\d+: degraded: Redis does not answer/);
+    assert.match(line, /each node fills on its own/);
+    assert.match(line, /fix: start Redis/);
+    assert.ok(!all(results).includes(password), all(results));
+    const run = await cascade(['doctor', '--timeout', '2', file], dir);
+    assert.equal(run.code, 1, run.stdout + run.stderr);
+    assert.match(run.stdout, /degraded: Redis does not answer/);
+    assert.ok(!(run.stdout + run.stderr).includes(password), 'the password is never printed');
   });
 });

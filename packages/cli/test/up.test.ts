@@ -1,8 +1,11 @@
 /**
- * `cascade up` in-process: its arguments, its banner, and a stack started with a mirror (`--mirror URL`) that
- * pulls an image of a fake remote through the mirror node, next to the unchanged four-node stack.
+ * `cascade up` in-process: its arguments, its banner, a stack started with a mirror (`--mirror URL`) that
+ * pulls an image of a fake remote through the mirror node, next to the unchanged four-node stack, and the
+ * balancer of `--region N` (round-robin over real HTTP servers, a dead node skipped, a large body intact).
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -11,6 +14,7 @@ import { pino } from 'pino';
 import { parseNodeConfig } from '@cascade/downstream';
 import { freePort, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, sha256, startFakeRegistry } from '@cascade/testkit';
 import { banner, parseUpArgs, startStack, UpUsageError, type RunningStack } from '../src/commands/up.js';
+import { startBalancer } from '../src/commands/balancer.js';
 
 describe('cascade up arguments', () => {
   it('keeps its defaults: ./cascade-up, port 5000, no mirror', () => {
@@ -34,9 +38,30 @@ describe('cascade up arguments', () => {
     assert.throws(() => parseUpArgs(['--port', '65533']), /from 1 to 65532 \(four consecutive ports are used\)/);
     assert.throws(() => parseUpArgs(['--port', '65532', '--mirror', 'https://r.example']), /from 1 to 65531 \(five consecutive ports are used\)/);
   });
+
+  it('takes --region N (2 to 9 nodes), which uses PORT to PORT+5+N', () => {
+    assert.equal((parseUpArgs(['--region', '3']) as { region?: number }).region, 3);
+    assert.equal((parseUpArgs([]) as { region?: number }).region, undefined);
+    for (const value of ['1', '10', 'three', '2.5', '']) {
+      assert.throws(() => parseUpArgs(['--region', value]), (e: unknown) => e instanceof UpUsageError && /--region expects a number of nodes from 2 to 9/.test(e.message));
+    }
+    assert.equal((parseUpArgs(['--port', '65527', '--region', '3']) as { port: number }).port, 65527);
+    assert.throws(() => parseUpArgs(['--port', '65528', '--region', '3']), /from 1 to 65527 \(9 consecutive ports are used\)/);
+  });
 });
 
 describe('cascade up banner', () => {
+  it("lists a region's nodes, its Redis and the nodes' configs", () => {
+    const nodes = [1, 2, 3].map((i) => ({ name: `region-b-${i}`, url: `http://127.0.0.1:${5004 + i}`, pid: 100 + i }));
+    const text = banner({ ...stack(), region: { nodes, redis: 'redis://127.0.0.1:5008' } });
+    assert.match(text, /region-b {2}http:\/\/127\.0\.0\.1:5003 {3}balancer \(round-robin, local use only\) of a region of 3 cache nodes/);
+    for (const n of nodes) assert.ok(text.includes(`${n.name.padEnd(12)}${n.url}   pid ${n.pid}, storage /tmp/up/region-b/data (shared)`), text);
+    assert.match(text, /redis {7}redis:\/\/127\.0\.0\.1:5008/);
+    assert.match(text, /region-b-1\/config\.yml, region-b-2\/config\.yml, region-b-3\/config\.yml/);
+    assert.match(text, /curl http:\/\/127\.0\.0\.1:5005\/metrics/);
+    assert.ok(!banner(stack()).includes('redis'));
+  });
+
   const stack = (mirror?: string): RunningStack => ({
     dir: '/tmp/up',
     urls: { server: 'http://127.0.0.1:5000', origin: 'http://127.0.0.1:5001', regionA: 'http://127.0.0.1:5002', regionB: 'http://127.0.0.1:5003', ...(mirror ? { mirror } : {}) },
@@ -116,5 +141,65 @@ describe('cascade up --mirror', () => {
     assert.equal(parseNodeConfig(await readFile(file, 'utf8'), file, {}).mirror?.defaultRemote?.url, remote.url);
     // The rest of the stack is as without a mirror: the server asks for credentials.
     assert.equal((await fetch(`${stack.urls.server}/v2/`)).status, 401);
+  });
+});
+
+/** An HTTP server on a free port that answers `id`, or a body of `size` deterministic bytes at /big. */
+async function node(id: string, big: Buffer): Promise<{ server: Server; port: number }> {
+  const server = createServer((req, res) => {
+    if (req.url === '/big') {
+      res.setHeader('content-length', big.length);
+      res.end(big);
+    } else res.end(id);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, port: (server.address() as { port: number }).port };
+}
+
+describe('cascade up --region: the balancer', () => {
+  it('spreads connections round-robin, skips a node that is down, and passes large bodies intact', { timeout: 60_000 }, async (t) => {
+    const big = Buffer.alloc(48 << 20);
+    for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
+    const nodes = await Promise.all(['n1', 'n2', 'n3'].map((id) => node(id, big)));
+    t.after(() => Promise.all(nodes.map((n) => new Promise((r) => n.server.close(r)))));
+    const events: string[] = [];
+    const port = await freePort();
+    const balancer = await startBalancer({ host: '127.0.0.1', port, backends: nodes.map((n) => ({ host: '127.0.0.1', port: n.port })), deadMs: 60_000, onEvent: (m) => events.push(m) });
+    t.after(() => balancer.close());
+    // A new connection per request (Connection: close), so each is balanced.
+    const ask = async () => (await (await fetch(`${balancer.url}/`, { headers: { connection: 'close' } })).text());
+    const answers: string[] = [];
+    for (let i = 0; i < 6; i++) answers.push(await ask());
+    assert.deepEqual(answers, ['n1', 'n2', 'n3', 'n1', 'n2', 'n3']);
+    assert.deepEqual(balancer.connections(), [2, 2, 2]);
+
+    // A large body, read slowly at first, arrives intact (the pipes pause the node while the client lags).
+    const res = await fetch(`${balancer.url}/big`, { headers: { connection: 'close' } });
+    const reader = res.body!.getReader();
+    const hash = createHash('sha256');
+    let bytes = 0;
+    for (let chunks = 0; ; chunks++) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      hash.update(value);
+      bytes += value.length;
+      if (chunks < 20) await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.equal(bytes, big.length);
+    assert.equal(hash.digest('hex'), createHash('sha256').update(big).digest('hex'));
+
+    // n2 goes down: every request is still answered, by n1 and n3, and n2 is left out after one refusal.
+    await new Promise((r) => nodes[1]!.server.close(r));
+    nodes[1]!.server.closeAllConnections();
+    const after: string[] = [];
+    for (let i = 0; i < 6; i++) after.push(await ask());
+    assert.ok(!after.includes('n2'), after.join(','));
+    assert.deepEqual([...new Set(after)].sort(), ['n1', 'n3']);
+    assert.equal(events.filter((e) => e.includes(`127.0.0.1:${nodes[1]!.port} skipped: ECONNREFUSED`)).length, 1, events.join('\n'));
+
+    // Every node down: the client's connection is closed, and the balancer keeps running.
+    await Promise.all([0, 2].map((i) => new Promise((r) => { nodes[i]!.server.close(r); nodes[i]!.server.closeAllConnections(); })));
+    await assert.rejects(ask());
+    assert.ok(events.some((e) => /no node of 3 accepted a connection/.test(e)), events.join('\n'));
   });
 });

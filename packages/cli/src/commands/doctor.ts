@@ -11,8 +11,10 @@
  *   TCP (latency), TLS with the configured CAs added to Node's roots (as the cache does) and the host as
  *   server name, `GET /v2/` (200 or 401: a registry), and for `auth: grant` caches `GET /api/v0/keys` (a
  *   JWKS with at least one ES256 key);
+ * - a node of a region (`region.redis`, or `CASCADE_REGION_REDIS`): Redis answers PING (else the node runs
+ *   degraded), and the region's live nodes; the Redis URL is shown with its password masked;
  * - the storage `rootdirectory`: exists (or can be created), is writable, has free space (a warning under
- *   1 GiB, or under `maxsize`).
+ *   1 GiB, or under `maxsize`); a region's nodes all write there.
  *
  * The exit code is 0 when no check failed (warnings do not fail), 1 when one did, 64 for a wrong command line.
  */
@@ -25,6 +27,8 @@ import { dirname, join, resolve } from 'node:path';
 import { connect as tlsConnect, rootCertificates, type PeerCertificate, type TLSSocket } from 'node:tls';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError, loadSendfile, RegistryError, type RegistryConfig } from '@cascade/registry-core';
+import { redactDatabaseUrl } from '@cascade/server';
+import * as downstreamApi from '@cascade/downstream';
 import {
   BodyTooLargeError,
   CaError,
@@ -40,6 +44,18 @@ import {
   type MirrorOptions,
   type NodeConfig,
 } from '@cascade/downstream';
+
+/** What `checkRegion` of `@cascade/downstream` answers: Redis's PING (with a timeout) and the region's live nodes. */
+export type RegionCheck = (redisUrl: string, opts: { timeoutMs: number }) => Promise<{ ok: boolean; detail: string; nodes?: string[] }>;
+
+/**
+ * `checkRegion` of `@cascade/downstream`, which comes with the region core (issue 16).
+ * TODO(region merge): replace with `import { checkRegion } from '@cascade/downstream'` in the import above.
+ */
+const checkRegion = (downstreamApi as unknown as { checkRegion?: RegionCheck }).checkRegion;
+
+/** The `region` option of a cache node (issue 16): the Redis its nodes coordinate through. */
+type RegionOption = { readonly redis: string };
 
 /** The outcome of one check. `skip`: not run because an earlier check of the same host failed. */
 export type CheckStatus = 'ok' | 'warn' | 'FAIL' | 'skip';
@@ -254,8 +270,71 @@ export async function* runChecks(file: string, options: DoctorOptions = {}): Asy
   const checks = targets.map((t) => checkUpstream(t));
   for (const check of checks) yield* await check;
 
+  const region = (plan.downstream?.options as (DownstreamOptions & { region?: RegionOption }) | undefined)?.region;
+  if (region) yield* await checkRegionRedis(region.redis, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
   yield* await checkStorage(plan.config, plan.downstream?.options.maxsizeBytes);
   yield checkSendfile(plan.config);
+}
+
+/** A Redis URL for output: the password masked as the server's database URL is (and a lone user name, which some write a password as). */
+export function shownRedisUrl(url: string): string {
+  const shown = redactDatabaseUrl(url);
+  try {
+    const u = new URL(shown);
+    if (u.username && !u.password) {
+      u.username = '***';
+      return u.toString();
+    }
+  } catch {
+    // redactDatabaseUrl said what it is
+  }
+  return shown;
+}
+
+/**
+ * A region's Redis, as its node sees it: PING answered in time (else the node is degraded: it still serves
+ * the blobs on the shared storage, but fills only once per node, not per region), and the live nodes.
+ */
+export async function checkRegionRedis(redisUrl: string, timeoutMs: number, check: RegionCheck | undefined = checkRegion): Promise<CheckResult[]> {
+  const subject = `region ${shownRedisUrl(redisUrl)}`;
+  if (!check) return [{ status: 'FAIL', subject, message: 'this build of cascade has no region support (checkRegion is missing from @cascade/downstream)', fix: 'update cascade' }];
+  // Whatever the answer quotes, the password never shows.
+  const secrets = (() => {
+    try {
+      const u = new URL(redisUrl);
+      return [u.password, u.username].filter((v) => v.length >= 3).map(decodeURIComponent);
+    } catch {
+      return [];
+    }
+  })();
+  const scrub = (text: string) => secrets.reduce((t, secret) => t.replaceAll(secret, '***'), text);
+  const started = Date.now();
+  let answer: Awaited<ReturnType<RegionCheck>>;
+  try {
+    answer = await check(redisUrl, { timeoutMs });
+  } catch (err) {
+    answer = { ok: false, detail: (err as Error).message };
+  }
+  const ms = elapsed(started);
+  if (!answer.ok) {
+    return [
+      {
+        status: 'FAIL',
+        subject,
+        message: `degraded: Redis does not answer (${scrub(answer.detail)}); the node still serves the blobs on the shared storage, but each node fills on its own (a blob may be fetched once per node), the region-wide expiry waits, and the gauge cascade_region_redis_up is 0`,
+        ms,
+        fix: 'start Redis or make it reachable from this node (host, port, firewall); check region.redis or CASCADE_REGION_REDIS (password, rediss:// for TLS); the nodes recover on their own once it answers (docs/operations.md)',
+      },
+    ];
+  }
+  const results: CheckResult[] = [{ status: 'ok', subject, message: `answers PING${answer.detail ? ` (${scrub(answer.detail)})` : ''}`, ms }];
+  const nodes = answer.nodes ?? [];
+  if (nodes.length === 0) {
+    results.push({ status: 'warn', subject, message: 'no live node of the region is registered in Redis', fix: 'start the nodes (this check does not register one); a running node registers within seconds' });
+  } else {
+    results.push({ status: 'ok', subject, message: `${nodes.length} live node${nodes.length === 1 ? '' : 's'}: ${nodes.map(scrub).join(', ')}` });
+  }
+  return results;
 }
 
 /** The YAML document of `file`, or undefined when it cannot be read or parsed (the config check says why). */
