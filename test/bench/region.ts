@@ -13,7 +13,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { getMany, type Batch } from './client.js';
 import { CpuMeter, Fleet, startCascadeCache, startNginxBalancer, type Peer } from './procs.js';
-import { startBenchRedis, type BenchRedis } from './redis.js';
+import { startRedis, type RedisServer } from '../lib/redis.js';
 import { blobRequests, blobUrl, checkBatch, problem, runDir, seedBlob, settle, stopFleet, waitStored, type BlobData, type Context, type Metrics } from './scenarios.js';
 import { MiB, percentile } from './util.js';
 
@@ -53,11 +53,11 @@ async function measure(ctx: Context, m: Metrics, blob: BlobData, variant: 'regio
   const p = regionPrefix(variant);
   const count = variant === 'region' ? ctx.cfg.regionNodes : 1;
   const fleet = new Fleet();
-  let redis: BenchRedis | undefined;
+  let redis: RedisServer | undefined;
   try {
     const dir = await runDir(ctx, `region-${variant}`);
     const shared = join(dir, 'shared');
-    if (variant === 'region') redis = await startBenchRedis(join(dir, 'redis'));
+    if (variant === 'region') redis = await startRedis();
     const nodes: Peer[] = [];
     for (let i = 0; i < count; i++) {
       nodes.push(
@@ -106,7 +106,7 @@ async function measure(ctx: Context, m: Metrics, blob: BlobData, variant: 'regio
     }
   } finally {
     await stopFleet(ctx, fleet);
-    await redis?.stop();
+    await redis?.close();
   }
 }
 

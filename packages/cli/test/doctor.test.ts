@@ -16,7 +16,7 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { GrantKeyStore, publicJwk } from '@cascade/downstream';
-import { freePort, startFakeRegistry, type FakeRegistry } from '@cascade/testkit';
+import { freePort, startFakeRegistry, startRedis, type FakeRegistry } from '@cascade/testkit';
 import { createCa, createServerCert, parseSans, type CertAndKey } from '../src/commands/certs.js';
 import { checkDirectory, formatResult, inspectJwks, runChecks, runDoctor, shownRedisUrl, type CheckResult } from '../src/commands/doctor.js';
 import { MIGRATIONS, SqliteStateRepository } from '@cascade/server';
@@ -428,28 +428,6 @@ proxy:
   });
 });
 
-/** A redis-server on a free port of 127.0.0.1 with `password`, its data in `dir`; stop() ends it. */
-async function startRedis(dir: string, password: string): Promise<{ port: number; stop(): Promise<void> }> {
-  const port = await freePort();
-  await mkdir(dir, { recursive: true });
-  const child = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(port), '--dir', dir, '--save', '', '--appendonly', 'no', '--requirepass', password], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  const deadline = Date.now() + 10_000;
-  while (!output.includes('Ready to accept connections')) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server did not start:\n${output}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    port,
-    async stop() {
-      if (child.exitCode === null) child.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
-
 describe('cascade doctor: a node of a region', () => {
   it('shows Redis URLs with their credentials masked', () => {
     assert.equal(shownRedisUrl('redis://:s3cret-pw@redis.example.com:6379/0'), 'redis://:***@redis.example.com:6379/0');
@@ -465,11 +443,13 @@ describe('cascade doctor: a node of a region', () => {
       for (const step of cleanup.reverse()) await step();
     });
     const password = `pw-${Date.now().toString(36)}-secret`;
-    const redis = await startRedis(join(dir, 'redis'), password);
-    cleanup.push(() => redis.stop());
+    const redis = await startRedis({ password });
+    cleanup.push(() => redis.close());
     const origin = await startFakeRegistry();
     cleanup.push(() => origin.stop());
     const redisUrl = `redis://:${password}@127.0.0.1:${redis.port}`;
+    // The region's shared folder, mounted on every node.
+    await mkdir(join(dir, 'shared'), { recursive: true });
     const config = (redisInFile: string) => `version: 0.1
 storage:
   filesystem:

@@ -1,52 +1,18 @@
 /**
- * The region coordinator against a real `redis-server` (started here on a free port, persisting nothing): fill
+ * The region coordinator against a real `redis-server` (the testkit's: a free port, persisting nothing): fill
  * leases (one leader, renewal, loss, release), one sweep per interval for the region, pins seen by every node,
  * degraded mode when Redis stops (no throw, `alone`, no sweep, one log line each way) and the doctor's check.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { Digest } from '@cascade/registry-core';
+import { startRedis, type RedisServer } from '@cascade/testkit';
 import { checkRegion, RegionCoordinator, type FillProgress } from '../src/region/coordinator.js';
 
 const silent = pino({ level: 'silent' });
 const DIGEST = Digest.of(Buffer.from('region test blob'));
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/** A throwaway redis-server on `port`; resolves once it accepts connections. */
-async function redisServer(port: number, dir: string): Promise<ChildProcess> {
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const result = await checkRegion(`redis://127.0.0.1:${port}`, { timeoutMs: 300 });
-    if (result.ok) return child;
-    if (Date.now() > deadline) throw new Error(`redis-server did not start: ${result.detail}`);
-    await sleep(50);
-  }
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGKILL');
-  await exited;
-}
 
 /** A logger that keeps its lines' messages. */
 function recordingLogger(): { logger: pino.Logger; messages: string[] } {
@@ -64,9 +30,7 @@ async function waitFor(what: string, probe: () => boolean, timeoutMs = 10_000): 
 }
 
 describe('region coordinator (real redis-server)', () => {
-  let dir: string;
-  let port: number;
-  let server: ChildProcess;
+  let redis: RedisServer;
   let url: string;
   const coordinators: RegionCoordinator[] = [];
   const node = async (name: string, logger = silent, leaseMs = 300): Promise<RegionCoordinator> => {
@@ -77,16 +41,13 @@ describe('region coordinator (real redis-server)', () => {
   };
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'cascade-region-unit-'));
-    port = await freePort();
-    url = `redis://127.0.0.1:${port}/0`;
-    server = await redisServer(port, dir);
+    redis = await startRedis();
+    url = redis.url;
   });
 
   after(async () => {
     await Promise.all(coordinators.map((c) => c.close()));
-    await stop(server);
-    await rm(dir, { recursive: true, force: true });
+    await redis.close();
   });
 
   it('one node leads a fill; the lease is renewed by its holder only, lost when it expires, taken by another', async () => {
@@ -187,7 +148,7 @@ describe('region coordinator (real redis-server)', () => {
     const withPassword = await checkRegion(url.replace('127.0.0.1', 'user:hunter2@127.0.0.1'), { timeoutMs: 1000 });
     assert.equal(withPassword.ok, false, 'Redis refuses an unknown user');
     assert.ok(!withPassword.detail.includes('hunter2'), withPassword.detail);
-    await stop(server);
+    await redis.stop({ kill: true });
     await waitFor('the node to see Redis down', () => !a.up && !b.up);
     assert.equal(await a.claimFill(DIGEST, { token: 'd1/1', state: 'filling', partial: '/p', written: 0 }), 'alone');
     assert.equal(await a.peekFill(DIGEST), undefined);
@@ -196,12 +157,12 @@ describe('region coordinator (real redis-server)', () => {
     assert.equal(await a.exclusiveSweep(100, async () => 'swept'), undefined, 'no sweep without Redis');
     a.pin(DIGEST)();
     a.addBytes(5);
-    const down = await checkRegion(`redis://:hunter2@127.0.0.1:${port}`, { timeoutMs: 300 });
+    const down = await checkRegion(`redis://:hunter2@127.0.0.1:${redis.port}`, { timeoutMs: 300 });
     assert.equal(down.ok, false);
     assert.ok(!down.detail.includes('hunter2'), down.detail);
     await sleep(1500);
     assert.equal(messages.filter((m) => m.startsWith('region: Redis unreachable')).length, 1, messages.join('\n'));
-    server = await redisServer(port, dir);
+    await redis.start();
     await waitFor('the node to see Redis back', () => a.up && b.up, 10_000);
     assert.equal(messages.filter((m) => m.startsWith('region: Redis is back')).length, 1, messages.join('\n'));
     assert.equal(await a.claimFill(DIGEST, { token: 'd1/2', state: 'filling', partial: '/p', written: 0 }), 'led');

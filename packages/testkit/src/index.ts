@@ -2,3 +2,4 @@
 export * from './pki.js';
 export * from './registry.js';
 export * from './net.js';
+export * from './redis.js';

@@ -28,10 +28,10 @@ import { connect as tlsConnect, rootCertificates, type PeerCertificate, type TLS
 import { parse as parseYaml } from 'yaml';
 import { ConfigError, loadSendfile, RegistryError, type RegistryConfig } from '@cascade/registry-core';
 import { redactDatabaseUrl } from '@cascade/server';
-import * as downstreamApi from '@cascade/downstream';
 import {
   BodyTooLargeError,
   CaError,
+  checkRegion,
   DOWNSTREAM,
   JWKS_PATH,
   importPublicJwk,
@@ -44,18 +44,6 @@ import {
   type MirrorOptions,
   type NodeConfig,
 } from '@cascade/downstream';
-
-/** What `checkRegion` of `@cascade/downstream` answers: Redis's PING (with a timeout) and the region's live nodes. */
-export type RegionCheck = (redisUrl: string, opts: { timeoutMs: number }) => Promise<{ ok: boolean; detail: string; nodes?: string[] }>;
-
-/**
- * `checkRegion` of `@cascade/downstream`, which comes with the region core (issue 16).
- * TODO(region merge): replace with `import { checkRegion } from '@cascade/downstream'` in the import above.
- */
-const checkRegion = (downstreamApi as unknown as { checkRegion?: RegionCheck }).checkRegion;
-
-/** The `region` option of a cache node (issue 16): the Redis its nodes coordinate through. */
-type RegionOption = { readonly redis: string };
 
 /** The outcome of one check. `skip`: not run because an earlier check of the same host failed. */
 export type CheckStatus = 'ok' | 'warn' | 'FAIL' | 'skip';
@@ -270,7 +258,7 @@ export async function* runChecks(file: string, options: DoctorOptions = {}): Asy
   const checks = targets.map((t) => checkUpstream(t));
   for (const check of checks) yield* await check;
 
-  const region = (plan.downstream?.options as (DownstreamOptions & { region?: RegionOption }) | undefined)?.region;
+  const region = plan.downstream?.options.region;
   if (region) yield* await checkRegionRedis(region.redis, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
   yield* await checkStorage(plan.config, plan.downstream?.options.maxsizeBytes);
   yield checkSendfile(plan.config);
@@ -295,9 +283,8 @@ export function shownRedisUrl(url: string): string {
  * A region's Redis, as its node sees it: PING answered in time (else the node is degraded: it still serves
  * the blobs on the shared storage, but fills only once per node, not per region), and the live nodes.
  */
-export async function checkRegionRedis(redisUrl: string, timeoutMs: number, check: RegionCheck | undefined = checkRegion): Promise<CheckResult[]> {
+export async function checkRegionRedis(redisUrl: string, timeoutMs: number, check: typeof checkRegion = checkRegion): Promise<CheckResult[]> {
   const subject = `region ${shownRedisUrl(redisUrl)}`;
-  if (!check) return [{ status: 'FAIL', subject, message: 'this build of cascade has no region support (checkRegion is missing from @cascade/downstream)', fix: 'update cascade' }];
   // Whatever the answer quotes, the password never shows.
   const secrets = (() => {
     try {
@@ -309,7 +296,7 @@ export async function checkRegionRedis(redisUrl: string, timeoutMs: number, chec
   })();
   const scrub = (text: string) => secrets.reduce((t, secret) => t.replaceAll(secret, '***'), text);
   const started = Date.now();
-  let answer: Awaited<ReturnType<RegionCheck>>;
+  let answer: Awaited<ReturnType<typeof checkRegion>>;
   try {
     answer = await check(redisUrl, { timeoutMs });
   } catch (err) {
