@@ -10,12 +10,12 @@
  * The origin is the programmable fake in test/lib/fault-upstream.ts (its request log counts the GETs).
  */
 import assert from 'node:assert/strict';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it, type TestContext } from 'node:test';
 import { createHash, type Hash } from 'node:crypto';
-import { request as httpRequest } from 'node:http';
+import { createServer, request as httpRequest } from 'node:http';
 import { blobUrl, cacheConfig, cascadeHop, fetchBlob, hasBlobData, MiB, randomBlob, testScope, waitFor, type Hop } from '../lib/cache.js';
 import { startCascade } from '../lib/cascade.js';
 import { startFaultUpstream, type FaultUpstream } from '../lib/fault-upstream.js';
@@ -281,6 +281,30 @@ describe('a region of three cache nodes on one folder, Redis, nginx round-robin'
     assert.equal(region.origin.count(digest, 'GET'), 1, 'every hit was served from the shared folder');
     // Left alone, it expires (TTL + a bucket + a sweep).
     await waitFor('the blob to expire', async () => !(await hasBlobData(region.shared, digest)), 15_000, 200);
+  });
+
+  it('notifications: every node reports its pulls, each from a queue of its own in the shared folder', { timeout: 60_000 }, async (t) => {
+    const received: Array<{ action: string; source: { addr: string }; target: { digest: string } }> = [];
+    const listener = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        received.push(...(JSON.parse(Buffer.concat(chunks).toString('utf8')) as { events: typeof received }).events);
+        res.writeHead(200).end();
+      });
+    });
+    await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise<void>((resolve) => listener.close(() => resolve())));
+    const url = `http://127.0.0.1:${(listener.address() as { port: number }).port}/events`;
+    const region = await startRegion(t, 'region-events-', { config: { notifications: { endpoints: [{ name: 'audit', url, timeout: '2s', threshold: 3, backoff: '200ms' }] } } });
+    const digest = region.origin.addBlob(randomBlob('region-events', 64 * 1024));
+    for (const node of region.nodes) assert.equal((await fetchBlob(blobUrl(node.url, NAME, digest))).digest, digest);
+    await waitFor('a pull event from each node', async () => new Set(received.filter((e) => e.action === 'pull' && e.target.digest === digest).map((e) => e.source.addr)).size === 3 || undefined, 15_000, 100);
+    // No two nodes append to one queue: one folder per node, each with the endpoint's queue.
+    const events = join(region.shared, 'docker/registry/v2/_cascade_events');
+    const folders = await readdir(events);
+    assert.equal(folders.length, 3, folders.join(', '));
+    for (const f of folders) assert.deepEqual(await readdir(join(events, f)), ['audit']);
   });
 
   it('a blob being read on one node is never swept by another node\'s sweeper', { timeout: 60_000 }, async (t) => {

@@ -89,6 +89,8 @@ export interface NodeRole {
   readonly authorizer?: Authorizer;
   /** Endpoints outside `/v2/` (a cache's `/api/v0/keys`, a mirror's token endpoint). */
   readonly extraRoutes?: ExtraRoute[];
+  /** The storage folder is shared with the other nodes of a region (see `StartRegistryOptions.sharedStorage`). */
+  readonly sharedStorage?: boolean;
 }
 
 /** A config that asks for two roles at once. */
@@ -102,10 +104,11 @@ export class NodeRoleError extends Error {
  * CA files' certificates (those not in it are read here, once).
  */
 export function createCacheNode(options: DownstreamOptions, logger: Logger, cas: CaStore = new CaStore()): NodeRole {
-  if (options.auth !== 'grant') return { role: 'cache', middleware: [downstreamMiddleware(options, cas)] };
+  const shared = options.region ? { sharedStorage: true } : {};
+  if (options.auth !== 'grant') return { role: 'cache', middleware: [downstreamMiddleware(options, cas)], ...shared };
   const grant = grantAuthorizationOf(options, logger, cas);
   const warm = new CacheWarmTarget();
-  return { role: 'cache', middleware: [downstreamMiddleware(options, cas, warm)], authorizer: grant.authorizer, extraRoutes: [...grant.routes, warmRoute(warm, grant.verifier)] };
+  return { role: 'cache', middleware: [downstreamMiddleware(options, cas, warm)], authorizer: grant.authorizer, extraRoutes: [...grant.routes, warmRoute(warm, grant.verifier)], ...shared };
 }
 
 /**

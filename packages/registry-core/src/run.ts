@@ -48,6 +48,11 @@ export interface StartRegistryOptions {
   /** Overrides the authorizer chosen from `auth` (the server's grants plug in here). */
   readonly authorizer?: Authorizer;
   readonly role?: string;
+  /**
+   * Other nodes share this node's storage folder (a region of cache nodes): what is the node's own there, its
+   * notification queues, is kept under its own name (`<host>:<port>`).
+   */
+  readonly sharedStorage?: boolean;
 }
 
 /** A running registry. */
@@ -114,7 +119,7 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
   // A given authorizer replaces the whole `auth` section, token endpoint included, as it always has.
   const auth: RegistryAuth = options.authorizer ? { authorizer: options.authorizer, routes: [] } : createAuth(config, logger);
   // Events a previous run left queued are sent before any new one (each endpoint keeps its order).
-  const notifier = await Notifier.start({ config, driver, logger, observability });
+  const notifier = await Notifier.start({ config, driver, logger, observability, ...(options.sharedStorage ? { perNode: true } : {}) });
   const sendfile = config.http.sendfile.enabled ? loadSendfile(config.http.sendfile.threads) : 'turned off (http.sendfile.enabled: false)';
   if (typeof sendfile === 'string') logger.info({ reason: sendfile }, 'blob bodies are streamed, not sent with sendfile');
   else logger.info({ threads: sendfile.threads }, 'blob bodies from files are sent with sendfile (plain HTTP)');

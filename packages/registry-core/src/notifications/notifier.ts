@@ -1,6 +1,7 @@
 /**
  * The `notifications` section at run time: one {@link Endpoint} per enabled endpoint, each with its queue in
- * `CASCADE_DIRS.events/<name>/`, and the node's metrics of them. It is the {@link EventSink} of every
+ * `CASCADE_DIRS.events/<name>/` (`CASCADE_DIRS.events/<host>:<port>/<name>/` on a region's shared storage), and
+ * the node's metrics of them. It is the {@link EventSink} of every
  * request: an event goes to each endpoint that does not ignore it.
  */
 import { hostname } from 'node:os';
@@ -15,12 +16,19 @@ import { Endpoint, type postEnvelope } from './endpoint.js';
 import type { EventSink, NotificationEvent, SourceRecord } from './event.js';
 import { EventQueue } from './queue.js';
 
-/** The folder of an endpoint's queue: its name, with anything but `[A-Za-z0-9._-]` escaped as `%XX`. */
-export function queueDirectory(name: string): string {
-  const safe = Array.from(Buffer.from(name, 'utf8'))
+/**
+ * The folder of an endpoint's queue: its name, with anything but `[A-Za-z0-9._-]` escaped as `%XX`; below the
+ * node's own folder when the storage is shared (`perNode`).
+ */
+export function queueDirectory(name: string, node?: string): string {
+  return node === undefined ? `${CASCADE_DIRS.events}/${pathSegment(name)}` : `${CASCADE_DIRS.events}/${pathSegment(node)}/${pathSegment(name)}`;
+}
+
+/** A name as one path segment: letters, digits, `_`, `-` and `.` kept (not `.` or `..` alone), the rest %-escaped. */
+function pathSegment(name: string): string {
+  return Array.from(Buffer.from(name, 'utf8'))
     .map((b) => (/[A-Za-z0-9_-]/.test(String.fromCharCode(b)) || (b === 0x2e && name !== '.' && name !== '..') ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`))
     .join('');
-  return `${CASCADE_DIRS.events}/${safe}`;
 }
 
 /** Options of {@link Notifier.start}. */
@@ -31,6 +39,11 @@ export interface NotifierOptions {
   readonly observability: NodeObservability;
   /** Replaces the HTTP POST (tests). */
   readonly post?: typeof postEnvelope;
+  /**
+   * The storage folder is shared with other nodes (a region): each node keeps its queues in a folder of its
+   * own, named as `source.addr` (`<host>:<port>`), so that no two processes append to one queue.
+   */
+  readonly perNode?: boolean;
 }
 
 /** See the module comment. */
@@ -76,7 +89,7 @@ export class Notifier implements EventSink {
     for (const c of enabled) {
       const queue = await EventQueue.open({
         driver,
-        dir: queueDirectory(c.name),
+        dir: queueDirectory(c.name, options.perNode ? nodeName(config) : undefined),
         limit: c.queuelimit,
         listener: {
           dropped: (count, reason) => {
@@ -141,4 +154,13 @@ export class Notifier implements EventSink {
   async close(): Promise<void> {
     await Promise.all(this.endpoints.map((e) => e.close()));
   }
+}
+
+/**
+ * This node's name among the nodes of a shared storage folder: `<host>:<port>`, stable across restarts (a
+ * restarted node sends what its previous run left); with a port chosen at start (`:0`), the process id too.
+ */
+function nodeName(config: RegistryConfig): string {
+  const port = /:(\d+)$/.exec(config.http.addr)?.[1];
+  return port && port !== '0' ? `${hostname()}:${port}` : `${hostname()}-${process.pid}`;
 }
