@@ -224,6 +224,27 @@ test('cascade up --region 3: region-b is three nodes on one folder with Redis be
   assert.equal(metrics.reduce((sum, text) => sum + metricSum(text, 'cascade_region_fills_total', 'role="led"'), 0), blobDigests.length, 'one led fill per blob in the region');
   for (const text of metrics) assert.equal(metricSum(text, 'cascade_region_redis_up'), 1);
 
+  // The server's cache tree: its scrapes of the balancer reach any node (a new connection each), whose
+  // counters it keeps apart (one series for all nodes would count each switch of node as a restart).
+  type TreeNode = { name?: string; bytesServed?: number | null; children?: TreeNode[] };
+  const findNode = (nodes: TreeNode[], name: string): TreeNode | undefined => {
+    for (const n of nodes) {
+      if (n.name === name) return n;
+      const below = findNode(n.children ?? [], name);
+      if (below) return below;
+    }
+    return undefined;
+  };
+  const treeServed = async () => {
+    const res = await fetch(`http://${server}/api/v0/content_caches_tree`, { headers: { authorization: `Basic ${Buffer.from(`user:${creds.user}`).toString('base64')}` } });
+    return findNode(((await res.json()) as { roots: TreeNode[] }).roots, 'region-b')?.bytesServed ?? 0;
+  };
+  const servedByNodes = async () => (await Promise.all(nodes.map(async (n) => metricSum(await (await fetch(`${n.url}/metrics`)).text(), 'cascade_cache_bytes_served_total')))).reduce((a, b) => a + b, 0);
+  // Each node counted from 0 at its start (within the hour), so once the server has read every node the tree
+  // shows what the three served together.
+  const total = await servedByNodes();
+  await waitFor('the tree to show what the region\'s nodes served', async () => ((await treeServed()) === total ? true : undefined), 60_000, 1000);
+
   // cascade doctor on a node's config: Redis answers and the region's nodes are live.
   const doctor = await run(process.execPath, [CASCADE_BIN, 'doctor', join(state, 'region-b-1', 'config.yml')], { allowFailure: true, env: { ...process.env, NO_COLOR: '1' } });
   assert.equal(doctor.code, 0, doctor.stdout + doctor.stderr);

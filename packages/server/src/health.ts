@@ -58,7 +58,7 @@ export class HealthChecker {
 
   constructor(private readonly options: HealthCheckerOptions) {
     // Without extra CAs, node's defaults apply (NODE_EXTRA_CA_CERTS included).
-    this.httpsAgent = options.ca?.length ? new HttpsAgent({ ca: [...rootCertificates, ...options.ca] }) : undefined;
+    this.httpsAgent = options.ca?.length ? new HttpsAgent({ ca: [...rootCertificates, ...options.ca], keepAlive: false }) : undefined;
   }
 
   /** True when the cache failed its last check. */
@@ -171,7 +171,9 @@ export class HealthChecker {
     const https = url.startsWith('https:');
     const send = https ? httpsRequest : httpRequest;
     return new Promise((resolve, reject) => {
-      const req = send(url, { method: 'GET', ...(https && this.httpsAgent ? { agent: this.httpsAgent } : {}) }, (res) => {
+      // A new connection for each request (the agents keep none): behind a balancer that spreads connections
+      // over a region's nodes, successive checks reach every node, whose counters the tree keeps apart.
+      const req = send(url, { method: 'GET', agent: https && this.httpsAgent ? this.httpsAgent : false }, (res) => {
         const chunks: Buffer[] = [];
         let size = 0;
         res.on('data', (chunk: Buffer) => {

@@ -41,6 +41,13 @@ export interface CacheSample {
   readonly bytesFilled: number;
   /** In the cache's configured order. */
   readonly upstreams: readonly UpstreamSample[];
+  /**
+   * The node of a region that answered (`cascade_region_node_info{node}`): behind a region's balancer each
+   * scrape reaches any node, whose counters are its own. Absent for a cache of one node.
+   */
+  readonly node?: string;
+  /** When the cache's process started (ms; `cascade_process_start_time_seconds`): its counters were 0 then. */
+  readonly startedAt?: number;
 }
 
 /**
@@ -66,8 +73,12 @@ export function sampleOf(metrics: ReadonlyMap<string, readonly MetricSample[]>, 
     const up = metrics.get('cascade_upstream_up')?.find((u) => u.labels['upstream'] === raw);
     upstreams.push({ url, requests: Number.isFinite(s.value) && s.value >= 0 ? s.value : 0, errors, up: up === undefined ? null : up.value > 0 });
   }
+  const node = metrics.get('cascade_region_node_info')?.[0]?.labels['node'];
+  const started = metrics.get('cascade_process_start_time_seconds')?.[0]?.value;
   return {
     at,
+    ...(node ? { node: node.slice(0, 200) } : {}),
+    ...(started !== undefined && Number.isFinite(started) && started > 0 && started * 1000 <= at ? { startedAt: Math.round(started * 1000) } : {}),
     hits: sum('cascade_cache_blob_requests_total', (l) => l['result'] === 'hit') ?? 0,
     misses: sum('cascade_cache_blob_requests_total', (l) => l['result'] === 'miss') ?? 0,
     bytesServed: sum('cascade_cache_bytes_served_total'),
@@ -110,6 +121,12 @@ export interface WindowFigures {
 /** The figures of `samples` (oldest first) taken within `windowMs` before `now`. */
 export function windowFigures(samples: readonly CacheSample[], now: number, windowMs = TREE_WINDOW_MS): WindowFigures {
   const inWindow = samples.filter((s) => s.at >= now - windowMs && s.at <= now);
+  // A cache (a region's node) that started within the window counted from 0 then: what it did before its
+  // first sample counts too.
+  const first = inWindow[0];
+  if (first?.startedAt !== undefined && first.startedAt >= now - windowMs && first.startedAt < first.at) {
+    inWindow.unshift({ at: first.startedAt, hits: 0, misses: 0, bytesServed: first.bytesServed === null ? null : 0, bytesFilled: 0, upstreams: first.upstreams.map((u) => ({ ...u, requests: 0, errors: 0 })) });
+  }
   const increase = (read: (s: CacheSample) => number) => counterIncrease(inWindow.map(read));
   const hits = increase((s) => s.hits);
   const misses = increase((s) => s.misses);
@@ -134,9 +151,13 @@ function restartedBetween(a: CacheSample, b: CacheSample): boolean {
   return b.upstreams.some((u) => u.errors < (a.upstreams.find((x) => x.url === u.url)?.errors ?? 0));
 }
 
-/** The samples of each cache, kept for the window (bounded in count too). */
+/**
+ * The samples of each cache, kept for the window (bounded in count too). A region's samples are kept per node
+ * (each node counts on its own), and its figures are the sum of its nodes'.
+ */
 export class CacheHistory {
-  private readonly samples = new Map<string, CacheSample[]>();
+  /** Cache id -> node ('' for a cache of one node) -> samples, oldest first. */
+  private readonly samples = new Map<string, Map<string, CacheSample[]>>();
 
   constructor(
     private readonly windowMs = TREE_WINDOW_MS,
@@ -144,19 +165,24 @@ export class CacheHistory {
   ) {}
 
   add(id: string, sample: CacheSample): void {
-    const list = this.samples.get(id) ?? [];
+    const nodes = this.samples.get(id) ?? new Map<string, CacheSample[]>();
+    this.samples.set(id, nodes);
+    const cutoff = sample.at - this.windowMs;
+    // A node not heard from for the window (a node replaced, the region scaled down) is forgotten.
+    for (const [node, list] of nodes) if ((list.at(-1) as CacheSample).at < cutoff) nodes.delete(node);
+    const key = sample.node ?? '';
+    const list = nodes.get(key) ?? [];
+    nodes.set(key, list);
     const last = list.at(-1);
     const before = list.at(-2);
     // While the newest is too close to the one before it, it is only the latest reading: replaced, unless
     // it shows a restart (a reset must stay between two kept samples to be counted).
     if (last && before && last.at - before.at < this.windowMs / this.maxSamples && !restartedBetween(before, last)) list[list.length - 1] = sample;
     else list.push(sample);
-    const cutoff = sample.at - this.windowMs;
     let drop = 0;
     while (drop < list.length - 1 && (list[drop] as CacheSample).at < cutoff) drop++;
     drop = Math.max(drop, list.length - this.maxSamples);
     if (drop > 0) list.splice(0, drop);
-    this.samples.set(id, list);
   }
 
   /** Forgets the caches not in `ids` (deleted). */
@@ -164,14 +190,42 @@ export class CacheHistory {
     for (const id of this.samples.keys()) if (!ids.has(id)) this.samples.delete(id);
   }
 
+  /** The newest sample of the cache, whichever node it came from. */
   latest(id: string): CacheSample | undefined {
-    return this.samples.get(id)?.at(-1);
+    let newest: CacheSample | undefined;
+    for (const list of this.samples.get(id)?.values() ?? []) {
+      const last = list.at(-1);
+      if (last && (!newest || last.at > newest.at)) newest = last;
+    }
+    return newest;
   }
 
   figures(id: string, now: number): WindowFigures | undefined {
-    const list = this.samples.get(id);
-    return list ? windowFigures(list, now, this.windowMs) : undefined;
+    const nodes = this.samples.get(id);
+    if (!nodes) return undefined;
+    return sumFigures([...nodes.values()].map((list) => windowFigures(list, now, this.windowMs)));
   }
+}
+
+/** The figures of a region: the sum of its nodes' (one node's figures as they are). */
+export function sumFigures(parts: readonly WindowFigures[]): WindowFigures {
+  if (parts.length === 1) return parts[0] as WindowFigures;
+  const add = (read: (f: WindowFigures) => number) => parts.reduce((a, f) => a + read(f), 0);
+  const hits = add((f) => f.hits);
+  const misses = add((f) => f.misses);
+  const upstreamErrorsBy = new Map<string, number>();
+  for (const f of parts) for (const [url, n] of f.upstreamErrorsBy) upstreamErrorsBy.set(url, (upstreamErrorsBy.get(url) ?? 0) + n);
+  const since = parts.map((f) => f.since).filter((t): t is number => t !== null);
+  return {
+    hits,
+    misses,
+    hitRatio: hits + misses > 0 ? hits / (hits + misses) : null,
+    bytesServed: parts.every((f) => f.bytesServed !== null) ? add((f) => f.bytesServed ?? 0) : null,
+    bytesFilled: add((f) => f.bytesFilled),
+    upstreamErrors: add((f) => f.upstreamErrors),
+    upstreamErrorsBy,
+    since: since.length > 0 ? Math.min(...since) : null,
+  };
 }
 
 // ---- URLs ----------------------------------------------------------------------------------------------

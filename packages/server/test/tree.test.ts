@@ -97,7 +97,7 @@ describe('counters over the hour', () => {
     for (let i = 0; i <= 600; i++) history.add('a', sample(i * 1000, { hits: i }));
     assert.equal(history.latest('a')?.hits, 600);
     assert.equal(history.figures('a', 600_000)?.hits, 600, 'nothing lost by the thinning');
-    const kept = (history as unknown as { samples: Map<string, CacheSample[]> }).samples.get('a') ?? [];
+    const kept = (history as unknown as { samples: Map<string, Map<string, CacheSample[]>> }).samples.get('a')?.get('') ?? [];
     assert.ok(kept.length <= 62, `${kept.length} samples kept`);
     for (let i = 1; i < kept.length - 1; i++) assert.ok((kept[i] as CacheSample).at - (kept[i - 1] as CacheSample).at >= 10_000);
     // A restart between two close samples is kept: 100 -> 5 (restart) -> 150 counts 5 + 145.
@@ -107,6 +107,58 @@ describe('counters over the hour', () => {
     b.add('b', sample(21_000, { hits: 5 }));
     b.add('b', sample(22_000, { hits: 150 }));
     assert.equal(b.figures('b', 22_000)?.hits, 100 + 5 + 145);
+  });
+});
+
+describe('a region behind a balancer', () => {
+  it('keeps each node\'s counters apart (a scrape reaches any node) and sums the nodes\' figures', () => {
+    const history = new CacheHistory(HOUR, 360);
+    // Three nodes answer the scrapes in turn; each counts on its own (n2 twice as busy, n3 restarts).
+    const counts: Record<string, number> = { n1: 0, n2: 0, n3: 0 };
+    const seen: Record<string, number[]> = { n1: [], n2: [], n3: [] };
+    const all: number[] = [];
+    for (let i = 0; i < 90; i++) {
+      const node = ['n1', 'n2', 'n3'][i % 3] as string;
+      counts.n1 = (counts.n1 as number) + 1;
+      counts.n2 = (counts.n2 as number) + 2;
+      counts.n3 = i === 45 ? 1 : (counts.n3 as number) + 1;
+      const hits = counts[node] as number;
+      seen[node]!.push(hits);
+      all.push(hits);
+      history.add('region', sample(i * 15_000, { node, hits, misses: 1, bytesServed: hits * 1000 }));
+    }
+    const f = history.figures('region', 89 * 15_000);
+    // n1 and n2 grew by 3 and 6 per round over 29 rounds; n3 by 3 per round, with a restart (counted from 0).
+    const expected = counterIncrease(seen.n1!) + counterIncrease(seen.n2!) + counterIncrease(seen.n3!);
+    assert.equal(counterIncrease(seen.n1!), 29 * 3);
+    assert.equal(counterIncrease(seen.n2!), 29 * 6);
+    assert.equal(f?.hits, expected);
+    assert.notEqual(counterIncrease(all), expected, 'one series for all nodes would count wrong');
+    assert.equal(f?.misses, 0, 'a constant counter grows by nothing, on every node');
+    assert.equal(f?.bytesServed, expected * 1000);
+    assert.equal(history.latest('region')?.node, 'n3', 'the newest sample, whichever node');
+    // A node gone for the window is forgotten; the others stay.
+    history.add('region', sample(89 * 15_000 + HOUR + 1, { node: 'n1', hits: 500 }));
+    const nodes = (history as unknown as { samples: Map<string, Map<string, CacheSample[]>> }).samples.get('region');
+    assert.deepEqual([...(nodes?.keys() ?? [])], ['n1']);
+  });
+
+  it('a node (or cache) that started within the hour counts from 0 at its start, before its first sample', () => {
+    const history = new CacheHistory(HOUR, 360);
+    history.add('r', sample(600_000, { node: 'new', hits: 10, bytesServed: 5000, startedAt: 590_000 }));
+    history.add('r', sample(615_000, { node: 'old', hits: 10, bytesServed: 5000, startedAt: 600_000 - 2 * HOUR }));
+    const f = history.figures('r', 620_000);
+    assert.equal(f?.hits, 10, 'the new node\'s 10 count; the old node\'s first sample is only a baseline');
+    assert.equal(f?.bytesServed, 5000);
+    assert.equal(f?.since, 590_000);
+  });
+
+  it('sampleOf reads the node of a region from cascade_region_node_info', () => {
+    const metrics = parsePrometheusText(['cascade_cache_blob_requests_total{result="hit"} 3', 'cascade_region_node_info{region="cascade:region:eu",node="cache-1-4242-a1b2c3"} 1', 'cascade_process_start_time_seconds 1700000000'].join('\n'));
+    assert.equal(sampleOf(metrics, 1_700_000_005_000)?.node, 'cache-1-4242-a1b2c3');
+    assert.equal(sampleOf(metrics, 1_700_000_005_000)?.startedAt, 1_700_000_000_000);
+    assert.equal(sampleOf(metrics, 1_600_000_000_000)?.startedAt, undefined, 'a start after the sample is not believed');
+    assert.equal(sampleOf(parsePrometheusText('cascade_cache_blob_requests_total{result="hit"} 3'), 1)?.node, undefined);
   });
 });
 

@@ -34,6 +34,18 @@ export function observeRegion(obs: NodeObservability, region: RegionCoordinator)
       this.inc({ result: 'skipped' }, region.stats.sweepsSkipped);
     },
   });
+  // Which node answered: behind a region's balancer, a scrape reaches any node, and a reader (the server's
+  // cache tree) keeps each node's counters apart by this label.
+  new Gauge({
+    name: 'cascade_region_node_info',
+    help: 'Always 1: the region (its key prefix in Redis) and this node\'s id in it.',
+    labelNames: ['region', 'node'],
+    registers,
+    collect() {
+      this.reset();
+      this.set({ region: region.prefix, node: region.nodeId }, 1);
+    },
+  });
   new Gauge({
     name: 'cascade_region_redis_up',
     help: '1 when the region\'s Redis answers; 0 when this node works alone (degraded: per-node fills, no expiry sweep).',
