@@ -100,12 +100,16 @@ export function createAuth(config: RegistryConfig, logger?: Logger): RegistryAut
   return { authorizer: allowAll, routes: [] };
 }
 
+/** How old a temporary file on shared storage must be to be taken for a crashed process's leftover. */
+const SHARED_LEFTOVER_MS = 10 * 60_000;
+
 /** Starts a registry and resolves once it listens. */
 export async function startRegistry(options: StartRegistryOptions): Promise<RunningRegistry> {
   const { config } = options;
   const logger = options.logger ?? createLogger({ level: config.log.level, fields: config.log.fields });
   const driver = createDriver(config);
-  await driver.recover();
+  // On a region's shared folder, the other nodes' writes in progress are theirs: only old leftovers go.
+  await driver.recover(options.sharedStorage ? { olderThanMs: SHARED_LEFTOVER_MS } : {});
   const observability = new NodeObservability(options.role ?? 'registry');
   observeStorage(observability, driver, config.storage.filesystem?.rootdirectory);
   const storageNamespace = new StorageNamespace(driver);

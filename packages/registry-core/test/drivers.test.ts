@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { constants } from 'node:fs';
-import { access, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, it } from 'node:test';
@@ -90,6 +90,22 @@ describe('FilesystemDriver', () => {
     assert.deepEqual(await readdir(temp), []);
     await assert.rejects(restarted.stat(blob), PathNotFoundError);
     await crashed.cancel();
+  });
+
+  it('recover({olderThanMs}) on shared storage removes only leftovers untouched for that long', async () => {
+    const temp = join(root, FILESYSTEM_TEMP_DIRECTORY);
+    const other = await driver.writer(blob);
+    await other.write(Buffer.from('another node writes this now'));
+    await writeFile(join(temp, 'left-by-a-crash.tmp'), 'x');
+    const old = new Date(Date.now() - 20 * 60_000);
+    await utimes(join(temp, 'left-by-a-crash.tmp'), old, old);
+    const restarted = new FilesystemDriver({ rootDirectory: root });
+    await restarted.recover({ olderThanMs: 10 * 60_000 });
+    const left = await readdir(temp);
+    assert.equal(left.length, 1, 'the write in progress stays');
+    assert.ok(!left.includes('left-by-a-crash.tmp'));
+    await other.commit();
+    assert.equal((await restarted.stat(blob)).size, 'another node writes this now'.length);
   });
 
   it('recover() on a fresh root does nothing', async () => {

@@ -108,8 +108,12 @@ export interface StorageDriver {
    * Sets a file's modification time (used for access-time bookkeeping). Drivers without times may no-op.
    */
   touch(path: string, time: Date): Promise<void>;
-  /** Removes leftovers of interrupted writes (temporary files); called once at start-up. */
-  recover(): Promise<void>;
+  /**
+   * Removes leftovers of interrupted writes (temporary files); called once at start-up. With `olderThanMs`
+   * (a storage other processes write to as well: a region's shared folder), only those untouched for that
+   * long, so that another process's write in progress is left alone.
+   */
+  recover(options?: { olderThanMs?: number }): Promise<void>;
 }
 
 /** The path does not exist. */

@@ -224,7 +224,7 @@ export class FilesystemDriver implements StorageDriver {
     }
   }
 
-  async recover(): Promise<void> {
+  async recover(options: { olderThanMs?: number } = {}): Promise<void> {
     let names: string[];
     try {
       names = await readdir(this.#tempDirectory);
@@ -232,7 +232,16 @@ export class FilesystemDriver implements StorageDriver {
       if (errorCode(err) === 'ENOENT') return;
       throw err;
     }
-    await Promise.all(names.map((n) => rm(join(this.#tempDirectory, n), { recursive: true, force: true })));
+    const { olderThanMs } = options;
+    const cutoff = olderThanMs === undefined ? undefined : Date.now() - olderThanMs;
+    await Promise.all(
+      names.map(async (n) => {
+        const path = join(this.#tempDirectory, n);
+        // A write in progress elsewhere touches its file all the time; a missing one was finished meanwhile.
+        if (cutoff !== undefined && ((await stat(path).catch(() => undefined))?.mtimeMs ?? -Infinity) >= cutoff) return;
+        await rm(path, { recursive: true, force: true });
+      }),
+    );
   }
 
   async #walkChildren(

@@ -127,7 +127,7 @@ export class InMemoryDriver implements StorageDriver {
     this.#node(path).modTime = new Date(time.getTime());
   }
 
-  async recover(): Promise<void> {}
+  async recover(_options?: { olderThanMs?: number }): Promise<void> {}
 
   #node(path: string): Node {
     checkPath(path);
