@@ -13,8 +13,9 @@
  * in its own network namespace, links limited with tc tbf; needs root) uses recycled memory, or fresh with
  * `--memory fresh`. `--big-mib` and `--shaped-mib` change the blob of scenarios 1-2 and 7 (512 and 256 MiB).
  *
- * `--only profile --merge` profiles the cache node only and adds the profile to the results already in
- * the output folder (benchmarks.json), re-rendering the report; `--render` only re-renders it.
+ * `--merge` adds what this invocation measured (`--only 8`: scenario 8's runs; `--only profile`: the profile)
+ * to the results already in the output folder (benchmarks.json), replacing those scenarios' figures and keeping
+ * the others, and re-renders the report; `--render` only re-renders it.
  *
  * Full mode (default, `npm run bench`): 512 MiB blobs, 32 streams, 100 simultaneous requests, a 300-layer
  * image, shaped links at 1 and 10 Gbit/s, a region herd (60 clients, a 256 MiB blob, 3 nodes with Redis
@@ -216,7 +217,7 @@ const measured: Results = {
   ...(floors ? { floors } : {}),
   wallSeconds: (performance.now() - started) / 1000,
 };
-// --merge (with --only profile): add this profile to the results already in the output folder.
+// --merge (with --only): add what was measured now to the results already in the output folder.
 const results: Results = values.merge ? await mergeInto(join(outDir, 'benchmarks.json'), measured) : measured;
 await mkdir(outDir, { recursive: true });
 const svgName = 'benchmarks.svg';
@@ -233,17 +234,28 @@ if (results.problems.length) {
   log('no correctness problem');
 }
 
+/** The settings (BenchConfig keys) each scenario's figures depend on, taken from a merged invocation. */
+const SCENARIO_SETTINGS: Record<string, readonly string[]> = { s8: ['regionNodes', 'regionClients', 'regionMiB', 'regionHashed'] };
+
 async function mergeInto(file: string, fresh: Results): Promise<Results> {
   const prior = JSON.parse(await readFile(file, 'utf8')) as Results;
+  // Scenarios measured now replace theirs in the prior runs (run i into run i), the others stay.
+  const measuredNow = new Set(fresh.runs.flatMap((r) => Object.keys(r).map((k) => k.split('.')[0] as string)));
+  const runs = prior.runs.map((r, i) => ({ ...Object.fromEntries(Object.entries(r).filter(([k]) => !measuredNow.has(k.split('.')[0] as string))), ...(fresh.runs[i] ?? {}) }) as Metrics);
+  const what = [...(measuredNow.size ? [`scenario${measuredNow.size > 1 ? 's' : ''} ${[...measuredNow].map((k) => k.replace(/^s/, '')).join(', ')}`] : []), ...(fresh.profile ? ['the profile'] : [])].join(' and ');
+  // The settings of the scenarios measured now are this invocation's (the prior run may predate them).
+  const settings = Object.fromEntries(Object.entries(fresh.config).filter(([k]) => !(k in prior.config) || [...measuredNow].some((s) => SCENARIO_SETTINGS[s]?.includes(k))));
   return {
     ...prior,
+    config: { ...prior.config, ...settings } as BenchConfig,
+    runs,
     ...(fresh.profile ? { profile: fresh.profile } : {}),
     ...(fresh.floors ? { floors: fresh.floors } : {}),
     problems: [...prior.problems.filter((p) => !p.startsWith('profile failed')), ...fresh.problems],
     notes: [
-      ...prior.notes.filter((n) => !n.startsWith('The profile')),
-      ...fresh.notes,
-      `The profile was taken separately (${fresh.env.date.slice(0, 16).replace('T', ' ')} UTC, \`node test/dist/bench/run.js ${fresh.argv.join(' ')}\`) and merged into these results.`,
+      ...prior.notes.filter((n) => !n.startsWith('The profile') && !n.includes('was taken separately')),
+      ...fresh.notes.map((n) => (n.startsWith('Load average') && measuredNow.size ? `${[...measuredNow].map((k) => `Scenario ${k.slice(1)}`).join(', ')}: ${n.charAt(0).toLowerCase()}${n.slice(1)}` : n)),
+      `${what.charAt(0).toUpperCase()}${what.slice(1)} ${measuredNow.size + (fresh.profile ? 1 : 0) > 1 ? 'were' : 'was'} taken separately (${fresh.env.date.slice(0, 16).replace('T', ' ')} UTC, \`node test/dist/bench/run.js ${fresh.argv.join(' ')}\`) and merged into these results.`,
     ],
   };
 }
