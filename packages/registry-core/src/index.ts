@@ -32,7 +32,7 @@ export * from './auth/token/server.js';
 export * from './auth/token/authorizer.js';
 export * from './auth/token/setup.js';
 export * from './metrics.js';
-export { pause } from './async.js';
+export { pause, Serial } from './async.js';
 export { EVENTS_MEDIA_TYPE, BLOB_MEDIA_TYPE, type NotificationEvent, type EventTarget, type EventAction, type RequestRecord, type SourceRecord } from './notifications/event.js';
 export { EventQueue, type QueueBatch, type EventQueueOptions } from './notifications/queue.js';
 export { Endpoint, postEnvelope, ENDPOINT_DEFAULTS, type PostResult } from './notifications/endpoint.js';

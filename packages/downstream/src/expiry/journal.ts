@@ -9,7 +9,7 @@
  * Appends, the end of a sweep of a journal and the end of a merge take one lock, so that none sees another half
  * done. A crash can leave a torn last line; the next append starts with a newline, and readers skip the line.
  */
-import { isPathNotFound, type FileWriter, type StorageDriver } from '@cascade/registry-core';
+import { isPathNotFound, Serial, type FileWriter, type StorageDriver } from '@cascade/registry-core';
 import { containsNewline, LINE_BATCH, parseLine, readLines, readTail, statBlob, type JournalLine } from './lines.js';
 import { EXPIRY_DIRECTORY, type ExpiryLogger } from './options.js';
 
@@ -62,7 +62,7 @@ export class Journals {
   /** Journals whose end this process knows to be at a line boundary (no torn line from a crash). */
   readonly #clean = new Set<string>();
   /** Serializes appends with the final step of a sweep or merge on a file (re-append, head move, delete). */
-  #lock: Promise<void> = Promise.resolve();
+  readonly #serial = new Serial();
 
   constructor(options: JournalsOptions) {
     this.#driver = options.driver;
@@ -146,7 +146,7 @@ export class Journals {
 
   /** Appends complete lines (`text` ends with a newline) to a journal, durably, creating it if needed. */
   append(file: JournalFile, text: string): Promise<void> {
-    return this.#locked(() => this.#append(file, text));
+    return this.#serial.run(() => this.#append(file, text));
   }
 
   /**
@@ -154,7 +154,7 @@ export class Journals {
    * journal when nothing is left past `consumed`, or records `consumed` as its head.
    */
   consume(file: JournalFile, head: number, consumed: number, keep: readonly string[]): Promise<void> {
-    return this.#locked(async () => {
+    return this.#serial.run(async () => {
       let size: number;
       try {
         size = (await this.#driver.stat(file.path)).size;
@@ -226,7 +226,7 @@ export class Journals {
         consumed.push(offset);
       }
       await emit(true);
-      await this.#locked(async () => {
+      await this.#serial.run(async () => {
         // Lines appended to either journal after it was read are copied as they are.
         for (const [i, file] of [a, b].entries()) {
           const tail = await readTail(this.#driver, file.path, consumed[i] ?? 0);
@@ -247,15 +247,6 @@ export class Journals {
     }
   }
 
-  /** Runs `fn` holding the journal lock. */
-  #locked<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#lock.then(fn);
-    this.#lock = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    return run;
-  }
 
   /** Appends complete lines to a journal, creating it if needed. Call with the journal lock held. */
   async #append(file: JournalFile, text: string): Promise<void> {

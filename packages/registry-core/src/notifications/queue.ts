@@ -14,6 +14,7 @@
 import type { StorageDriver } from '../drivers/driver.js';
 import { isPathNotFound } from '../drivers/driver.js';
 import { deleteIfExists } from '../store/links.js';
+import { Serial } from '../async.js';
 
 /** How often at most the head is saved while events are delivered. */
 export const HEAD_SAVE_MS = 200;
@@ -73,7 +74,7 @@ export class EventQueue {
   #buffer: string[] = [];
   #commit: { promise: Promise<void>; resolve: () => void; reject: (err: unknown) => void } | undefined;
   #running: Promise<void> | undefined;
-  #lock: Promise<void> = Promise.resolve();
+  readonly #serial = new Serial();
   #waiters: Array<() => void> = [];
   #closed = false;
 
@@ -133,7 +134,7 @@ export class EventQueue {
     }
     if (queue.#segments.length > 0 && queue.#segments[0]?.seq !== head.seq) queue.#head = { seq: queue.#segments[0]?.seq ?? 0, offset: 0 };
     if (unreadable > 0) options.listener?.dropped(unreadable, 'unreadable');
-    await queue.#locked(() => queue.#enforceLimit());
+    await queue.#serial.run(() => queue.#enforceLimit());
     return queue;
   }
 
@@ -171,7 +172,7 @@ export class EventQueue {
   async next(max: number, signal?: AbortSignal): Promise<QueueBatch | undefined> {
     for (;;) {
       if (this.#closed || signal?.aborted) return undefined;
-      const batch = await this.#locked(() => this.#peek(max));
+      const batch = await this.#serial.run(() => this.#peek(max));
       if (batch) return batch;
       await new Promise<void>((resolve) => {
         const wake = () => {
@@ -186,7 +187,7 @@ export class EventQueue {
 
   /** Marks a batch delivered. A batch whose segment was dropped meanwhile changes nothing. */
   ack(batch: QueueBatch): Promise<void> {
-    return this.#locked(async () => {
+    return this.#serial.run(async () => {
       if (this.#head.seq !== batch.seq || this.#head.offset !== batch.start) return;
       this.#head = { seq: batch.seq, offset: batch.end };
       this.#pendingOnDisk -= batch.lines.length;
@@ -205,7 +206,7 @@ export class EventQueue {
     }
     this.#closed = true;
     clearTimeout(this.#headTimer);
-    await this.#locked(() => this.#saveHead());
+    await this.#serial.run(() => this.#saveHead());
     for (const wake of this.#waiters.splice(0)) wake();
   }
 
@@ -220,7 +221,7 @@ export class EventQueue {
         this.#buffer = [];
         this.#commit = undefined;
         try {
-          await this.#locked(() => this.#write(lines));
+          await this.#serial.run(() => this.#write(lines));
           commit?.resolve();
         } catch (err) {
           // Not written: the events stay in memory, first in line for the next commit.
@@ -322,7 +323,7 @@ export class EventQueue {
     if (this.#headTimer || this.#closed) return;
     this.#headTimer = setTimeout(() => {
       this.#headTimer = undefined;
-      void this.#locked(() => this.#saveHead()).catch(() => undefined);
+      void this.#serial.run(() => this.#saveHead()).catch(() => undefined);
     }, HEAD_SAVE_MS);
     this.#headTimer.unref();
   }
@@ -338,14 +339,6 @@ export class EventQueue {
     return `${this.#dir}/${String(seq).padStart(15, '0')}.log`;
   }
 
-  #locked<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#lock.then(fn);
-    this.#lock = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    return run;
-  }
 }
 
 function isJson(text: string): boolean {
