@@ -314,4 +314,29 @@ describe('notifications', () => {
       assert.equal(e.source.addr, `${hostname()}:${new URL(cache.url).port}`);
     }
   });
+
+  test('a mirror reports a miss and a hit as pulls of the repository as clients name it', async (t) => {
+    const work = await testScope(t, 'e2e-notify-mirror-');
+    const listener = await startListener(work.defer);
+    const origin = await startCascadeOrigin(work.dir);
+    work.defer(() => origin.proc?.stop());
+    const mirror = await startCascade(join(work.dir, 'mirror'), {
+      storage: { filesystem: { rootdirectory: join(work.dir, 'mirror', 'data') } },
+      proxy: { remoteurl: origin.url },
+      notifications: { endpoints: [{ name: 'audit', url: listener.url('/hook') }] },
+    });
+    work.defer(() => mirror.stop());
+    const blob = randomBlob('mirrored', 50_000);
+    const digest = await pushBlob(origin.url, 'library/app', blob);
+    for (const kind of ['miss', 'hit']) {
+      const res = await fetch(`${mirror.url}/v2/library/app/blobs/${digest}`, { headers: { 'user-agent': `mirror-${kind}` } });
+      assert.equal(res.status, 200);
+      assert.deepEqual(Buffer.from(await res.arrayBuffer()), blob);
+    }
+    const events = await waitFor('two pulls', () => (listener.events().length >= 2 ? listener.events() : undefined));
+    assert.deepEqual(events.map((e) => [e.action, e.request.useragent, e.target.repository, e.target.digest]), [
+      ['pull', 'mirror-miss', 'library/app', digest],
+      ['pull', 'mirror-hit', 'library/app', digest],
+    ]);
+  });
 });
