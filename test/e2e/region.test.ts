@@ -10,17 +10,17 @@
  * The origin is the programmable fake in test/lib/fault-upstream.ts (its request log counts the GETs).
  */
 import assert from 'node:assert/strict';
-import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it, type TestContext } from 'node:test';
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createServer, request as httpRequest } from 'node:http';
 import { blobUrl, cacheConfig, cascadeHop, fetchBlob, hasBlobData, MiB, randomBlob, testScope, waitFor, type Hop } from '../lib/cache.js';
 import { startCascade } from '../lib/cascade.js';
 import { startFaultUpstream, type FaultUpstream } from '../lib/fault-upstream.js';
-import { daemon, freePort, waitUntil, type Daemon } from '../lib/peers.js';
 import { startRedis, type RedisServer } from '../lib/redis.js';
+import { metric, regionMetric, resilientGet, startNginx, total } from '../lib/region.js';
 
 const NAME = 'team/app';
 
@@ -77,125 +77,6 @@ async function startRegion(t: TestContext, prefix: string, o: RegionOptions = {}
   };
 }
 
-/** nginx round-robin over the nodes: bodies streamed as they come (no buffering), a dead node skipped. */
-async function startNginx(dir: string, nodes: readonly Hop[]): Promise<{ url: string; stop: () => Promise<void> }> {
-  await mkdir(dir, { recursive: true });
-  for (let attempt = 1; ; attempt++) {
-    const port = await freePort();
-    const conf = [
-      ...(process.getuid?.() === 0 ? ['user root;'] : []),
-      'worker_processes 1;',
-      `pid ${join(dir, 'nginx.pid')};`,
-      `error_log ${join(dir, 'error.log')} warn;`,
-      'events { worker_connections 1024; }',
-      'http {',
-      '  access_log off;',
-      ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((tmp) => `  ${tmp}_temp_path ${join(dir, tmp)};`),
-      // Every node stays in rotation: a dead one is skipped per request (proxy_next_upstream), not for 10 s.
-      `  upstream region { ${nodes.map((n) => `server ${n.host} max_fails=0;`).join(' ')} }`,
-      '  server {',
-      `    listen 127.0.0.1:${port};`,
-      '    location = /lb-ping { return 200; }',
-      '    location / {',
-      '      proxy_pass http://region;',
-      '      proxy_http_version 1.1;',
-      '      proxy_set_header Host $http_host;',
-      '      proxy_buffering off;',
-      '      proxy_next_upstream error timeout;',
-      '      proxy_read_timeout 60s;',
-      '    }',
-      '  }',
-      '}',
-      '',
-    ].join('\n');
-    await writeFile(join(dir, 'nginx.conf'), conf);
-    const d: Daemon = daemon('nginx', ['-c', join(dir, 'nginx.conf'), '-p', dir, '-g', 'daemon off;'], { cwd: dir });
-    const url = `http://127.0.0.1:${port}`;
-    try {
-      await waitUntil(`nginx on ${url}`, d, async () => (await fetch(`${url}/lb-ping`)).status === 200);
-    } catch (err) {
-      await d.kill();
-      if (attempt < 3) continue;
-      throw err;
-    }
-    return { url, stop: () => d.kill() };
-  }
-}
-
-/** A node's metric value (the sum over series matching `labels`), from its /metrics. */
-async function metric(hop: Hop, name: string, labels = ''): Promise<number> {
-  const text = await (await fetch(`${hop.url}/metrics`)).text();
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
-    if (labels && !line.includes(labels)) continue;
-    sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return sum;
-}
-
-async function regionMetric(nodes: readonly Hop[], name: string, labels = ''): Promise<number[]> {
-  return Promise.all(nodes.map((n) => metric(n, name, labels)));
-}
-
-const total = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
-
-/**
- * GETs a blob through `base` as a client that resumes: a response cut short is retried with a Range from the
- * bytes received so far (up to `retries` times). Returns the sha256 of all the bytes and how many tries it took.
- */
-async function resilientGet(base: string, digest: string, size: number, retries = 5): Promise<{ digest: string; size: number; tries: number; errors: string[] }> {
-  const hash = createHash('sha256');
-  let received = 0;
-  const errors: string[] = [];
-  for (let tries = 1; tries <= retries + 1; tries++) {
-    const headers: Record<string, string> = received > 0 ? { range: `bytes=${received}-${size - 1}` } : {};
-    const expectedStatus = received > 0 ? 206 : 200;
-    const res = await streamInto(blobUrl(base, NAME, digest), headers, hash, expectedStatus);
-    const got = res.size;
-    if (res.status !== expectedStatus) {
-      errors.push(`try ${tries}: status ${res.status}`);
-      await sleep(200);
-      continue;
-    }
-    received += got;
-    if (res.complete && received === size) return { digest: `sha256:${hash.digest('hex')}`, size: received, tries, errors };
-    errors.push(`try ${tries}: ${res.error ?? 'incomplete'} after ${got} bytes`);
-  }
-  return { digest: `sha256:${hash.digest('hex')}`, size: received, tries: retries + 1, errors };
-}
-
-/** GETs `url`, feeding every body byte of an `expectedStatus` answer to `hash`; never throws (a cut response is `complete: false`). */
-function streamInto(url: string, headers: Record<string, string>, hash: Hash, expectedStatus: number): Promise<{ status: number; size: number; complete: boolean; error?: string }> {
-  return new Promise((resolve) => {
-    let status = 0;
-    let size = 0;
-    let declared = -1;
-    let done = false;
-    const finish = (complete: boolean, error?: string) => {
-      if (done) return;
-      done = true;
-      const whole = complete && (declared < 0 || size === declared);
-      resolve({ status, size, complete: whole, ...(error ? { error } : whole ? {} : { error: `${size} of ${declared} bytes` }) });
-    };
-    const req = httpRequest(url, { headers, agent: false }, (res) => {
-      status = res.statusCode ?? 0;
-      declared = Number(res.headers['content-length'] ?? -1);
-      res.on('data', (chunk: Buffer) => {
-        // Only the bytes of the answer asked for count (an error body is not blob bytes).
-        if (status === expectedStatus) hash.update(chunk);
-        size += chunk.length;
-      });
-      res.on('end', () => finish(!res.readableAborted));
-      res.on('error', (err) => finish(false, err.message));
-      res.on('close', () => finish(res.complete, res.complete ? undefined : 'closed before the end'));
-    });
-    req.on('error', (err) => finish(false, err.message));
-    req.setTimeout(60_000, () => req.destroy(new Error('timeout')));
-    req.end();
-  });
-}
-
 describe('a region of three cache nodes on one folder, Redis, nginx round-robin', { timeout: 180_000 }, () => {
   it('a herd of 60 through the balancer makes one origin GET; every body is right', { timeout: 120_000 }, async (t) => {
     const region = await startRegion(t, 'region-herd-');
@@ -225,7 +106,7 @@ describe('a region of three cache nodes on one folder, Redis, nginx round-robin'
     const blob = randomBlob('region-kill', size);
     // About 6 MB/s for the first GET: the fill runs for seconds; the resumed GET (Range) is served at once.
     const digest = region.origin.addBlob(blob, { kind: 'slow', chunkBytes: 128 * 1024, intervalMs: 20, times: 1, only: 'GET' });
-    const clients = Array.from({ length: 12 }, () => resilientGet(region.lb, digest, size));
+    const clients = Array.from({ length: 12 }, () => resilientGet(blobUrl(region.lb, NAME, digest), size));
     // The leader: the node whose led counter is 1, once it has written a few MiB.
     const leaderIndex = await waitFor('a leader', async () => {
       const led = await regionMetric(region.nodes, 'cascade_region_fills_total', 'role="led"');

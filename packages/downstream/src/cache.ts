@@ -31,7 +31,7 @@ import {
   type StorageDriver,
   type TagStore,
 } from '@cascade/registry-core';
-import { FillManager, type Fill, type FillSource } from './fill.js';
+import { FillManager, type Fill, type FillManagerOptions, type FillSource } from './fill.js';
 import type { RegionCoordinator } from './region/coordinator.js';
 import { blobPath, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
 
@@ -76,6 +76,8 @@ export interface CacheNamespaceOptions {
   readonly rangeAheadBytes?: number;
   /** The region of nodes this one fills with (see region/coordinator.ts). */
   readonly region?: RegionCoordinator;
+  /** A mirror's sources by key, for fills taken over from another node of the region (see `FillManagerOptions`). */
+  readonly resolveSource?: FillManagerOptions['resolveSource'];
 }
 
 /** A registry namespace that is a cache of its upstreams. */
@@ -90,6 +92,7 @@ export class CacheNamespace implements Namespace {
       logger: options.logger,
       ...(options.fillTimeoutMs !== undefined ? { fillTimeoutMs: options.fillTimeoutMs } : {}),
       ...(options.region ? { region: options.region } : {}),
+      ...(options.resolveSource ? { resolveSource: options.resolveSource } : {}),
       onCommitted: (digest, size) => {
         this.metrics.fillsCompleted += 1;
         options.tracker?.touch(digest, size, 'fill');

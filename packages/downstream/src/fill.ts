@@ -13,7 +13,8 @@
  * others follow that file up to there (the last byte once the blob is committed), take the fill over when the
  * leader's lease expires (its published bytes hashed again and copied into a file of their own, the rest
  * fetched with a Range request), and fill alone when Redis does not answer. A leader that stops (shutdown, no
- * client left) hands the fill to the region instead of failing it.
+ * client left) hands the fill to the region instead of failing it. A mirror's fill publishes its key (the remote
+ * and repository it fetches from): a node taking it over resumes from that remote with its own pool.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -84,6 +85,11 @@ export interface FillManagerOptions {
    * through the shared storage, and taken over when its leader dies (see region/coordinator.ts).
    */
   readonly region?: RegionCoordinator;
+  /**
+   * The source a fill's key names (a mirror's `<remote>/<repository>`) and the repository's name at that remote:
+   * a node of a region taking over another node's fill resumes from the same remote, with its own pool.
+   */
+  readonly resolveSource?: (key: string) => { readonly name: string; readonly source: FillSource } | undefined;
 }
 
 /** How often a node following another node's fill looks at its progress. */
@@ -126,8 +132,11 @@ export class Fill extends EventEmitter {
     public partialPath: string,
     private readonly driver: StorageDriver,
     private readonly fillTimeoutMs: number,
-    /** Where the fill fetches from, when not the node's one upstream set (a mirror's `remote/repository`). */
-    readonly key?: string,
+    /**
+     * Where the fill fetches from, when not the node's one upstream set (a mirror's `remote/repository`); in a
+     * region, a node following another node's fill takes that fill's key.
+     */
+    public key?: string,
   ) {
     super();
     this.setMaxListeners(0);
@@ -408,6 +417,19 @@ export class FillManager {
     return this.fills.get(digest.toString());
   }
 
+  /**
+   * The fill of `digest` running on this node or, in a region, on another node (as far as Redis says): its
+   * `key` (a mirror's `<remote>/<repository>`, undefined for a cache node's fills); undefined when none runs.
+   */
+  async runningKey(digest: Digest): Promise<{ key: string | undefined } | undefined> {
+    const local = this.fills.get(digest.toString());
+    if (local) return { key: local.key };
+    const peek = await this.options.region?.peekFill(digest);
+    const p = peek?.progress;
+    if (!p || p.state !== 'filling' || peek.leader === undefined || p.token !== peek.leader) return undefined;
+    return { key: p.source };
+  }
+
   /** Number of fills in progress. */
   get inFlight(): number {
     return this.fills.size;
@@ -424,7 +446,7 @@ export class FillManager {
     this.fills.set(digest.toString(), fill);
     const upstreams = source?.upstreams ?? this.options.upstreams;
     const region = this.options.region;
-    const work = region && !source ? this.coordinate(region, fill, name, headers, upstreams) : this.run(fill, name, headers, upstreams);
+    const work = region ? this.coordinate(region, fill, name, headers, upstreams) : this.run(fill, name, headers, upstreams);
     const settled = work.finally(() => {
       this.fills.delete(digest.toString());
       this.running.delete(settled);
@@ -468,7 +490,7 @@ export class FillManager {
   private async coordinate(region: RegionCoordinator, fill: Fill, name: string, headers: Readonly<Record<string, string>>, upstreams: UpstreamPool): Promise<void> {
     if (await this.adoptStored(fill)) return;
     const token = fillToken(region);
-    const claim = await region.claimFill(fill.digest, { token, state: 'filling', partial: fill.partialPath, written: 0 });
+    const claim = await region.claimFill(fill.digest, { token, state: 'filling', partial: fill.partialPath, written: 0, ...sourceOf(fill) });
     if (claim === 'alone') {
       region.stats.fillsAlone += 1;
       return this.run(fill, name, headers, upstreams);
@@ -496,6 +518,7 @@ export class FillManager {
       written: fill.written,
       ...(fill.size !== undefined ? { size: fill.size } : {}),
       ...(fill.error && !handingOff() ? { reason: fill.error.message } : {}),
+      ...sourceOf(fill),
     });
     // One publication at a time, the latest state each: as often as Redis answers, never queued up.
     let publishing: Promise<void> | undefined;
@@ -557,6 +580,12 @@ export class FillManager {
   private async follow(region: RegionCoordinator, fill: Fill, name: string, headers: Readonly<Record<string, string>>, upstreams: UpstreamPool): Promise<void> {
     const digest = fill.digest;
     const log = this.options.logger.child({ digest: digest.toString() });
+    // Where this node fetches when it fills after all: for a mirror, the remote and repository of the region's
+    // fill (its key, taken from the leader's progress), with this node's own pool.
+    const origin = (): [string, UpstreamPool] => {
+      const from = fill.key !== undefined ? this.options.resolveSource?.(fill.key) : undefined;
+      return from ? [from.name, from.source.upstreams] : [name, upstreams];
+    };
     for (;;) {
       if (fill.signal.aborted) {
         fill.fail(new RegistryError('UNAVAILABLE', `the fill stopped: ${String((fill.signal.reason as Error | undefined)?.message ?? 'aborted')}`));
@@ -569,7 +598,8 @@ export class FillManager {
         if (fill.written === 0 && fill.size === undefined) {
           region.stats.fillsAlone += 1;
           fill.partialPath = partialPathOf(digest);
-          return this.run(fill, name, headers, upstreams);
+          const [from, pool] = origin();
+          return this.run(fill, from, headers, pool);
         }
         const onDisk = await this.options.driver.stat(fill.partialPath).then((i) => i.size, () => undefined);
         if (onDisk === undefined) {
@@ -590,6 +620,8 @@ export class FillManager {
             fill.fail(new RegistryError('UNAVAILABLE', 'the blob another node of the region filled is gone already'));
             return;
           }
+          // A mirror's fill: the repository it fetches for is the region's fill's, whichever this node's client named.
+          if (p.source !== undefined) fill.key = p.source;
           if (p.partial !== fill.partialPath) {
             fill.partialPath = p.partial;
             fill.emit('progress');
@@ -602,12 +634,14 @@ export class FillManager {
           const partial = partialPathOf(digest);
           const resume = p && p.state === 'filling' && p.size !== undefined && p.written > 0 ? { partial: p.partial, target: partial, offset: p.written, size: p.size } : undefined;
           const token = fillToken(region);
-          const claim = await region.claimFill(digest, { token, state: 'filling', partial: resume?.partial ?? partial, written: resume?.offset ?? 0, ...(resume ? { size: resume.size } : {}) });
+          const claim = await region.claimFill(digest, { token, state: 'filling', partial: resume?.partial ?? partial, written: resume?.offset ?? 0, ...(resume ? { size: resume.size } : {}), ...sourceOf(fill) });
           if (claim === 'led') {
             region.stats.takeovers += 1;
-            log.warn({ from: p?.token, offset: resume?.offset ?? 0 }, 'region: the node leading this fill is gone; this node takes it over');
+            log.warn({ from: p?.token, offset: resume?.offset ?? 0, ...(fill.key !== undefined ? { source: fill.key } : {}) }, 'region: the node leading this fill is gone; this node takes it over');
             if (!resume) fill.partialPath = partial;
-            return this.lead(region, fill, token, name, headers, upstreams, resume);
+            // A mirror's fill resumes from the remote (and repository) the dead leader fetched from.
+            const [from, pool] = origin();
+            return this.lead(region, fill, token, from, headers, pool, resume);
           }
           continue;
         }
@@ -842,6 +876,11 @@ const ABANDONED_PARTIAL_MS = 10 * 60_000;
 /** A new partial file's path, unique to this process and moment. */
 function partialPathOf(digest: Digest): string {
   return `${FILLS_DIR}/${digest.algorithm}/${digest.hex}-${process.pid}-${Date.now().toString(36)}${randomBytes(3).toString('hex')}`;
+}
+
+/** The `source` of a fill's progress record: its key, when it has one (a mirror's fill). */
+function sourceOf(fill: Fill): { source?: string } {
+  return fill.key !== undefined ? { source: fill.key } : {};
 }
 
 /** A fill lease's token: the node and the fill. */

@@ -13,7 +13,7 @@ import { GrantVerifier, JWKS_PATH, RemoteJwks } from './grants/grant.js';
 import { CacheNamespace, type AccessTracker } from './cache.js';
 import { CaStore } from './ca-trust.js';
 import { ExpiryIndex } from './expiry.js';
-import type { DownstreamOptions } from './options.js';
+import type { DownstreamOptions, RegionOptions } from './options.js';
 import { UpstreamPool } from './upstream.js';
 import { observeCache, upstreamLatency } from './metrics.js';
 import type { CacheWarmTarget } from './warm.js';
@@ -41,10 +41,7 @@ export function downstreamMiddleware(options: DownstreamOptions, cas: CaStore = 
       logger: log,
       onResult: upstreamLatency(observability),
     });
-    const region = options.region
-      ? new RegionCoordinator({ redis: options.region.redis, storageRoot: options.region.storageRoot, logger: log, ...(options.region.name ? { name: options.region.name } : {}) })
-      : undefined;
-    await region?.start();
+    const region = await joinRegion(options.region, log);
     const expiry =
       options.blobttlMs !== undefined || options.maxsizeBytes !== undefined
         ? new ExpiryIndex({
@@ -108,8 +105,16 @@ export function downstreamMiddleware(options: DownstreamOptions, cas: CaStore = 
   };
 }
 
+/** The coordinator of the region of `options` (a cache node's `region`, a mirror's `proxy.region`), started. */
+export async function joinRegion(options: RegionOptions | undefined, logger: Logger): Promise<RegionCoordinator | undefined> {
+  if (!options) return undefined;
+  const region = new RegionCoordinator({ redis: options.redis, storageRoot: options.storageRoot, logger, ...(options.name ? { name: options.name } : {}) });
+  await region.start();
+  return region;
+}
+
 /** The expiry index's accesses, with pins held region-wide too (the sweeper of any node leaves them alone). */
-function regionTracker(expiry: ExpiryIndex, region: RegionCoordinator): AccessTracker {
+export function regionTracker(expiry: ExpiryIndex, region: RegionCoordinator): AccessTracker {
   return {
     touch: (digest, size, access) => expiry.touch(digest, size, access),
     pin(digest) {

@@ -118,9 +118,11 @@ export function createCacheNode(options: DownstreamOptions, logger: Logger, cas:
  */
 export function createMirrorNode(options: MirrorOptions, config: RegistryConfig, logger: Logger, cas: CaStore = new CaStore()): NodeRole {
   const middleware = [mirrorMiddleware(options, { cas })];
-  if (!options.grants) return { role: 'mirror', middleware };
+  // In a region the folder is shared: per-node notification queues, and a start-up that leaves others' files alone.
+  const shared = options.region ? { sharedStorage: true } : {};
+  if (!options.grants) return { role: 'mirror', middleware, ...shared };
   const auth = createAuth(config, logger);
-  return { role: 'mirror', middleware, authorizer: mirrorGrantAuthorizer(options.grants, auth.authorizer, logger, cas), extraRoutes: auth.routes };
+  return { role: 'mirror', middleware, authorizer: mirrorGrantAuthorizer(options.grants, auth.authorizer, logger, cas), extraRoutes: auth.routes, ...shared };
 }
 
 /**

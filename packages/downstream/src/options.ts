@@ -131,7 +131,7 @@ export type { CaFileSettings } from './option-schema.js';
  */
 export function downstreamOptionsSchema(key: string, config: RegistryConfig, settings: ParseDownstreamSettings = {}) {
   const at = (...path: KeyPath): string => keyAt(key, path);
-  const envRedis = settings.env?.[REGION_REDIS_ENV];
+  const envRedis = regionRedisFromEnv(settings.env);
   return z
     .preprocess((raw) => withRegionEnv(raw, envRedis), z.looseObject({
       originhost: optional(hostUrl),
@@ -149,7 +149,7 @@ export function downstreamOptionsSchema(key: string, config: RegistryConfig, set
         leaf((v) => (Array.isArray(v) && v.every((d): d is string => typeof d === 'string' && d !== '') ? v : new Refusal('a list of cache names'))),
         [],
       ),
-      region: optional(regionSchema(envRedis !== undefined && envRedis !== '')),
+      region: optional(regionSchema(envRedis !== undefined)),
     }))
     .superRefine((o, ctx) => {
       for (const k of Object.keys(o)) {
@@ -165,11 +165,7 @@ export function downstreamOptionsSchema(key: string, config: RegistryConfig, set
         const why = `${deleting.join(' and ')} ${deleting.length === 1 ? 'is' : 'are'} set (the cache deletes blobs when they expire or are evicted, and the storage refuses deletes unless they are enabled)`;
         fail(ctx, false, `true because ${why}`, 'false', { key: 'storage.delete.enabled', after: 'keys' });
       }
-      // The nodes of a region share one folder: a storage of this process's memory cannot be shared.
-      if (isRecord(o.region) && config.storage.filesystem === undefined) {
-        const driver = config.storage.inmemory !== undefined ? 'inmemory' : 'no filesystem storage';
-        fail(ctx, driver, `storage.filesystem (a folder every node of the region mounts) because ${at('region')} is set`, driver, { key: 'storage', after: 'keys' });
-      }
+      if (isRecord(o.region)) checkRegionStorage(ctx, at('region'), config.storage);
       if (settings.checkCaFiles === false) return;
       const entryCas = isUpstreamSet(o.upstreams) ? o.upstreams.cas : undefined;
       for (const [path, files] of [[['cas'], o.cas], [['upstreams', 0, 'cas'], entryCas]] as const) {
@@ -191,7 +187,7 @@ export function downstreamOptionsSchema(key: string, config: RegistryConfig, set
         ...(o.name === undefined ? {} : { name: o.name }),
         issuer: o.issuer,
         downstreams: o.downstreams,
-        ...(o.region === undefined ? {} : { region: { ...o.region, storageRoot: config.storage.filesystem?.rootdirectory ?? '' } }),
+        ...(o.region === undefined ? {} : { region: regionOptionsOf(o.region, config.storage) }),
       };
     });
 }
@@ -228,10 +224,19 @@ export function parseDownstreamOptions(
  */
 export const validateDownstreamOptions: MiddlewareOptionsValidator = (options, key, config) => parseDownstreamOptions(options, key, config).errors;
 
-// --- The region ---
+// --- The region (a cache node's `region`, a mirror's `proxy.region`: one schema for both) ---
 
-/** The options with `region.redis` set from the environment, when it is (the environment wins over the file). */
-function withRegionEnv(raw: unknown, envRedis: string | undefined): unknown {
+/** {@link REGION_REDIS_ENV} of `env`, when set (and not empty). */
+export function regionRedisFromEnv(env: NodeJS.ProcessEnv | undefined): string | undefined {
+  const value = env?.[REGION_REDIS_ENV];
+  return value === undefined || value === '' ? undefined : value;
+}
+
+/**
+ * The mapping that holds `region` (a cache node's options, a mirror's `proxy` section) with `region.redis` set
+ * from the environment, when it is (the environment wins over the file; it also sets a region the file has not).
+ */
+export function withRegionEnv(raw: unknown, envRedis: string | undefined): unknown {
   if (envRedis === undefined || envRedis === '' || !isRecord(raw)) return raw;
   const region = isRecord(raw['region']) ? raw['region'] : {};
   return { ...raw, region: { ...region, redis: envRedis } };
@@ -260,8 +265,23 @@ function safeText(value: string): string {
 
 const REGION_KEYS = ['redis', 'name'] as const;
 
-/** `region`: `{redis, name?}`. */
-function regionSchema(fromEnv: boolean) {
+/**
+ * The nodes of a region share one folder: a storage of this process's memory cannot be shared. `regionKey` names
+ * the region's key in the message (`middleware.registry[0].options.region`, `proxy.region`).
+ */
+export function checkRegionStorage(ctx: OptionCtx, regionKey: string, storage: RegistryConfig['storage']): void {
+  if (storage.filesystem !== undefined) return;
+  const driver = storage.inmemory !== undefined ? 'inmemory' : 'no filesystem storage';
+  fail(ctx, driver, `storage.filesystem (a folder every node of the region mounts) because ${regionKey} is set`, driver, { key: 'storage', after: 'keys' });
+}
+
+/** The options of a checked `region`, with the shared folder of `storage`. */
+export function regionOptionsOf(region: { redis: string; name?: string }, storage: RegistryConfig['storage']): RegionOptions {
+  return { ...region, storageRoot: storage.filesystem?.rootdirectory ?? '' };
+}
+
+/** `region`: `{redis, name?}`; `fromEnv` when `redis` came from {@link REGION_REDIS_ENV} (messages say so). */
+export function regionSchema(fromEnv: boolean) {
   const redis = redisUrl(fromEnv);
   const name = leaf((v) => (typeof v === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(v) ? v : new Refusal('a region name of letters, digits, ".", "_" and "-" (at most 64)')));
   return z.unknown().transform((value, ctx): { redis: string; name?: string } => {

@@ -3,15 +3,19 @@
  * in-process with `startRegistry` and the mirror middleware.
  */
 import assert from 'node:assert/strict';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { pino } from 'pino';
 import { parseConfig, startRegistry, type RegistryConfig, type RunningRegistry } from '@cascade/registry-core';
-import { freePort, OCI_MANIFEST, sha256, startFakeRegistry, type Challenge, type FakeRegistry, type FakeRegistryOptions } from '@cascade/testkit';
+import { freePort, OCI_MANIFEST, sha256, startFakeRegistry, startRedis, type Challenge, type FakeRegistry, type FakeRegistryOptions, type RedisServer } from '@cascade/testkit';
 import { mirrorMiddleware, type MirrorSettings } from '../src/mirror/middleware.js';
 import type { MirrorNamespace } from '../src/mirror/namespace.js';
 import { parseMirrorOptions, validateMirrorConfig, type MirrorOptions } from '../src/mirror/options.js';
-import { parseNodeConfig, type NodeConfig } from '../src/node.js';
+import { createNode, parseNodeConfig, type NodeConfig } from '../src/node.js';
 import { realmRefusal, registrableDomain, scopeOf } from '../src/registry-client/index.js';
 
 const silent = pino({ level: 'silent' });
@@ -116,6 +120,58 @@ describe('mirror options', () => {
     assert.match(errors('proxy: {remotes: [{url: "https://a.example", name: "A_"}]}')[0] ?? '', /^proxy\.remotes\[0\]\.name: expected a lower-case repository path component/);
     assert.match(errors('proxy: {remoteurl: "https://a.example", local: [a.example]}')[0] ?? '', /^proxy\.local\[0\]: expected a prefix that is not a remote's name/);
     assert.match(errors('proxy: {remotes: [{url: "https://a.example", cas: [/nonexistent/ca.pem]}]}')[0] ?? '', /^proxy\.remotes\[0\]\.cas\[0\]: \/nonexistent\/ca\.pem/);
+  });
+
+  describe('proxy.region (checked by the cache\'s region schema)', () => {
+    const FS = 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: /srv/shared}, delete: {enabled: true}}\nhttp: {addr: "127.0.0.1:0"}\n';
+    const REDIS = 'redis://redis.eu-west.internal:6379/0';
+    const load = (yaml: string, env: NodeJS.ProcessEnv = {}, head = FS) => parseNodeConfig(`${head}${yaml}`, 'mirror.yml', env, { checkCaFiles: false });
+    const messages = (yaml: string, env: NodeJS.ProcessEnv = {}, head = FS): string[] => {
+      try {
+        load(yaml, env, head);
+        return [];
+      } catch (err) {
+        return (err as Error).message.split('\n').map((l) => l.replace(/^mirror\.yml: /, ''));
+      }
+    };
+
+    it('accepts a region under proxy: the mirror joins the region of its storage folder, and shares the folder', () => {
+      const node = load(`proxy: {remoteurl: "https://r.example", region: {redis: "${REDIS}", name: eu-west}}`);
+      assert.deepEqual(node.mirror?.region, { redis: REDIS, name: 'eu-west', storageRoot: '/srv/shared' });
+      assert.equal(createNode(node, silent).sharedStorage, true, 'a mirror in a region shares its folder');
+      assert.equal(createNode(load('proxy: {remoteurl: "https://r.example"}'), silent).sharedStorage, undefined);
+    });
+
+    it('CASCADE_REGION_REDIS supplies proxy.region.redis, and wins over the file', () => {
+      assert.equal(load('proxy: {remoteurl: "https://r.example"}', { CASCADE_REGION_REDIS: REDIS }).mirror?.region?.redis, REDIS);
+      assert.equal(load('proxy: {remoteurl: "https://r.example", region: {redis: "redis://other:6379"}}', { CASCADE_REGION_REDIS: REDIS }).mirror?.region?.redis, REDIS);
+      assert.deepEqual(load('proxy: {remoteurl: "https://r.example", region: {name: eu}}', { CASCADE_REGION_REDIS: REDIS }).mirror?.region, { redis: REDIS, name: 'eu', storageRoot: '/srv/shared' });
+      assert.equal(load('proxy: {remoteurl: "https://r.example"}', { CASCADE_REGION_REDIS: '' }).mirror?.region, undefined, 'empty means unset');
+    });
+
+    it('refuses a bad region, naming proxy.region and never showing the password', () => {
+      const [bad, ...rest] = messages('proxy: {remoteurl: "https://r.example", region: {redis: "http://:hunter2@redis.example:6379"}}');
+      assert.deepEqual(rest, []);
+      assert.match(bad ?? '', /proxy\.region\.redis: expected a redis:\/\/ or rediss:\/\/ URL/);
+      assert.ok(!bad?.includes('hunter2'), bad);
+      const fromEnv = messages('proxy: {remoteurl: "https://r.example"}', { CASCADE_REGION_REDIS: 'http://:hunter2@x' });
+      assert.equal(fromEnv.length, 1, fromEnv.join('\n'));
+      assert.match(fromEnv[0] ?? '', /proxy\.region\.redis: .*\(from CASCADE_REGION_REDIS\)$/);
+      assert.ok(!fromEnv[0]?.includes('hunter2'));
+      assert.match(messages('proxy: {remoteurl: "https://r.example", region: {}}')[0] ?? '', /proxy\.region\.redis: expected .* \(or set CASCADE_REGION_REDIS\), got nothing$/);
+      assert.match(messages('proxy: {remoteurl: "https://r.example", region: {redis: "redis://r:6379", name: "a b"}}')[0] ?? '', /proxy\.region\.name: expected a region name/);
+      // The registry config's schema checks the shape (an unknown key, a value not text).
+      assert.match(messages('proxy: {remoteurl: "https://r.example", region: {redis: "redis://r:6379", nodes: 3}}').join('\n'), /proxy\.region/);
+    });
+
+    it('refuses a region on storage of the process\'s memory (inmemory): the nodes share a folder', () => {
+      assert.deepEqual(messages(`proxy: {remoteurl: "https://r.example", region: {redis: "${REDIS}"}}`, {}, HEAD), [
+        'storage: expected storage.filesystem (a folder every node of the region mounts) because proxy.region is set, got inmemory',
+      ]);
+      assert.deepEqual(messages('proxy: {remoteurl: "https://r.example"}', { CASCADE_REGION_REDIS: REDIS }, HEAD), [
+        'storage: expected storage.filesystem (a folder every node of the region mounts) because proxy.region is set, got inmemory',
+      ]);
+    });
   });
 
   it('reports its problems through the config loader, with the file name', () => {
@@ -437,5 +493,65 @@ describe('mirror and misbehaving or protected remotes', () => {
     assert.equal(res.status, 508);
     assert.match(res.body.toString(), /request loop/);
     assert.equal(mirror?.metrics.loops, 1);
+  });
+});
+
+describe('mirrors in a region (proxy.region, a real redis-server, one shared folder)', () => {
+  let redis: RedisServer;
+  let dir: string;
+  const stops: Array<() => Promise<void>> = [];
+
+  before(async () => {
+    redis = await startRedis();
+    dir = await mkdtemp(join(tmpdir(), 'mirror-region-unit-'));
+  });
+  after(async () => {
+    for (const stop of stops.reverse()) await stop().catch(() => undefined);
+    await redis.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** A mirror of `remote` in the region, on the shared folder, sweeping every 200 ms. */
+  async function regionMirror(remote: string): Promise<RunningRegistry> {
+    const yaml = `version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: "${join(dir, 'shared')}"}, delete: {enabled: true}}\nhttp: {addr: "127.0.0.1:0"}\nproxy: {remoteurl: "${remote}", ttl: 2s, region: {redis: "${redis.url}"}}\n`;
+    const node = parseNodeConfig(yaml, 'mirror.yml', {});
+    assert.ok(node.mirror?.region);
+    const reg = await startRegistry({ config: node.config, logger: silent, sharedStorage: true, middleware: [mirrorMiddleware(node.mirror, { cas: node.cas, sweepIntervalMs: 200 })] });
+    stops.push(() => reg.close());
+    return reg;
+  }
+
+  const sweeps = async (reg: RunningRegistry, result: string): Promise<number> => {
+    const text = await reg.observability.registry.metrics();
+    const line = text.split('\n').find((l) => l.startsWith('cascade_region_sweeps_total{') && l.includes(`result="${result}"`));
+    return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+  };
+
+  it('hits on one mirror keep a blob another filled past its TTL; one sweeper for the region expires it once left alone', async () => {
+    const origin = await startOrigin();
+    stops.push(() => origin.reg.close());
+    const image = await pushImage(origin.reg.url, 'team/app', 'v1', 'region');
+    const a = await regionMirror(origin.reg.url);
+    const b = await regionMirror(origin.reg.url);
+    const data = join(dir, 'shared', 'docker/registry/v2/blobs/sha256', image.layerDigest.slice(7, 9), image.layerDigest.slice(7), 'data');
+    const first = await req(`${a.url}/v2/team/app/blobs/${image.layerDigest}`);
+    assert.equal(sha(first.body), image.layerDigest);
+    // Hits on the other mirror for twice the TTL: the region's sweeper (whichever node) counts them.
+    const until = Date.now() + 4000;
+    while (Date.now() < until) {
+      assert.equal(sha((await req(`${b.url}/v2/team/app/blobs/${image.layerDigest}`)).body), image.layerDigest);
+      await sleep(300);
+    }
+    assert.ok(await stat(data).then(() => true, () => false), 'hits on the other mirror kept the blob past its TTL');
+    assert.deepEqual(origin.seen.filter((l) => l.startsWith('GET ') && l.includes('/blobs/')), [`GET /v2/team/app/blobs/${image.layerDigest}`], 'one fill, then hits from the shared folder');
+    const deadline = Date.now() + 15_000;
+    while (await stat(data).then(() => true, () => false)) {
+      assert.ok(Date.now() < deadline, 'the blob expires once left alone');
+      await sleep(200);
+    }
+    // One sweep per interval for the region: the nodes take turns or one wins, and the others skip theirs.
+    const ran = (await sweeps(a, 'ran')) + (await sweeps(b, 'ran'));
+    const skipped = (await sweeps(a, 'skipped')) + (await sweeps(b, 'skipped'));
+    assert.ok(ran > 0 && skipped > 0, `the region swept (ran ${ran}, skipped ${skipped})`);
   });
 });

@@ -218,6 +218,15 @@ describe('seed configurations', () => {
     const { config } = parseConfig(text, FILE, {});
     assert.deepEqual(config.proxy, { remoteurl: 'https://registry-1.docker.io', username: 'someone', password: 's3cret', ttl: 7 * 24 * 3600 * 1000 });
   });
+
+  test('proxy.region (a mirror in a region): its shape is checked here, its values by the mirror\'s options', () => {
+    const { config } = parseConfig(`${MINIMAL}proxy:\n  remoteurl: https://r.example\n  region:\n    redis: redis://redis.example:6379/0\n    name: eu\n`, FILE, {});
+    assert.deepEqual(config.proxy?.region, { redis: 'redis://redis.example:6379/0', name: 'eu' });
+    // redis may come from CASCADE_REGION_REDIS instead (the mirror's options parser applies it).
+    assert.deepEqual(parseConfig(`${MINIMAL}proxy:\n  remoteurl: https://r.example\n  region: {name: eu}\n`, FILE, {}).config.proxy?.region, { name: 'eu' });
+    assert.deepEqual(fails(`${MINIMAL}proxy:\n  remoteurl: https://r.example\n  region: {redis: redis://r:6379, nodes: 3}\n`).issues.map((i) => i.key), ['proxy.region.nodes']);
+    assert.deepEqual(fails(`${MINIMAL}proxy:\n  remoteurl: https://r.example\n  region: [redis://r:6379]\n`).issues.map((i) => i.key), ['proxy.region']);
+  });
 });
 
 describe('defaults and accepted sections', () => {

@@ -1,6 +1,7 @@
 /**
  * Mirror mode: a registry with a `proxy` section becomes a pull-through mirror of its remotes (see
- * namespace.ts), with the cache node's fills and expiry for blobs.
+ * namespace.ts), with the cache node's fills and expiry for blobs, and in a region (`proxy.region`) the cache
+ * node's coordination: one fill per blob for the region, one expiry state and sweeper, pins held region-wide.
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
@@ -9,7 +10,10 @@ import { CacheNamespace } from '../cache.js';
 import { CaStore } from '../ca-trust.js';
 import { ExpiryIndex } from '../expiry.js';
 import { UpstreamPool } from '../upstream.js';
+import type { FillSource } from '../fill.js';
 import { observeCache, upstreamLatency } from '../metrics.js';
+import { joinRegion, regionTracker } from '../middleware.js';
+import { observeRegion } from '../region/metrics.js';
 import { localBlobMarker, MirrorNamespace, type RemoteRuntime } from './namespace.js';
 import type { MirrorGrants, MirrorOptions } from './options.js';
 import { GrantAuthorizer, GrantOrAuthorizer } from '../grants/authorizer.js';
@@ -51,10 +55,12 @@ export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSetting
       const pool = new UpstreamPool({ upstreamhosts: [], originhost: remote.url, ...(ca ? { ca } : {}), logger: rlog, auth, onResult });
       return { remote, pool, auth, checked: new Map(), checking: new Map() };
     });
+    const region = await joinRegion(options.region, log);
     const expiry =
       options.ttlMs !== undefined
         ? new ExpiryIndex({
             driver,
+            ...(region ? { region } : {}),
             ttlMs: options.ttlMs,
             sweepIntervalMs: settings.sweepIntervalMs ?? 60_000,
             ...(settings.now ? { now: settings.now } : {}),
@@ -78,7 +84,8 @@ export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSetting
       upstreams: (runtimes[0] as RemoteRuntime).pool,
       logger: log,
       ...(settings.fillTimeoutMs !== undefined ? { fillTimeoutMs: settings.fillTimeoutMs } : {}),
-      ...(expiry ? { tracker: expiry } : {}),
+      ...(expiry ? { tracker: region ? regionTracker(expiry, region) : expiry } : {}),
+      ...(region ? { region, resolveSource: (key: string) => sourceOf(runtimes, key) } : {}),
       forwardAuthorization: false,
     });
     await cache.recover();
@@ -100,10 +107,12 @@ export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSetting
         default: options.defaultRemote?.name,
         local: options.local,
         ttlMs: options.ttlMs,
+        ...(region ? { region: region.prefix, node: region.nodeId, redisUp: region.up } : {}),
       },
       'mirror ready',
     );
     observeCache(observability, { cache, pools: runtimes.map((r) => r.pool), ...(expiry ? { expiry } : {}), mirror: mirror.metrics, upstreamCritical: false });
+    if (region) observeRegion(observability, region);
     onReady?.(mirror);
     let last = '';
     const logMetrics = (l: Logger) => {
@@ -113,6 +122,7 @@ export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSetting
         inFlight: cache.fills.inFlight,
         remotes: runtimes.map((r) => ({ name: r.remote.name, ...r.auth.stats(), upstream: r.pool.stats()[0] })),
         ...(expiry ? { expiry: expiry.stats() } : {}),
+        ...(region ? { region: { ...region.stats, redisUp: region.up } } : {}),
       };
       const text = JSON.stringify(snapshot);
       if (text === last) return;
@@ -133,9 +143,20 @@ export function mirrorMiddleware(options: MirrorOptions, settings: MirrorSetting
           r.auth.close();
         }
         await expiry?.stop();
+        await region?.close();
       },
     };
   };
+}
+
+/**
+ * The remote and repository a fill's key names (`<remote name>/<repository>`; a remote's name is one path
+ * component): a node of the region taking over another node's fill fetches from there.
+ */
+function sourceOf(runtimes: readonly RemoteRuntime[], key: string): { name: string; source: FillSource } | undefined {
+  const slash = key.indexOf('/');
+  const runtime = slash > 0 ? runtimes.find((r) => r.remote.name === key.slice(0, slash)) : undefined;
+  return runtime ? { name: key.slice(slash + 1), source: { upstreams: runtime.pool, key } } : undefined;
 }
 
 /**

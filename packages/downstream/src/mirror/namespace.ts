@@ -15,6 +15,9 @@
  * - blobs go through the cache node's fills (single flight, digest verified, TTL). A blob is linked in the
  *   repository it was fetched for; the same bytes asked for in another repository are served from disk only
  *   once that repository's remote confirmed, with a HEAD, that the repository has them.
+ *
+ * In a region (`proxy.region`), the nodes share the folder, the fills (a fill records its remote and repository)
+ * and the expiry state, as a cache node's region does.
  */
 import type { Logger } from 'pino';
 import {
@@ -440,12 +443,15 @@ class MirrorBlobStore implements BlobStore {
     return this.inner.serve(digest, ctx);
   }
 
-  /** Bytes stored (or being fetched) for another repository are served here only once the remote says this repository has them too. */
+  /**
+   * Bytes stored (or being fetched) for another repository are served here only once the remote says this
+   * repository has them too. In a region, a fill another node runs counts (its key is in the region's record).
+   */
   private async admit(digest: Digest): Promise<void> {
     const driver = this.repo.mirror.options.driver;
     if (await exists(driver, paths.layerLink(this.key, digest))) return;
     const onDisk = (await statBlob(driver, digest)) !== undefined;
-    const running = this.repo.mirror.options.cache.fills.get(digest);
+    const running = onDisk ? undefined : await this.repo.mirror.options.cache.fills.runningKey(digest);
     if (!onDisk && (!running || running.key === this.key)) return;
     const res = await this.repo.fetch({ method: 'HEAD', path: `/v2/${this.repo.upstreamName}/blobs/${digest.toString()}` }, 'BLOB_UNKNOWN');
     res.body.resume();

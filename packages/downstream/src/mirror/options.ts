@@ -20,16 +20,18 @@
  *     - {url: https://registry-1.docker.io, default: true}
  *     - {url: https://ghcr.io, name: ghcr}
  *     - {url: https://registry.internal:5000, username: robot, password: secret, cas: [/etc/cascade/ca.pem]}
+ *   region: {redis: redis://redis.example:6379/0}   # several mirrors on one shared folder, as a cache's region
  * ```
  *
  * The forms combine (remoteurl first, then remoteregistries, then remotes). Each key's type is checked by the
  * registry config's schema; {@link mirrorOptionsSchema} checks what holds across keys and remotes (names,
- * hosts, credentials, the default, local prefixes, the CA files), parsed once into {@link MirrorOptions}.
- * Messages name the exact key.
+ * hosts, credentials, the default, local prefixes, the CA files, and `proxy.region` with the cache's region
+ * schema and `CASCADE_REGION_REDIS`), parsed once into {@link MirrorOptions}. Messages name the exact key.
  */
 import { z } from 'zod';
 import type { AuthConfig, ProxyConfig, RegistryConfig } from '@cascade/registry-core';
-import { fail, keyAt, optionMessages, readCaFiles, type CaFileSettings, type KeyPath } from '../option-schema.js';
+import { fail, keyAt, optionMessages, readCaFiles, type KeyPath } from '../option-schema.js';
+import { checkRegionStorage, regionOptionsOf, regionRedisFromEnv, regionSchema, withRegionEnv, type ParseDownstreamSettings, type RegionOptions } from '../options.js';
 
 /** Registry hosts that mean Docker Hub; one-component names there live under `library/`. */
 export const DOCKER_HUB_HOSTS = ['docker.io', 'index.docker.io', 'registry-1.docker.io'] as const;
@@ -72,6 +74,8 @@ export interface MirrorOptions {
   readonly clientAuth: boolean;
   /** Accept the Cascade server's grants for blob GETs (the mirror is registered as a cache there). */
   readonly grants?: MirrorGrants;
+  /** `proxy.region`: the mirrors on this shared folder fill each blob once and share one expiry state. */
+  readonly region?: RegionOptions;
 }
 
 /** `proxy.grants`: the server whose grants a mirror accepts. */
@@ -85,15 +89,19 @@ export interface MirrorGrants {
   readonly cas: readonly string[];
 }
 
-/** How {@link parseMirrorOptions} checks the CA files (as for the cache's options). */
-export type ParseMirrorSettings = CaFileSettings;
+/** How {@link parseMirrorOptions} checks the CA files, and the environment it reads (`CASCADE_REGION_REDIS`), as for the cache's options. */
+export type ParseMirrorSettings = ParseDownstreamSettings;
 
 const COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*$/;
 
-/** What the mirror's options are read from: the loaded config's `proxy` section, and its `auth` (does the mirror authenticate clients). */
+/**
+ * What the mirror's options are read from: the loaded config's `proxy` section, its `auth` (does the mirror
+ * authenticate clients) and its `storage` (a region's nodes share a folder).
+ */
 export interface MirrorSource {
   readonly auth: AuthConfig;
   readonly proxy: ProxyConfig;
+  readonly storage: RegistryConfig['storage'];
 }
 
 /**
@@ -104,7 +112,7 @@ export interface MirrorSource {
 export function mirrorOptionsSchema(settings: ParseMirrorSettings = {}) {
   return z
     .custom<MirrorSource>()
-    .transform(draftOf)
+    .transform((source) => draftOf(source, regionRedisFromEnv(settings.env)))
     .superRefine((draft, ctx) => checkMirror(draft, ctx, settings))
     .transform(optionsOf);
 }
@@ -112,7 +120,7 @@ export function mirrorOptionsSchema(settings: ParseMirrorSettings = {}) {
 /** Parses and checks the `proxy` section; `options` is set only when there are no errors (and there is a section). */
 export function parseMirrorOptions(config: RegistryConfig, settings: ParseMirrorSettings = {}): { options?: MirrorOptions; errors: string[] } {
   if (config.proxy === undefined) return { errors: [] };
-  const result = mirrorOptionsSchema(settings).safeParse({ auth: config.auth, proxy: config.proxy });
+  const result = mirrorOptionsSchema(settings).safeParse({ auth: config.auth, proxy: config.proxy, storage: config.storage });
   return result.success ? { errors: [], options: result.data } : { errors: optionMessages(result.error.issues, '') };
 }
 
@@ -143,20 +151,27 @@ interface RemoteDraft {
 
 interface MirrorDraft {
   readonly proxy: ProxyConfig;
+  readonly storage: RegistryConfig['storage'];
   readonly clientAuth: boolean;
   readonly remotes: readonly RemoteDraft[];
+  /** `proxy.region` (with `CASCADE_REGION_REDIS` applied) parsed by the cache's region schema; undefined when not set. */
+  readonly region?: ReturnType<ReturnType<typeof regionSchema>['safeParse']>;
 }
 
 type RemoteAsWritten = NonNullable<ProxyConfig['remotes']>[number] & { path: KeyPath };
 
 /** The remotes of the three forms, in order. */
-function draftOf({ auth, proxy }: MirrorSource): MirrorDraft {
+function draftOf({ auth, proxy, storage }: MirrorSource, envRedis: string | undefined): MirrorDraft {
+  const rawRegion = (withRegionEnv(proxy, envRedis) as { region?: unknown }).region;
+  const region = rawRegion === undefined || rawRegion === null ? undefined : regionSchema(envRedis !== undefined).safeParse(rawRegion);
   const written: RemoteAsWritten[] = [];
   if (proxy.remoteurl) written.push({ path: ['proxy'], url: proxy.remoteurl, username: proxy.username, password: proxy.password, default: true });
   (proxy.remoteregistries ?? []).forEach((r, i) => written.push({ path: ['proxy', 'remoteregistries', i], url: r.url, username: r.username, password: r.password }));
   (proxy.remotes ?? []).forEach((r, i) => written.push({ ...r, path: ['proxy', 'remotes', i] }));
   return {
     proxy,
+    storage,
+    ...(region ? { region } : {}),
     clientAuth: Boolean(auth.htpasswd || auth.token || proxy.grants),
     remotes: written.map((r) => {
       const url = new URL(r.url);
@@ -241,6 +256,10 @@ function checkMirror(draft: MirrorDraft, ctx: z.core.$RefinementCtx, settings: P
     const remote = byName.get(p.split('/')[0] as string) ?? byHost.get(p.split('/')[0] as string);
     if (remote !== undefined) fail(ctx, prefix, "a prefix that is not a remote's name", `${JSON.stringify(prefix)} (a name of the remote of ${remote})`, { path });
   });
+  if (draft.region) {
+    for (const issue of draft.region.error?.issues ?? []) ctx.addIssue({ ...issue, path: ['proxy', 'region', ...issue.path] } as z.core.$ZodRawIssue);
+    checkRegionStorage(ctx, 'proxy.region', draft.storage);
+  }
 }
 
 /** The options of a checked draft. */
@@ -270,5 +289,6 @@ function optionsOf(draft: MirrorDraft): MirrorOptions {
     ...(ttlMs !== undefined ? { ttlMs } : {}),
     clientAuth: draft.clientAuth,
     ...(grants ? { grants } : {}),
+    ...(draft.region?.data ? { region: regionOptionsOf(draft.region.data, draft.storage) } : {}),
   };
 }

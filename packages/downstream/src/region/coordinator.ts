@@ -1,13 +1,14 @@
 /**
- * The coordination of a region: several cache nodes on one shared storage folder, coordinated through one Redis
- * (`region.redis`). Redis holds only short-lived facts, never data: a node's loss of it is degraded service,
- * not an outage, and nothing is lost when it restarts empty.
+ * The coordination of a region: several cache nodes (or mirrors: `proxy.region`) on one shared storage folder,
+ * coordinated through one Redis (`region.redis`). Redis holds only short-lived facts, never data: a node's loss of
+ * it is degraded service, not an outage, and nothing is lost when it restarts empty.
  *
  * Keys, below `cascade:region:<name>` (the name is `region.name`, or derived from the storage root):
  * - `:nodes` - sorted set of the live nodes, scored by the time their heartbeat expires.
  * - `:fill:<digest>` - the lease of the node filling a blob (`<node>/<fill>`), with a TTL the leader renews.
  * - `:fillp:<digest>` - the fill's progress, JSON {@link FillProgress}: where its partial file is, how many of
- *   its bytes are on storage (hashed: a node that takes the fill over resumes from there), and its state.
+ *   its bytes are on storage (hashed: a node that takes the fill over resumes from there), its state, and for a
+ *   mirror the remote and repository it fetches from.
  * - `:pins:<digest>` - sorted set of the nodes serving or filling a blob, scored by expiry: the sweeper of any
  *   node leaves it alone.
  * - `:sweeping` (lock of the running sweep) and `:sweepslot:<n>` (one sweep per interval for the region).
@@ -42,6 +43,12 @@ export interface FillProgress {
   readonly size?: number;
   /** Why the fill failed (`state: failed`). */
   readonly reason?: string;
+  /**
+   * Where the fill fetches from when not the nodes' one upstream set: a mirror's `<remote>/<repository>`. A node
+   * taking the fill over resumes from the same remote (every node has the same config), and a mirror serves
+   * the bytes of a fill for another repository only once that repository's remote confirmed it has them.
+   */
+  readonly source?: string;
 }
 
 /** Options of {@link RegionCoordinator}. */
@@ -345,6 +352,7 @@ function parseProgress(text: string): FillProgress | undefined {
   try {
     const p = JSON.parse(text) as Partial<FillProgress>;
     if (typeof p.token !== 'string' || typeof p.partial !== 'string' || typeof p.written !== 'number' || !['filling', 'done', 'failed'].includes(String(p.state))) return undefined;
+    if (p.source !== undefined && typeof p.source !== 'string') return undefined;
     return p as FillProgress;
   } catch {
     return undefined;

@@ -380,6 +380,10 @@ const proxySchema = z.strictObject({
   cas: z.array(z.string().min(1)).optional(),
   // A mirror registered as a cache at the Cascade server: blob GETs with the server's grants.
   grants: z.strictObject({ issuer: z.string().min(1), name: z.string().min(1), keys: httpUrl(), cas: z.array(z.string().min(1)).optional() }).optional(),
+  // A mirror in a region (nodes on one shared folder, coordinated through Redis). Only the shape is checked here:
+  // the mirror's options parser checks the values as a cache node's `region` (`redis` may come from
+  // CASCADE_REGION_REDIS instead).
+  region: z.strictObject({ redis: z.string().optional(), name: z.string().optional() }).optional(),
 });
 
 const checkCommon = {
