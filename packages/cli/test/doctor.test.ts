@@ -476,6 +476,23 @@ middleware:
     find(results, 'ok', /storage .*shared: writable/);
     assert.ok(!results.some((r) => r.status === 'FAIL'), all(results));
 
+    // A mirror of the region (proxy.region) is checked the same way.
+    const mirrorFile = join(dir, 'mirror.yml');
+    await writeFile(mirrorFile, `version: 0.1
+storage:
+  filesystem:
+    rootdirectory: ${join(dir, 'shared')}
+http:
+  addr: 127.0.0.1:0
+proxy:
+  remoteurl: ${origin.url}
+  region:
+    redis: ${redisUrl}
+`);
+    const mirrorResults = await diagnose(mirrorFile);
+    find(mirrorResults, 'ok', new RegExp(`^ok {4}region redis://:\\*\\*\\*@127\\.0\\.0\\.1:${redis.port}: answers PING`));
+    assert.ok(!all(mirrorResults).includes(password), all(mirrorResults));
+
     // CASCADE_REGION_REDIS overrides the file's URL (here a dead one).
     await writeFile(file, config(`redis://127.0.0.1:${await freePort()}`));
     results = [];

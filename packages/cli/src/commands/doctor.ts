@@ -258,7 +258,7 @@ export async function* runChecks(file: string, options: DoctorOptions = {}): Asy
   const checks = targets.map((t) => checkUpstream(t));
   for (const check of checks) yield* await check;
 
-  const region = plan.downstream?.options.region;
+  const region = plan.downstream?.options.region ?? plan.mirror?.options.region;
   if (region) yield* await checkRegionRedis(region.redis, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
   yield* await checkStorage(plan.config, plan.downstream?.options.maxsizeBytes);
   yield checkSendfile(plan.config);
