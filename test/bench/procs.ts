@@ -15,6 +15,7 @@ import { stringify } from 'yaml';
 import { startCascade, type CascadeProcess } from '../lib/cascade.js';
 import { cacheConfig } from '../lib/cache.js';
 import { cleanEnv, daemon, distributionRequests, freePort, startDistribution as startRegistry, waitUntil, type Daemon, type Distribution, type DistributionAccessLine } from '../lib/peers.js';
+import { startNginx as runNginx, type Nginx } from '../lib/nginx.js';
 import { inNamespace, inNamespaceForked, type NetPlace } from './netns.js';
 
 /** A benchmarked server: its URL, its process id (for RSS), and its access log. */
@@ -145,53 +146,13 @@ async function startRegistryAt(net: NetPlace, dir: string, rootdirectory: string
  * they can read files in the benchmark's private temp folders.
  */
 export async function startNginx(fleet: Fleet, dir: string, file: string): Promise<Peer> {
-  await mkdir(dir, { recursive: true });
-  for (let attempt = 1; ; attempt++) {
-    const port = await freePort();
-    const conf = [
-      ...(process.getuid?.() === 0 ? ['user root;'] : []),
-      'worker_processes auto;',
-      `pid ${join(dir, 'nginx.pid')};`,
-      `error_log ${join(dir, 'error.log')} warn;`,
-      'events { worker_connections 1024; }',
-      'http {',
-      '  access_log off;',
-      '  sendfile on;',
-      '  tcp_nopush on;',
-      '  keepalive_requests 100000;',
-      ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t}_temp_path ${join(dir, t)};`),
-      '  server {',
-      `    listen 127.0.0.1:${port};`,
-      `    location = /blob { alias ${file}; default_type application/octet-stream; }`,
-      '    location = /ping { return 200; }',
-      '  }',
-      '}',
-      '',
-    ].join('\n');
-    const confPath = join(dir, 'nginx.conf');
-    await writeFile(confPath, conf);
-    const d = daemon('nginx', ['-c', confPath, '-p', dir, '-g', 'daemon off;'], { cwd: dir, keep: ACCESS_LOG_LINES });
-    const url = `http://127.0.0.1:${port}`;
-    try {
-      await waitHttp(`nginx on ${url}`, d, `${url}/ping`);
-    } catch (err) {
-      await d.kill();
-      if (attempt < 3) continue;
-      throw err;
-    }
-    return fleet.add({
-      name: 'nginx',
-      kind: 'nginx',
-      url,
-      host: `127.0.0.1:${port}`,
-      pid: d.child.pid!,
-      rootdirectory: dir,
-      requests: () => [],
-      tail: (n = 40) => [...d.output, ...safeRead(join(dir, 'error.log')).split('\n')].slice(-n).join('\n'),
-      crashed: () => d.hasExited(),
-      stop: () => d.kill(),
-    });
-  }
+  const nginx = await runNginx(dir, {
+    workers: 'auto',
+    keep: ACCESS_LOG_LINES,
+    http: ['sendfile on;', 'tcp_nopush on;', 'keepalive_requests 100000;'],
+    server: [`location = /blob { alias ${file}; default_type application/octet-stream; }`],
+  });
+  return nginxPeer(fleet, 'nginx', dir, nginx);
 }
 
 /**
@@ -200,64 +161,43 @@ export async function startNginx(fleet: Fleet, dir: string, file: string): Promi
  * keep-alive to the nodes, long timeouts, a failing node skipped.
  */
 export async function startNginxBalancer(fleet: Fleet, dir: string, nodes: readonly Peer[]): Promise<Peer> {
-  await mkdir(dir, { recursive: true });
-  for (let attempt = 1; ; attempt++) {
-    const port = await freePort();
-    const conf = [
-      ...(process.getuid?.() === 0 ? ['user root;'] : []),
-      'worker_processes auto;',
-      `pid ${join(dir, 'nginx.pid')};`,
-      `error_log ${join(dir, 'error.log')} warn;`,
-      'events { worker_connections 4096; }',
-      'http {',
-      '  access_log off;',
-      ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t}_temp_path ${join(dir, t)};`),
-      '  upstream region_nodes {',
-      ...nodes.map((n) => `    server ${n.host} max_fails=1 fail_timeout=10s;`),
-      '    keepalive 64;',
-      '  }',
-      '  server {',
-      `    listen 127.0.0.1:${port};`,
-      '    client_max_body_size 0;',
-      '    proxy_buffering off;',
-      '    proxy_request_buffering off;',
-      '    proxy_max_temp_file_size 0;',
-      '    proxy_http_version 1.1;',
-      '    proxy_set_header Connection "";',
-      '    proxy_set_header Host $http_host;',
-      '    proxy_connect_timeout 5s;',
-      '    proxy_send_timeout 900s;',
-      '    proxy_read_timeout 900s;',
-      '    location = /ping { return 200; }',
-      '    location / { proxy_pass http://region_nodes; }',
-      '  }',
-      '}',
-      '',
-    ].join('\n');
-    const confPath = join(dir, 'nginx.conf');
-    await writeFile(confPath, conf);
-    const d = daemon('nginx', ['-c', confPath, '-p', dir, '-g', 'daemon off;'], { cwd: dir, keep: ACCESS_LOG_LINES });
-    const url = `http://127.0.0.1:${port}`;
-    try {
-      await waitHttp(`nginx balancer on ${url}`, d, `${url}/ping`);
-    } catch (err) {
-      await d.kill();
-      if (attempt < 3) continue;
-      throw err;
-    }
-    return fleet.add({
-      name: 'nginx-balancer',
-      kind: 'nginx',
-      url,
-      host: `127.0.0.1:${port}`,
-      pid: d.child.pid!,
-      rootdirectory: dir,
-      requests: () => [],
-      tail: (n = 40) => [...d.output, ...safeRead(join(dir, 'error.log')).split('\n')].slice(-n).join('\n'),
-      crashed: () => d.hasExited(),
-      stop: () => d.kill(),
-    });
-  }
+  const nginx = await runNginx(dir, {
+    workers: 'auto',
+    connections: 4096,
+    keep: ACCESS_LOG_LINES,
+    http: ['upstream region_nodes {', ...nodes.map((n) => `  server ${n.host} max_fails=1 fail_timeout=10s;`), '  keepalive 64;', '}'],
+    server: [
+      'client_max_body_size 0;',
+      'proxy_buffering off;',
+      'proxy_request_buffering off;',
+      'proxy_max_temp_file_size 0;',
+      'proxy_http_version 1.1;',
+      'proxy_set_header Connection "";',
+      'proxy_set_header Host $http_host;',
+      'proxy_connect_timeout 5s;',
+      'proxy_send_timeout 900s;',
+      'proxy_read_timeout 900s;',
+      'location / { proxy_pass http://region_nodes; }',
+    ],
+  });
+  return nginxPeer(fleet, 'nginx-balancer', dir, nginx);
+}
+
+/** A running nginx as a peer of the fleet (its CPU measured, its crash recorded). */
+function nginxPeer(fleet: Fleet, name: string, dir: string, nginx: Nginx): Peer {
+  const d = nginx.daemon;
+  return fleet.add({
+    name,
+    kind: 'nginx',
+    url: nginx.url,
+    host: nginx.host,
+    pid: d.child.pid!,
+    rootdirectory: dir,
+    requests: () => [],
+    tail: (n = 40) => [...d.output, ...safeRead(join(dir, 'error.log')).split('\n')].slice(-n).join('\n'),
+    crashed: () => d.hasExited(),
+    stop: () => d.kill(),
+  });
 }
 
 function safeRead(path: string): string {

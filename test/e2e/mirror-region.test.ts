@@ -20,7 +20,7 @@ import { startFaultUpstream, type FaultUpstream } from '../lib/fault-upstream.js
 import { layoutBlobs, makeOciImage } from '../lib/image.js';
 import { skopeo } from '../lib/peers.js';
 import { startRedis } from '../lib/redis.js';
-import { metric, regionMetric, resilientGet, startNginx, total } from '../lib/region.js';
+import { metric, regionMetric, resilientGet, startBalancer, total } from '../lib/region.js';
 
 /** The remote's name: its path prefix on the mirrors. */
 const REMOTE = 'up';
@@ -57,7 +57,7 @@ async function startMirrorRegion(t: TestContext, prefix: string, remote: string)
     defer(() => hop.stop());
     nodes.push(hop);
   }
-  const lb = await startNginx(join(dir, 'nginx'), nodes);
+  const lb = await startBalancer(join(dir, 'nginx'), nodes);
   defer(() => lb.stop());
   return { nodes, lb: lb.url, shared, dir };
 }

@@ -20,7 +20,7 @@ import { blobUrl, cacheConfig, cascadeHop, fetchBlob, hasBlobData, MiB, randomBl
 import { startCascade } from '../lib/cascade.js';
 import { startFaultUpstream, type FaultUpstream } from '../lib/fault-upstream.js';
 import { startRedis, type RedisServer } from '../lib/redis.js';
-import { metric, regionMetric, resilientGet, startNginx, total } from '../lib/region.js';
+import { metric, regionMetric, resilientGet, startBalancer, total } from '../lib/region.js';
 
 const NAME = 'team/app';
 
@@ -60,7 +60,7 @@ async function startRegion(t: TestContext, prefix: string, o: RegionOptions = {}
     return hop;
   };
   const nodes = [await start(0), await start(1), await start(2)];
-  const lb = await startNginx(join(dir, 'nginx'), nodes);
+  const lb = await startBalancer(join(dir, 'nginx'), nodes);
   defer(() => lb.stop());
   return {
     origin,

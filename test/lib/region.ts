@@ -4,56 +4,27 @@
  * resumes a cut download with Range requests.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Hop } from './cache.js';
-import { daemon, freePort, waitUntil, type Daemon } from './peers.js';
+import { startNginx, type Nginx } from './nginx.js';
 
 /** nginx round-robin over the nodes: bodies streamed as they come (no buffering), a dead node skipped. */
-export async function startNginx(dir: string, nodes: readonly Hop[]): Promise<{ url: string; stop: () => Promise<void> }> {
-  await mkdir(dir, { recursive: true });
-  for (let attempt = 1; ; attempt++) {
-    const port = await freePort();
-    const conf = [
-      ...(process.getuid?.() === 0 ? ['user root;'] : []),
-      'worker_processes 1;',
-      `pid ${join(dir, 'nginx.pid')};`,
-      `error_log ${join(dir, 'error.log')} warn;`,
-      'events { worker_connections 1024; }',
-      'http {',
-      '  access_log off;',
-      ...['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((tmp) => `  ${tmp}_temp_path ${join(dir, tmp)};`),
-      // Every node stays in rotation: a dead one is skipped per request (proxy_next_upstream), not for 10 s.
-      `  upstream region { ${nodes.map((n) => `server ${n.host} max_fails=0;`).join(' ')} }`,
-      '  server {',
-      `    listen 127.0.0.1:${port};`,
-      '    location = /lb-ping { return 200; }',
-      '    location / {',
-      '      proxy_pass http://region;',
-      '      proxy_http_version 1.1;',
-      '      proxy_set_header Host $http_host;',
-      '      proxy_buffering off;',
-      '      proxy_next_upstream error timeout;',
-      '      proxy_read_timeout 60s;',
-      '    }',
-      '  }',
+export async function startBalancer(dir: string, nodes: readonly Hop[]): Promise<Nginx> {
+  return startNginx(dir, {
+    // Every node stays in rotation: a dead one is skipped per request (proxy_next_upstream), not for 10 s.
+    http: [`upstream region { ${nodes.map((n) => `server ${n.host} max_fails=0;`).join(' ')} }`],
+    server: [
+      'location / {',
+      '  proxy_pass http://region;',
+      '  proxy_http_version 1.1;',
+      '  proxy_set_header Host $http_host;',
+      '  proxy_buffering off;',
+      '  proxy_next_upstream error timeout;',
+      '  proxy_read_timeout 60s;',
       '}',
-      '',
-    ].join('\n');
-    await writeFile(join(dir, 'nginx.conf'), conf);
-    const d: Daemon = daemon('nginx', ['-c', join(dir, 'nginx.conf'), '-p', dir, '-g', 'daemon off;'], { cwd: dir });
-    const url = `http://127.0.0.1:${port}`;
-    try {
-      await waitUntil(`nginx on ${url}`, d, async () => (await fetch(`${url}/lb-ping`)).status === 200);
-    } catch (err) {
-      await d.kill();
-      if (attempt < 3) continue;
-      throw err;
-    }
-    return { url, stop: () => d.kill() };
-  }
+    ],
+  });
 }
 
 /** A node's metric value (the sum over series matching `labels`), from its /metrics. */
