@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
-import { Digest } from '@cascade/registry-core';
+import { CASCADE_DIRS, Digest } from '@cascade/registry-core';
 import { startRedis, type RedisServer } from '@cascade/testkit';
 import { checkRegion, RegionCoordinator, type FillProgress } from '../src/region/coordinator.js';
 
@@ -53,7 +53,7 @@ describe('region coordinator (real redis-server)', () => {
   it('one node leads a fill; the lease is renewed by its holder only, lost when it expires, taken by another', async () => {
     const a = await node('a');
     const b = await node('b');
-    const progress = (token: string): FillProgress => ({ token, state: 'filling', partial: `/p/${token}`, written: 0 });
+    const progress = (token: string): FillProgress => ({ token, state: 'filling', partial: `${CASCADE_DIRS.fills}/sha256/${token.replace('/', '-')}`, written: 0 });
     assert.equal(await a.claimFill(DIGEST, progress('a/1')), 'led');
     assert.equal(await b.claimFill(DIGEST, progress('b/1')), 'joined');
     assert.deepEqual(await b.peekFill(DIGEST), { leader: 'a/1', progress: progress('a/1') });
@@ -72,6 +72,23 @@ describe('region coordinator (real redis-server)', () => {
     assert.equal((await a.peekFill(DIGEST))?.leader, 'b/2', 'a stale release does not end the new lease');
     await b.releaseFill(DIGEST, 'b/2');
     assert.equal((await a.peekFill(DIGEST))?.leader, undefined);
+  });
+
+  it('a progress record that names a file outside the fills folder, or is malformed, is not believed', async () => {
+    const a = await node('ha');
+    const b = await node('hb');
+    const digest = Digest.of(Buffer.from('hostile progress'));
+    const good: FillProgress = { token: 'ha/1', state: 'filling', partial: `${CASCADE_DIRS.fills}/sha256/x`, written: 0 };
+    assert.equal(await a.claimFill(digest, good), 'led');
+    for (const partial of ['/etc/passwd', `${CASCADE_DIRS.fills}/../blobs/sha256/ab/x/data`, '/docker/registry/v2/blobs/sha256/ab/x/data', `${CASCADE_DIRS.fills}/./x`]) {
+      await a.publishFill(digest, { ...good, partial });
+      assert.equal((await b.peekFill(digest))?.progress, undefined, partial);
+    }
+    await a.publishFill(digest, { ...good, written: -5 });
+    assert.equal((await b.peekFill(digest))?.progress, undefined, 'a negative length');
+    await a.publishFill(digest, { ...good, written: 7 });
+    assert.equal((await b.peekFill(digest))?.progress?.written, 7);
+    await a.releaseFill(digest, 'ha/1');
   });
 
   it('pins are seen by every node, and go when released', async () => {

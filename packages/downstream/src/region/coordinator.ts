@@ -21,7 +21,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from 'pino';
-import type { Digest } from '@cascade/registry-core';
+import { z } from 'zod';
+import { CASCADE_DIRS, type Digest } from '@cascade/registry-core';
 
 /** How long a fill lease lasts without renewal: a dead leader's fill is taken over after this. */
 export const DEFAULT_LEASE_MS = 5000;
@@ -348,12 +349,28 @@ export class RegionCoordinator {
   }
 }
 
+/**
+ * A fill's progress as Redis holds it, checked: Redis is shared by every node, and what it says decides which
+ * file a node reads bytes from, so a partial file outside the fills folder (or a path that climbs out of it) is
+ * refused, as is anything malformed.
+ */
+const progressSchema = z.object({
+  token: z.string().min(1).max(512),
+  state: z.enum(['filling', 'done', 'failed']),
+  partial: z
+    .string()
+    .max(1024)
+    .refine((path) => path.startsWith(`${CASCADE_DIRS.fills}/`) && !path.split('/').some((segment) => segment === '..' || segment === '.'), 'a file of the fills folder'),
+  written: z.number().int().nonnegative(),
+  size: z.number().int().nonnegative().optional(),
+  reason: z.string().max(4096).optional(),
+  source: z.string().max(4096).optional(),
+});
+
 function parseProgress(text: string): FillProgress | undefined {
   try {
-    const p = JSON.parse(text) as Partial<FillProgress>;
-    if (typeof p.token !== 'string' || typeof p.partial !== 'string' || typeof p.written !== 'number' || !['filling', 'done', 'failed'].includes(String(p.state))) return undefined;
-    if (p.source !== undefined && typeof p.source !== 'string') return undefined;
-    return p as FillProgress;
+    const parsed = progressSchema.safeParse(JSON.parse(text));
+    return parsed.success ? (parsed.data as FillProgress) : undefined;
   } catch {
     return undefined;
   }
