@@ -10,6 +10,7 @@
 import pg from 'pg';
 import {
   cacheNameKey,
+  keyOrNone,
   newCacheId,
   normalizeCacheHost,
   normalizeCacheId,
@@ -429,12 +430,8 @@ export class PostgresStateRepository implements StateRepository {
 
   /** {@inheritDoc StateRepository.deleteNetworkRule} */
   async deleteNetworkRule(cidr: string): Promise<boolean> {
-    let key: string;
-    try {
-      key = normalizeCidr(cidr);
-    } catch {
-      return false;
-    }
+    const key = keyOrNone(normalizeCidr, cidr);
+    if (key === undefined) return false;
     return (await this.changes('DELETE FROM network_rules WHERE cidr = $1', [key])) > 0;
   }
 
@@ -468,12 +465,8 @@ export class PostgresStateRepository implements StateRepository {
 
   /** {@inheritDoc StateRepository.deleteWarmRule} */
   async deleteWarmRule(namespace: string): Promise<boolean> {
-    let key: string;
-    try {
-      key = validateWarmNamespace(namespace);
-    } catch {
-      return false;
-    }
+    const key = keyOrNone(validateWarmNamespace, namespace);
+    if (key === undefined) return false;
     return (await this.changes('DELETE FROM warm_rules WHERE namespace = $1', [key])) > 0;
   }
 

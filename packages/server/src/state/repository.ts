@@ -262,6 +262,18 @@ export function unknownHealth(cacheId: string): CacheHealth {
 }
 
 /**
+ * `check(value)`, or undefined when `value` does not pass it: a key that no row can have (a delete of it
+ * removes nothing).
+ */
+export function keyOrNone(check: (value: string) => string, value: string): string | undefined {
+  try {
+    return check(value);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * Validates a cache name: 1 to {@link CACHE_NAME_MAX_LENGTH} characters, no control characters, no
  * leading or trailing white space (two names differing only by a trailing space would look identical).
  * @throws StateError INVALID with the reason.

@@ -8,6 +8,7 @@
 import Database from 'better-sqlite3';
 import {
   cacheNameKey,
+  keyOrNone,
   newCacheId,
   normalizeCacheHost,
   normalizeCacheId,
@@ -415,12 +416,8 @@ export class SqliteStateRepository implements StateRepository {
 
   /** {@inheritDoc StateRepository.deleteNetworkRule} */
   async deleteNetworkRule(cidr: string): Promise<boolean> {
-    let key: string;
-    try {
-      key = normalizeCidr(cidr);
-    } catch {
-      return false;
-    }
+    const key = keyOrNone(normalizeCidr, cidr);
+    if (key === undefined) return false;
     return this.stmt.deleteNetwork.run(key).changes > 0;
   }
 
@@ -443,12 +440,8 @@ export class SqliteStateRepository implements StateRepository {
 
   /** {@inheritDoc StateRepository.deleteWarmRule} */
   async deleteWarmRule(namespace: string): Promise<boolean> {
-    let key: string;
-    try {
-      key = validateWarmNamespace(namespace);
-    } catch {
-      return false;
-    }
+    const key = keyOrNone(validateWarmNamespace, namespace);
+    if (key === undefined) return false;
     return this.stmt.deleteWarm.run(key).changes > 0;
   }
 
