@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -36,7 +36,8 @@ async function startUp(dir: string, args: readonly string[] = []): Promise<Up> {
     const out: string[] = [];
     child.stdout!.setEncoding('utf8').on('data', (d: string) => out.push(d));
     child.stderr!.setEncoding('utf8').on('data', (d: string) => out.push(d));
-    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    // 'close', not 'exit': the output is all read by then (a port in use is told on stderr, and retried).
+    const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
     const outcome = await Promise.race([
       waitFor('cascade up to print "ready"', () => out.join('').includes('\nready\n') || undefined, 30_000).then(() => 'ready' as const),
       exited.then(() => 'exited' as const),
@@ -44,7 +45,10 @@ async function startUp(dir: string, args: readonly string[] = []): Promise<Up> {
     if (outcome === 'ready') return { child, out, port, exited };
     const text = out.join('');
     if (attempt < 3 && /in use/.test(text)) continue;
-    throw new Error(`cascade up exited before it was ready:\n${text}`);
+    // Where each node got to: the last lines of the stack's logs.
+    const logs = await readdir(join(dir, 'logs')).catch(() => [] as string[]);
+    const tails = await Promise.all(logs.map(async (f) => `--- ${f}\n${(await readFile(join(dir, 'logs', f), 'utf8').catch(() => '')).split('\n').slice(-6).join('\n')}`));
+    throw new Error(`cascade up exited (code ${await exited}) before it was ready:\n${text}\n${tails.join('\n')}`);
   }
 }
 
