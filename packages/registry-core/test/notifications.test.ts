@@ -76,6 +76,22 @@ describe('event queue', () => {
     });
   }
 
+  test('a wait for events ends when the sender is stopped or the queue closed while it was reading', async () => {
+    await withFsDriver(async (driver) => {
+      const q = await EventQueue.open({ driver, dir: DIR, limit: 100 });
+      // Aborted while next() reads the (empty) queue, before it waits: it must not wait for ever.
+      const stop = new AbortController();
+      const aborted = q.next(1, stop.signal);
+      stop.abort();
+      const never = new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 2000).unref());
+      assert.equal(await Promise.race([aborted, never]), undefined);
+      // Closed while it reads.
+      const closing = q.next(1);
+      await q.close();
+      assert.equal(await Promise.race([closing, never]), undefined);
+    });
+  });
+
   test('the bound drops the oldest segments, counted, and keeps the newest in order', async () => {
     await withFsDriver(async (driver) => {
       let dropped = 0;

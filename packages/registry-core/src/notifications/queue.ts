@@ -175,6 +175,9 @@ export class EventQueue {
       const batch = await this.#serial.run(() => this.#peek(max));
       if (batch) return batch;
       await new Promise<void>((resolve) => {
+        // Closed or aborted while the queue was read: the wake-up was already given (an abort listener added
+        // now would never fire), so the loop ends at once.
+        if (this.#closed || signal?.aborted) return resolve();
         const wake = () => {
           signal?.removeEventListener('abort', wake);
           resolve();
