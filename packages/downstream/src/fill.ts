@@ -120,6 +120,12 @@ export class Fill extends EventEmitter {
   /** Settles when the fill is over (committed or failed); never rejects. */
   readonly finished: Promise<void>;
   private followers = 0;
+  /**
+   * Counts the 'progress' events: a follower notes it before it looks at the fill (and awaits a file open),
+   * and its wait ends at once when an event fired meanwhile. Without it, a fill that failed while a follower
+   * was opening its file (the partial file removed, then the state set) left that follower waiting for ever.
+   */
+  private seq = 0;
   private idleTimer: NodeJS.Timeout | undefined;
   private readonly controller = new AbortController();
   private resolveReady!: (size: number) => void;
@@ -160,19 +166,25 @@ export class Fill extends EventEmitter {
 
   /** @internal */ progress(n: number): void {
     this.written += n;
+    this.changed();
+  }
+
+  /** @internal Tells followers the fill changed (bytes, state or file): every 'progress' goes through here. */
+  changed(): void {
+    this.seq += 1;
     this.emit('progress');
   }
 
   /** @internal */ verify(): void {
     this.verified = true;
-    this.emit('progress');
+    this.changed();
   }
 
   /** @internal */ succeed(): void {
     this.state = 'done';
     this.clearIdle();
     this.resolveReady(this.written);
-    this.emit('progress');
+    this.changed();
     this.resolveFinished();
   }
 
@@ -181,7 +193,7 @@ export class Fill extends EventEmitter {
     this.error = err;
     this.clearIdle();
     this.rejectReady(err);
-    this.emit('progress');
+    this.changed();
     this.resolveFinished();
   }
 
@@ -237,6 +249,7 @@ export class Fill extends EventEmitter {
     const driver = this.driver as Required<Pick<StorageDriver, 'openForRead'>>;
     const stored = paths.blobData(this.digest);
     for (;;) {
+      const seen = this.seq;
       const path = this.state === 'done' ? stored : this.partialPath;
       try {
         return { reader: await driver.openForRead(path, signal), path };
@@ -250,7 +263,7 @@ export class Fill extends EventEmitter {
         } catch (e) {
           if (!isPathNotFound(e)) throw e;
         }
-        await this.nextProgress(signal);
+        await this.nextProgress(signal, seen);
       }
     }
   }
@@ -260,6 +273,7 @@ export class Fill extends EventEmitter {
     let pos = start;
     while (pos <= end) {
       signal.throwIfAborted();
+      const seen = this.seq;
       if (this.state === 'failed') throw this.error ?? new Error('fill failed');
       const available = this.available();
       if (pos < available) {
@@ -269,7 +283,7 @@ export class Fill extends EventEmitter {
         continue;
       }
       if (this.state === 'done') throw new RegistryError('RANGE_INVALID', 'range beyond the end of the blob');
-      await this.nextProgress(signal);
+      await this.nextProgress(signal, seen);
     }
   }
 
@@ -281,17 +295,20 @@ export class Fill extends EventEmitter {
     async function* chunks(): AsyncGenerator<Buffer> {
       let pos = start;
       while (pos <= end) {
+        const seen = fill.seq;
         if (fill.state === 'failed') throw fill.error ?? new Error('fill failed');
         const available = fill.available();
         if (pos < available) {
           const upto = Math.min(end, available - 1);
           let reader: Readable;
+          const path = fill.state === 'done' ? finalPath : fill.partialPath;
           try {
-            reader = await fill.driver.reader(fill.state === 'done' ? finalPath : fill.partialPath, { offset: pos, end: upto, signal: stop.signal });
+            reader = await fill.driver.reader(path, { offset: pos, end: upto, signal: stop.signal });
           } catch (err) {
-            // The partial file was just moved into place (or removed on failure): look at the state again.
-            if (isPathNotFound(err)) {
-              if (fill.state === 'filling') await fill.nextProgress(stop.signal);
+            // The partial file was just moved into place (or removed on failure): look at the state again once
+            // the fill has changed (at once if it did during the open). A stored blob that is gone is an error.
+            if (isPathNotFound(err) && path !== finalPath) {
+              await fill.nextProgress(stop.signal, seen);
               continue;
             }
             throw err;
@@ -303,7 +320,7 @@ export class Fill extends EventEmitter {
           continue;
         }
         if (fill.state === 'done') throw new RegistryError('RANGE_INVALID', 'range beyond the end of the blob');
-        await fill.nextProgress(stop.signal);
+        await fill.nextProgress(stop.signal, seen);
       }
     }
     const stream = Readable.from(chunks(), { objectMode: false, highWaterMark: 1 << 20 });
@@ -346,9 +363,13 @@ export class Fill extends EventEmitter {
     if (this.followers === 0 && early && this.state === 'filling') this.startIdle();
   }
 
-  /** Resolves at the fill's next progress (bytes written, verified, done or failed); rejects when `signal` aborts. */
-  private nextProgress(signal: AbortSignal): Promise<void> {
+  /**
+   * Resolves at the fill's next progress (bytes written, verified, done or failed) after the moment the
+   * caller noted `seen` (at once if there was one since); rejects when `signal` aborts.
+   */
+  private nextProgress(signal: AbortSignal, seen: number): Promise<void> {
     return new Promise((resolve, reject) => {
+      if (this.seq !== seen) return resolve();
       const onAbort = () => {
         this.off('progress', onProgress);
         reject(signal.reason);
@@ -624,7 +645,7 @@ export class FillManager {
           if (p.source !== undefined) fill.key = p.source;
           if (p.partial !== fill.partialPath) {
             fill.partialPath = p.partial;
-            fill.emit('progress');
+            fill.changed();
           }
           if (p.size !== undefined && fill.size === undefined) fill.setSize(p.size);
           if (p.written > fill.written) fill.progress(p.written - fill.written);
@@ -689,7 +710,7 @@ export class FillManager {
       fill.partialPath = resume.target;
       if (fill.size === undefined) fill.setSize(resume.size);
       if (resume.offset > fill.written) fill.progress(resume.offset - fill.written);
-      else fill.emit('progress');
+      else fill.changed();
     }
     // The upstream request follows the fill's signal only while it runs: aborting a fill that is syncing its
     // file must not reach a finished response (got would emit an error nobody listens to any more).

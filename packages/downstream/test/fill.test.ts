@@ -4,10 +4,14 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes, randomInt } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import { pino } from 'pino';
-import { Digest, InMemoryDriver, paths, type DigestAlgorithm } from '@cascade/registry-core';
+import { Digest, FilesystemDriver, InMemoryDriver, PathNotFoundError, paths, type DigestAlgorithm, type PositionalReader } from '@cascade/registry-core';
 import { FILLS_DIR, FillManager } from '../src/fill.js';
 import type { UpstreamPool } from '../src/upstream.js';
 
@@ -82,5 +86,49 @@ describe('fills', () => {
     assert.equal(failed.length, 1);
     assert.match(failed[0] as string, /sent content with digest sha256:[a-f0-9]{64}/);
     assert.equal(blamed.length, 1, 'the upstream is blamed');
+  });
+
+  it('a follower opening its file when the fill fails gets the error, not a wait for ever', async (t) => {
+    // The race seen in the adversarial suite: a fill with wrong bytes removes its partial file, then fails; a
+    // follower that found the partial file gone and was still looking for the stored blob when the failure
+    // was announced waited for a next event that never came (its client hung with the headers and no byte).
+    const root = await mkdtemp(join(tmpdir(), 'cascade-fill-race-'));
+    t.after(() => rm(root, { recursive: true, force: true }));
+    const data = randomBytes((2 << 20) + 3);
+    const digest = Digest.of(data);
+    const wrong = Buffer.from(data);
+    wrong.writeUInt8(wrong.readUInt8(7) ^ 1, 7);
+    const { upstreams } = upstreamSending(wrong);
+    let finished: Promise<void> = Promise.resolve();
+    let partialOpens = 0;
+    // The follower's first open of the partial file misses (as when it was just moved or removed); its look
+    // for the stored blob answers only after the fill has failed and said so.
+    const driver = new (class extends FilesystemDriver {
+      override async openForRead(path: string, signal?: AbortSignal): Promise<PositionalReader> {
+        if (path === paths.blobData(digest)) {
+          await finished;
+          await sleep(10);
+        } else if (partialOpens++ === 0) throw new PathNotFoundError(path);
+        return super.openForRead(path, signal);
+      }
+    })({ rootDirectory: root });
+    const fills = new FillManager({ driver, upstreams, logger: silent });
+    const fill = fills.start('a/b', digest, {});
+    finished = fill.finished;
+    const file = fill.body(0, data.length - 1).file;
+    assert.ok(file, 'a filesystem fill gives its body as files');
+    const stop = new AbortController();
+    const timer = setTimeout(() => stop.abort(new Error('the follower still waits 5 s after the fill failed')), 5000);
+    t.after(() => clearTimeout(timer));
+    const outcome = (async () => {
+      for await (const _ of file.segments(stop.signal)) {
+        // a stretch may come before the failure: the error must still come
+      }
+    })();
+    await assert.rejects(outcome, (err: Error) => {
+      assert.match(err.message, /sent content with digest/);
+      return true;
+    });
+    assert.equal(fill.state, 'failed');
   });
 });
