@@ -41,6 +41,9 @@ import { SHAPED } from './shaped.js';
 import { REGION } from './region.js';
 import { environment, machineFloors, MiB, type MachineFloors } from './util.js';
 
+/** The settings (BenchConfig keys) each scenario's figures depend on, taken from a merged invocation. */
+const SCENARIO_SETTINGS: Record<string, readonly string[]> = { s8: ['regionNodes', 'regionClients', 'regionMiB', 'regionHashed'] };
+
 const { values } = parseArgs({
   options: {
     smoke: { type: 'boolean', default: false },
@@ -234,8 +237,6 @@ if (results.problems.length) {
   log('no correctness problem');
 }
 
-/** The settings (BenchConfig keys) each scenario's figures depend on, taken from a merged invocation. */
-const SCENARIO_SETTINGS: Record<string, readonly string[]> = { s8: ['regionNodes', 'regionClients', 'regionMiB', 'regionHashed'] };
 
 async function mergeInto(file: string, fresh: Results): Promise<Results> {
   const prior = JSON.parse(await readFile(file, 'utf8')) as Results;
