@@ -254,7 +254,8 @@ async function mergeInto(file: string, fresh: Results): Promise<Results> {
     ...(fresh.floors ? { floors: fresh.floors } : {}),
     problems: [...prior.problems.filter((p) => !p.startsWith('profile failed')), ...fresh.problems],
     notes: [
-      ...prior.notes.filter((n) => !n.startsWith('The profile') && !n.includes('was taken separately')),
+      // (a profile taken again replaces the note of the one before; what earlier merges measured stays noted)
+      ...prior.notes.filter((n) => !(fresh.profile && n.startsWith('The profile'))),
       ...fresh.notes.map((n) => (n.startsWith('Load average') && measuredNow.size ? `${[...measuredNow].map((k) => `Scenario ${k.slice(1)}`).join(', ')}: ${n.charAt(0).toLowerCase()}${n.slice(1)}` : n)),
       `${what.charAt(0).toUpperCase()}${what.slice(1)} ${measuredNow.size + (fresh.profile ? 1 : 0) > 1 ? 'were' : 'was'} taken separately (${fresh.env.date.slice(0, 16).replace('T', ' ')} UTC, \`node test/dist/bench/run.js ${fresh.argv.join(' ')}\`) and merged into these results.`,
     ],
