@@ -47,6 +47,11 @@ const WRITE_AHEAD = 4 << 20;
 const WRITE_BATCH = 1 << 20;
 /** Longest a received chunk waits for its batch to fill before it is written anyway. */
 const GATHER_MS = 2;
+/**
+ * The first write of a fill takes at most this much: clients get their headers once it is on disk, and a
+ * first chunk of a whole receive block (1 MiB) took 3–6 ms to write into new page-cache pages, at every hop.
+ */
+const FIRST_WRITE = 64 << 10;
 
 /** Times a fill resumes a transfer the network cut (with a Range request) before it gives up. */
 const MAX_RESUMES = 3;
@@ -813,12 +818,20 @@ export class FillManager {
             throw new Error(`upstream sent more than the ${expected} bytes it announced`);
           }
           hash.update(buf);
+          // The first bytes are written at once, and few of them (clients get their headers once they are on
+          // disk); then chunks gather into writes of WRITE_BATCH: every write is a pool thread's turn, and every
+          // written stretch a sendfile to each follower, so 64 KiB writes cost several times the CPU of 1 MiB ones.
+          if (fill.written + queuedBytes === 0 && pendingBytes === 0) {
+            const first = buf.subarray(0, FIRST_WRITE);
+            pending.push(first);
+            pendingBytes += first.length;
+            flush();
+            buf = buf.subarray(first.length);
+            if (buf.length === 0) continue;
+          }
           pending.push(buf);
           pendingBytes += buf.length;
-          // The first bytes are written at once (clients get their headers once they are on disk); then chunks
-          // gather into writes of WRITE_BATCH: every write is a pool thread's turn, and every written stretch a
-          // sendfile to each follower, so 64 KiB writes cost several times the CPU of 1 MiB ones.
-          if (pendingBytes >= WRITE_BATCH || fill.written + queuedBytes === 0) flush();
+          if (pendingBytes >= WRITE_BATCH) flush();
           else gatherTimer ??= setTimeout(flush, GATHER_MS);
           while (queuedBytes > WRITE_AHEAD && inFlight.length > 0) await inFlight[0];
         }
