@@ -255,7 +255,11 @@ export class CacheBlobStore implements BlobStore {
       }
       return { size, range, body: streamBody(end - start + 1, () => res.body, () => res.body.destroy()) };
     }
+    // Pinned while it is sent, as a hit is: the fill may commit the blob while a slow client still reads it,
+    // and a sweeper (of this node or, in a region, another one) must not remove it from under that client.
+    const release = tracker?.pin(digest);
     const body = fill.body(start, end, (complete) => {
+      release?.();
       if (!complete) return;
       if (hit) metrics.bytesFromDisk += end - start + 1;
       metrics.bytesServed += end - start + 1;

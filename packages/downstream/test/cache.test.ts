@@ -571,3 +571,45 @@ describe('cache namespace: one call serves a blob', () => {
     assert.equal(origin.gets(digest), 0, 'no GET upstream');
   });
 });
+
+describe('cache namespace: a blob is pinned against expiry while it is sent', () => {
+  it('a miss pins its blob until the body is closed, as a hit does', async (t) => {
+    // A client still reading a blob through its fill when the fill commits must keep it on disk: a sweeper (in
+    // a region, another node's) removed it from under such a client (seen in the region e2e test).
+    const origin = new Origin();
+    await origin.start();
+    t.after(() => origin.fake.stop());
+    const root = await mkdtemp(join(tmpdir(), 'cascade-pin-test-'));
+    t.after(() => rm(root, { recursive: true, force: true }));
+    const pinned = new Map<string, number>();
+    const tracker = {
+      touch: () => undefined,
+      pin: (digest: Digest) => {
+        const key = digest.toString();
+        pinned.set(key, (pinned.get(key) ?? 0) + 1);
+        let done = false;
+        return () => {
+          if (done) return;
+          done = true;
+          pinned.set(key, (pinned.get(key) ?? 1) - 1);
+        };
+      },
+    };
+    const upstreams = new UpstreamPool({ upstreamhosts: [], originhost: origin.url, logger: silent });
+    const cache = new CacheNamespace({ driver: new FilesystemDriver({ rootDirectory: root }), upstreams, logger: silent, forwardAuthorization: false, tracker });
+    t.after(() => cache.close());
+    const data = randomBytes(400_000);
+    const digest = Digest.parse(origin.add(data));
+    for (const kind of ['miss', 'hit']) {
+      const served = await cache.repository('a/b').blobs.serve(digest, { method: 'GET' });
+      assert.ok(served.body, `${kind}: a body`);
+      assert.equal(pinned.get(digest.toString()), 1, `${kind}: pinned while the body is open`);
+      const bytes: Buffer[] = [];
+      for await (const chunk of served.body.stream()) bytes.push(chunk as Buffer);
+      assert.deepEqual(Buffer.concat(bytes), data);
+      served.body.close(true);
+      assert.equal(pinned.get(digest.toString()), 0, `${kind}: released once the body is closed`);
+      while (cache.fills.inFlight > 0) await new Promise((r) => setTimeout(r, 10));
+    }
+  });
+});
