@@ -237,7 +237,6 @@ if (results.problems.length) {
   log('no correctness problem');
 }
 
-
 async function mergeInto(file: string, fresh: Results): Promise<Results> {
   const prior = JSON.parse(await readFile(file, 'utf8')) as Results;
   // Scenarios measured now replace theirs in the prior runs (run i into run i), the others stay.
