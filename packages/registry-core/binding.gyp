@@ -4,6 +4,11 @@
       "target_name": "cascade_sendfile",
       "sources": ["native/sendfile.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    },
+    {
+      "target_name": "cascade_hash",
+      "sources": ["native/hash.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     }
   ]
 }

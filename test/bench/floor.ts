@@ -9,7 +9,7 @@
  * thrown away; received and hashed (SHA-256); received, hashed and written to a new file in 1 MiB pwritev
  * batches from the receive buffers, as a fill does. Each row is this process's CPU (all threads, and the main
  * thread alone) per GiB. Last, one cold pull through a fresh Cascade node with curl, the node's CPU split by
- * thread: the main thread (receive, hash, HTTP), libuv's pool (the page-cache writes) and the sendfile threads
+ * thread: the main thread (receive, HTTP), libuv's pool (the hash and the page-cache writes) and the sendfile threads
  * (the copy into the client's socket) are told apart by what they did, not by name: every thread but the
  * main one is listed.
  */

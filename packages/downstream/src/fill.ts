@@ -16,7 +16,7 @@
  * client left) hands the fill to the region instead of failing it. A mirror's fill publishes its key (the remote
  * and repository it fetches from): a node taking it over resumes from that remote with its own pool.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
@@ -36,6 +36,8 @@ import {
   type PositionalReader,
   type StorageDriver,
   streamBody,
+  streamHash,
+  type StreamHash,
 } from '@cascade/registry-core';
 import { blobPath, chunksOf, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
 import type { FillProgress, RegionCoordinator } from './region/coordinator.js';
@@ -697,7 +699,9 @@ export class FillManager {
     // A fill that finished between the caller's look at the disk and this start has stored the blob:
     // serve that copy instead of fetching it again.
     if (await this.adoptStored(fill)) return;
-    const hash = createHash(digest.algorithm);
+    // The digest is computed on libuv's pool, beside this thread that receives (registry-core's hashing.ts):
+    // each batch is hashed while it is written.
+    const hash = streamHash(digest.algorithm);
     let writer: Awaited<ReturnType<StorageDriver['writer']>> | undefined;
     if (resume) {
       // Taken over from a dead node: its verified bytes are hashed again and copied into this fill's own file
@@ -767,15 +771,23 @@ export class FillManager {
         pending = [];
         pendingBytes = 0;
       };
-      // One gathered write (pwritev) per batch, straight from the receive buffers: no copy.
+      // One gathered write (pwritev) per batch, straight from the receive buffers: no copy. The batch is hashed
+      // on the pool at the same time; followers may send it once written (the last byte waits for the digest),
+      // and its buffers go back to the receiver once both are done.
       const queue = (chunks: Buffer[], bytes: number) => {
         queuedBytes += bytes;
         const from = source;
-        const write = localStorage(w.writev(chunks)).then(() => {
-          queuedBytes -= bytes;
-          from.release(bytes);
+        const written = localStorage(w.writev(chunks)).then(() => {
           ready();
           fill.progress(bytes);
+        });
+        // A failed hash (OpenSSL out of memory) is this node's trouble, not the upstream's: a RegistryError.
+        const hashed = hash.update(chunks).catch((err: unknown) => {
+          throw new RegistryError('UNKNOWN', `this cache node could not hash the blob: ${describeError(err)}`);
+        });
+        const write = Promise.all([written, hashed]).then(() => {
+          queuedBytes -= bytes;
+          from.release(bytes);
         });
         // Awaited below; meanwhile the first failure is noted, so that a full disk stops the transfer at the
         // next chunk instead of after the whole blob was received.
@@ -817,7 +829,6 @@ export class FillManager {
           if (expected !== undefined && received > expected) {
             throw new Error(`upstream sent more than the ${expected} bytes it announced`);
           }
-          hash.update(buf);
           // The first bytes are written at once, and few of them (clients get their headers once they are on
           // disk); then chunks gather into writes of WRITE_BATCH: every write is a pool thread's turn, and every
           // written stretch a sendfile to each follower, so 64 KiB writes cost several times the CPU of 1 MiB ones.
@@ -865,7 +876,7 @@ export class FillManager {
       if (expected !== undefined && fill.written !== expected) {
         throw new Error(`upstream sent ${fill.written} of ${expected} bytes`);
       }
-      const actual = Digest.fromHash(digest.algorithm, hash);
+      const actual = hash.digest();
       if (!actual.equals(digest)) {
         throw new Error(`upstream ${response.host.url} sent content with digest ${actual.toString()}`);
       }
@@ -923,14 +934,14 @@ function fillToken(region: RegionCoordinator): string {
 }
 
 /** Copies the first `resume.offset` bytes of the old partial file into `writer`, hashing them. */
-async function copyPrefix(driver: StorageDriver, resume: Resume, hash: ReturnType<typeof createHash>, writer: Awaited<ReturnType<StorageDriver['writer']>>): Promise<void> {
+async function copyPrefix(driver: StorageDriver, resume: Resume, hash: StreamHash, writer: Awaited<ReturnType<StorageDriver['writer']>>): Promise<void> {
   const reader = await driver.reader(resume.partial, { offset: 0, end: resume.offset - 1 });
   let copied = 0;
   let batch: Buffer[] = [];
   let batchBytes = 0;
   for await (const chunk of reader) {
     const buf = chunk as Buffer;
-    hash.update(buf);
+    hash.updateSync(buf);
     copied += buf.length;
     batch.push(buf);
     batchBytes += buf.length;

@@ -340,7 +340,7 @@ export function checkSendfile(config: RegistryConfig): CheckResult {
   if (!config.http.sendfile.enabled) return { status: 'ok', subject, message: 'turned off (http.sendfile.enabled: false): blob bodies are streamed' };
   const loaded = loadSendfile(config.http.sendfile.threads);
   if (typeof loaded === 'string') {
-    return { status: 'warn', subject, message: `blob bodies will be streamed, not sent with sendfile: ${loaded}`, fix: 'run `npm rebuild @cascade/registry-core` (needs python3, make and a C compiler); bodies are correct either way, only slower' };
+    return { status: 'warn', subject, message: `blob bodies will be streamed, not sent with sendfile, and a cache's fills hashed on its main thread: ${loaded}`, fix: 'run `npm rebuild @cascade/registry-core` (needs python3, make and a C compiler); bodies are correct either way, only slower' };
   }
   const tls = config.http.tls?.certificate ? ' (over TLS, which this node serves, bodies are streamed)' : '';
   return { status: 'ok', subject, message: `blob bodies from files go out with sendfile on ${loaded.threads} threads${tls}` };
