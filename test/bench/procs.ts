@@ -9,7 +9,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { startCascade, type CascadeProcess } from '../lib/cascade.js';
@@ -43,7 +43,14 @@ export interface Peer {
 /** Tracks every process of a run; {@link Fleet.stopAll} stops them and lists the ones that crashed. */
 export class Fleet {
   private readonly nodes: Peer[] = [];
+  /** Storage folders removed once every node is stopped (a full run's would otherwise add up to tens of GiB). */
+  private readonly scratch: string[] = [];
   readonly crashes: string[] = [];
+
+  /** Removes `dir` when this fleet has stopped ({@link Fleet.stopAll}). */
+  removeOnStop(dir: string): void {
+    this.scratch.push(dir);
+  }
 
   add<T extends Peer>(node: T): T {
     this.nodes.push(node);
@@ -61,6 +68,7 @@ export class Fleet {
   /** Stops every node at once (a node draining its connections on SIGTERM would otherwise hold up the rest). */
   async stopAll(): Promise<void> {
     await Promise.all([...this.nodes].map((node) => this.stop(node)));
+    await Promise.all(this.scratch.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
   }
 }
 

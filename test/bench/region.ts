@@ -55,7 +55,7 @@ async function measure(ctx: Context, m: Metrics, blob: BlobData, variant: 'regio
   const fleet = new Fleet();
   let redis: RedisServer | undefined;
   try {
-    const dir = await runDir(ctx, `region-${variant}`);
+    const dir = await runDir(ctx, fleet, `region-${variant}`);
     const shared = join(dir, 'shared');
     if (variant === 'region') redis = await startRedis();
     const nodes: Peer[] = [];

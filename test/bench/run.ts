@@ -167,7 +167,7 @@ let profile: ProfileSummary[] | undefined;
 let floors: MachineFloors | undefined;
 let fatal: unknown;
 try {
-  ctx = await setup(cfg, work, fleet, log);
+  ctx = await setup(cfg, work, fleet, log, values.keep);
   startServerEarly(ctx);
   for (let r = 1; r <= (scenarios.size ? cfg.runs : 0); r++) {
     const m: Metrics = {};

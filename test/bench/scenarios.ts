@@ -176,6 +176,8 @@ export interface Context {
   readonly notes: string[];
   /** The runner's progress log (timestamped). */
   readonly log: (s: string) => void;
+  /** Keep the nodes' storage folders (`--keep`); otherwise each goes when its fleet stops. */
+  readonly keep: boolean;
   /** The server scenario's stack, started on first use and kept across runs. */
   server?: Promise<ServerStack>;
   /** This run's empty chains for scenarios 2 and 3 (they use different blobs, so both are cold). */
@@ -196,7 +198,7 @@ export function startChains(fleet: Fleet, dir: string, origin: string, places?: 
 /** Fresh chains for scenarios 2 and 3, with the fleet that stops them. */
 async function chainSet(ctx: Context, name: string): Promise<{ fleet: Fleet; chains: Chain[] }> {
   const fleet = new Fleet();
-  return { fleet, chains: await startChains(fleet, await runDir(ctx, name), ctx.origin.url) };
+  return { fleet, chains: await startChains(fleet, await runDir(ctx, fleet, name), ctx.origin.url) };
 }
 
 /** The four chains of scenarios 2 and 3, started (empty) once per run. */
@@ -324,10 +326,11 @@ export async function settle(peer: Peer, timeoutMs = 10_000): Promise<void> {
 export const blobRequests = (peer: Peer, digest: string, method: string, since = 0) =>
   peer.requests().slice(since).filter((r) => r.method === method && r.path.endsWith(`/blobs/${digest}`)).length;
 
-/** A fresh storage folder for this run's nodes. */
-export async function runDir(ctx: Context, name: string): Promise<string> {
+/** A fresh storage folder for nodes of `fleet`, removed when the fleet stops (unless `--keep`). */
+export async function runDir(ctx: Context, fleet: Fleet, name: string): Promise<string> {
   const dir = join(ctx.work, 'runs', `${name}-${randomUUID().slice(0, 8)}`);
   await mkdir(dir, { recursive: true });
+  if (!ctx.keep) fleet.removeOnStop(dir);
   return dir;
 }
 
@@ -337,7 +340,7 @@ export async function runDir(ctx: Context, name: string): Promise<string> {
 export async function warm(ctx: Context, m: Metrics): Promise<void> {
   const fleet = new Fleet();
   try {
-    const dir = await runDir(ctx, 'warm');
+    const dir = await runDir(ctx, fleet, 'warm');
     const [cascade] = await startChain(fleet, 'cascade', join(dir, 'c'), ctx.origin.url, 1);
     const [dist] = await startChain(fleet, 'distribution', join(dir, 'd'), ctx.origin.url, 1);
     const caches = { cascade: cascade!, distribution: dist! };
@@ -610,7 +613,7 @@ export async function image(ctx: Context, m: Metrics): Promise<void> {
   for (const kind of ['cascade', 'distribution'] as const) {
     const fleet = new Fleet();
     try {
-      const dir = await runDir(ctx, `image-${kind}`);
+      const dir = await runDir(ctx, fleet, `image-${kind}`);
       const [cache] = await startChain(fleet, kind, dir, ctx.origin.url, 1);
       m[`s4.${kind}.coldMs`] = await pull(ctx, `${kind} cold`, cache!.host, true);
       // distribution's proxy stores blobs in the background: wait for every one before the warm pull.
@@ -781,7 +784,7 @@ export const SCENARIOS: ReadonlyArray<{ id: number; name: string; run: (ctx: Con
 ];
 
 /** Starts the origin and nginx and seeds the blobs and the image. */
-export async function setup(cfg: BenchConfig, work: string, fleet: Fleet, log: (s: string) => void): Promise<Context> {
+export async function setup(cfg: BenchConfig, work: string, fleet: Fleet, log: (s: string) => void, keep = false): Promise<Context> {
   const { startNginx } = await import('./procs.js');
   const origin = await startDistribution(fleet, { dir: join(work, 'origin'), name: 'origin' });
   log(`origin (distribution) at ${origin.url}; generating and uploading ${cfg.bigMiB} MiB and ${cfg.concMiB} MiB blobs`);
@@ -796,5 +799,5 @@ export async function setup(cfg: BenchConfig, work: string, fleet: Fleet, log: (
     log(`generating a ${cfg.imageLayers.length}-layer image (${(total / MiB).toFixed(0)} MiB of layer content) and pushing it with skopeo`);
     image = await seedImage(work, origin, cfg.imageLayers);
   }
-  return { cfg, work, origin, nginx, big, conc, warmup, image, problems: [], notes: [], log };
+  return { cfg, work, origin, nginx, big, conc, warmup, image, problems: [], notes: [], log, keep };
 }

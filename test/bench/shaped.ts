@@ -84,7 +84,7 @@ function skip(ctx: Context, why: string): void {
 
 /** The origin in its namespace, with the scenario's blob and a warm-up blob uploaded (links not shaped yet). */
 async function seedSite(ctx: Context, topo: Topology, fleet: Fleet): Promise<Site> {
-  const origin = await startDistribution(fleet, { dir: await runDir(ctx, 'shaped-origin'), name: 'shaped-origin', net: topo.place('origin') });
+  const origin = await startDistribution(fleet, { dir: await runDir(ctx, fleet, 'shaped-origin'), name: 'shaped-origin', net: topo.place('origin') });
   const big = await seedBlob(ctx.work, origin, 'shaped', ctx.cfg.shapedMiB * MiB);
   const warmup = await seedBlob(ctx.work, origin, 'shaped-warmup', MiB);
   return { origin, big, warmup, via: inNamespace(topo.ns('client')) };
@@ -96,7 +96,7 @@ async function atSpeed(ctx: Context, m: Metrics, topo: Topology, site: Site, gbi
   const what = `s7 ${gbit} Gbit/s`;
   const fleet = new Fleet();
   try {
-    const chains = await startChains(fleet, await runDir(ctx, `shaped-${gbit}g`), site.origin.url, HOPS.map((h) => topo.place(h)));
+    const chains = await startChains(fleet, await runDir(ctx, fleet, `shaped-${gbit}g`), site.origin.url, HOPS.map((h) => topo.place(h)));
     for (const chain of chains) {
       await coldPull(ctx, site, chain, m, p, { what, memory: primaryMemory(ctx.cfg.memory), verify });
       const warm = await get(ctx, blobUrl(chain.nodes[chain.nodes.length - 1]!, site.big.digest), 1, 'processes', site.via);

@@ -187,6 +187,11 @@ static napi_value update(napi_env env, napi_callback_info info) {
       napi_create_reference(env, argv[0], 1, &job->handle) != napi_ok ||
       napi_create_string_utf8(env, "cascade_hash", NAPI_AUTO_LENGTH, &name) != napi_ok ||
       napi_create_async_work(env, NULL, name, execute, complete, job, &job->work) != napi_ok || napi_queue_async_work(env, job->work) != napi_ok) {
+    if (job->work) napi_delete_async_work(env, job->work);
+    if (job->callback) napi_delete_reference(env, job->callback);
+    if (job->hold) napi_delete_reference(env, job->hold);
+    if (job->handle) napi_delete_reference(env, job->handle);
+    free(job);
     napi_throw_error(env, NULL, "cascade_hash: could not queue the update");
     return NULL;
   }
