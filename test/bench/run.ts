@@ -15,7 +15,8 @@
  *
  * `--merge` adds what this invocation measured (`--only 8`: scenario 8's runs; `--only profile`: the profile)
  * to the results already in the output folder (benchmarks.json), replacing those scenarios' figures and keeping
- * the others, and re-renders the report; `--render` only re-renders it.
+ * the others, and re-renders the report; when it measured more scenarios than it keeps, its own machine,
+ * commit, command and wall time head the report and the kept ones are noted. `--render` only re-renders it.
  *
  * Full mode (default, `npm run bench`): 512 MiB blobs, 32 streams, 100 simultaneous requests, a 300-layer
  * image, shaped links at 1 and 10 Gbit/s, a region herd (60 clients, a 256 MiB blob, 3 nodes with Redis
@@ -245,6 +246,27 @@ async function mergeInto(file: string, fresh: Results): Promise<Results> {
   const what = [...(measuredNow.size ? [`scenario${measuredNow.size > 1 ? 's' : ''} ${[...measuredNow].map((k) => k.replace(/^s/, '')).join(', ')}`] : []), ...(fresh.profile ? ['the profile'] : [])].join(' and ');
   // The settings of the scenarios measured now are this invocation's (the prior run may predate them).
   const settings = Object.fromEntries(Object.entries(fresh.config).filter(([k]) => !(k in prior.config) || [...measuredNow].some((s) => SCENARIO_SETTINGS[s]?.includes(k))));
+  const kept = new Set(prior.runs.flatMap((r) => Object.keys(r).map((k) => k.split('.')[0] as string)).filter((k) => !measuredNow.has(k)));
+  if (measuredNow.size > kept.size) {
+    // This invocation measured most of the results: its machine, commit, command and wall time head the report,
+    // and the few scenarios kept from before say where they come from. Prior notes stay only when they are
+    // about a kept scenario alone ("Scenario 8 ..."); the rest described figures replaced now.
+    const keptNames = [...kept].map((k) => k.replace(/^s/, ''));
+    const aboutKept = (n: string) => keptNames.some((k) => n.startsWith(`Scenario ${k}'`) || n.startsWith(`Scenario ${k} `));
+    return {
+      ...fresh,
+      config: { ...fresh.config, ...Object.fromEntries(Object.entries(prior.config).filter(([k]) => [...kept].some((s) => SCENARIO_SETTINGS[s]?.includes(k)))) } as BenchConfig,
+      runs,
+      ...(fresh.profile || !prior.profile ? {} : { profile: prior.profile }),
+      ...(fresh.floors || !prior.floors ? {} : { floors: prior.floors }),
+      problems: [...fresh.problems, ...prior.problems.filter(aboutKept)],
+      notes: [
+        ...fresh.notes,
+        ...prior.notes.filter(aboutKept),
+        `Scenario${kept.size > 1 ? 's' : ''} ${keptNames.join(', ')} ${kept.size > 1 ? 'are' : 'is'} kept from earlier results (commit ${prior.env.commit.slice(0, 7)}, ${prior.env.date.slice(0, 16).replace('T', ' ')} UTC); this invocation measured the rest and replaced ${kept.size > 1 ? 'their' : 'its'} figures.`,
+      ],
+    };
+  }
   return {
     ...prior,
     config: { ...prior.config, ...settings } as BenchConfig,
