@@ -13,15 +13,13 @@
  *   updateSync(handle, buffer)   hashes on the calling thread
  *   digest(handle)               -> hex string; the handle is finished
  *
- * One handle takes one update at a time: JavaScript (src/hashing.ts) queues them. The buffers are held by
+ * One handle takes one update (of any number of buffers) at a time: JavaScript (src/hashing.ts) queues them. The buffers are held by
  * references until the update is done, so JavaScript may drop its own.
  */
 #include <node_api.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define MAX_BUFFERS 64
 
 typedef struct {
   EVP_MD_CTX *ctx;
@@ -35,10 +33,12 @@ typedef struct {
   napi_ref callback;
   napi_ref hold;   /* the array of buffers, kept alive until complete */
   napi_ref handle; /* the hasher's handle, likewise */
-  size_t n;
-  const unsigned char *data[MAX_BUFFERS];
-  size_t len[MAX_BUFFERS];
   int ok;
+  size_t n;
+  struct {
+    const unsigned char *data;
+    size_t len;
+  } parts[]; /* the buffers' bytes, in order */
 } job_t;
 
 #define CHECK(env, call)                                        \
@@ -56,6 +56,8 @@ static void finalize_hasher(napi_env env, void *data, void *hint) {
   free(h);
 }
 
+static int usable(napi_env env, hasher_t *h);
+
 static hasher_t *get_hasher(napi_env env, napi_value v) {
   void *data = NULL;
   if (napi_get_value_external(env, v, &data) != napi_ok || data == NULL) {
@@ -63,6 +65,17 @@ static hasher_t *get_hasher(napi_env env, napi_value v) {
     return NULL;
   }
   return data;
+}
+
+/* The arguments of update, updateSync or digest (the hasher first), and the hasher if it can take a call now. */
+static hasher_t *hasher_call(napi_env env, napi_callback_info info, size_t want, napi_value *argv, const char *usage) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) {
+    napi_throw_type_error(env, NULL, usage);
+    return NULL;
+  }
+  hasher_t *h = get_hasher(env, argv[0]);
+  return h != NULL && usable(env, h) ? h : NULL;
 }
 
 static napi_value create(napi_env env, napi_callback_info info) {
@@ -118,7 +131,7 @@ static void execute(napi_env env, void *data) {
   job_t *job = data;
   job->ok = 1;
   for (size_t i = 0; i < job->n; i++) {
-    if (job->len[i] > 0 && EVP_DigestUpdate(job->h->ctx, job->data[i], job->len[i]) != 1) {
+    if (job->parts[i].len > 0 && EVP_DigestUpdate(job->h->ctx, job->parts[i].data, job->parts[i].len) != 1) {
       job->ok = 0;
       return;
     }
@@ -147,23 +160,17 @@ static void complete(napi_env env, napi_status status, void *data) {
 }
 
 static napi_value update(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 3) {
-    napi_throw_type_error(env, NULL, "cascade_hash: update(hasher, buffers, callback)");
-    return NULL;
-  }
-  hasher_t *h = get_hasher(env, argv[0]);
-  if (h == NULL || !usable(env, h)) return NULL;
+  hasher_t *h = hasher_call(env, info, 3, argv, "cascade_hash: update(hasher, buffers, callback)");
+  if (h == NULL) return NULL;
   uint32_t n = 0;
   bool is_array = false;
   napi_is_array(env, argv[1], &is_array);
-  if (!is_array || napi_get_array_length(env, argv[1], &n) != napi_ok || n > MAX_BUFFERS) {
-    napi_throw_type_error(env, NULL, "cascade_hash: buffers must be an array of at most 64 buffers");
+  if (!is_array || napi_get_array_length(env, argv[1], &n) != napi_ok) {
+    napi_throw_type_error(env, NULL, "cascade_hash: buffers must be an array of Buffers");
     return NULL;
   }
-  job_t *job = calloc(1, sizeof *job);
+  job_t *job = calloc(1, sizeof *job + n * sizeof job->parts[0]);
   if (job == NULL) {
     napi_throw_error(env, NULL, "cascade_hash: out of memory");
     return NULL;
@@ -179,8 +186,8 @@ static napi_value update(napi_env env, napi_callback_info info) {
       napi_throw_type_error(env, NULL, "cascade_hash: buffers must be an array of Buffers");
       return NULL;
     }
-    job->data[i] = p;
-    job->len[i] = len;
+    job->parts[i].data = p;
+    job->parts[i].len = len;
   }
   napi_value name;
   if (napi_create_reference(env, argv[2], 1, &job->callback) != napi_ok || napi_create_reference(env, argv[1], 1, &job->hold) != napi_ok ||
@@ -200,11 +207,9 @@ static napi_value update(napi_env env, napi_callback_info info) {
 }
 
 static napi_value update_sync(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  hasher_t *h = argc >= 2 ? get_hasher(env, argv[0]) : NULL;
-  if (h == NULL || !usable(env, h)) return NULL;
+  hasher_t *h = hasher_call(env, info, 2, argv, "cascade_hash: updateSync(hasher, buffer)");
+  if (h == NULL) return NULL;
   void *p = NULL;
   size_t len = 0;
   if (napi_get_buffer_info(env, argv[1], &p, &len) != napi_ok) {
@@ -219,11 +224,9 @@ static napi_value update_sync(napi_env env, napi_callback_info info) {
 }
 
 static napi_value digest(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  hasher_t *h = argc >= 1 ? get_hasher(env, argv[0]) : NULL;
-  if (h == NULL || !usable(env, h)) return NULL;
+  hasher_t *h = hasher_call(env, info, 1, argv, "cascade_hash: digest(hasher)");
+  if (h == NULL) return NULL;
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   if (EVP_DigestFinal_ex(h->ctx, md, &len) != 1) {

@@ -6,8 +6,8 @@
  * thread with node:crypto.
  */
 import { createHash } from 'node:crypto';
-import { createRequire } from 'node:module';
 import { Digest, type DigestAlgorithm } from './digest.js';
+import { loadAddon } from './native.js';
 
 /** A running digest of a stream of buffers. */
 export interface StreamHash {
@@ -29,33 +29,23 @@ interface Addon {
   digest(handle: object): string;
 }
 
-let addon: Addon | undefined;
-let loadError: string | undefined;
+let loaded: Addon | string | undefined;
 
-function load(): Addon | undefined {
-  if (addon || loadError) return addon;
-  try {
-    addon = createRequire(import.meta.url)('../../build/Release/cascade_hash.node') as Addon;
-  } catch (err) {
-    loadError = `the native addon is not built (${(err as Error).message.split('\n')[0]}); run \`npm rebuild @cascade/registry-core\``;
-  }
-  return addon;
+function load(): Addon | string {
+  return (loaded ??= loadAddon<Addon>('cascade_hash'));
 }
 
 /** Why digests are computed on the calling thread, or undefined when they go to the thread pool. */
 export function hashingOffThread(): string | undefined {
-  load();
-  return loadError;
+  const addon = load();
+  return typeof addon === 'string' ? addon : undefined;
 }
 
 /** A new stream hash: on the thread pool when the addon is built, else on this thread. */
 export function streamHash(algorithm: DigestAlgorithm, where: 'pool' | 'thread' = 'pool'): StreamHash {
   const native = where === 'pool' ? load() : undefined;
-  return native ? new PoolHash(native, algorithm) : new ThreadHash(algorithm);
+  return native !== undefined && typeof native !== 'string' ? new PoolHash(native, algorithm) : new ThreadHash(algorithm);
 }
-
-/** The addon can take at most this many buffers per update. */
-const MAX_BUFFERS = 64;
 
 class PoolHash implements StreamHash {
   private readonly handle: object;
@@ -78,24 +68,10 @@ class PoolHash implements StreamHash {
     });
   }
 
-  /** Sends every queued update (up to MAX_BUFFERS buffers) to the pool as one job. */
+  /** Sends every queued update to the pool as one job. */
   private next(): void {
-    const batch: typeof this.queue = [];
-    const buffers: Buffer[] = [];
-    while (this.queue.length > 0 && buffers.length + this.queue[0]!.chunks.length <= MAX_BUFFERS) {
-      const u = this.queue.shift()!;
-      batch.push(u);
-      buffers.push(...u.chunks);
-    }
-    if (batch.length === 0) {
-      // One update of more than MAX_BUFFERS buffers: split it.
-      const u = this.queue.shift();
-      if (!u) return;
-      const rest = u.chunks.slice(MAX_BUFFERS);
-      this.queue.unshift({ chunks: u.chunks.slice(0, MAX_BUFFERS), resolve: () => undefined, reject: u.reject }, { chunks: rest, resolve: u.resolve, reject: u.reject });
-      this.next();
-      return;
-    }
+    const batch = this.queue.splice(0);
+    const buffers = batch.flatMap((u) => u.chunks);
     this.running = true;
     const fail = (err: Error) => {
       this.failed = err;

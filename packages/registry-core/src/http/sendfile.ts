@@ -6,11 +6,11 @@
  * with `file`: a stored blob, or the growing file of a cache's fill, sent stretch by stretch as it is
  * written) take this path; TLS, other drivers and other platforms stream the body.
  */
-import { createRequire } from 'node:module';
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { getSystemErrorName } from 'node:util';
 import type Koa from 'koa';
+import { loadAddon } from '../native.js';
 import type { BlobBody, FileSegments } from '../store/body.js';
 
 interface Addon {
@@ -42,12 +42,8 @@ let loaded: Sendfile | string | undefined;
  */
 export function loadSendfile(threads = 2): Sendfile | string {
   if (loaded !== undefined) return loaded;
-  let addon: Addon;
-  try {
-    addon = createRequire(import.meta.url)('../../../build/Release/cascade_sendfile.node') as Addon;
-  } catch (err) {
-    return (loaded = `the native addon is not built (${(err as Error).message.split('\n')[0]}); run \`npm rebuild @cascade/registry-core\``);
-  }
+  const addon = loadAddon<Addon>('cascade_sendfile');
+  if (typeof addon === 'string') return (loaded = addon);
   if (!addon.available()) return (loaded = `sendfile is only used on Linux (this is ${process.platform})`);
   const pending = new Map<number, { resolve: (sent: number) => void; reject: (err: Error) => void }>();
   const dispatch = (id: number, errno: number, sent: number) => {
