@@ -88,6 +88,52 @@ describe('fills', () => {
     assert.equal(blamed.length, 1, 'the upstream is blamed');
   });
 
+  it('creates its partial file while the upstream answers, and removes it when the upstream fails', async () => {
+    // Creating the file takes two turns of the thread pool: done after the upstream's answer, every hop of a
+    // chain added them to its clients' time to first byte.
+    const data = randomBytes(1 << 20);
+    const digest = Digest.of(data);
+    const driver = new InMemoryDriver();
+    // Each GET waits until the test answers it.
+    let answer!: { resolve: () => void; reject: (err: Error) => void };
+    let asked!: () => void;
+    let wasAsked = new Promise<void>((r) => (asked = r));
+    const upstreams = {
+      fetch: () =>
+        new Promise<unknown>((resolve, reject) => {
+          answer = {
+            resolve: () => resolve({ host: { url: 'http://upstream.test' }, status: 200, size: data.length, headers: {}, body: Readable.from(chunks(data)) }),
+            reject,
+          };
+          asked();
+        }),
+      markFailed: () => undefined,
+    } as unknown as UpstreamPool;
+    const failed: string[] = [];
+    const fills = new FillManager({ driver, upstreams, logger: silent, onFailed: (_d, _r, why) => failed.push(String(why)) });
+    const partials = () => driver.list(`${FILLS_DIR}/sha256`).catch(() => []);
+    // A fill whose upstream never answers: the file is there while it waits, and gone once the upstream failed.
+    const fill = fills.start('a/b', digest, {});
+    await wasAsked;
+    for (let i = 0; i < 100 && (await partials()).length === 0; i++) await sleep(5);
+    assert.equal((await partials()).length, 1, 'the partial file exists before the upstream answered');
+    answer.reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
+    await fill.finished;
+    assert.equal(fill.state, 'failed');
+    assert.deepEqual(await partials(), [], 'no partial file left');
+    assert.deepEqual(failed, ['upstream']);
+    // The same file, created early, takes the bytes once the upstream answers.
+    wasAsked = new Promise<void>((r) => (asked = r));
+    const again = fills.start('a/b', digest, {});
+    await wasAsked;
+    for (let i = 0; i < 100 && (await partials()).length === 0; i++) await sleep(5);
+    answer.resolve();
+    await again.finished;
+    assert.equal(again.state, 'done');
+    assert.deepEqual(await driver.getContent(paths.blobData(digest)), data);
+    assert.deepEqual(await partials(), []);
+  });
+
   it('a follower opening its file when the fill fails gets the error, not a wait for ever', async (t) => {
     // The race seen in the adversarial suite: a fill with wrong bytes removes its partial file, then fails; a
     // follower that found the partial file gone and was still looking for the stored blob when the failure
