@@ -71,6 +71,23 @@ describe('FilesystemDriver', () => {
     assert.equal(await readFile(join(root, blob), 'utf8'), 'pending');
   });
 
+  it('writer({create}) writes in place: makes a missing folder, truncates a file that is there, passes other errors on', async () => {
+    const partial = '/fills/sha256/abc-1';
+    const first = await driver.writer(partial, { create: true });
+    await first.write(Buffer.from('first bytes'));
+    await first.commit();
+    assert.equal(await readFile(join(root, partial), 'utf8'), 'first bytes');
+    assert.deepEqual(await readdir(join(root, FILESYSTEM_TEMP_DIRECTORY)).catch(() => []), [], 'no temporary file');
+    // The folder exists now: the file is created (or truncated) without making it again.
+    const again = await driver.writer(partial, { create: true });
+    await again.write(Buffer.from('2nd'));
+    await again.commit();
+    assert.equal(await readFile(join(root, partial), 'utf8'), '2nd');
+    // A file where a folder should be: ENOTDIR, not a retry that hides it.
+    await driver.putContent('/plain', Buffer.from('x'));
+    await assert.rejects(driver.writer('/plain/child', { create: true }), { code: 'ENOTDIR' });
+  });
+
   it('gives concurrent writers distinct temporary files', async () => {
     const writers = await Promise.all([1, 2, 3].map(() => driver.writer('/same')));
     assert.equal((await readdir(join(root, FILESYSTEM_TEMP_DIRECTORY))).length, 3);
