@@ -15,7 +15,8 @@
  *   sends the client what is written from the file, as Cascade does;
  * - a Cascade cache node;
  * - distribution's proxy (`proxy.remoteurl`).
- * Printed: each pull's time (curl), the origin directly, and each cache's CPU seconds per GiB.
+ * Printed: each pull's time (curl), the origin directly, each cache's CPU seconds per GiB, and its time to
+ * the first byte over the origin's (the direct pull's, taken before the memory is recycled, as in the benchmark).
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -66,8 +67,13 @@ try {
   stops.push(() => proxy.stop());
   contenders.push({ name: 'distribution proxy', url: proxy.url, pid: proxy.pid });
 
-  const curl = (url: string): number => Number(execFileSync('curl', ['-sf', '-o', '/dev/null', '-w', '%{time_total}', url]).toString()) * 1000;
+  /** One GET with curl: its time to the first byte (the headers) and to the last, in ms. */
+  const curl = (url: string): { ttfb: number; total: number } => {
+    const [ttfb, total] = execFileSync('curl', ['-sf', '-o', '/dev/null', '-w', '%{time_starttransfer} %{time_total}', url]).toString().split(' ').map((x) => Number(x) * 1000);
+    return { ttfb: ttfb!, total: total! };
+  };
   const times = new Map<string, number[]>([['origin directly', []], ...contenders.map((c) => [c.name, []] as [string, number[]])]);
+  const ttfbs = new Map<string, number[]>([['origin directly', []], ...contenders.map((c) => [c.name, []] as [string, number[]])]);
   const cpu = new Map<string, number[]>(contenders.map((c) => [c.name, []]));
   const ratios = new Map<string, number[]>(contenders.map((c) => [c.name, []]));
   // A warm-up pull of a small blob through each: running processes, open connections.
@@ -77,17 +83,20 @@ try {
   for (let run = 0; run < runs; run++) {
     const digest = await pushBlob(origin.url, 'ideal/blob', randomBytes(bytes));
     const path = `/v2/ideal/blob/blobs/${digest}`;
-    times.get('origin directly')!.push(curl(`${origin.url}${path}`));
+    const direct = curl(`${origin.url}${path}`);
+    times.get('origin directly')!.push(direct.total);
+    ttfbs.get('origin directly')!.push(direct.ttfb);
     const order = contenders.map((_, i) => contenders[(i + run) % contenders.length]!);
     const line: string[] = [];
     const inRun = new Map<string, number>();
     for (const c of order) {
       recycleMemory(dir, 2 * bytes);
       const before = cpuSeconds(c.pid);
-      const ms = curl(`${c.url}${path}`);
+      const { ttfb, total: ms } = curl(`${c.url}${path}`);
       // What a cache does after the last byte (sync, rename, distribution's second fetch) is not counted.
       const used = cpuSeconds(c.pid) - before;
       times.get(c.name)!.push(ms);
+      ttfbs.get(c.name)!.push(ttfb - direct.ttfb);
       cpu.get(c.name)!.push((used * GiB) / bytes);
       inRun.set(c.name, ms);
       line.push(`${c.name} ${ms.toFixed(0)} (${((used * GiB) / bytes).toFixed(2)})`);
@@ -96,12 +105,14 @@ try {
     for (const c of contenders) ratios.get(c.name)!.push(inRun.get(c.name)! / inRun.get('distribution proxy')!);
     console.log(`run ${run + 1}: ${line.join(', ')}; origin directly ${times.get('origin directly')!.at(-1)!.toFixed(0)}`);
   }
-  console.log('\n| | median ms | runs | ÷ distribution in the run (median) | CPU-s per GiB until the last byte (median) |');
-  console.log('|---|---|---|---|---|');
+  console.log('\n| | median ms | runs | ÷ distribution in the run (median) | CPU-s per GiB until the last byte (median) | TTFB − the origin\'s, ms (median; runs) |');
+  console.log('|---|---|---|---|---|---|');
   for (const [name, t] of times) {
     const r = ratios.get(name);
     const c = cpu.get(name);
-    console.log(`| ${name} | ${median(t).toFixed(0)} | ${t.map((x) => x.toFixed(0)).join(', ')} | ${r ? median(r).toFixed(2) : '–'} | ${c ? median(c).toFixed(2) : '–'} |`);
+    const f = ttfbs.get(name)!;
+    const ttfb = name === 'origin directly' ? `${median(f).toFixed(1)} (its own)` : `${median(f).toFixed(1)}; ${f.map((x) => x.toFixed(1)).join(', ')}`;
+    console.log(`| ${name} | ${median(t).toFixed(0)} | ${t.map((x) => x.toFixed(0)).join(', ')} | ${r ? median(r).toFixed(2) : '–'} | ${c ? median(c).toFixed(2) : '–'} | ${ttfb} |`);
   }
 } finally {
   for (const stop of stops.reverse()) await stop().catch(() => undefined);
