@@ -3,7 +3,8 @@
  *
  * For each role (a registry, with and without htpasswd; a cache node in front of a registry; a mirror of
  * two registries with a local repository; the server in front of an htpasswd origin, first with no cache
- * registered, then with one), the node under test runs under strace (open/openat/openat2/connect, see
+ * registered, then with one; a cache in grant mode registered at such a server, fed the server's grants),
+ * the node under test runs under strace (open/openat/openat2/connect, see
  * test/lib/syscalls.ts) with the process guard loaded, and gets FUZZ_REQUESTS (default 10,000) requests
  * written on raw TCP sockets (test/lib/raw-http.ts): random and garbage methods; absolute-form,
  * asterisk-form and protocol-relative targets naming a canary listener; `..`, `%2e%2e`, `%2f`, NUL and
@@ -26,6 +27,8 @@
  *   in the test folder and under /tmp); in the strace record, every file opened inside the test folder is
  *   under the node's storage root or is a file the test wrote for it (config, htpasswd, server state and
  *   keys), and no open names a canary folder;
+ * - a cache in grant mode answers no request for content (blobs, manifests, tags, catalog, warm) with a 2xx
+ *   unless the request holds the server's grant for the repository and digest it names;
  * - no outgoing connection except to the configured upstreams: the canary listeners (127.0.0.1 and
  *   [::1]) accept no connection, and every AF_INET/AF_INET6 connect() in the strace record goes to an
  *   upstream's port on a loopback address.
@@ -47,6 +50,7 @@ import bcrypt from 'bcryptjs';
 import { stringify } from 'yaml';
 import { startCascadeOrigin, type Hop } from '../lib/cache.js';
 import { startCascade, testScope, type CascadeProcess } from '../lib/cascade.js';
+import { startServer } from '../lib/stack.js';
 import { rawRequest } from '../lib/raw-http.js';
 import { isUnder, straceUsable } from '../lib/syscalls.js';
 import { startCanary, type Canary } from './lib/canary.js';
@@ -410,4 +414,54 @@ test(`fuzz: server: ${REQUESTS} hostile requests (no cache registered, then one)
     REQUESTS,
     [registerCache],
   );
+});
+
+test(`fuzz: cache in grant mode: ${REQUESTS} hostile requests, no bytes without a grant for them, no 5xx, no crash, nothing read outside storage, no stray connection`, skipUnless('grant-cache'), async (t) => {
+  const { dir, defer } = await testScope(t, 'adv-fuzz-grant-cache-');
+  const canary = await startCanary(dir);
+  defer(() => canary.close());
+  const htpasswd = join(dir, 'htpasswd');
+  await writeHtpasswd(htpasswd);
+  const origin = await startCascade(join(dir, 'origin'), { storage: { filesystem: { rootdirectory: join(dir, 'origin-data') }, delete: { enabled: true } }, auth: { htpasswd: { realm: 'origin', path: htpasswd } } });
+  defer(() => origin.stop());
+  const content = await seedAll(origin.url, [['fuzz/alpha'], ['team/app'], ['library/app']], basic('alice'));
+  const issuer = 'cascade-fuzz';
+  // Grants long enough for the whole run: they are taken once, before it.
+  const server = await startServer(join(dir, 'server'), { origin: origin.url, password: USERS.svc, issuer, ttl: '10m', healthInterval: '1s' });
+  defer(() => server.stop());
+  // The node under test: a cache that serves only what the server granted, registered and made the default.
+  const home = join(dir, 'grant-cache');
+  const root = join(home, 'data');
+  const node = await startTraced(home, 'registry', {
+    version: '0.1',
+    http: { addr: '127.0.0.1:0' },
+    storage: { filesystem: { rootdirectory: root }, delete: { enabled: true } },
+    middleware: { registry: [{ name: 'downstream', options: { originhost: server.url, auth: 'grant', name: 'grant-cache', issuer, blobttl: '24h' } }] },
+  });
+  defer(() => node.stop());
+  const admin = { authorization: basic('alice'), 'content-type': 'application/json' };
+  const created = await fetch(`${server.url}/api/v0/content_caches`, { method: 'POST', headers: admin, body: JSON.stringify({ name: 'grant-cache', host: node.url }) });
+  const { id } = (await created.json()) as { id?: string };
+  assert.equal(created.status, 201, `register the cache: ${created.status}`);
+  const def = await fetch(`${server.url}/api/v0/content_caches_default`, { method: 'PUT', headers: admin, body: JSON.stringify({ contentCacheUUID: id }) });
+  assert.equal(def.status, 200, `set the default cache: ${def.status} ${await def.text()}`);
+  // A grant for every blob, from the server's redirect of an authorized GET, as a client gets it.
+  const grantFor = new Map<string, string>();
+  for (const b of content.blobs) {
+    const res = await fetch(`${server.url}/v2/${b.repo}/blobs/${b.digest}`, { headers: { authorization: basic('bob') }, redirect: 'manual' });
+    const grant = new URL(res.headers.get('location') ?? 'http://x.invalid/', server.url).searchParams.get('grant');
+    assert.ok(res.status === 307 && grant, `a redirect with a grant for ${b.repo}@${b.digest}: ${res.status}`);
+    grantFor.set(`${b.repo}@${b.digest}`, grant);
+  }
+  const world: World = {
+    ...baseWorld('grant-cache', node, canary, root, content),
+    repos: ['fuzz/alpha', 'team/app', 'library/app'],
+    pushRepos: ['fuzz/alpha'],
+    goodAuth: [],
+    extraPaths: [...OPS_PATHS, '/api/v0/warm'],
+    nsHosts: [],
+    grants: [...grantFor.values()],
+    grantFor,
+  };
+  await fuzzAndCheck(t, { label: 'grant-cache', node, world, canary, dir, allowedRoots: [root], allowedFiles: [join(home, 'config.yml')], upstreamPorts: () => [Number(new URL(server.url).port)], others: [['server', server], ['origin', origin]] }, REQUESTS);
 });

@@ -10,7 +10,7 @@ import { printable, rawRequest, RawConnection, type RawOutcome, type RawResponse
 import { runScenario, type FuzzRequest, type World } from './gen.js';
 import { Rng } from './prng.js';
 
-export type FindingKind = '5xx' | 'leak' | 'hang' | 'crash' | 'protocol' | 'spec';
+export type FindingKind = '5xx' | 'leak' | 'hang' | 'crash' | 'protocol' | 'spec' | 'unauthorized';
 
 export interface Finding {
   readonly kind: FindingKind;
@@ -58,6 +58,12 @@ export interface FuzzResult {
   stoppedEarly?: string;
 }
 
+/**
+ * The request line of a request for content (or a change to it): what a cache in grant mode answers with a
+ * 2xx only with a grant. OPTIONS is answered with the allowed methods, no content.
+ */
+const CONTENT = /^(?!OPTIONS )\S+ [^?\s]*(\/blobs\/|\/manifests\/|\/tags\/list|\/_catalog|\/api\/v0\/warm)/;
+
 /** Runs the fuzz loop; never throws for what the node does. */
 export async function fuzz(o: FuzzOptions): Promise<FuzzResult> {
   const started = Date.now();
@@ -70,6 +76,9 @@ export async function fuzz(o: FuzzOptions): Promise<FuzzResult> {
     result.statuses.set(res.status, (result.statuses.get(res.status) ?? 0) + 1);
     const finding = (kind: FindingKind, detail: string) => result.findings.push({ kind, scenario, line: req.line, detail, request: printable(req.bytes, 1500) });
     if (which === '' && req.expect && !req.expect.includes(res.status)) finding('spec', `${res.status} ${res.reason} where the OCI distribution spec asks for ${req.expect.join(' or ')}: ${printable(res.body, 300)}`);
+    // Further answers on the connection answer requests smuggled after this one: not what `deny` speaks of.
+    const denied = which === '' && (req.deny ?? (o.world.role === 'grant-cache' && CONTENT.test(req.line)));
+    if (denied && res.status >= 200 && res.status < 300) finding('unauthorized', `${which}${res.status} ${res.reason} to a request holding no grant valid for what it asks: ${printable(res.body, 120)}`);
     if (res.status >= 500) finding('5xx', `${which}${res.status} ${res.reason}: ${printable(res.body, 300)}`);
     const text = `${res.headers.map(([k, v]) => `${k}: ${v}`).join('\n')}\n${res.body.toString('latin1')}`;
     for (const s of o.secrets) if (text.includes(s)) finding('leak', `${which}${res.status}: the answer holds a canary secret`);

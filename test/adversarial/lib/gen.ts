@@ -9,7 +9,7 @@ import type { RawOutcome, RawResponse } from '../../lib/raw-http.js';
 import { header, printable } from '../../lib/raw-http.js';
 import type { Rng } from './prng.js';
 
-export type Role = 'registry' | 'cache' | 'mirror' | 'server';
+export type Role = 'registry' | 'cache' | 'mirror' | 'server' | 'grant-cache';
 
 export interface BlobRef {
   readonly repo: string;
@@ -55,6 +55,8 @@ export interface World {
   readonly grants: string[];
   /** The `Authorization` the server's `/api/v0/events` takes (its events secret), when it has one. */
   readonly eventsAuth?: string;
+  /** A cache in grant mode: a grant the server issued for each blob, by `repo@digest`. */
+  readonly grantFor?: ReadonlyMap<string, string>;
 }
 
 /** One request, ready to write. */
@@ -74,6 +76,12 @@ export interface FuzzRequest {
   readonly valid?: boolean;
   /** Statuses the OCI distribution spec allows for this request (checked when set). */
   readonly expect?: readonly number[];
+  /**
+   * A cache in grant mode: true when the request carries no grant valid for what it asks, false when it does
+   * (grantCacheScenario sets it). A 2xx answer to a content request (blobs, manifests, tags, catalog, warm) is
+   * a finding unless `deny` is false: every other request of every scenario asks without a grant.
+   */
+  readonly deny?: boolean;
 }
 
 /** What a scenario can do. */
@@ -553,7 +561,9 @@ async function pullScenario(ctx: ScenarioContext): Promise<void> {
     // A reference that is neither a tag nor a digest names no manifest: 404 MANIFEST_UNKNOWN (OCI spec).
     const ref = rng.pick(['.INVALID_NAME', '-tag', 'a'.repeat(129), '_x', 'a+b', 'sha256:zz', 'x%21']);
     const req = build({ valid: true, method: rng.pick(['GET', 'HEAD']), target: `/v2/${m.repo}/manifests/${ref}`, headers: [...auth, accept] }, world);
-    await ctx.send({ ...req, expect: [404] });
+    // A cache in grant mode refuses every manifest request (403 DENIED: manifests come from the server) before
+    // it reads the reference.
+    await ctx.send({ ...req, expect: world.role === 'grant-cache' ? [403, 404] : [404] });
   }
   if (rng.chance(0.5)) await ctx.send(build({ valid: true, method: 'GET', target: `/v2/${m.repo}/tags/list${rng.chance(0.5) ? `?n=${rng.int(0, 3)}` : ''}`, headers: auth }, world));
   if (rng.chance(0.3)) await ctx.send(build({ valid: true, method: 'GET', target: `/v2/${m.repo}/referrers/${m.digest}`, headers: auth }, world));
@@ -803,6 +813,80 @@ async function mirrorScenario(ctx: ScenarioContext): Promise<void> {
   await ctx.send(build({ method: rng.pick(['GET', 'GET', 'HEAD']), target: `/v2/${name}/${what}${rng.chance(0.7) ? `?ns=${encodeURIComponent(ns)}` : ''}`, headers }, world));
 }
 
+/** True when `tampered` decodes to other bytes than `token` in some part (a changed character may not). */
+function changedToken(token: string, tampered: string): boolean {
+  const a = token.split('.');
+  const b = tampered.split('.');
+  if (a.length !== b.length) return true;
+  return a.some((part, i) => !Buffer.from(part, 'base64url').equals(Buffer.from(b[i]!, 'base64url')) || /[^A-Za-z0-9_-]/.test(b[i]!));
+}
+
+/**
+ * A cache in grant mode: blob GETs, HEADs and warm requests with the server's grant for that very blob, with
+ * one for another blob, tampered, junk, in the query, in a header, twice, or none. A request that holds no
+ * grant valid for what it asks is marked `deny`: a 2xx answer to it is a finding (bytes without
+ * authorization), as is any answer of 500 or more.
+ */
+async function grantCacheScenario(ctx: ScenarioContext): Promise<void> {
+  const { rng, world } = ctx;
+  const grants = world.grantFor ?? new Map<string, string>();
+  const b = rng.pick(world.blobs);
+  const valid = grants.get(`${b.repo}@${b.digest}`);
+  const others = [...grants.entries()].filter(([k]) => k !== `${b.repo}@${b.digest}`);
+  const other = others.length ? rng.pick(others)[1] : undefined;
+  // The grants this request will carry, and whether one of them is the valid one for (b.repo, b.digest).
+  const carried: string[] = [];
+  const pickGrant = (): string => {
+    const g = rng.weighted<() => string>([
+      [6, () => valid ?? grantJunk(rng, world)],
+      [3, () => other ?? grantJunk(rng, world)],
+      [2, () => {
+        const base = valid ?? other;
+        if (!base) return grantJunk(rng, world);
+        const t = tamper(rng, base);
+        return changedToken(base, t) ? t : `${base}.x`;
+      }],
+      [3, () => grantJunk(rng, world)],
+    ])();
+    carried.push(g);
+    return g;
+  };
+  const kind = rng.int(0, 9);
+  const repo = rng.chance(0.9) ? b.repo : rng.pick([repoName(rng, world), traversal(rng, world), `${b.repo}/../${rng.pick(world.repos)}`, b.repo.toUpperCase()]);
+  const digest = rng.chance(0.9) ? b.digest : digestString(rng, world);
+  // Valid is the server's grant for what the request names (another real blob, now and then), whatever was picked.
+  const asked = grants.get(`${repo}@${digest}`);
+  const grantOk = () => asked !== undefined && carried.includes(asked);
+  if (kind <= 1) {
+    // The warm route: POST with the grant in X-Cascade-Grant; repository and digest from the query.
+    const q = rng.weighted<() => string>([
+      [8, () => `repository=${encodeURIComponent(repo)}&digest=${encodeURIComponent(digest)}`],
+      [1, () => `repository=${encodeURIComponent(repo)}&repository=${encodeURIComponent(rng.pick(world.repos))}&digest=${encodeURIComponent(digest)}`],
+      [1, () => `digest=${encodeURIComponent(digest)}`],
+      [1, () => `repository=${encodeURIComponent(`http://${rng.pick(world.canaryHosts)}/x`)}&digest=${encodeURIComponent(digest)}`],
+    ])();
+    const headers: Array<[string, string]> = rng.chance(0.9) ? [['X-Cascade-Grant', pickGrant()]] : [];
+    if (rng.chance(0.1)) headers.push(['X-Cascade-Grant', pickGrant()]);
+    const twice = headers.length > 1;
+    const req = build({ method: rng.pick(['POST', 'POST', 'POST', 'GET', 'PUT']), target: `/api/v0/warm?${q}`, headers }, world);
+    const ok = !twice && grantOk() && q.startsWith('repository=') && !q.includes('&repository=');
+    await ctx.send({ ...req, deny: !ok });
+    return;
+  }
+  // A blob GET or HEAD, the grant in the query (once or twice), sometimes in a header as well.
+  const params: string[] = [];
+  if (rng.chance(0.9)) params.push(`grant=${pickGrant()}`);
+  if (rng.chance(0.1)) params.push(`grant=${pickGrant()}`);
+  const headers: Array<[string, string]> = [];
+  if (rng.chance(0.15)) headers.push(['X-Cascade-Grant', pickGrant()]);
+  if (rng.chance(0.2)) headers.push(['Authorization', authorization(rng, world) ?? `Bearer ${pickGrant()}`]);
+  if (rng.chance(0.2)) headers.push(['Range', rng.pick(['bytes=0-0', 'bytes=1-', `bytes=0-${rng.int(0, 5000)}`, 'bytes=-1', 'bytes=999999999-', 'bytes=5-2', 'items=0-1'])]);
+  const path = kind === 9 ? `/v2/${repo}/manifests/${rng.pick(world.manifests).tag}` : `/v2/${repo}/blobs/${digest}`;
+  const req = build({ method: rng.pick(['GET', 'GET', 'GET', 'HEAD']), target: `${path}${params.length ? `?${params.join('&')}` : ''}`, headers }, world);
+  // Only a blob of the grant's repository and digest may be answered; a manifest never carries a grant.
+  await ctx.send(kind !== 9 && grantOk() ? { ...req, deny: false, valid: !req.drain } : { ...req, deny: true });
+}
+
 /** The same request on several fresh connections at once (races between concurrent handlers). */
 async function burstScenario(ctx: ScenarioContext): Promise<void> {
   const { rng, world } = ctx;
@@ -826,6 +910,7 @@ export async function runScenario(ctx: ScenarioContext): Promise<void> {
     [1, burstScenario],
     [world.role === 'server' ? 14 : 0, serverScenario],
     [world.role === 'mirror' ? 14 : 0, mirrorScenario],
+    [world.role === 'grant-cache' ? 30 : 0, grantCacheScenario],
   ]);
   await scenario(ctx);
 }
