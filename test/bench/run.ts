@@ -252,7 +252,9 @@ async function mergeInto(file: string, fresh: Results): Promise<Results> {
     // and the few scenarios kept from before say where they come from. Prior notes stay only when they are
     // about a kept scenario alone ("Scenario 8 ..."); the rest described figures replaced now.
     const keptNames = [...kept].map((k) => k.replace(/^s/, ''));
-    const aboutKept = (n: string) => keptNames.some((k) => n.startsWith(`Scenario ${k}'`) || n.startsWith(`Scenario ${k} `));
+    // A note that a scenario was kept by an earlier merge is replaced by this merge's own.
+    const keptNote = (n: string) => / (is|are) kept from /.test(n);
+    const aboutKept = (n: string) => !keptNote(n) && keptNames.some((k) => n.startsWith(`Scenario ${k}'`) || n.startsWith(`Scenario ${k} `));
     return {
       ...fresh,
       config: { ...fresh.config, ...Object.fromEntries(Object.entries(prior.config).filter(([k]) => [...kept].some((s) => SCENARIO_SETTINGS[s]?.includes(k)))) } as BenchConfig,
@@ -263,7 +265,9 @@ async function mergeInto(file: string, fresh: Results): Promise<Results> {
       notes: [
         ...fresh.notes,
         ...prior.notes.filter(aboutKept),
-        `Scenario${kept.size > 1 ? 's' : ''} ${keptNames.join(', ')} ${kept.size > 1 ? 'are' : 'is'} kept from earlier results (commit ${prior.env.commit.slice(0, 7)}, ${prior.env.date.slice(0, 16).replace('T', ' ')} UTC); this invocation measured the rest and replaced ${kept.size > 1 ? 'their' : 'its'} figures.`,
+        // The prior header names the invocation that headed the file, not necessarily the one that measured a
+        // kept scenario (that one has its own note, kept above, when a merge took it).
+        `Scenario${kept.size > 1 ? 's' : ''} ${keptNames.join(', ')} ${kept.size > 1 ? 'are' : 'is'} kept from the results this file held before (headed by commit ${prior.env.commit.slice(0, 7)}, ${prior.env.date.slice(0, 16).replace('T', ' ')} UTC; a note above says when ${kept.size > 1 ? 'they were' : 'it was'} measured, if a merge took ${kept.size > 1 ? 'them' : 'it'}); this invocation measured the rest and replaced their figures.`,
       ],
     };
   }
