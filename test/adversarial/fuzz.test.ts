@@ -202,6 +202,17 @@ async function seedAll(base: string, repos: Array<[string, string?]>, auth?: str
   return { blobs, manifests };
 }
 
+/** Registers a cache at the server (as the admin, alice) and makes it the default; its id. */
+async function registerDefaultCache(server: string, name: string, host: string): Promise<string> {
+  const admin = { authorization: basic('alice'), 'content-type': 'application/json' };
+  const created = await fetch(`${server}/api/v0/content_caches`, { method: 'POST', headers: admin, body: JSON.stringify({ name, host }) });
+  const body = (await created.json()) as { id?: string };
+  assert.ok(created.status === 201 && body.id, `register the cache: ${created.status} ${JSON.stringify(body)}`);
+  const def = await fetch(`${server}/api/v0/content_caches_default`, { method: 'PUT', headers: admin, body: JSON.stringify({ contentCacheUUID: body.id }) });
+  assert.equal(def.status, 200, `set the default cache: ${def.status} ${await def.text()}`);
+  return body.id;
+}
+
 const OPS_PATHS = ['/metrics', '/health', '/ready'];
 
 /**
@@ -385,14 +396,10 @@ test(`fuzz: server: ${REQUESTS} hostile requests (no cache registered, then one)
     });
     defer(() => cache.stop());
     ports.push(Number(new URL(cache.url).port));
-    const created = await fetch(`${node.url}/api/v0/content_caches`, { method: 'POST', headers: { authorization: basic('alice'), 'content-type': 'application/json' }, body: JSON.stringify({ name: 'fuzz-cache', host: cache.url }) });
-    const body = (await created.json()) as { id?: string };
-    assert.equal(created.status, 201, `register the cache: ${created.status} ${JSON.stringify(body)}`);
-    const def = await fetch(`${node.url}/api/v0/content_caches_default`, { method: 'PUT', headers: { authorization: basic('alice'), 'content-type': 'application/json' }, body: JSON.stringify({ contentCacheUUID: body.id }) });
-    assert.equal(def.status, 200, `set the default cache: ${def.status} ${await def.text()}`);
+    const id = await registerDefaultCache(node.url, 'fuzz-cache', cache.url);
     // Pushes under every seeded namespace warm it, so events the fuzzer sends start real warm jobs.
     for (const ns of ['fuzz', 'team', 'library']) {
-      const rule = await fetch(`${node.url}/api/v0/warm_rules/${ns}`, { method: 'PUT', headers: { authorization: basic('alice'), 'content-type': 'application/json' }, body: JSON.stringify({ contentCacheUUIDs: [body.id] }) });
+      const rule = await fetch(`${node.url}/api/v0/warm_rules/${ns}`, { method: 'PUT', headers: { authorization: basic('alice'), 'content-type': 'application/json' }, body: JSON.stringify({ contentCacheUUIDs: [id] }) });
       assert.equal(rule.status, 200, `warm rule ${ns}: ${rule.status} ${await rule.text()}`);
     }
   };
@@ -439,12 +446,7 @@ test(`fuzz: cache in grant mode: ${REQUESTS} hostile requests, no bytes without 
     middleware: { registry: [{ name: 'downstream', options: { originhost: server.url, auth: 'grant', name: 'grant-cache', issuer, blobttl: '24h' } }] },
   });
   defer(() => node.stop());
-  const admin = { authorization: basic('alice'), 'content-type': 'application/json' };
-  const created = await fetch(`${server.url}/api/v0/content_caches`, { method: 'POST', headers: admin, body: JSON.stringify({ name: 'grant-cache', host: node.url }) });
-  const { id } = (await created.json()) as { id?: string };
-  assert.equal(created.status, 201, `register the cache: ${created.status}`);
-  const def = await fetch(`${server.url}/api/v0/content_caches_default`, { method: 'PUT', headers: admin, body: JSON.stringify({ contentCacheUUID: id }) });
-  assert.equal(def.status, 200, `set the default cache: ${def.status} ${await def.text()}`);
+  await registerDefaultCache(server.url, 'grant-cache', node.url);
   // A grant for every blob, from the server's redirect of an authorized GET, as a client gets it.
   const grantFor = new Map<string, string>();
   for (const b of content.blobs) {
