@@ -112,21 +112,24 @@ describe('fills', () => {
     const failed: string[] = [];
     const fills = new FillManager({ driver, upstreams, logger: silent, onFailed: (_d, _r, why) => failed.push(String(why)) });
     const partials = () => driver.list(`${FILLS_DIR}/sha256`).catch(() => []);
+    const partialCreated = async () => {
+      for (let i = 0; i < 100 && (await partials()).length === 0; i++) await sleep(5);
+    };
     // A fill whose upstream never answers: the file is there while it waits, and gone once the upstream failed.
     const fill = fills.start('a/b', digest, {});
     await wasAsked;
-    for (let i = 0; i < 100 && (await partials()).length === 0; i++) await sleep(5);
+    await partialCreated();
     assert.equal((await partials()).length, 1, 'the partial file exists before the upstream answered');
     answer.reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
     await fill.finished;
     assert.equal(fill.state, 'failed');
     assert.deepEqual(await partials(), [], 'no partial file left');
     assert.deepEqual(failed, ['upstream']);
-    // The same file, created early, takes the bytes once the upstream answers.
+    // A new fill's file, created as early, takes the bytes once the upstream answers.
     wasAsked = new Promise<void>((r) => (asked = r));
     const again = fills.start('a/b', digest, {});
     await wasAsked;
-    for (let i = 0; i < 100 && (await partials()).length === 0; i++) await sleep(5);
+    await partialCreated();
     answer.resolve();
     await again.finished;
     assert.equal(again.state, 'done');

@@ -36,7 +36,7 @@ function load(): Addon | string {
 }
 
 /** Why digests are computed on the calling thread, or undefined when they go to the thread pool. */
-export function hashingOffThread(): string | undefined {
+export function whyHashingOnThread(): string | undefined {
   const addon = load();
   return typeof addon === 'string' ? addon : undefined;
 }

@@ -1,6 +1,6 @@
 export * from './errors.js';
 export * from './digest.js';
-export { streamHash, hashingOffThread, type StreamHash } from './hashing.js';
+export { streamHash, whyHashingOnThread, type StreamHash } from './hashing.js';
 export * from './names.js';
 export * from './mediatypes.js';
 export * from './manifest.js';

@@ -13,7 +13,7 @@ import { HtpasswdAuthenticator } from './auth/htpasswd.js';
 import { HtpasswdAuthorizer } from './auth/htpasswd-authorizer.js';
 import { createTokenAuth } from './auth/token/setup.js';
 import type { RegistryConfig } from './config/index.js';
-import { hashingOffThread } from './hashing.js';
+import { whyHashingOnThread } from './hashing.js';
 import { createRegistryApp, type ExtraRoute } from './http/app.js';
 import { loadSendfile } from './http/sendfile.js';
 import { listen, type RunningServer } from './http/listen.js';
@@ -128,7 +128,7 @@ export async function startRegistry(options: StartRegistryOptions): Promise<Runn
   const sendfile = config.http.sendfile.enabled ? loadSendfile(config.http.sendfile.threads) : 'turned off (http.sendfile.enabled: false)';
   if (typeof sendfile === 'string') logger.info({ reason: sendfile }, 'blob bodies are streamed, not sent with sendfile');
   else logger.info({ threads: sendfile.threads }, 'blob bodies from files are sent with sendfile (plain HTTP)');
-  const onThread = hashingOffThread();
+  const onThread = whyHashingOnThread();
   if (onThread) logger.warn({ reason: onThread }, 'blob digests are computed on the main thread, not on the thread pool: cold fills are slower');
   const app = createRegistryApp({
     namespace,

@@ -834,7 +834,7 @@ async function grantCacheScenario(ctx: ScenarioContext): Promise<void> {
   const valid = grants.get(`${b.repo}@${b.digest}`);
   const others = [...grants.entries()].filter(([k]) => k !== `${b.repo}@${b.digest}`);
   const other = others.length ? rng.pick(others)[1] : undefined;
-  // The grants this request will carry, and whether one of them is the valid one for (b.repo, b.digest).
+  // The grants this request carries (checked below against the grant for what it names).
   const carried: string[] = [];
   const pickGrant = (): string => {
     const g = rng.weighted<() => string>([

@@ -71,17 +71,26 @@ static void fail(void) {
   pthread_mutex_unlock(&mu);
 }
 
+/*
+ * Waits until bytes past `*pos` (the hasher's or the writer's position) are received; false once every byte
+ * is past it or the transfer failed. `*at` and `*upto` get the position and how far bytes are there.
+ */
+static int wait_received(const uint64_t *pos, uint64_t *at, uint64_t *upto) {
+  pthread_mutex_lock(&mu);
+  while (!failed && *pos < total && recv_pos == *pos) pthread_cond_wait(&cv, &mu);
+  *at = *pos;
+  *upto = recv_pos;
+  int more = !failed && *pos < total;
+  pthread_mutex_unlock(&mu);
+  return more;
+}
+
 static void *hasher(void *arg) {
   (void)arg;
   EVP_MD_CTX *ctx = EVP_MD_CTX_new();
   EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
-  for (;;) {
-    pthread_mutex_lock(&mu);
-    while (!failed && hash_pos < total && recv_pos == hash_pos) pthread_cond_wait(&cv, &mu);
-    uint64_t pos = hash_pos, upto = recv_pos;
-    int stop = failed || hash_pos == total;
-    pthread_mutex_unlock(&mu);
-    if (stop) break;
+  uint64_t pos, upto;
+  while (wait_received(&hash_pos, &pos, &upto)) {
     uint64_t n = stretch(pos, upto);
     EVP_DigestUpdate(ctx, ring + pos % RING, n);
     advance(&hash_pos, n);
@@ -99,13 +108,8 @@ static void *hasher(void *arg) {
 
 static void *writer(void *arg) {
   (void)arg;
-  for (;;) {
-    pthread_mutex_lock(&mu);
-    while (!failed && write_pos < total && recv_pos == write_pos) pthread_cond_wait(&cv, &mu);
-    uint64_t pos = write_pos, upto = recv_pos;
-    int stop = failed || write_pos == total;
-    pthread_mutex_unlock(&mu);
-    if (stop) return NULL;
+  uint64_t pos, upto;
+  while (wait_received(&write_pos, &pos, &upto)) {
     uint64_t n = stretch(pos, upto);
     ssize_t w = pwrite(file_fd, ring + pos % RING, n, (off_t)pos);
     if (w <= 0) {
@@ -115,6 +119,7 @@ static void *writer(void *arg) {
     }
     advance(&write_pos, (uint64_t)w);
   }
+  return NULL;
 }
 
 static void *sender(void *arg) {
