@@ -55,8 +55,9 @@ const WRITE_BATCH = 2 << 20;
 /** Longest a received chunk waits for its batch to fill before it is written anyway. */
 const GATHER_MS = 2;
 /**
- * The first write of a fill takes at most this much: clients get their headers once it is on disk, and a
- * first chunk of a whole receive block (1 MiB) took 3–6 ms to write into new page-cache pages, at every hop.
+ * The first write of a fill takes at most this much, and a copy of it stays in memory (the fill's `head`):
+ * followers send it at once, then what is written. Writing a whole first receive block (1 MiB) into new
+ * page-cache pages took 3–6 ms, at every hop, before the next hop saw a byte.
  */
 const FIRST_WRITE = 64 << 10;
 
@@ -125,6 +126,12 @@ export class Fill extends EventEmitter {
   verified = false;
   /** Bytes written to the partial file so far. */
   written = 0;
+  /**
+   * A copy of the blob's first bytes (the fill's first write, at most FIRST_WRITE), kept from the moment they
+   * arrive: a client following the fill gets them from memory, not after a write, a file open and a sendfile,
+   * which on a busy machine cost several ms at every hop of a chain before the next hop saw its first byte.
+   */
+  head: Buffer | undefined;
   size: number | undefined;
   error: Error | undefined;
   /** Resolves with the size once the upstream answered; rejects when it could not. */
@@ -230,7 +237,7 @@ export class Fill extends EventEmitter {
     if (!this.driver.openForRead) return streamBody(length, () => this.followByReaders(start, end), release);
     let file: PositionalReader | undefined;
     let openedPath: string | undefined;
-    const fd = async (signal: AbortSignal): Promise<number> => {
+    const open = async (signal: AbortSignal): Promise<number> => {
       if (file && this.state === 'filling' && openedPath !== this.partialPath && openedPath !== paths.blobData(this.digest)) {
         // Another node took the fill over and writes a copy: the stretches still to come are read from it.
         void file.close().catch(() => undefined);
@@ -239,12 +246,21 @@ export class Fill extends EventEmitter {
       if (!file) ({ reader: file, path: openedPath } = await this.openFile(signal));
       return file.fd;
     };
+    // One open at a time: the file is opened while the fill's first bytes go out from memory.
+    let opening: Promise<number> | undefined;
+    const fd = (signal: AbortSignal): Promise<number> => (opening ??= open(signal).finally(() => (opening = undefined)));
     const source: FileSegments = { length, segments: (signal) => this.stretches(start, end, signal, () => fd(signal)) };
     return filesBody(source, (complete) => {
       void file?.close().catch(() => undefined);
       file = undefined;
       release(complete);
     });
+  }
+
+  /** The bytes of the head a follower may send: all but the blob's last byte until the digest is verified. */
+  private headAvailable(head: Buffer): number {
+    if (this.state === 'done' || this.verified) return head.length;
+    return Math.min(head.length, (this.size ?? head.length) - 1);
   }
 
   /** The bytes a follower may send: all of them once done; while filling, all but the last (held back until the digest is verified). */
@@ -288,6 +304,16 @@ export class Fill extends EventEmitter {
       const seen = this.seq;
       if (this.state === 'failed') throw this.error ?? new Error('fill failed');
       const available = this.available();
+      const head = this.head;
+      const inHead = head ? this.headAvailable(head) : 0;
+      if (head && pos < inHead) {
+        // The first bytes, from memory (before they are on disk); the file is opened meanwhile for the rest.
+        fd().catch(() => undefined);
+        const bytes = head.subarray(pos, Math.min(inHead, end + 1));
+        yield { bytes, length: bytes.length };
+        pos += bytes.length;
+        continue;
+      }
       if (pos < available) {
         const length = Math.min(available, end + 1) - pos;
         yield { fd: await fd(), offset: pos, length };
@@ -738,6 +764,8 @@ export class FillManager {
     // add that to its clients' time to first byte. A failure to create it surfaces below, once the answer is in.
     const creating = writer ? undefined : localStorage(driver.writer(fill.partialPath, { create: true }));
     creating?.catch(() => undefined);
+    // So is the look at the free space, which decides whether clients get headers or a 507.
+    const space = driver.freeSpace?.().catch(() => undefined);
     try {
       response = await upstreams.fetch({ method: 'GET', path: blobPath(name, digest), headers: firstHeaders, signal: request.signal, direct: true });
     } catch (err) {
@@ -751,8 +779,10 @@ export class FillManager {
       return;
     }
     const expected = resume ? resume.size : response.size;
-    // Clients get their headers (the size) once the first bytes are on this node's disk, not before: a disk
-    // that cannot take them (full, read-only) is then answered with an error status (507), not a 200 cut short.
+    // Clients get their headers (the size) once the partial file exists and the disk has room for the blob,
+    // before any byte: a disk that cannot take it (full, read-only) is answered with an error status (507), not
+    // a 200 cut short, and no hop of a chain waits for a write before its headers go on. A write that fails
+    // later (another fill took the room, an I/O error) ends the clients' bodies short, as any failure mid-body.
     const ready = () => {
       if (fill.size === undefined && expected !== undefined) fill.setSize(expected);
     };
@@ -761,6 +791,12 @@ export class FillManager {
     let gatherTimer: NodeJS.Timeout | undefined;
     try {
       writer ??= await (creating ?? localStorage(driver.writer(fill.partialPath, { create: true })));
+      const free = await space;
+      const needed = expected === undefined ? 0 : expected - (resume?.offset ?? 0);
+      if (free !== undefined && free < needed) {
+        throw new LocalStorageError(Object.assign(new Error(`ENOSPC: the blob needs ${needed} bytes, the disk has ${free} free`), { code: 'ENOSPC' }));
+      }
+      ready();
       // The body's bytes stay in the receiver's buffers until written: each write gives its bytes back.
       let source = chunksOf(response);
       const onAbort = () => source.destroy(fill.signal.reason instanceof Error ? fill.signal.reason : new Error('fill aborted'));
@@ -786,12 +822,14 @@ export class FillManager {
       // on the pool at the same time; followers may send it once written (the last byte waits for the digest),
       // and its buffers go back to the receiver once both are done.
       const queue = (chunks: Buffer[], bytes: number) => {
+        // The blob's first bytes are kept in memory for the fill's followers (a copy: the receive buffers are reused).
+        if (fill.written + queuedBytes === 0 && fill.head === undefined) {
+          fill.head = Buffer.concat(chunks, bytes);
+          fill.changed();
+        }
         queuedBytes += bytes;
         const from = source;
-        const written = localStorage(w.writev(chunks)).then(() => {
-          ready();
-          fill.progress(bytes);
-        });
+        const written = localStorage(w.writev(chunks)).then(() => fill.progress(bytes));
         // A failed hash (OpenSSL out of memory) is this node's trouble, not the upstream's: a RegistryError.
         const hashed = hash.update(chunks).catch((err: unknown) => {
           throw new RegistryError('UNKNOWN', `this cache node could not hash the blob: ${describeError(err)}`);

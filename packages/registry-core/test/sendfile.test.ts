@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, open, readdir, rm, writeFile } from 'node:fs/promises';
+import Koa from 'koa';
 import { Agent, request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { connect } from 'node:net';
@@ -16,7 +17,8 @@ import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { createRegistryApp } from '../src/http/app.js';
 import { listen, type RunningServer } from '../src/http/listen.js';
-import { loadSendfile, type Sendfile } from '../src/http/sendfile.js';
+import { loadSendfile, respondWithSendfile, type Sendfile } from '../src/http/sendfile.js';
+import { filesBody, type FileSegments } from '../src/store/body.js';
 import { FilesystemDriver } from '../src/drivers/filesystem.js';
 import { StorageNamespace } from '../src/store/namespace.js';
 
@@ -254,6 +256,56 @@ describe('blob bodies with sendfile', () => {
       await assert.rejects(sendfile.send(socket, 987_654, 0, 10), /EBADF/);
     } finally {
       socket.destroy();
+    }
+  });
+  it('sends a body whose first bytes are in memory and the rest in a file, in order, pipelined too', async () => {
+    // A cache's fill gives its followers its first bytes from memory (written through the socket), then
+    // stretches of its file (sendfile): the file's bytes must never overtake the memory's, nor the headers.
+    const data = randomBytes((5 << 20) + 3);
+    const split = 65_535;
+    const path = join(root, 'split-body');
+    await writeFile(path, data);
+    const handle = await open(path, 'r');
+    const c = counting();
+    const app = new Koa();
+    app.use((ctx) => {
+      const source: FileSegments = {
+        length: data.length,
+        async *segments() {
+          yield { bytes: data.subarray(0, split), length: split };
+          yield { fd: handle.fd, offset: split, length: 1 << 20 };
+          yield { fd: handle.fd, offset: split + (1 << 20), length: data.length - split - (1 << 20) };
+        },
+      };
+      const body = filesBody(source, () => undefined);
+      ctx.status = 200;
+      ctx.length = data.length;
+      if (ctx.query.stream !== undefined) ctx.body = body.stream();
+      else respondWithSendfile(ctx, c.sendfile, body, source, (err) => assert.fail(err));
+    });
+    const srv = await listen(app.callback(), { addr: '127.0.0.1:0' }, silent);
+    try {
+      assert.ok((await get(`${srv.url}/x`)).body.equals(data), 'sendfile');
+      assert.ok((await get(`${srv.url}/x?stream`)).body.equals(data), 'streamed (TLS, HTTP/2)');
+      const socket = connect(Number(new URL(srv.url).port), '127.0.0.1');
+      const chunks: Buffer[] = [];
+      socket.on('data', (ch: Buffer) => chunks.push(ch));
+      socket.write('GET /x HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(3));
+      await settle(() => chunks.reduce((n, ch) => n + ch.length, 0) >= 3 * (data.length + 100), 'three responses', 20_000);
+      await new Promise((r) => setTimeout(r, 100));
+      socket.destroy();
+      let all = Buffer.concat(chunks);
+      for (let i = 0; i < 3; i++) {
+        const end = all.indexOf('\r\n\r\n');
+        assert.match(all.subarray(0, end).toString('latin1'), /^HTTP\/1\.1 200 /, `status line of response ${i}`);
+        assert.ok(all.subarray(end + 4, end + 4 + data.length).equals(data), `body of response ${i}`);
+        all = all.subarray(end + 4 + data.length);
+      }
+      assert.equal(all.length, 0, 'nothing after the last body');
+      assert.equal(c.counts.sent, 2 * 4, 'the file stretches went out with sendfile');
+    } finally {
+      await srv.close();
+      await handle.close();
     }
   });
 });

@@ -92,6 +92,11 @@ export interface StorageDriver {
    * nothing) once `signal` is aborted.
    */
   openForRead?(path: string, signal?: AbortSignal): Promise<PositionalReader>;
+  /**
+   * Optional: the bytes that may still be written to the storage (for a filesystem, what `statfs` gives an
+   * unprivileged writer), or undefined when unknown. A cache checks it before it answers a miss with headers.
+   */
+  freeSpace?(): Promise<number | undefined>;
   stat(path: string): Promise<FileInfo>;
   /** Full paths of the direct children of a directory, sorted. */
   list(path: string): Promise<string[]>;

@@ -3,7 +3,7 @@
  * distribution's filesystem driver, so the same folder can be served by Cascade and by distribution.
  */
 import { randomBytes } from 'node:crypto';
-import { type FileHandle, mkdir, open, readdir, readFile, rename, rm, stat, unlink, utimes } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readdir, readFile, rename, rm, stat, statfs, unlink, utimes } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { addAbortSignal, Readable } from 'node:stream';
 import {
@@ -107,6 +107,16 @@ export class FilesystemDriver implements StorageDriver {
       read: async (buffer, position) => (await handle.read(buffer, 0, buffer.length, position)).bytesRead,
       close: () => handle.close(),
     };
+  }
+
+  /** What `statfs` of the root says an unprivileged writer may still write; undefined before the root exists. */
+  async freeSpace(): Promise<number | undefined> {
+    try {
+      const fs = await statfs(this.#root);
+      return fs.bavail * fs.bsize;
+    } catch {
+      return undefined;
+    }
   }
 
   /**

@@ -129,6 +129,13 @@ export function respondWithSendfile(ctx: Koa.Context, sendfile: Sendfile, body: 
       state.sendfileBytes = 0;
       for await (const segment of file.segments(left.signal)) {
         if (socket.destroyed) throw Object.assign(new Error('the client left'), { code: 'ECANCELED' });
+        if (segment.bytes) {
+          // Bytes in memory (a fill's first ones) go through Node's socket; the next sendfile waits until they
+          // are in the kernel.
+          await written(socket, segment.bytes);
+          state.sendfileBytes += segment.length;
+          continue;
+        }
         try {
           state.sendfileBytes += await sendfile.send(socket, segment.fd, segment.offset, segment.length);
         } catch (err) {
@@ -174,10 +181,22 @@ async function headersWritten(res: ServerResponse, socket: Socket): Promise<void
     });
   }
   if (socket.destroyed) throw left();
-  await new Promise<void>((resolve, reject) => {
-    // A client that reads nothing for STALL_MS (the headers stay in Node's buffer) is given up on.
-    const stalled = setTimeout(() => reject(Object.assign(new Error('the response headers were not sent'), { code: 'ETIMEDOUT' })), STALL_MS);
-    socket.write(EMPTY, (err) => {
+  // Nothing waiting in Node's buffer: the headers are in the kernel already (the usual case, a write that
+  // completed at once), and waiting for an empty write's callback would only cost a turn of the event loop.
+  if (socket.writableLength === 0 && !socket.writableCorked) return;
+  await written(socket, EMPTY);
+}
+
+/**
+ * Writes `bytes` to `socket` and resolves once they and everything written before them are in the kernel.
+ * A client that reads nothing for STALL_MS is given up on.
+ */
+function written(socket: Socket, bytes: Buffer): Promise<void> {
+  const left = () => Object.assign(new Error('the client left'), { code: 'ECANCELED' });
+  if (socket.destroyed) return Promise.reject(left());
+  return new Promise<void>((resolve, reject) => {
+    const stalled = setTimeout(() => reject(Object.assign(new Error('the response was not sent'), { code: 'ETIMEDOUT' })), STALL_MS);
+    socket.write(bytes, (err) => {
       clearTimeout(stalled);
       if (err || socket.destroyed) reject(left());
       else resolve();

@@ -10,12 +10,13 @@ import { Readable } from 'node:stream';
 import { isPathNotFound, type PositionalReader, type StorageDriver } from '../drivers/driver.js';
 import type { ByteRange } from '../registry.js';
 
-/** A stretch of an open file. */
-export interface FileSegment {
-  readonly fd: number;
-  readonly offset: number;
-  readonly length: number;
-}
+/**
+ * A stretch of an open file, or bytes already in memory (`bytes`: a cache's fill keeps its first bytes, so that
+ * a client following it gets them with its headers instead of after a file open and a sendfile turn).
+ */
+export type FileSegment =
+  | { readonly fd: number; readonly offset: number; readonly length: number; readonly bytes?: undefined }
+  | { readonly bytes: Buffer; readonly length: number };
 
 /**
  * The `length` bytes of a body as stretches of open files, each yielded once its bytes are there (a cache's
@@ -74,6 +75,13 @@ export function segmentStream(source: FileSegments): Readable {
             return;
           }
           current = next.value;
+          continue;
+        }
+        if (current.bytes) {
+          // Bytes in memory are never changed once given out: pushed as they are.
+          const bytes = current.bytes;
+          current = undefined;
+          if (!stream.push(bytes)) return;
           continue;
         }
         const want = Math.min(READ_CHUNK, current.length);
