@@ -822,11 +822,6 @@ export class FillManager {
       // on the pool at the same time; followers may send it once written (the last byte waits for the digest),
       // and its buffers go back to the receiver once both are done.
       const queue = (chunks: Buffer[], bytes: number) => {
-        // The blob's first bytes are kept in memory for the fill's followers (a copy: the receive buffers are reused).
-        if (fill.written + queuedBytes === 0 && fill.head === undefined) {
-          fill.head = Buffer.concat(chunks, bytes);
-          fill.changed();
-        }
         queuedBytes += bytes;
         const from = source;
         const written = localStorage(w.writev(chunks)).then(() => fill.progress(bytes));
@@ -878,11 +873,14 @@ export class FillManager {
           if (expected !== undefined && received > expected) {
             throw new Error(`upstream sent more than the ${expected} bytes it announced`);
           }
-          // The first bytes are written at once, and few of them (clients get their headers once they are on
-          // disk); then chunks gather into writes of WRITE_BATCH: every write is a pool thread's turn, and every
-          // written stretch a sendfile to each follower, so 64 KiB writes cost several times the CPU of 1 MiB ones.
+          // The first bytes are written at once, and few of them, and followers get a copy of them from memory
+          // meanwhile (the receive buffers are reused); then chunks gather into writes of WRITE_BATCH: every write
+          // is a pool thread's turn, and every written stretch a sendfile to each follower, so 64 KiB writes cost
+          // several times the CPU of 1 MiB ones.
           if (fill.written + queuedBytes === 0 && pendingBytes === 0) {
             const first = buf.subarray(0, FIRST_WRITE);
+            fill.head = Buffer.from(first);
+            fill.changed();
             pending.push(first);
             pendingBytes += first.length;
             flush();

@@ -118,7 +118,7 @@ export function respondWithSendfile(ctx: Koa.Context, sendfile: Sendfile, body: 
   res.flushHeaders();
   // A client that leaves stops the wait for a fill's next bytes, not only a transfer in progress.
   const left = new AbortController();
-  const onClose = () => left.abort(Object.assign(new Error('the client left'), { code: 'ECANCELED' }));
+  const onClose = () => left.abort(clientLeft());
   socket.once('close', onClose);
   void (async () => {
     // The access log of an aborted response counts what was sent before the client left (Node never sees
@@ -128,7 +128,7 @@ export function respondWithSendfile(ctx: Koa.Context, sendfile: Sendfile, body: 
       await headersWritten(res, socket);
       state.sendfileBytes = 0;
       for await (const segment of file.segments(left.signal)) {
-        if (socket.destroyed) throw Object.assign(new Error('the client left'), { code: 'ECANCELED' });
+        if (socket.destroyed) throw clientLeft();
         if (segment.bytes) {
           // Bytes in memory (a fill's first ones) go through Node's socket; the next sendfile waits until they
           // are in the kernel.
@@ -160,11 +160,10 @@ export function respondWithSendfile(ctx: Koa.Context, sendfile: Sendfile, body: 
  * Resolves once the headers of `res` are in the kernel: the body must not overtake them. A client that
  * reuses its connection may send its next request before the previous response ended; Node then keeps the
  * new response's output until the socket is handed over to it, so the socket alone says nothing. Once the
- * socket is ours, an empty write's callback runs when everything written before it (the headers) has been
- * handed to the kernel.
+ * socket is ours, the headers are in the kernel when Node holds nothing back; otherwise an empty write's
+ * callback runs when everything written before it (the headers) has been handed to the kernel.
  */
 async function headersWritten(res: ServerResponse, socket: Socket): Promise<void> {
-  const left = () => Object.assign(new Error('the client left'), { code: 'ECANCELED' });
   if (res.socket !== socket) {
     // Queued behind the connection's previous response: Node hands the socket over with a 'socket' event.
     await new Promise<void>((resolve, reject) => {
@@ -174,13 +173,13 @@ async function headersWritten(res: ServerResponse, socket: Socket): Promise<void
       };
       const onClose = () => {
         res.off('socket', onSocket);
-        reject(left());
+        reject(clientLeft());
       };
       res.once('socket', onSocket);
       socket.once('close', onClose);
     });
   }
-  if (socket.destroyed) throw left();
+  if (socket.destroyed) throw clientLeft();
   // Nothing waiting in Node's buffer: the headers are in the kernel already (the usual case, a write that
   // completed at once), and waiting for an empty write's callback would only cost a turn of the event loop.
   if (socket.writableLength === 0 && !socket.writableCorked) return;
@@ -192,16 +191,20 @@ async function headersWritten(res: ServerResponse, socket: Socket): Promise<void
  * A client that reads nothing for STALL_MS is given up on.
  */
 function written(socket: Socket, bytes: Buffer): Promise<void> {
-  const left = () => Object.assign(new Error('the client left'), { code: 'ECANCELED' });
-  if (socket.destroyed) return Promise.reject(left());
+  if (socket.destroyed) return Promise.reject(clientLeft());
   return new Promise<void>((resolve, reject) => {
     const stalled = setTimeout(() => reject(Object.assign(new Error('the response was not sent'), { code: 'ETIMEDOUT' })), STALL_MS);
     socket.write(bytes, (err) => {
       clearTimeout(stalled);
-      if (err || socket.destroyed) reject(left());
+      if (err || socket.destroyed) reject(clientLeft());
       else resolve();
     });
   });
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** The error of a response whose client went away (ECANCELED: not reported as a failure). */
+function clientLeft(): Error {
+  return Object.assign(new Error('the client left'), { code: 'ECANCELED' });
+}
