@@ -88,6 +88,18 @@ async function startTraced(home: string, role: 'registry' | 'server', config: Re
   return spawnTraced([role, path], { cwd: home, traceFile: join(home, '..', `${role}-${relative(join(home, '..'), home)}.strace`) });
 }
 
+/** Starts a cache node under test (the downstream middleware with `options`) under strace, its storage in `home/data`. */
+async function startTracedCache(home: string, options: Record<string, unknown>): Promise<{ node: TracedCascade; root: string }> {
+  const root = join(home, 'data');
+  const node = await startTraced(home, 'registry', {
+    version: '0.1',
+    http: { addr: '127.0.0.1:0' },
+    storage: { filesystem: { rootdirectory: root }, delete: { enabled: true } },
+    middleware: { registry: [{ name: 'downstream', options }] },
+  });
+  return { node, root };
+}
+
 /** GET /v2/ on a fresh connection: the status, or 0 when the node does not answer within 5 s. */
 async function ping(node: TracedCascade, auth?: string): Promise<number> {
   const { hostname, port } = new URL(node.url);
@@ -297,13 +309,7 @@ test(`fuzz: cache node: ${REQUESTS} hostile requests, no 5xx, no crash, nothing 
   defer(() => origin.stop());
   const content = await seedAll(origin.url, [['fuzz/alpha'], ['library/app'], ['team/x/y']]);
   const home = join(dir, 'cache');
-  const root = join(home, 'data');
-  const node = await startTraced(home, 'registry', {
-    version: '0.1',
-    http: { addr: '127.0.0.1:0' },
-    storage: { filesystem: { rootdirectory: root }, delete: { enabled: true } },
-    middleware: { registry: [{ name: 'downstream', options: { blobttl: '24h', upstreams: [{ originhost: origin.url }] } }] },
-  });
+  const { node, root } = await startTracedCache(home, { blobttl: '24h', upstreams: [{ originhost: origin.url }] });
   defer(() => node.stop());
   const world: World = {
     ...baseWorld('cache', node, canary, root, content),
@@ -438,13 +444,7 @@ test(`fuzz: cache in grant mode: ${REQUESTS} hostile requests, no bytes without 
   defer(() => server.stop());
   // The node under test: a cache that serves only what the server granted, registered and made the default.
   const home = join(dir, 'grant-cache');
-  const root = join(home, 'data');
-  const node = await startTraced(home, 'registry', {
-    version: '0.1',
-    http: { addr: '127.0.0.1:0' },
-    storage: { filesystem: { rootdirectory: root }, delete: { enabled: true } },
-    middleware: { registry: [{ name: 'downstream', options: { originhost: server.url, auth: 'grant', name: 'grant-cache', issuer, blobttl: '24h' } }] },
-  });
+  const { node, root } = await startTracedCache(home, { originhost: server.url, auth: 'grant', name: 'grant-cache', issuer, blobttl: '24h' });
   defer(() => node.stop());
   await registerDefaultCache(server.url, 'grant-cache', node.url);
   // A grant for every blob, from the server's redirect of an authorized GET, as a client gets it.

@@ -70,6 +70,12 @@ const FORMAT = '%{http_code} %{size_download} %{time_starttransfer} %{time_total
 /** The curl arguments shared by every transfer (also printed in the report). */
 export const CURL_ARGS = ['-sS', '--no-progress-meter', '--http1.1', '-H', 'Accept-Encoding: identity'];
 
+/** One GET of `url` with curl (failing on an error status): its time to the first byte and to the last, in ms. */
+export function curlTimes(url: string): { ttfb: number; total: number } {
+  const [ttfb, total] = execFileSync('curl', ['-sf', '-o', '/dev/null', '-w', '%{time_starttransfer} %{time_total}', url]).toString().split(' ').map((x) => Number(x) * 1000);
+  return { ttfb: ttfb!, total: total! };
+}
+
 /** `count` simultaneous GETs of `url` with the chosen client. */
 export async function getMany(client: ClientKind, url: string, o: ManyOptions): Promise<Batch> {
   if (client === 'node' && o.via) throw new Error(`Node's client cannot run under ${o.via.join(' ')}: curl is needed`);

@@ -27,6 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { pushBlob, startCacheNode, startDistributionOrigin } from '../lib/cache.js';
 import { daemon, freePort, startDistribution } from '../lib/peers.js';
+import { curlTimes } from './client.js';
 import { cpuSeconds } from './procs.js';
 import { GiB, MiB, median, recycleMemory } from './util.js';
 
@@ -67,23 +68,18 @@ try {
   stops.push(() => proxy.stop());
   contenders.push({ name: 'distribution proxy', url: proxy.url, pid: proxy.pid });
 
-  /** One GET with curl: its time to the first byte (the headers) and to the last, in ms. */
-  const curl = (url: string): { ttfb: number; total: number } => {
-    const [ttfb, total] = execFileSync('curl', ['-sf', '-o', '/dev/null', '-w', '%{time_starttransfer} %{time_total}', url]).toString().split(' ').map((x) => Number(x) * 1000);
-    return { ttfb: ttfb!, total: total! };
-  };
   const times = new Map<string, number[]>([['origin directly', []], ...contenders.map((c) => [c.name, []] as [string, number[]])]);
   const ttfbs = new Map<string, number[]>([['origin directly', []], ...contenders.map((c) => [c.name, []] as [string, number[]])]);
   const cpu = new Map<string, number[]>(contenders.map((c) => [c.name, []]));
   const ratios = new Map<string, number[]>(contenders.map((c) => [c.name, []]));
   // A warm-up pull of a small blob through each: running processes, open connections.
   const small = await pushBlob(origin.url, 'ideal/blob', randomBytes(MiB));
-  for (const c of contenders) curl(`${c.url}/v2/ideal/blob/blobs/${small}`);
+  for (const c of contenders) curlTimes(`${c.url}/v2/ideal/blob/blobs/${small}`);
   console.log(`cold ${values.mib} MiB pulls over loopback, recycled memory, ${runs} runs (ms; CPU-s per GiB of the cache)`);
   for (let run = 0; run < runs; run++) {
     const digest = await pushBlob(origin.url, 'ideal/blob', randomBytes(bytes));
     const path = `/v2/ideal/blob/blobs/${digest}`;
-    const direct = curl(`${origin.url}${path}`);
+    const direct = curlTimes(`${origin.url}${path}`);
     times.get('origin directly')!.push(direct.total);
     ttfbs.get('origin directly')!.push(direct.ttfb);
     const order = contenders.map((_, i) => contenders[(i + run) % contenders.length]!);
@@ -92,7 +88,7 @@ try {
     for (const c of order) {
       recycleMemory(dir, 2 * bytes);
       const before = cpuSeconds(c.pid);
-      const { ttfb, total: ms } = curl(`${c.url}${path}`);
+      const { ttfb, total: ms } = curlTimes(`${c.url}${path}`);
       // What a cache does after the last byte (sync, rename, distribution's second fetch) is not counted.
       const used = cpuSeconds(c.pid) - before;
       times.get(c.name)!.push(ms);

@@ -233,6 +233,8 @@ export interface CascadeCacheOptions {
   net?: NetPlace;
   /** The storage folder (default `dir/data`); a region's nodes share one. */
   rootdirectory?: string;
+  /** The `cascade` script of another build (default: this checkout's). */
+  bin?: string;
 }
 
 /** Starts `cascade registry cache.yml`: a cache node (downstream middleware) with storage in `dir/data`. */
@@ -250,6 +252,7 @@ export async function startCascadeCache(fleet: Fleet, o: CascadeCacheOptions): P
     ...(o.env ? { env: o.env } : {}),
     ...(o.nodeArgs?.length ? { nodeArgs: o.nodeArgs, stopGraceMs: 10_000 } : {}),
     ...(o.net ? { wrapper: inNamespaceForked(o.net.ns) } : {}),
+    ...(o.bin ? { bin: o.bin } : {}),
   });
   return fleet.add(cascadeNode(o.name, proc, rootdirectory));
 }
@@ -284,7 +287,8 @@ export function cascadeNode(name: string, proc: CascadeProcess, rootdirectory: s
 /**
  * A chain of `hops` cache nodes in front of `origin`: the first fills from the origin, each next one
  * lists the previous cache in `upstreamhosts` (and the origin as `originhost`, DTR's chaining form).
- * Hop i runs at `places[i]` when given (its namespace and address), on loopback otherwise.
+ * Hop i runs at `places[i]` when given (its namespace and address), on loopback otherwise. `bin`: Cascade
+ * nodes of another build (its `cascade` script).
  * Returns the nodes nearest-to-origin first; clients use the last one.
  */
 export async function startChain(
@@ -294,6 +298,7 @@ export async function startChain(
   origin: string,
   hops: number,
   places?: readonly NetPlace[],
+  bin?: string,
 ): Promise<Peer[]> {
   const out: Peer[] = [];
   for (let i = 0; i < hops; i++) {
@@ -302,7 +307,7 @@ export async function startChain(
     const home = join(dir, name);
     const net = places?.[i];
     if (kind === 'cascade') {
-      out.push(await startCascadeCache(fleet, { dir: home, name, origin, ...(prev ? { upstreamhosts: [prev.url] } : {}), ...(net ? { net } : {}) }));
+      out.push(await startCascadeCache(fleet, { dir: home, name, origin, ...(prev ? { upstreamhosts: [prev.url] } : {}), ...(net ? { net } : {}), ...(bin ? { bin } : {}) }));
     } else {
       out.push(await startDistribution(fleet, { dir: home, name, remoteurl: prev ? prev.url : origin, ...(net ? { net } : {}) }));
     }

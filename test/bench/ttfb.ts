@@ -13,7 +13,6 @@
  * the pull's copies (at most 2 GiB) is written and deleted right before each pull (see docs/performance.md).
  * TTFB is curl's `time_starttransfer`: the first byte of the response, its status line.
  */
-import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomBytes } from 'node:crypto';
@@ -21,8 +20,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { cacheConfig, pushBlob, startDistributionOrigin } from '../lib/cache.js';
-import { startCascade, type CascadeProcess } from '../lib/cascade.js';
+import { pushBlob, startDistributionOrigin } from '../lib/cache.js';
+import { curlTimes as curl } from './client.js';
+import { Fleet, startChain, type Peer } from './procs.js';
 import { MiB, median, recycleMemory } from './util.js';
 
 const { values } = parseArgs({
@@ -37,37 +37,20 @@ const hopCounts = values.hops.split(',').map(Number);
 const sizes = values.mib.split(',').map(Number);
 const runs = Number(values.runs);
 
-/** GET with curl: its time to the first byte and to the last, in ms. */
-function curl(url: string): { ttfb: number; total: number } {
-  const [ttfb, total] = execFileSync('curl', ['-sf', '-o', '/dev/null', '-w', '%{time_starttransfer} %{time_total}', url]).toString().split(' ').map((x) => Number(x) * 1000);
-  return { ttfb: ttfb!, total: total! };
-}
-
 const dir = await mkdtemp(join(tmpdir(), 'cascade-ttfb-'));
-const procs: CascadeProcess[] = [];
+const fleet = new Fleet();
 const origin = await startDistributionOrigin(dir);
 try {
   const builds: Array<{ name: string; bin?: string }> = [{ name: 'this build' }];
   if (values.against) builds.push({ name: `--against`, bin: join(resolve(values.against), 'packages/cli/bin/cascade.js') });
-  /** A chain of `hops` nodes of `build` in front of the origin; its client-facing URL and its storage folders. */
-  const chain = async (build: (typeof builds)[number], hops: number) => {
-    let prev: CascadeProcess | undefined;
-    const roots: string[] = [];
-    for (let i = 0; i < hops; i++) {
-      const home = join(dir, `${build.bin ? 'b' : 'a'}${hops}-${i}`);
-      const root = join(home, 'data');
-      const proc = await startCascade(home, cacheConfig(root, { origin: origin.url, ...(prev ? { upstreamhosts: [prev.url] } : {}) }), build.bin ? { bin: build.bin } : {});
-      procs.push(proc);
-      roots.push(root);
-      prev = proc;
-    }
-    return { url: prev!.url, roots };
-  };
-  const chains = new Map<string, { url: string; roots: string[] }>();
-  for (const b of builds) for (const h of hopCounts) chains.set(`${b.name}/${h}`, await chain(b, h));
+  /** Each build's chain of each length, nearest-to-origin first. */
+  const chains = new Map<string, Peer[]>();
+  for (const [i, b] of builds.entries()) {
+    for (const h of hopCounts) chains.set(`${b.name}/${h}`, await startChain(fleet, 'cascade', join(dir, `${i}-${h}`), origin.url, h, undefined, b.bin));
+  }
   // Every node passes on one small blob first: the figures are those of running nodes.
   const warm = await pushBlob(origin.url, 'ttfb/blob', randomBytes(MiB));
-  for (const c of chains.values()) curl(`${c.url}/v2/ttfb/blob/blobs/${warm}`);
+  for (const c of chains.values()) curl(`${c.at(-1)!.url}/v2/ttfb/blob/blobs/${warm}`);
   const results = new Map<string, Array<{ ttfb: number; total: number }>>();
   for (let r = 0; r < runs; r++) {
     const order = r % 2 === 0 ? builds : [...builds].reverse();
@@ -79,12 +62,12 @@ try {
           const direct = curl(`${origin.url}/v2/ttfb/blob/blobs/${digest}`);
           // Recycled memory, as the benchmark's scenario 2: the pull's copies land on pages touched before.
           recycleMemory(dir, Math.min(2048 * MiB, 1.5 * hops * mib * MiB));
-          const through = curl(`${c.url}/v2/ttfb/blob/blobs/${digest}`);
+          const through = curl(`${c.at(-1)!.url}/v2/ttfb/blob/blobs/${digest}`);
           const key = `${b.name} | ${hops} | ${mib}`;
           if (!results.has(key)) results.set(key, []);
           results.get(key)!.push({ ttfb: through.ttfb - direct.ttfb, total: through.total });
           // Each hop commits its copy (sync, move into place) after the last byte: wait for it, then drop it.
-          for (const root of c.roots) {
+          for (const { rootdirectory: root } of c) {
             const data = join(root, 'docker/registry/v2/blobs/sha256', digest.slice(7, 9), digest.slice(7), 'data');
             for (let i = 0; i < 600 && !existsSync(data); i++) await sleep(50);
             await rm(join(root, 'docker/registry/v2/blobs'), { recursive: true, force: true });
@@ -100,7 +83,7 @@ try {
     console.log(`| ${key} | ${median(v.map((x) => x.ttfb)).toFixed(1)} | ${v.map((x) => x.ttfb.toFixed(1)).join(', ')} | ${median(v.map((x) => x.total)).toFixed(0)} |`);
   }
 } finally {
-  for (const p of procs) await p.stop().catch(() => undefined);
+  await fleet.stopAll();
   await origin.stop();
   await rm(dir, { recursive: true, force: true });
 }
