@@ -7,7 +7,7 @@
     },
     {
       "target_name": "cascade_hash",
-      "sources": ["native/hash.c"],
+      "sources": ["native/hash.c", "native/pump.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     }
   ]

@@ -69,6 +69,12 @@ const FAULTS: readonly Fault[] = [
   { id: 'die-mid', title: 'closes mid-body', scenario: (n) => ({ kind: 'die', afterBytes: Math.floor(n / 2), closeDelayMs: 0 }), size: 1024 * KiB, targets: BOTH },
   { id: 'die-last', title: 'closes before the last byte', scenario: (n) => ({ kind: 'die', afterBytes: n - 1, closeDelayMs: 0 }), size: 512 * KiB, targets: BOTH },
   { id: 'die-once', title: 'closes mid-body once, then answers (a resume succeeds)', scenario: (n) => ({ kind: 'die', afterBytes: Math.floor(n / 3), times: 1 }), size: 512 * KiB, targets: BLOB },
+  // Bodies bigger than a fill's receive ring (4 MiB): a file-backed fill hands them to the native pump, whose
+  // threads meet the fault (the smaller ones are often read whole before the hand-over).
+  { id: 'die-mid-big', title: 'closes mid-body of an 8 MiB blob', scenario: (n) => ({ kind: 'die', afterBytes: Math.floor(n / 2), closeDelayMs: 0 }), size: 8192 * KiB, targets: BLOB },
+  { id: 'flip-middle-big', title: 'one byte flipped in the middle of an 8 MiB blob', scenario: () => ({ kind: 'flip' }), size: 8192 * KiB, targets: BLOB },
+  { id: 'long-length-big', title: 'Content-Length 1000 bytes longer than an 8 MiB body', scenario: () => ({ kind: 'wrong-length', delta: 1000 }), size: 8192 * KiB, targets: BLOB },
+  { id: 'stall-mid-body-big', title: 'stalls forever in the middle of an 8 MiB body', scenario: (n) => ({ kind: 'stall', afterBytes: Math.floor(n / 2) }), size: 8192 * KiB, targets: BLOB, stall: true },
   { id: 'close-before-headers', title: 'closes the connection before any header', scenario: () => ({ kind: 'close-before-headers' }), size: 256 * KiB, targets: BOTH },
   { id: 'short-length', title: 'Content-Length shorter than the body (by 1000 bytes, or a quarter of a manifest)', scenario: (n) => ({ kind: 'wrong-length', delta: -Math.min(1000, Math.floor(n / 4)) }), size: 256 * KiB, targets: BOTH },
   { id: 'long-length', title: 'Content-Length 1000 bytes longer than the body', scenario: () => ({ kind: 'wrong-length', delta: 1000 }), size: 256 * KiB, targets: BOTH },

@@ -11,7 +11,9 @@
  * thread alone) per GiB. Last, one cold pull through a fresh Cascade node with curl, the node's CPU split by
  * thread: the main thread (receive, HTTP), libuv's pool (the hash and the page-cache writes) and the sendfile threads
  * (the copy into the client's socket) are told apart by what they did, not by name: every thread but the
- * main one is listed.
+ * main one is listed; the threads of the fill's native pump (reading, hashing, writing) end with the fill and
+ * count as "ended threads" (the process's total less the live threads). `CASCADE_FILL_PUMP=0` in the
+ * environment runs the node without the pump.
  */
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -40,6 +42,12 @@ function threads(pid: number): Map<string, number> {
     }
   }
   return out;
+}
+
+/** CPU seconds of the whole process `pid`: its threads, the ended ones included (a fill's native pump). */
+function processCpu(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) / TICKS;
 }
 
 const sum = (m: Map<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);
@@ -106,16 +114,20 @@ try {
     const pid = node.proc!.child.pid!;
     recycleMemory(dir, 2 * bytes);
     const before = threads(pid);
+    const cpuBefore = processCpu(pid);
     const started = Date.now();
     execFileSync('curl', ['-sf', '-o', '/dev/null', `${node.url}${path}`]);
     const wall = Date.now() - started;
     // The fsync and the move into place come after the client's last byte: they are the pull's work too.
     await new Promise((r) => setTimeout(r, 2000));
     const after = threads(pid);
+    const total = processCpu(pid) - cpuBefore;
     const used = [...after].map(([tid, s]) => [tid, s - (before.get(tid) ?? 0)] as const).filter(([, s]) => s >= 0.01);
     const main = used.find(([tid]) => tid === String(pid))?.[1] ?? 0;
     const others = used.filter(([tid]) => tid !== String(pid)).map(([, s]) => perGiB(s));
-    console.log(`run ${run}: ${wall} ms; total ${perGiB(used.reduce((a, [, s]) => a + s, 0))}, main thread ${perGiB(main)}, other threads ${others.join(' ')}`);
+    // Threads that ended before the second look (the fill's pump) count in the process's total only.
+    const ended = Math.max(0, total - used.reduce((a, [, s]) => a + s, 0));
+    console.log(`run ${run}: ${wall} ms; total ${perGiB(total)}, main thread ${perGiB(main)}, other threads ${others.join(' ')}, ended threads ${perGiB(ended)}`);
     await node.stop();
   }
 } finally {

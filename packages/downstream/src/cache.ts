@@ -51,6 +51,8 @@ export interface CacheMetrics {
   misses: number;
   bytesFromDisk: number;
   bytesFromUpstream: number;
+  /** Of those, the bytes a fill's native pump received, hashed and wrote off the JavaScript thread. */
+  bytesPumped: number;
   /** Blob bytes sent to clients in full answers (hits and misses alike; not the far-ahead ranges fetched directly). */
   bytesServed: number;
   fillsCompleted: number;
@@ -83,7 +85,7 @@ export interface CacheNamespaceOptions {
 /** A registry namespace that is a cache of its upstreams. */
 export class CacheNamespace implements Namespace {
   readonly fills: FillManager;
-  readonly metrics: CacheMetrics = { hits: 0, misses: 0, bytesFromDisk: 0, bytesFromUpstream: 0, bytesServed: 0, fillsCompleted: 0, fillsFailed: 0, storageErrors: 0, rangePassthrough: 0 };
+  readonly metrics: CacheMetrics = { hits: 0, misses: 0, bytesFromDisk: 0, bytesFromUpstream: 0, bytesPumped: 0, bytesServed: 0, fillsCompleted: 0, fillsFailed: 0, storageErrors: 0, rangePassthrough: 0 };
 
   constructor(readonly options: CacheNamespaceOptions) {
     this.fills = new FillManager({
@@ -101,8 +103,9 @@ export class CacheNamespace implements Namespace {
         this.metrics.fillsFailed += 1;
         if (cause === 'storage') this.metrics.storageErrors += 1;
       },
-      onUpstreamBytes: (n) => {
+      onUpstreamBytes: (n, pumped) => {
         this.metrics.bytesFromUpstream += n;
+        if (pumped) this.metrics.bytesPumped += n;
       },
     });
   }

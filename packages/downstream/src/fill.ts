@@ -38,6 +38,9 @@ import {
   streamBody,
   streamHash,
   type StreamHash,
+  canPump,
+  pumpBody,
+  type PumpResult,
 } from '@cascade/registry-core';
 import { blobPath, chunksOf, describeError, type UpstreamBlobResponse, type UpstreamPool } from './upstream.js';
 import type { FillProgress, RegionCoordinator } from './region/coordinator.js';
@@ -54,6 +57,17 @@ const WRITE_AHEAD = 4 << 20;
 const WRITE_BATCH = 2 << 20;
 /** Longest a received chunk waits for its batch to fill before it is written anyway. */
 const GATHER_MS = 2;
+/**
+ * The native pump writes a batch when it is full, when the upstream pauses for GATHER_MS, or this long after the
+ * batch's first byte: at 1 Gbit/s a 2 MiB batch fills in ~17 ms, so batches stay whole (half the events per GiB
+ * of 2 ms batches), and a slow upstream's followers still get each byte within this time.
+ */
+const PUMP_MAX_DELAY_MS = 20;
+/**
+ * Whether fills hand plain-HTTP bodies to the native pump (see `pumpRest`). `CASCADE_FILL_PUMP=0` keeps them on
+ * the JavaScript path: a diagnostic switch (and the benchmark's A/B), not a setting.
+ */
+const PUMP = process.env.CASCADE_FILL_PUMP !== '0';
 /**
  * The first write of a fill takes at most this much, and a copy of it stays in memory (the fill's `head`):
  * followers send it at once, then what is written. Writing a whole first receive block (1 MiB) into new
@@ -92,7 +106,7 @@ export interface FillManagerOptions {
    */
   readonly onFailed?: (digest: Digest, reason: string, cause: 'upstream' | 'storage') => void;
   /** Called for every chunk received from upstream (metrics). */
-  readonly onUpstreamBytes?: (n: number) => void;
+  readonly onUpstreamBytes?: (n: number, pumped: boolean) => void;
   /**
    * The region this node belongs to: a fill is then led by one node of the region, followed by the others
    * through the shared storage, and taken over when its leader dies (see region/coordinator.ts).
@@ -849,6 +863,92 @@ export class FillManager {
       // Bytes of the current response to drop before using any: an upstream that answered a resumed
       // request with the whole blob (200) instead of the range asked for resends what was already received.
       let skip = resume ? resumeOffset(response, resume.offset, resume.size) : 0;
+      // One chunk of the body, in order: counted, checked against the length, and queued for its write.
+      const take = async (chunks: ChunkSource, next: Buffer): Promise<void> => {
+        let buf = next;
+        this.options.onUpstreamBytes?.(buf.length, false);
+        if (skip > 0) {
+          const dropped = Math.min(skip, buf.length);
+          skip -= dropped;
+          chunks.release(dropped);
+          if (dropped === buf.length) return;
+          buf = buf.subarray(dropped);
+        }
+        received += buf.length;
+        if (expected !== undefined && received > expected) {
+          throw new Error(`upstream sent more than the ${expected} bytes it announced`);
+        }
+        // The first bytes are written at once, and few of them, and followers get a copy of them from memory
+        // meanwhile (the receive buffers are reused); then chunks gather into writes of WRITE_BATCH: every write
+        // is a pool thread's turn, and every written stretch a sendfile to each follower, so 64 KiB writes cost
+        // several times the CPU of 1 MiB ones.
+        if (fill.written + queuedBytes === 0 && pendingBytes === 0) {
+          const first = buf.subarray(0, FIRST_WRITE);
+          fill.head = Buffer.from(first);
+          fill.changed();
+          pending.push(first);
+          pendingBytes += first.length;
+          flush();
+          buf = buf.subarray(first.length);
+          if (buf.length === 0) return;
+        }
+        pending.push(buf);
+        pendingBytes += buf.length;
+        if (pendingBytes >= WRITE_BATCH) flush();
+        else gatherTimer ??= setTimeout(flush, GATHER_MS);
+        while (queuedBytes > WRITE_AHEAD && inFlight.length > 0) await inFlight[0];
+      };
+      // The rest of a plain-HTTP body goes to the native pump once its first bytes went through `take` (they
+      // give followers the head from memory): its threads read the connection, hash and write, and this thread
+      // only hears of each written batch (registry-core's pump.ts). Not for TLS, a chunked body, a driver without
+      // files, a hash without the addon, or bytes still to skip.
+      const pumpRest = async (chunks: ChunkSource): Promise<void> => {
+        const stop = new AbortController();
+        const body = chunks.handOver?.(() => stop.abort());
+        if (!body) return;
+        // What was received before the hand-over is written and hashed first; the pump goes on from there. The
+        // connection is given back (`done`) whatever happens: until then nobody reads or closes it.
+        try {
+          for (const buf of body.queued) await take(chunks, buf);
+          flush();
+          await Promise.allSettled([...inFlight]);
+          if (writeFailed !== undefined) throw writeFailed;
+        } catch (err) {
+          body.done(0, new Error('the fill stopped: this node could not write the blob'));
+          throw err;
+        }
+        let result: PumpResult;
+        try {
+          result = await (w.writeWith as NonNullable<typeof w.writeWith>)(async (fd, position) => {
+            const r = await pumpBody(hash, {
+              socketFd: body.fd,
+              fileFd: fd,
+              position,
+              length: body.remaining,
+              idleTimeoutMs: body.idleTimeoutMs,
+              batchBytes: WRITE_BATCH,
+              gatherMs: GATHER_MS,
+              maxDelayMs: PUMP_MAX_DELAY_MS,
+              onProgress: (bytes) => {
+                this.options.onUpstreamBytes?.(bytes, true);
+                fill.progress(bytes);
+              },
+              signal: stop.signal,
+            });
+            return { ...r, writeError: r.where === 'write' ? r.error : undefined };
+          });
+        } catch (err) {
+          // The pump could not start (no thread, no memory): nothing was read.
+          body.done(0, err as Error);
+          throw new RegistryError('UNKNOWN', `this cache node could not receive the blob: ${describeError(err)}`);
+        }
+        received += result.received;
+        body.done(result.received, result.error);
+        if (result.where === 'write') throw new LocalStorageError(result.error);
+        if (result.where === 'hash') throw new RegistryError('UNKNOWN', `this cache node could not hash the blob: ${describeError(result.error)}`);
+        // The body's end, a cut or a stop: the source says which at its next chunk.
+      };
+      const pumpable = PUMP && canPump(hash) && w.writeWith !== undefined;
       const receive = async (chunks: ChunkSource): Promise<void> => {
         for (;;) {
           let next: Buffer | undefined;
@@ -860,38 +960,8 @@ export class FillManager {
           }
           if (writeFailed !== undefined) throw writeFailed;
           if (next === undefined) return;
-          let buf = next;
-          this.options.onUpstreamBytes?.(buf.length);
-          if (skip > 0) {
-            const dropped = Math.min(skip, buf.length);
-            skip -= dropped;
-            chunks.release(dropped);
-            if (dropped === buf.length) continue;
-            buf = buf.subarray(dropped);
-          }
-          received += buf.length;
-          if (expected !== undefined && received > expected) {
-            throw new Error(`upstream sent more than the ${expected} bytes it announced`);
-          }
-          // The first bytes are written at once, and few of them, and followers get a copy of them from memory
-          // meanwhile (the receive buffers are reused); then chunks gather into writes of WRITE_BATCH: every write
-          // is a pool thread's turn, and every written stretch a sendfile to each follower, so 64 KiB writes cost
-          // several times the CPU of 1 MiB ones.
-          if (fill.written + queuedBytes === 0 && pendingBytes === 0) {
-            const first = buf.subarray(0, FIRST_WRITE);
-            fill.head = Buffer.from(first);
-            fill.changed();
-            pending.push(first);
-            pendingBytes += first.length;
-            flush();
-            buf = buf.subarray(first.length);
-            if (buf.length === 0) continue;
-          }
-          pending.push(buf);
-          pendingBytes += buf.length;
-          if (pendingBytes >= WRITE_BATCH) flush();
-          else gatherTimer ??= setTimeout(flush, GATHER_MS);
-          while (queuedBytes > WRITE_AHEAD && inFlight.length > 0) await inFlight[0];
+          await take(chunks, next);
+          if (pumpable && skip === 0 && chunks.handOver) await pumpRest(chunks);
         }
       };
       // A transfer cut by the network is resumed where it stopped, with a Range request (to another

@@ -55,6 +55,7 @@ export function observeCache(obs: NodeObservability, o: ObservedCache): void {
     set({ source: 'disk' }, m.bytesFromDisk);
     set({ source: 'upstream' }, m.bytesFromUpstream);
   });
+  counter(obs, 'cascade_cache_fill_pumped_bytes_total', 'Bytes fills received through the native pump (read, hashed and written off the JavaScript thread); counted in cascade_cache_bytes_total{source="upstream"} too.', [], (set) => set({}, m.bytesPumped));
   // What the node sent (hits and misses): with the bytes received from upstream, what it saved its upstream.
   counter(obs, 'cascade_cache_bytes_served_total', 'Blob bytes sent to clients in complete answers, from disk or from a fill.', [], (set) => set({}, m.bytesServed));
   counter(obs, 'cascade_cache_fills_total', 'Fills from upstream, by result (failed: nothing was stored).', ['result'], (set) => {

@@ -14,7 +14,7 @@
  * status line and header lines of the HTTP/1.1 grammar, one Content-Length, no bytes past it.
  */
 import { connect as netConnect, type Socket } from 'node:net';
-import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
+import { type ConnectionOptions, TLSSocket, connect as tlsConnect } from 'node:tls';
 import { Readable } from 'node:stream';
 
 /** A block of the receive ring. */
@@ -41,6 +41,27 @@ export interface ChunkSource {
   release(bytes: number): void;
   /** Stops the transfer (the connection is closed). */
   destroy(err?: Error): void;
+  /**
+   * Optional (a plain-TCP connection of the direct path): the connection itself for the rest of the body. Its
+   * reading stops here at once; the bytes already received and not yet taken come in `queued` (they stay valid
+   * until released, as chunks do). Until `done`, the connection is neither read nor closed here, and a
+   * `destroy` (or the request's abort) calls `stop` instead. Undefined when the body cannot be handed over.
+   */
+  handOver?(stop: () => void): HandedBody | undefined;
+}
+
+/** The rest of a body, to be read from the connection's descriptor by someone else (the native pump). */
+export interface HandedBody {
+  /** The connection's descriptor (non-blocking). */
+  readonly fd: number;
+  /** Body bytes received and not yet taken, in order. */
+  readonly queued: readonly Buffer[];
+  /** Body bytes still to read from `fd`, after `queued`. */
+  readonly remaining: number;
+  /** The transfer fails after this long without a byte (the client's setting). */
+  readonly idleTimeoutMs: number;
+  /** The reader took `received` more bytes of the body and stopped, at its end or with `error`. */
+  done(received: number, error?: Error): void;
 }
 
 /** What an upstream answered to a direct GET. */
@@ -195,6 +216,8 @@ class Response implements Reader, ChunkSource {
   private error: Error | undefined;
   private ended = false;
   private paused = false;
+  /** Set while the body is read by someone else (see {@link ChunkSource.handOver}). */
+  private handed: { stop: () => void } | undefined;
   private settleHead!: (answer: DirectAnswer) => void;
   private failHead!: (err: Error) => void;
   private headTimer: NodeJS.Timeout | undefined;
@@ -355,7 +378,7 @@ class Response implements Reader, ChunkSource {
     this.released += bytes;
     // A block is free once every byte in it was released: its successor starts at or before `released`.
     while (this.blocks.length > 1 && this.blocks[1]!.start <= this.released) this.spare.push(this.blocks.shift()!.buf);
-    if (this.paused && this.blocks.length < MAX_BLOCKS && !this.error && !this.ended) {
+    if (this.paused && this.blocks.length < MAX_BLOCKS && !this.error && !this.ended && !this.handed) {
       this.paused = false;
       this.conn.socket.resume();
     }
@@ -363,6 +386,39 @@ class Response implements Reader, ChunkSource {
 
   destroy(err?: Error): void {
     this.fail(err ?? new Error('the transfer was stopped'));
+  }
+
+  handOver(stop: () => void): HandedBody | undefined {
+    const { socket } = this.conn;
+    const head = this.head;
+    const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    if (!head || this.error || this.ended || this.handed || socket instanceof TLSSocket || socket.destroyed || typeof fd !== 'number' || fd < 0) return undefined;
+    // From here on libuv reads nothing from the connection, and no timer of ours ends it.
+    socket.pause();
+    socket.setTimeout(0);
+    this.handed = { stop };
+    const queued = this.queue.splice(0);
+    return {
+      fd,
+      queued,
+      remaining: head.length - this.bodyRead,
+      idleTimeoutMs: this.options.idleTimeoutMs,
+      done: (received, error) => {
+        if (!this.handed) return;
+        this.handed = undefined;
+        this.read += received;
+        if (this.error) {
+          // Destroyed meanwhile: the connection is closed now that nobody reads it.
+          socket.destroy();
+          return;
+        }
+        if (error) return this.fail(error);
+        if (this.bodyRead !== head.length) return this.fail(new Error(`the body's reader stopped after ${this.bodyRead} of ${head.length} bytes`));
+        this.finish();
+        // A kept connection is read again: an idle one that receives anything, or closes, is dropped.
+        if (!socket.destroyed) socket.resume();
+      },
+    };
   }
 
   /** The whole body arrived: the connection goes back to the client for the next GET. */
@@ -383,7 +439,9 @@ class Response implements Reader, ChunkSource {
     this.error = err;
     clearTimeout(this.headTimer);
     this.detach();
-    this.conn.socket.destroy();
+    // A connection read by someone else is closed once they stopped (in their `done`).
+    if (this.handed) this.handed.stop();
+    else this.conn.socket.destroy();
     this.failHead?.(err);
     if (this.waiter) {
       const w = this.waiter;

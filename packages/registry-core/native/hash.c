@@ -21,11 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-  EVP_MD_CTX *ctx;
-  int busy;     /* an update is on the pool */
-  int finished; /* digest() was called */
-} hasher_t;
+#include "hash.h"
 
 typedef struct {
   hasher_t *h;
@@ -56,9 +52,9 @@ static void finalize_hasher(napi_env env, void *data, void *hint) {
   free(h);
 }
 
-static int usable(napi_env env, hasher_t *h);
 
-static hasher_t *get_hasher(napi_env env, napi_value v) {
+
+hasher_t *get_hasher(napi_env env, napi_value v) {
   void *data = NULL;
   if (napi_get_value_external(env, v, &data) != napi_ok || data == NULL) {
     napi_throw_type_error(env, NULL, "cascade_hash: not a hasher");
@@ -115,7 +111,7 @@ static napi_value create(napi_env env, napi_callback_info info) {
   return out;
 }
 
-static int usable(napi_env env, hasher_t *h) {
+int usable(napi_env env, hasher_t *h) {
   if (h->busy) {
     napi_throw_error(env, NULL, "cascade_hash: an update is already running on this hasher");
     return 0;
@@ -251,6 +247,8 @@ NAPI_MODULE_INIT() {
       {"update", NULL, update, NULL, NULL, NULL, napi_default, NULL},
       {"updateSync", NULL, update_sync, NULL, NULL, NULL, napi_default, NULL},
       {"digest", NULL, digest, NULL, NULL, NULL, napi_default, NULL},
+      {"pump", NULL, pump_start, NULL, NULL, NULL, napi_default, NULL},
+      {"pumpStop", NULL, pump_stop, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

@@ -22,17 +22,37 @@ export interface StreamHash {
   digest(): Digest;
 }
 
-interface Addon {
+/** @internal The addon `cascade_hash` (src/pump.ts uses its pump). */
+export interface HashAddon {
   create(algorithm: string): object;
   update(handle: object, chunks: readonly Buffer[], done: (err: Error | null) => void): void;
   updateSync(handle: object, chunk: Buffer): void;
   digest(handle: object): string;
+  pump(
+    handle: object,
+    socketFd: number,
+    fileFd: number,
+    position: number,
+    length: number,
+    idleMs: number,
+    gatherMs: number,
+    maxDelayMs: number,
+    batchBytes: number,
+    onProgress: (bytes: number) => void,
+    onDone: (result: { received: number; written: number; where?: string; message?: string; code?: string; errno?: number }) => void,
+  ): object;
+  pumpStop(pump: object): void;
 }
 
-let loaded: Addon | string | undefined;
+let loaded: HashAddon | string | undefined;
 
-function load(): Addon | string {
-  return (loaded ??= loadAddon<Addon>('cascade_hash'));
+function load(): HashAddon | string {
+  return (loaded ??= loadAddon<HashAddon>('cascade_hash'));
+}
+
+/** @internal The addon and the native handle behind `hash`, when it runs on the pool (src/pump.ts). */
+export function nativeHash(hash: StreamHash): { addon: HashAddon; handle: object } | undefined {
+  return hash instanceof PoolHash ? hash.native() : undefined;
 }
 
 /** Why digests are computed on the calling thread, or undefined when they go to the thread pool. */
@@ -54,7 +74,7 @@ class PoolHash implements StreamHash {
   private failed: Error | undefined;
 
   constructor(
-    private readonly addon: Addon,
+    private readonly addon: HashAddon,
     private readonly algorithm: DigestAlgorithm,
   ) {
     this.handle = addon.create(algorithm);
@@ -94,6 +114,11 @@ class PoolHash implements StreamHash {
   updateSync(chunk: Buffer): void {
     this.idle();
     this.addon.updateSync(this.handle, chunk);
+  }
+
+  native(): { addon: HashAddon; handle: object } {
+    // A pump refuses the handle while an update runs (the addon's own check).
+    return { addon: this.addon, handle: this.handle };
   }
 
   digest(): Digest {

@@ -55,6 +55,13 @@ export interface FileWriter {
    * `writer(path, {append: true})` resumes at `size` (chunked uploads across requests).
    */
   close(): Promise<void>;
+  /**
+   * Optional, file-backed writers: runs `write` with the open file's descriptor and the offset of the next
+   * byte (`size`), in turn with the writer's other calls, and counts the bytes it reports written. A result
+   * with `writeError` marks the writer failed (only `cancel` is accepted then). `write` must not close the
+   * descriptor. A cache's fill hands it to the native pump (registry-core's `pumpBody`).
+   */
+  writeWith?<T extends { readonly written: number; readonly writeError?: unknown }>(write: (fd: number, position: number) => Promise<T>): Promise<T>;
 }
 
 /** A file open for positional reads (see {@link StorageDriver.openForRead}). */

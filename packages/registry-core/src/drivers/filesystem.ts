@@ -364,6 +364,22 @@ class FilesystemWriter implements FileWriter {
     });
   }
 
+  writeWith<T extends { readonly written: number; readonly writeError?: unknown }>(write: (fd: number, position: number) => Promise<T>): Promise<T> {
+    let result!: T;
+    return this.#serialize(async () => {
+      this.#assertOpen();
+      try {
+        result = await write(this.handle.fd, this.#size);
+      } catch (err) {
+        // What `write` did to the file is unknown.
+        this.#fail(err);
+        throw err;
+      }
+      this.#size += result.written;
+      if (result.writeError !== undefined) this.#fail(result.writeError);
+    }).then(() => result);
+  }
+
   commit(): Promise<void> {
     return this.#serialize(async () => {
       this.#assertOpen();

@@ -1,0 +1,94 @@
+/**
+ * A body received, hashed and written off the JavaScript thread: the native pump (`native/pump.c`, in the
+ * `cascade_hash` addon). A cold fill hands it the rest of a plain-HTTP body once the head and the first bytes
+ * went through JavaScript: one thread reads the socket and hashes each read, another writes each 2 MiB batch
+ * to the partial file, and JavaScript only hears of each written batch (its followers send it). The JavaScript
+ * way (a ring of receive buffers, the hash and the writes on libuv's pool) spent ~0.23 CPU-s per GiB more on the
+ * main thread than a C relay doing the same steps (docs/performance.md).
+ */
+import { type StreamHash, nativeHash } from './hashing.js';
+
+/** What {@link pumpBody} reads from and writes to. */
+export interface PumpOptions {
+  /** The connection's descriptor: non-blocking, its reading stopped in Node; left open. */
+  readonly socketFd: number;
+  /** The file's descriptor, written with pwrite from `position` on; left open. */
+  readonly fileFd: number;
+  readonly position: number;
+  /** Body bytes to read: never more (the connection stays usable). */
+  readonly length: number;
+  /** The transfer fails after this long without a byte. */
+  readonly idleTimeoutMs: number;
+  /** Bytes gathered into one write. */
+  readonly batchBytes: number;
+  /** A batch not full is written once no byte came for this long (the upstream paused, or the body's tail)... */
+  readonly gatherMs: number;
+  /** ...or this long after its first byte came (a slow upstream: followers wait no longer for bytes received). */
+  readonly maxDelayMs: number;
+  /** Called on this thread for each stretch written, in order. */
+  readonly onProgress: (bytes: number) => void;
+  /** Stops the pump; it still ends with what it received written. */
+  readonly signal?: AbortSignal;
+}
+
+/**
+ * How a pump ended. Every byte received was hashed and written (`received === written`) unless a write failed.
+ * `where`: undefined when the whole body came; `read` (the connection ended, failed or went idle), `write` (the
+ * file), `hash` (OpenSSL or memory), `stopped` (the signal).
+ */
+export interface PumpResult {
+  readonly received: number;
+  readonly written: number;
+  readonly where?: 'read' | 'write' | 'hash' | 'stopped';
+  readonly error?: Error & { code?: string; errno?: number };
+}
+
+/** True when `hash` can drive a pump (the addon is built and the hash runs on it). */
+export function canPump(hash: StreamHash): boolean {
+  return nativeHash(hash) !== undefined;
+}
+
+/**
+ * Runs the pump to the body's end, a failure or a stop. `hash` goes on over the bytes (no update may be pending;
+ * none may be started until this settles). Rejects only when the pump cannot start.
+ */
+export function pumpBody(hash: StreamHash, options: PumpOptions): Promise<PumpResult> {
+  const native = nativeHash(hash);
+  if (!native) return Promise.reject(new Error('the native pump is not available for this hash'));
+  const { addon, handle } = native;
+  const { signal } = options;
+  return new Promise<PumpResult>((resolve, reject) => {
+    let pump: object | undefined;
+    const onAbort = () => {
+      if (pump) addon.pumpStop(pump);
+    };
+    try {
+      pump = addon.pump(
+        handle,
+        options.socketFd,
+        options.fileFd,
+        options.position,
+        options.length,
+        options.idleTimeoutMs,
+        options.gatherMs,
+        options.maxDelayMs,
+        options.batchBytes,
+        options.onProgress,
+        (r) => {
+          signal?.removeEventListener('abort', onAbort);
+          const where = r.where as PumpResult['where'];
+          resolve({
+            received: r.received,
+            written: r.written,
+            ...(where ? { where, error: Object.assign(new Error(r.message ?? `the pump failed (${where})`), r.code ? { code: r.code } : {}, r.errno ? { errno: r.errno } : {}) } : {}),
+          });
+        },
+      );
+    } catch (err) {
+      reject(err as Error);
+      return;
+    }
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
