@@ -948,7 +948,7 @@ export class FillManager {
         if (result.where === 'hash') throw new RegistryError('UNKNOWN', `this cache node could not hash the blob: ${describeError(result.error)}`);
         // The body's end, a cut or a stop: the source says which at its next chunk.
       };
-      const pumpable = PUMP && canPump(hash) && w.writeWith !== undefined;
+      const pumpable = PUMP && w.writeWith !== undefined;
       const receive = async (chunks: ChunkSource): Promise<void> => {
         for (;;) {
           let next: Buffer | undefined;
@@ -961,7 +961,7 @@ export class FillManager {
           if (writeFailed !== undefined) throw writeFailed;
           if (next === undefined) return;
           await take(chunks, next);
-          if (pumpable && skip === 0 && chunks.handOver) await pumpRest(chunks);
+          if (pumpable && skip === 0 && chunks.handOver && canPump(hash)) await pumpRest(chunks);
         }
       };
       // A transfer cut by the network is resumed where it stopped, with a Range request (to another

@@ -245,7 +245,9 @@ static void *writer_main(void *arg) {
 }
 
 static void pump_free(napi_env env, pump_t *p) {
-  if (--p->refs > 0) return;
+  /* Not while its threads may run: only an environment torn down under a running pump gets here so, and the
+   * process is ending. */
+  if (--p->refs > 0 || !p->done) return;
   for (int i = 0; i < NBATCH; i++) free(p->buf[i]);
   close(p->stopfd);
   pthread_mutex_destroy(&p->mu);

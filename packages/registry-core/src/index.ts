@@ -1,7 +1,7 @@
 export * from './errors.js';
 export * from './digest.js';
 export { streamHash, whyHashingOnThread, type StreamHash } from './hashing.js';
-export { canPump, pumpBody, type PumpOptions, type PumpResult } from './pump.js';
+export { canPump, MAX_PUMPS, pumpBody, type PumpOptions, type PumpResult } from './pump.js';
 export * from './names.js';
 export * from './mediatypes.js';
 export * from './manifest.js';

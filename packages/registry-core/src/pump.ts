@@ -43,9 +43,16 @@ export interface PumpResult {
   readonly error?: Error & { code?: string; errno?: number };
 }
 
-/** True when `hash` can drive a pump (the addon is built and the hash runs on it). */
+/**
+ * Pumps running at most at once: each has two threads and 4 MiB of batches. A fill that finds them all busy
+ * receives on the JavaScript path.
+ */
+export const MAX_PUMPS = 64;
+let running = 0;
+
+/** True when `hash` can drive a pump now (the addon is built, the hash runs on it, and a pump is free). */
 export function canPump(hash: StreamHash): boolean {
-  return nativeHash(hash) !== undefined;
+  return running < MAX_PUMPS && nativeHash(hash) !== undefined;
 }
 
 /**
@@ -59,8 +66,19 @@ export function pumpBody(hash: StreamHash, options: PumpOptions): Promise<PumpRe
   const { signal } = options;
   return new Promise<PumpResult>((resolve, reject) => {
     let pump: object | undefined;
+    // A failing progress callback stops the pump: its error is the result's.
+    let failure: Error | undefined;
     const onAbort = () => {
       if (pump) addon.pumpStop(pump);
+    };
+    const onProgress = (bytes: number) => {
+      if (failure) return;
+      try {
+        options.onProgress(bytes);
+      } catch (err) {
+        failure = err as Error;
+        onAbort();
+      }
     };
     try {
       pump = addon.pump(
@@ -73,14 +91,16 @@ export function pumpBody(hash: StreamHash, options: PumpOptions): Promise<PumpRe
         options.gatherMs,
         options.maxDelayMs,
         options.batchBytes,
-        options.onProgress,
+        onProgress,
         (r) => {
+          running--;
           signal?.removeEventListener('abort', onAbort);
           const where = r.where as PumpResult['where'];
+          const error = where ? Object.assign(new Error(r.message ?? `the pump failed (${where})`), r.code ? { code: r.code } : {}, r.errno ? { errno: r.errno } : {}) : undefined;
           resolve({
             received: r.received,
             written: r.written,
-            ...(where ? { where, error: Object.assign(new Error(r.message ?? `the pump failed (${where})`), r.code ? { code: r.code } : {}, r.errno ? { errno: r.errno } : {}) } : {}),
+            ...(failure ? { where: 'stopped' as const, error: failure } : where ? { where, error } : {}),
           });
         },
       );
@@ -88,6 +108,7 @@ export function pumpBody(hash: StreamHash, options: PumpOptions): Promise<PumpRe
       reject(err as Error);
       return;
     }
+    running++;
     if (signal?.aborted) onAbort();
     else signal?.addEventListener('abort', onAbort, { once: true });
   });

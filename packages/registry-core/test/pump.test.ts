@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { streamHash } from '../src/hashing.js';
-import { canPump, pumpBody, type PumpOptions } from '../src/pump.js';
+import { canPump, MAX_PUMPS, pumpBody, type PumpOptions } from '../src/pump.js';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -216,6 +216,57 @@ describe('the native pump', () => {
       assert.equal(result.written, 0);
     } finally {
       client.destroy();
+      server.close();
+    }
+  });
+
+  it('a progress callback that throws stops the pump, and its error is the result', async () => {
+    const body = randomBytes(6 << 20);
+    const { client, server, fd } = await pair((s) => s.on('error', () => undefined).end(body));
+    try {
+      const { result } = await run('throws', fd, {
+        length: body.length,
+        onProgress: () => {
+          throw new Error('progress failed');
+        },
+      });
+      assert.equal(result.where, 'stopped');
+      assert.equal(result.error?.message, 'progress failed');
+      assert.equal(result.received, result.written);
+    } finally {
+      client.destroy();
+      server.close();
+    }
+  });
+
+  it(`runs at most ${MAX_PUMPS} pumps at once: then canPump says no, until one ends`, async () => {
+    const peers: Socket[] = [];
+    const server = createServer((s) => peers.push(s));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { port } = server.address() as { port: number };
+    const clients: Socket[] = [];
+    const files = await Promise.all(Array.from({ length: MAX_PUMPS }, (_, i) => open(join(dir, `many-${i}`), 'w')));
+    const stop = new AbortController();
+    try {
+      const pumps: Promise<unknown>[] = [];
+      for (const file of files) {
+        const client = connect({ host: '127.0.0.1', port });
+        client.pause();
+        await new Promise<void>((r, j) => client.once('connect', r).once('error', j));
+        clients.push(client);
+        assert.equal(canPump(streamHash('sha256')), true);
+        const fd = (client as unknown as { _handle: { fd: number } })._handle.fd;
+        pumps.push(pumpBody(streamHash('sha256'), { socketFd: fd, fileFd: file.fd, position: 0, length: 100, idleTimeoutMs: 10_000, batchBytes: 1 << 20, gatherMs: 2, maxDelayMs: 20, onProgress: () => undefined, signal: stop.signal }));
+      }
+      assert.equal(canPump(streamHash('sha256')), false, 'all pumps busy');
+      stop.abort();
+      await Promise.all(pumps);
+      assert.equal(canPump(streamHash('sha256')), true, 'free again');
+    } finally {
+      stop.abort();
+      for (const c of clients) c.destroy();
+      for (const p of peers) p.destroy();
+      await Promise.all(files.map((f) => f.close()));
       server.close();
     }
   });
