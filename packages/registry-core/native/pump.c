@@ -3,19 +3,23 @@
  *
  * A cold fill receives, hashes and writes every byte. Done from JavaScript (one event per read, a batch handed
  * to libuv's pool for its write and another for its hash, promises to join them), the main thread spent ~0.23
- * CPU-s per GiB more than a C relay doing the same steps (docs/performance.md, "A yardstick in C"). Here two
- * threads of the pump do it, the way that relay does:
+ * CPU-s per GiB more than a C relay doing the same steps (docs/performance.md, "A yardstick in C"). Here three
+ * threads of the pump do it, a thread per step as that relay does, over a ring of three batches:
  *
- *   the reader  reads the socket into one of two batches of `batch` bytes and hashes each read at once (the
- *               bytes are still in the CPU's cache), and hands the batch over when it is full, when the body
- *               is complete, when no byte came for `gather` ms (the upstream paused, the tail), or `maxDelay`
- *               ms after the batch's first byte (a slow upstream: followers are never held longer);
- *   the writer  writes each batch handed over (pwrite at the file's offset) and reports it to JavaScript
- *               (`onProgress(bytes)`), which lets the fill's followers send it; then gives the batch back.
+ *   the reader  reads the socket into a free batch of `batch` bytes, and hands it over when it is full, when
+ *               the body is complete, when no byte came for `gather` ms (the upstream paused, the tail), or
+ *               `maxDelay` ms after the batch's first byte (a slow upstream: followers are never held longer);
+ *   the hasher  hashes the batches in order (SHA-256 is sequential, and the slowest step: reading beside it
+ *               instead of before it took a cold 512 MiB pull from ~570 to ~550 ms on this 2-core machine);
+ *   the writer  writes the batches in order (pwrite at the file's offset) and reports each to JavaScript
+ *               (`onProgress(bytes)`), which lets the fill's followers send it.
+ *
+ * A batch goes back to the reader once hashed and written. Followers may get bytes before they are hashed:
+ * JavaScript holds a fill's last byte until the digest matches, as on its own path.
  *
  * The reader never reads past the body (`length` bytes): the connection stays usable for the next request.
- * It stops on the socket's end or error, after `idle` ms without a byte, on `pumpStop`, or when a write
- * failed. Every byte received is hashed and written before `onDone(result)` (so a fill resumed with a range
+ * It stops on the socket's end or error, after `idle` ms without a byte, on `pumpStop`, or when a write or
+ * the hash failed. Every byte received is hashed and written before `onDone(result)` (so a fill resumed with a range
  * request goes on where the file ends): { received, written, where?, code?, message? }, `where` being
  * "read", "write", "hash" or "stopped" when the pump ended before the body's end.
  *
@@ -39,7 +43,7 @@
 
 #include "hash.h"
 
-#define NBATCH 2
+#define NBATCH 3
 
 typedef struct {
   hasher_t *h;
@@ -53,11 +57,12 @@ typedef struct {
   pthread_cond_t cv;
   unsigned char *buf[NBATCH];
   size_t len[NBATCH];
-  int full[NBATCH]; /* handed to the writer */
-  int reader_done, stopping, write_failed;
+  /* A batch the reader handed over (`ready`) goes back to it once hashed and written. */
+  int ready[NBATCH], hashed[NBATCH], written_[NBATCH];
+  int reader_done, stopping, write_failed, hash_failed;
 
-  /* Results: each set by its own thread, read after both ended. Why the reading ended early (where NULL: it
-   * read the whole body), and why writing failed. */
+  /* Results: each set by its own thread, read after all three ended. Why the reading ended early (where NULL:
+   * it read the whole body), and why writing failed. */
   uint64_t received, written;
   const char *where;
   int err; /* errno, or 0 */
@@ -66,7 +71,7 @@ typedef struct {
 
   napi_threadsafe_function tsfn;
   napi_ref on_progress, on_done, hasher_ref;
-  pthread_t reader, writer;
+  pthread_t reader, hasher, writer;
   int done;  /* onDone was called (main thread) */
   int refs;  /* the handle's external and the tsfn: freed when both are gone (main thread) */
 } pump_t;
@@ -83,10 +88,10 @@ static int64_t now_us(void) {
   return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* Gives batch i to the writer (the reader's side). */
+/* Gives batch i to the hasher and the writer (the reader's side). */
 static void hand_over(pump_t *p, int i) {
   pthread_mutex_lock(&p->mu);
-  p->full[i] = 1;
+  p->ready[i] = 1;
   pthread_cond_broadcast(&p->cv);
   pthread_mutex_unlock(&p->mu);
 }
@@ -108,6 +113,7 @@ static void reader_stop(pump_t *p, const char *where, int err, const char *messa
   p->message = message;
 }
 
+/* The reader: the socket into the batches, in turn. */
 static void *reader_main(void *arg) {
   pump_t *p = arg;
   int cur = 0;
@@ -116,10 +122,10 @@ static void *reader_main(void *arg) {
   const int64_t idle = (int64_t)p->idle_ms * 1000, gather = (int64_t)p->gather_ms * 1000, max_delay = (int64_t)p->max_delay_ms * 1000;
   while (p->remaining > 0) {
     pthread_mutex_lock(&p->mu);
-    while (p->full[cur] && !p->stopping && !p->write_failed) pthread_cond_wait(&p->cv, &p->mu);
-    int stop = p->stopping, failed = p->write_failed;
+    while (p->ready[cur] && !p->stopping && !p->write_failed && !p->hash_failed) pthread_cond_wait(&p->cv, &p->mu);
+    int stop = p->stopping, failed = p->write_failed || p->hash_failed;
     pthread_mutex_unlock(&p->mu);
-    if (failed) break; /* the writer says why */
+    if (failed) break; /* the writer or the hasher says why */
     if (stop) {
       reader_stop(p, "stopped", 0, "the transfer was stopped");
       break;
@@ -128,10 +134,6 @@ static void *reader_main(void *arg) {
     size_t want = room < p->remaining ? room : (size_t)p->remaining;
     ssize_t n = read(p->sock, p->buf[cur] + p->len[cur], want);
     if (n > 0) {
-      if (EVP_DigestUpdate(p->h->ctx, p->buf[cur] + p->len[cur], (size_t)n) != 1) {
-        reader_stop(p, "hash", 0, "EVP_DigestUpdate failed");
-        break;
-      }
       last = now_us();
       if (p->len[cur] == 0) started = last;
       p->len[cur] += (size_t)n;
@@ -139,7 +141,7 @@ static void *reader_main(void *arg) {
       p->received += (uint64_t)n;
       if (p->len[cur] == p->batch || p->remaining == 0 || last - started >= max_delay) {
         hand_over(p, cur);
-        cur ^= 1;
+        cur = (cur + 1) % NBATCH;
       }
       continue;
     }
@@ -173,7 +175,7 @@ static void *reader_main(void *arg) {
     if (r == 0 && p->len[cur] > 0) {
       /* The upstream is slower than a batch: what came goes to disk, and to the followers. */
       hand_over(p, cur);
-      cur ^= 1;
+      cur = (cur + 1) % NBATCH;
     }
     /* A stop is seen at the top of the loop; a readable socket at the next read. */
     if (r > 0 && (fds[1].revents & POLLIN)) {
@@ -199,20 +201,51 @@ static void post(pump_t *p, int is_done, uint64_t bytes) {
   if (napi_call_threadsafe_function(p->tsfn, m, napi_tsfn_blocking) != napi_ok) free(m);
 }
 
+/* Takes batch i back once hashed and written (under the lock). */
+static void release_batch(pump_t *p, int i) {
+  if (!p->hashed[i] || !p->written_[i]) return;
+  p->ready[i] = p->hashed[i] = p->written_[i] = 0;
+  p->len[i] = 0;
+  pthread_cond_broadcast(&p->cv);
+}
+
+/* Waits for the next batch at `i` that `done` (hashed or written_) has not seen; 0 at the end. */
+static int next_batch(pump_t *p, int i, const int *done) {
+  pthread_mutex_lock(&p->mu);
+  while (!(p->ready[i] && !done[i]) && !p->reader_done) pthread_cond_wait(&p->cv, &p->mu);
+  int have = p->ready[i] && !done[i];
+  pthread_mutex_unlock(&p->mu);
+  return have;
+}
+
+/* The hasher: each batch into the digest, in order. */
+static void *hasher_main(void *arg) {
+  pump_t *p = arg;
+  for (int i = 0; next_batch(p, i, p->hashed); i = (i + 1) % NBATCH) {
+    if (!p->hash_failed && EVP_DigestUpdate(p->h->ctx, p->buf[i], p->len[i]) != 1) {
+      pthread_mutex_lock(&p->mu);
+      p->hash_failed = 1;
+      pthread_mutex_unlock(&p->mu);
+      request_stop(p);
+    }
+    pthread_mutex_lock(&p->mu);
+    p->hashed[i] = 1;
+    release_batch(p, i);
+    pthread_mutex_unlock(&p->mu);
+  }
+  return NULL;
+}
+
+/* The writer: each batch to the file, in order; it ends the pump once the others ended. */
 static void *writer_main(void *arg) {
   pump_t *p = arg;
-  int cur = 0;
-  for (;;) {
-    pthread_mutex_lock(&p->mu);
-    while (!p->full[cur] && !p->reader_done) pthread_cond_wait(&p->cv, &p->mu);
-    int have = p->full[cur];
-    pthread_mutex_unlock(&p->mu);
-    if (!have) break;
-    size_t len = p->len[cur];
+  for (int i = 0;; i = (i + 1) % NBATCH) {
+    if (!next_batch(p, i, p->written_)) break;
+    size_t len = p->len[i];
     if (!p->write_failed) {
       size_t off = 0;
       while (off < len) {
-        ssize_t n = pwrite(p->file, p->buf[cur] + off, len - off, p->position + (int64_t)off);
+        ssize_t n = pwrite(p->file, p->buf[i] + off, len - off, p->position + (int64_t)off);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
           int e = n < 0 ? errno : EIO;
@@ -232,13 +265,12 @@ static void *writer_main(void *arg) {
       }
     }
     pthread_mutex_lock(&p->mu);
-    p->len[cur] = 0;
-    p->full[cur] = 0;
-    pthread_cond_broadcast(&p->cv);
+    p->written_[i] = 1;
+    release_batch(p, i);
     pthread_mutex_unlock(&p->mu);
-    cur ^= 1;
   }
   pthread_join(p->reader, NULL);
+  pthread_join(p->hasher, NULL);
   post(p, 1, 0);
   napi_release_threadsafe_function(p->tsfn, napi_tsfn_release);
   return NULL;
@@ -308,12 +340,12 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
   napi_create_object(env, &arg);
   set_number(env, arg, "received", (double)p->received);
   set_number(env, arg, "written", (double)p->written);
-  /* A failed write is the reason, whatever the reader saw after it. */
-  const char *where = p->write_failed ? "write" : p->where;
-  int err = p->write_failed ? p->write_err : p->err;
+  /* A failed write or hash is the reason, whatever the reader saw after it. */
+  const char *where = p->write_failed ? "write" : p->hash_failed ? "hash" : p->where;
+  int err = p->write_failed ? p->write_err : p->hash_failed ? 0 : p->err;
   if (where != NULL) {
     set_string(env, arg, "where", where);
-    set_string(env, arg, "message", p->write_failed ? strerror(err) : p->message != NULL ? p->message : "the pump failed");
+    set_string(env, arg, "message", p->write_failed ? strerror(err) : p->hash_failed ? "EVP_DigestUpdate failed" : p->message != NULL ? p->message : "the pump failed");
     const char *code = errno_code(err);
     if (code != NULL) set_string(env, arg, "code", code);
     if (err != 0) set_number(env, arg, "errno", err);
@@ -419,14 +451,16 @@ napi_value pump_start(napi_env env, napi_callback_info info) {
   if (napi_create_external(env, p, handle_finalize, NULL, &handle) != napi_ok) return give_up(env, p, 0, "cascade_hash: napi_create_external failed");
   h->busy = 1;
   if (pthread_create(&p->reader, NULL, reader_main, p) != 0) return give_up(env, p, 1, "cascade_hash: could not start the pump's threads");
-  if (pthread_create(&p->writer, NULL, writer_main, p) != 0) {
-    /* The reader runs: it is stopped and joined here, and nothing was written. The hasher's state is unknown
-     * (bytes may have been hashed): it is finished. */
+  int hasher_started = pthread_create(&p->hasher, NULL, hasher_main, p) == 0;
+  if (!hasher_started || pthread_create(&p->writer, NULL, writer_main, p) != 0) {
+    /* The reader (and the hasher) run: they are stopped and joined here, and nothing was written. The hash's
+     * state is unknown (bytes may have been hashed): it is finished. */
     pthread_mutex_lock(&p->mu);
     p->write_failed = 1;
     pthread_mutex_unlock(&p->mu);
     request_stop(p);
     pthread_join(p->reader, NULL);
+    if (hasher_started) pthread_join(p->hasher, NULL);
     h->finished = 1;
     return give_up(env, p, 1, "cascade_hash: could not start the pump's threads");
   }

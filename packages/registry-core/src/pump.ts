@@ -1,7 +1,7 @@
 /**
  * A body received, hashed and written off the JavaScript thread: the native pump (`native/pump.c`, in the
  * `cascade_hash` addon). A cold fill hands it the rest of a plain-HTTP body once the head and the first bytes
- * went through JavaScript: one thread reads the socket and hashes each read, another writes each 2 MiB batch
+ * went through JavaScript: one thread reads the socket into 2 MiB batches, one hashes them and one writes them
  * to the partial file, and JavaScript only hears of each written batch (its followers send it). The JavaScript
  * way (a ring of receive buffers, the hash and the writes on libuv's pool) spent ~0.23 CPU-s per GiB more on the
  * main thread than a C relay doing the same steps (docs/performance.md).
@@ -44,7 +44,7 @@ export interface PumpResult {
 }
 
 /**
- * Pumps running at most at once: each has two threads and 4 MiB of batches. A fill that finds them all busy
+ * Pumps running at most at once: each has three threads and 6 MiB of batches. A fill that finds them all busy
  * receives on the JavaScript path.
  */
 export const MAX_PUMPS = 64;
