@@ -184,9 +184,10 @@ static void *reader_main(void *arg) {
       pthread_mutex_unlock(&p->mu);
     }
   }
-  /* What was received and hashed is written, whatever ended the reading. */
-  if (p->len[cur] > 0) hand_over(p, cur);
+  /* What was received is hashed and written, whatever ended the reading: the batch being filled, if the reader
+   * holds one (not one it was waiting for). */
   pthread_mutex_lock(&p->mu);
+  if (!p->ready[cur] && p->len[cur] > 0) p->ready[cur] = 1;
   p->reader_done = 1;
   pthread_cond_broadcast(&p->cv);
   pthread_mutex_unlock(&p->mu);
