@@ -914,7 +914,7 @@ export class FillManager {
           await Promise.allSettled([...inFlight]);
           if (writeFailed !== undefined) throw writeFailed;
         } catch (err) {
-          body.done(0, new Error('the fill stopped: this node could not write the blob'));
+          body.done(0, err as Error);
           throw err;
         }
         let result: PumpResult;
@@ -961,7 +961,7 @@ export class FillManager {
           if (writeFailed !== undefined) throw writeFailed;
           if (next === undefined) return;
           await take(chunks, next);
-          if (pumpable && skip === 0 && chunks.handOver && canPump(hash)) await pumpRest(chunks);
+          if (pumpable && skip === 0 && canPump(hash)) await pumpRest(chunks);
         }
       };
       // A transfer cut by the network is resumed where it stopped, with a Range request (to another

@@ -12,6 +12,7 @@
  *   update(handle, buffers, cb)  hashes the buffers in order on a pool thread, then cb(error | null)
  *   updateSync(handle, buffer)   hashes on the calling thread
  *   digest(handle)               -> hex string; the handle is finished
+ *   pump(handle, ...), pumpStop  a body read, hashed and written by threads of its own (pump.c)
  *
  * One handle takes one update (of any number of buffers) at a time: JavaScript (src/hashing.ts) queues them. The buffers are held by
  * references until the update is done, so JavaScript may drop its own.
@@ -51,8 +52,6 @@ static void finalize_hasher(napi_env env, void *data, void *hint) {
   EVP_MD_CTX_free(h->ctx);
   free(h);
 }
-
-
 
 hasher_t *get_hasher(napi_env env, napi_value v) {
   void *data = NULL;

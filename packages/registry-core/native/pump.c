@@ -177,12 +177,8 @@ static void *reader_main(void *arg) {
       hand_over(p, cur);
       cur = (cur + 1) % NBATCH;
     }
-    /* A stop is seen at the top of the loop; a readable socket at the next read. */
-    if (r > 0 && (fds[1].revents & POLLIN)) {
-      pthread_mutex_lock(&p->mu);
-      p->stopping = 1;
-      pthread_mutex_unlock(&p->mu);
-    }
+    /* A stop (request_stop set `stopping` before it wrote the eventfd) is seen at the top of the loop; a
+     * readable socket at the next read. */
   }
   /* What was received is hashed and written, whatever ended the reading: the batch being filled, if the reader
    * holds one (not one it was waiting for). */
@@ -298,24 +294,6 @@ static void set_string(napi_env env, napi_value obj, const char *key, const char
   if (napi_create_string_utf8(env, v, NAPI_AUTO_LENGTH, &s) == napi_ok) napi_set_named_property(env, obj, key, s);
 }
 
-static const char *errno_code(int e) {
-  switch (e) {
-    case ECONNRESET: return "ECONNRESET";
-    case ETIMEDOUT: return "ETIMEDOUT";
-    case ENOSPC: return "ENOSPC";
-    case EDQUOT: return "EDQUOT";
-    case EIO: return "EIO";
-    case EROFS: return "EROFS";
-    case EBADF: return "EBADF";
-    case ENOMEM: return "ENOMEM";
-    case EPIPE: return "EPIPE";
-    case ECONNABORTED: return "ECONNABORTED";
-    case EHOSTUNREACH: return "EHOSTUNREACH";
-    case ENETUNREACH: return "ENETUNREACH";
-    default: return NULL;
-  }
-}
-
 /* On the main thread: a progress report or the end. */
 static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
   pump_t *p = context;
@@ -347,9 +325,7 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
   if (where != NULL) {
     set_string(env, arg, "where", where);
     set_string(env, arg, "message", p->write_failed ? strerror(err) : p->hash_failed ? "EVP_DigestUpdate failed" : p->message != NULL ? p->message : "the pump failed");
-    const char *code = errno_code(err);
-    if (code != NULL) set_string(env, arg, "code", code);
-    if (err != 0) set_number(env, arg, "errno", err);
+    if (err != 0) set_number(env, arg, "errno", err); /* JavaScript names it (util.getSystemErrorName) */
   }
   napi_get_reference_value(env, p->on_done, &cb);
   napi_delete_reference(env, p->on_progress);

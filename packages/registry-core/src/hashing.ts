@@ -39,7 +39,7 @@ export interface HashAddon {
     maxDelayMs: number,
     batchBytes: number,
     onProgress: (bytes: number) => void,
-    onDone: (result: { received: number; written: number; where?: string; message?: string; code?: string; errno?: number }) => void,
+    onDone: (result: { received: number; written: number; where?: string; message?: string; errno?: number }) => void,
   ): object;
   pumpStop(pump: object): void;
 }

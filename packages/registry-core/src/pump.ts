@@ -7,6 +7,7 @@
  * at 1 Gbit/s, where reads are many and small, about twice the CPU per GiB; on loopback the two cost the same,
  * the pump being a little faster for its thread per step (docs/performance.md).
  */
+import { getSystemErrorName } from 'node:util';
 import { type StreamHash, nativeHash } from './hashing.js';
 
 /** What {@link pumpBody} reads from and writes to. */
@@ -97,7 +98,7 @@ export function pumpBody(hash: StreamHash, options: PumpOptions): Promise<PumpRe
           running--;
           signal?.removeEventListener('abort', onAbort);
           const where = r.where as PumpResult['where'];
-          const error = where ? Object.assign(new Error(r.message ?? `the pump failed (${where})`), r.code ? { code: r.code } : {}, r.errno ? { errno: r.errno } : {}) : undefined;
+          const error = where ? Object.assign(new Error(r.message ?? `the pump failed (${where})`), r.errno ? { code: getSystemErrorName(-r.errno), errno: r.errno } : {}) : undefined;
           resolve({
             received: r.received,
             written: r.written,
