@@ -183,8 +183,11 @@ describe('endpoint sender', () => {
     assert.ok(notifier);
     const events = Array.from({ length: 5 }, () => sampleEvent('push'));
     await Promise.all(events.map((e) => notifier.write(e)));
+    // The listener records an envelope before it answers, and the sender counts it as sent once the answer is
+    // in: both are awaited before the notifier closes (closing aborts a send still waiting for its answer).
     const deadline = Date.now() + 5000;
-    while (l.received.length < 6 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const settled = async () => l.received.length >= 6 && /cascade_notifications_pending\{endpoint="test",role="test"\} 0\b/.test(await observability.registry.metrics());
+    while (!(await settled()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     await notifier.close();
     assert.equal(l.received.length, 6, 'four failed attempts, then two envelopes');
     const gaps = l.received.slice(1).map((r, i) => r.at - (l.received[i]?.at ?? 0));
